@@ -1,0 +1,52 @@
+# Two commands are all the set-up there is: `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= .render
+DEMO_MODEL := $(DATA_DIR)/models/demo
+HOST ?= 127.0.0.1
+WORKER_PORT ?= 8001
+# Re-install whenever the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: install run worker demo-model test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: pip takes the CPU build from this machine's disk; a looser
+	# requirement would let pip pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+$(DEMO_MODEL)/model_index.json: | $(STAMP)
+	$(VENV)/bin/render-gateway models make-demo $(DEMO_MODEL)
+
+demo-model: $(DEMO_MODEL)/model_index.json
+
+# Until the gateway lands (issue 3), `make run` serves the reference worker on the demo model.
+run: install demo-model
+	$(VENV)/bin/render-gateway worker --host $(HOST) --port $(WORKER_PORT) \
+		--data-dir $(DATA_DIR)/worker --model demo=$(DEMO_MODEL)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+bench: install
+	$(PY) bench/worker_overhead.py
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

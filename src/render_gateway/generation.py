@@ -1,0 +1,86 @@
+"""The generation request body of the public contract (API.md), validated without I/O.
+
+The gateway receives it from customers and forwards it, as JSON, inside the KServe v2 BYTES
+input ``request``; the reference worker validates it again, since a backend trusts nobody.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from render_gateway.formats import Modality
+
+Task = Literal["t2i", "i2i", "edit", "t2v", "i2v"]
+
+TASK_MODALITY: dict[str, Modality] = {
+    "t2i": "image",
+    "i2i": "image",
+    "edit": "image",
+    "t2v": "video",
+    "i2v": "video",
+}
+
+MAX_SEED = 2**32 - 1
+
+
+class GenerationRequest(BaseModel):
+    """Prompt, references and sampling knobs. Unknown keys are kept and passed through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    task: Task = "t2i"
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    image: str | None = Field(default=None, min_length=1)
+    mask: str | None = Field(default=None, min_length=1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    cfg: float | None = Field(default=None, ge=0, le=50)
+    strength: float | None = Field(default=None, ge=0, le=1)
+    count: int | None = Field(default=None, ge=1, le=4)
+    duration: float | None = Field(default=None, ge=0.5, le=10)
+    format: str | None = None
+    width: int | None = Field(default=None, ge=1)
+    height: int | None = Field(default=None, ge=1)
+
+    @property
+    def modality(self) -> Modality:
+        return TASK_MODALITY[self.task]
+
+    @property
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _task_inputs_match(self) -> GenerationRequest:
+        needs_image = self.task in ("i2i", "edit", "i2v")
+        if needs_image and self.image is None:
+            raise ValueError(f"task {self.task!r} needs an 'image'")
+        if not needs_image and self.image is not None:
+            raise ValueError(f"task {self.task!r} takes no 'image'")
+        if self.task == "edit" and self.mask is None:
+            raise ValueError("task 'edit' needs a 'mask'")
+        if self.task != "edit" and self.mask is not None:
+            raise ValueError(f"task {self.task!r} takes no 'mask'")
+        if self.modality == "video" and self.count is not None:
+            raise ValueError("'count' applies to images only")
+        if self.modality == "image" and self.duration is not None:
+            raise ValueError("'duration' applies to video only")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both 'width' and 'height', or neither")
+        if self.format is not None and self.width is not None:
+            raise ValueError("give either 'format' or 'width'/'height', not both")
+        return self
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the field: what a 400 body's message carries."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""The reference KServe v2 backend (needs the ``[worker]`` extra: torch, diffusers)."""

@@ -1,0 +1,293 @@
+"""In-flight runs: capacity slots, cancellation, progress and the signed usage claim.
+
+A run takes one of its model's ``max_concurrency`` slots or is refused at once (the gateway
+queues; a backend never hides a queue). The slot is released when the pipeline thread has
+really stopped — after success, failure or cancellation — never earlier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image
+
+from render_gateway.generation import MAX_SEED, GenerationRequest
+from render_gateway.signing_keys import key_id
+from render_gateway.usage_claim import SignedClaim, UsageClaim, sign_claim
+from render_gateway.worker.devices import DeviceIdentity, Measurement, metered
+from render_gateway.worker.media import RemoteImagePolicy, load_image
+from render_gateway.worker.pipelines import LoadedModel, RunCancelled, RunPlan
+
+log = logging.getLogger(__name__)
+
+
+class ModelBusy(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"all slots are busy; retry in {retry_after}s")
+        self.retry_after = retry_after
+
+
+class DuplicateRequest(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    """The pipeline raised; ``before_first_step`` tells whether it rejected its inputs."""
+
+    def __init__(self, message: str, steps_completed: int, measurement: Measurement) -> None:
+        super().__init__(message)
+        self.steps_completed = steps_completed
+        self.measurement = measurement
+
+    @property
+    def before_first_step(self) -> bool:
+        return self.steps_completed == 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps: int
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: Literal["complete", "cancelled"]
+    outputs: list[bytes]
+    content_type: str
+    plan: RunPlan
+    measurement: Measurement
+    steps_completed: int
+    output_blake3: tuple[str, ...]
+    claim: SignedClaim
+
+
+@dataclass
+class ModelSlots:
+    """Capacity bookkeeping for one model; touched only on the event loop thread."""
+
+    model: LoadedModel
+    executor: ThreadPoolExecutor
+    in_flight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    rejected_busy: int = 0
+    steps_executed: int = 0
+    success_ns: int = 0
+    # Moving average of a run's wall time, for Retry-After; None until a run has finished.
+    mean_run_seconds: float | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.model.config.max_concurrency
+
+    def observe(self, seconds: float) -> None:
+        alpha = 0.2
+        previous = self.mean_run_seconds
+        self.mean_run_seconds = (
+            seconds if previous is None else (1 - alpha) * previous + alpha * seconds
+        )
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.mean_run_seconds or 1.0))
+
+
+@dataclass
+class Run:
+    request_id: str
+    model_name: str
+    plan: RunPlan
+    cancel_event: threading.Event
+    events: asyncio.Queue[Progress | None]
+    future: asyncio.Future[RunOutcome] = field(init=False)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class RunService:
+    def __init__(
+        self,
+        device: DeviceIdentity,
+        signing_key: Ed25519PrivateKey,
+        remote_images: RemoteImagePolicy,
+    ) -> None:
+        self.device = device
+        self._key = signing_key
+        self._key_id = key_id(signing_key.public_key())
+        self._remote_images = remote_images
+        self.models: dict[str, ModelSlots] = {}
+        self._runs: dict[str, Run] = {}
+
+    def add_model(self, model: LoadedModel) -> None:
+        executor = ThreadPoolExecutor(
+            max_workers=model.config.max_concurrency, thread_name_prefix=f"run-{model.name}"
+        )
+        self.models[model.name] = ModelSlots(model=model, executor=executor)
+
+    def shutdown(self) -> None:
+        for run in self._runs.values():
+            run.cancel()
+        for slots in self.models.values():
+            slots.executor.shutdown(wait=True, cancel_futures=True)
+
+    def get_run(self, request_id: str) -> Run | None:
+        return self._runs.get(request_id)
+
+    async def start(self, model_name: str, request: GenerationRequest, request_id: str) -> Run:
+        """Validate, fetch references, take a slot and start the run (KeyError: no model)."""
+        slots = self.models[model_name]
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        plan = slots.model.plan(request, seed)
+        images: dict[str, Image.Image] = {}
+        if request.image is not None:
+            images["image"] = await load_image(request.image, "image", self._remote_images)
+        if request.mask is not None:
+            images["mask"] = await load_image(request.mask, "mask", self._remote_images)
+        if request_id in self._runs:
+            raise DuplicateRequest(f"request {request_id} is already running")
+        if slots.in_flight >= slots.capacity:
+            slots.rejected_busy += 1
+            raise ModelBusy(slots.retry_after())
+        slots.in_flight += 1
+        loop = asyncio.get_running_loop()
+        run = Run(request_id, model_name, plan, threading.Event(), asyncio.Queue())
+
+        def on_step(step: int, steps: int) -> None:
+            loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps))
+
+        run.future = loop.run_in_executor(
+            slots.executor, self._execute, slots.model, run, images, on_step
+        )
+        self._runs[request_id] = run
+        run.future.add_done_callback(lambda _f: self._finished(slots, run))
+        return run
+
+    def _finished(self, slots: ModelSlots, run: Run) -> None:
+        slots.in_flight -= 1
+        self._runs.pop(run.request_id, None)
+        run.events.put_nowait(None)
+        if run.future.cancelled():
+            slots.failed += 1
+            return
+        error = run.future.exception()
+        if error is not None:
+            slots.failed += 1
+            if isinstance(error, RunFailed):
+                slots.steps_executed += error.steps_completed
+            return
+        outcome = run.future.result()
+        slots.steps_executed += outcome.steps_completed
+        if outcome.status == "cancelled":
+            slots.cancelled += 1
+        else:
+            slots.completed += 1
+            slots.success_ns += int(outcome.measurement.wall_seconds * 1e9)
+            slots.observe(outcome.measurement.wall_seconds)
+
+    def cancel(self, request_id: str) -> bool:
+        run = self._runs.get(request_id)
+        if run is None:
+            return False
+        run.cancel()
+        return True
+
+    # ------------------------------------------------------------- on the pipeline thread
+
+    def _execute(
+        self,
+        model: LoadedModel,
+        run: Run,
+        images: dict[str, Image.Image],
+        on_step: Callable[[int, int], None],
+    ) -> RunOutcome:
+        steps_seen = 0
+
+        def report(step: int, steps: int) -> None:
+            nonlocal steps_seen
+            steps_seen = step
+            on_step(step, steps)
+
+        started = _now()
+        status: Literal["complete", "cancelled"] = "complete"
+        outputs: list[bytes] = []
+        content_type = "application/octet-stream"
+        steps_completed = 0
+        measurement = Measurement()
+        try:
+            with metered(self.device, run.request_id) as measurement:
+                result = model.execute(run.plan, images, run.cancel_event, report)
+            outputs, content_type = result.outputs, result.content_type
+            steps_completed = result.steps_completed
+        except RunCancelled as stop:
+            status, steps_completed = "cancelled", stop.steps_completed
+        except Exception as exc:
+            log.exception("run %s failed", run.request_id)
+            raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen, measurement) from exc
+        ended = _now()
+        digests = tuple(blake3.blake3(o).hexdigest() for o in outputs)
+        claim = UsageClaim(
+            request_id=run.request_id,
+            model=model.name,
+            device_uuid=self.device.uuid,
+            device_kind=self.device.kind,
+            gpu_seconds=round(measurement.seconds, 6),
+            started_at=_rfc3339(started),
+            ended_at=_rfc3339(ended),
+            seed=run.plan.seed,
+            output_blake3=digests,
+            status=status,
+            steps_completed=steps_completed,
+            key_id=self._key_id,
+        )
+        return RunOutcome(
+            status=status,
+            outputs=outputs,
+            content_type=content_type,
+            plan=run.plan,
+            measurement=measurement,
+            steps_completed=steps_completed,
+            output_blake3=digests,
+            claim=sign_claim(claim, self._key),
+        )
+
+
+async def wait_for(run: Run) -> RunOutcome:
+    """Await a run's outcome, shielding it: cancelling the waiter must not orphan the thread."""
+    return await asyncio.shield(run.future)
+
+
+def consume_exception(run: Run) -> None:
+    """Mark a finished run's exception as retrieved (for runs whose caller went away)."""
+    if run.future.done() and not run.future.cancelled():
+        with contextlib.suppress(Exception):
+            run.future.exception()
