@@ -1,0 +1,3 @@
+from render_gateway.cli import main
+
+main()

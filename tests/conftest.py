@@ -1,0 +1,37 @@
+"""Shared fixtures: real processes on 127.0.0.1, a tiny demo pipeline built locally."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.processes import CLI, OFFLINE_ENV, WorkerProcess, start_worker, stop_worker
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pipeline, written by the real CLI (``models make-demo``)."""
+    directory = tmp_path_factory.mktemp("models") / "demo"
+    subprocess.run(
+        [*CLI, "models", "make-demo", str(directory)],
+        check=True,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        timeout=300,
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def worker(
+    demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One reference worker on the demo model, max_concurrency 1, for the whole session."""
+    tmp_path = tmp_path_factory.mktemp("worker")
+    process = start_worker(tmp_path, ["--model", f"demo={demo_model_dir}"])
+    yield process
+    stop_worker(process)

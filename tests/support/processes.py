@@ -1,0 +1,72 @@
+"""Real processes for tests: free ports on 127.0.0.1, a worker started by the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CLI = [sys.executable, "-m", "render_gateway"]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(
+    tmp_path: Path, args: list[str], timeout: float = 120.0, config: str | None = None
+) -> WorkerProcess:
+    port = free_port()
+    data_dir = tmp_path / "worker-data"
+    log_path = tmp_path / f"worker-{port}.log"
+    command = [*CLI, "worker", "--port", str(port), "--data-dir", str(data_dir), *args]
+    if config is not None:
+        config_path = tmp_path / f"worker-{port}.toml"
+        config_path.write_text(config)
+        command += ["--config", str(config_path)]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}
+        )
+    worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}:\n{worker.log()}")
+        try:
+            if httpx.get(worker.url + "/v2/health/ready", timeout=1).status_code == 200:
+                return worker
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"worker not ready within {timeout}s:\n{worker.log()}")
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
