@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,11 @@ from render_gateway.config import ConfigError, ModelConfig, load_settings
 app = typer.Typer(help="Render: inference gateway for generative media.", no_args_is_help=True)
 models_app = typer.Typer(help="Model directories for the reference worker.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+class DemoKind(StrEnum):
+    image = "image"
+    video = "video"
 
 
 def _offline() -> None:
@@ -96,19 +102,22 @@ def worker(
 @models_app.command("make-demo")
 def make_demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the pipeline.")],
+    kind: Annotated[
+        DemoKind, typer.Option(help="image: t2i, i2i, edit; video: t2v.")
+    ] = DemoKind.image,
 ) -> None:
-    """Write a tiny, randomly initialised Stable-Diffusion-style pipeline (no download)."""
+    """Write a tiny, randomly initialised diffusion pipeline (no download)."""
     _offline()
     from render_gateway.worker.demo import make_demo_pipeline
 
     if directory.exists() and any(directory.iterdir()):
         typer.echo(f"error: {directory} exists and is not empty", err=True)
         raise typer.Exit(2)
-    make_demo_pipeline(directory)
+    make_demo_pipeline(directory, kind.value)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     typer.echo(
         f"wrote a tiny demo pipeline to {directory} ({size / 1e6:.1f} MB; "
-        "random weights, so images look like noise)"
+        "random weights, so its output looks like noise)"
     )
 
 

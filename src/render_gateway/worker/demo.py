@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable-Diffusion-style pipeline for demos and tests.
+"""Tiny, randomly initialised diffusion pipelines (image and video) for demos and tests.
 
 Nothing is downloaded: the UNet, VAE and CLIP text encoder are built from small configs with
 a fixed seed, and the tokenizer's vocabulary is the 256 byte symbols of CLIP's byte-level BPE
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 DEMO_SEED = 0
 DEMO_SAMPLE_SIZE = 8  # latent size; the VAE scales by 8 (as Stable Diffusion's), so 64 px
@@ -57,21 +58,43 @@ def write_tokenizer(directory: Path) -> int:
     return len(vocab)
 
 
-def make_demo_pipeline(directory: Path) -> Path:
-    """Build the tiny pipeline and ``save_pretrained`` it into ``directory``."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _text_encoder(vocab_size: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    directory = Path(directory)
-    tokenizer_dir = directory / "tokenizer"
-    vocab_size = write_tokenizer(tokenizer_dir)
-    torch.manual_seed(DEMO_SEED)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+
+
+def _vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=DEMO_SAMPLE_SIZE * 8,
+    )
+
+
+def _image_pipeline(tokenizer: Any, vocab_size: int) -> Any:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
     unet = UNet2DConditionModel(
         sample_size=DEMO_SAMPLE_SIZE,
         in_channels=4,
@@ -85,30 +108,6 @@ def make_demo_pipeline(directory: Path) -> Path:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=DEMO_SAMPLE_SIZE * 8,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-    )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -116,18 +115,71 @@ def make_demo_pipeline(directory: Path) -> Path:
         num_train_timesteps=1000,
         steps_offset=1,
     )
-    pipeline = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+        vae=_vae(),
+        text_encoder=_text_encoder(vocab_size),
+        tokenizer=tokenizer,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _video_pipeline(tokenizer: Any, vocab_size: int) -> Any:
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+
+    unet = UNet3DConditionModel(
+        sample_size=DEMO_SAMPLE_SIZE,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
+        up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return TextToVideoSDPipeline(
+        unet=unet,
+        vae=_vae(),
+        text_encoder=_text_encoder(vocab_size),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+    )
+
+
+DEMO_HINTS: dict[str, dict[str, int]] = {
+    "image": {"default_steps": 4, "min_side": 64, "max_side": 1024},
+    "video": {"default_steps": 4, "min_side": 64, "max_side": 256},
+}
+
+
+def make_demo_pipeline(directory: Path, kind: str = "image") -> Path:
+    """Build the tiny pipeline (image: Stable Diffusion; video: TextToVideoSD) and save it."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    tokenizer_dir = directory / "tokenizer"
+    vocab_size = write_tokenizer(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(DEMO_SEED)
+    builders = {"image": _image_pipeline, "video": _video_pipeline}
+    if kind not in builders:
+        raise ValueError(f"demo kind is image or video, not {kind!r}")
+    build = builders[kind]
+    pipeline = build(tokenizer, vocab_size)
     pipeline.save_pretrained(str(directory), safe_serialization=True)
     # Defaults the worker reads from the model directory (its config may override them).
-    hints = {"default_steps": 4, "min_side": 64, "max_side": 1024}
-    (directory / "render.json").write_text(json.dumps(hints, indent=2) + "\n")
+    (directory / "render.json").write_text(json.dumps(DEMO_HINTS[kind], indent=2) + "\n")
     return directory

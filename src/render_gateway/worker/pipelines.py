@@ -216,15 +216,22 @@ class LoadedModel:
         pipe.set_progress_bar_config(disable=True)
         completed = 0
 
+        def finished_step(step_index: int, total: int) -> None:
+            nonlocal completed
+            completed = step_index + 1
+            on_step(completed, total)
+            if cancel.is_set():
+                raise RunCancelled(completed)
+
         def step_end(
             pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            nonlocal completed
-            completed = step + 1
-            on_step(completed, int(pipeline.num_timesteps))
-            if cancel.is_set():
-                raise RunCancelled(completed)
+            finished_step(step, int(pipeline.num_timesteps))
             return kwargs
+
+        def legacy_step(step: int, timestep: Any, latents: Any) -> None:
+            order = int(getattr(pipe.scheduler, "order", 1))
+            finished_step(step, len(pipe.scheduler.timesteps) // order)
 
         arguments = dict(plan.arguments)
         if "image" in images:
@@ -233,7 +240,10 @@ class LoadedModel:
             arguments["mask_image"] = images["mask"].convert("L").resize((plan.width, plan.height))
         # A CPU generator gives the same noise for a seed on every device.
         arguments["generator"] = torch.Generator("cpu").manual_seed(plan.seed)
-        arguments["callback_on_step_end"] = step_end
+        if "callback_on_step_end" in self.accepts(plan.task):
+            arguments["callback_on_step_end"] = step_end
+        else:  # older pipelines (e.g. TextToVideoSD) only have the per-step ``callback``
+            arguments["callback"], arguments["callback_steps"] = legacy_step, 1
         if cancel.is_set():
             raise RunCancelled(0)
         if self.modality == "video":
@@ -296,6 +306,13 @@ def load_model(name: str, config: ModelConfig, device: str, dtype: str) -> Loade
                 log.info("model %s: no %s pipeline (%s)", name, task, exc)
         if not pipelines:
             raise ValueError(f"{class_name} maps to no image task this worker knows")
+    for task, pipeline in pipelines.items():
+        accepted = inspect.signature(pipeline.__call__).parameters
+        if "callback_on_step_end" not in accepted and "callback" not in accepted:
+            raise ValueError(
+                f"{type(pipeline).__name__} ({task}) has no step callback: the worker could "
+                "neither report real progress nor stop it when cancelled"
+            )
     vae_scale = int(getattr(base, "vae_scale_factor", 8))
     sample_size = _sample_size(base)
     native = sample_size * vae_scale if sample_size else 512
