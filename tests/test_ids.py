@@ -37,9 +37,7 @@ def test_generated_request_ids_are_valid(generate: Callable[[], str]) -> None:
     assert is_valid_request_id(generate())
 
 
-@pytest.mark.parametrize(
-    "value", ["req_abc", "a", "A1.b:c-d_e", "9" * 128, "x" + "-" * 127]
-)
+@pytest.mark.parametrize("value", ["req_abc", "a", "A1.b:c-d_e", "9" * 128, "x" + "-" * 127])
 def test_valid_request_ids(value: str) -> None:
     assert is_valid_request_id(value)
 

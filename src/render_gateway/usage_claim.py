@@ -8,7 +8,6 @@ itself is canonical anyway (sorted keys, no spaces, UTF-8) so that equal claims 
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -57,9 +56,28 @@ class UsageClaim:
             claim = cls(**fields)
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             raise InvalidClaim(f"claim payload is not a valid claim: {exc}") from exc
+        claim._check_types()
         if claim.encode() != payload:
             raise InvalidClaim("claim payload is not in canonical form")
         return claim
+
+    def _check_types(self) -> None:
+        text_fields = ("request_id", "model", "device_uuid", "device_kind", "started_at",
+                       "ended_at", "status", "key_id")  # fmt: skip
+        for name in text_fields:
+            if not isinstance(getattr(self, name), str):
+                raise InvalidClaim(f"claim field {name!r} must be a string")
+        for name in ("seed", "steps_completed", "version"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidClaim(f"claim field {name!r} must be a non-negative integer")
+        seconds = self.gpu_seconds
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            raise InvalidClaim("claim field 'gpu_seconds' must be a non-negative number")
+        if not all(isinstance(d, str) for d in self.output_blake3):
+            raise InvalidClaim("claim field 'output_blake3' must be a list of strings")
+        if self.status not in ("complete", "cancelled"):
+            raise InvalidClaim(f"claim status {self.status!r} is not complete or cancelled")
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ class SignedClaim:
                 key_id=str(data["key_id"]),
                 algorithm=str(data["alg"]),
             )
-        except (KeyError, TypeError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError covers binascii.Error
             raise InvalidClaim(f"signed claim is malformed: {exc}") from exc
 
     @classmethod

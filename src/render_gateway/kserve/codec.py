@@ -79,7 +79,7 @@ class InferRequest:
         for wanted in self.outputs:
             if wanted.name == output_name:
                 return wanted.binary
-        return bool(self.parameters.get("binary_data_output", False))
+        return self.parameters.get("binary_data_output", False) is True
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,9 @@ def split_body(body: bytes, header_length: int | None) -> tuple[Any, bytes]:
 def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+    if not value.isascii() or not value.isdigit():
+        raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _join(header: dict[str, Any], blobs: Sequence[bytes]) -> tuple[bytes, int | None]:
@@ -281,7 +280,13 @@ def _tensor_json(tensor: Tensor, binary: bool, blobs: list[bytes]) -> dict[str, 
         if parameters.get("content_encoding") == "base64":
             out["data"] = [base64.b64encode(e).decode() for e in _bytes_elements(tensor)]
         else:
-            out["data"] = [e.decode() for e in _bytes_elements(tensor)]
+            try:
+                out["data"] = [e.decode() for e in _bytes_elements(tensor)]
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(
+                    f"tensor {tensor.name!r}: bytes that are not UTF-8 need "
+                    "content_encoding base64 or the binary extension"
+                ) from exc
     else:
         if isinstance(tensor.data, bytes):
             raise ProtocolError(f"tensor {tensor.name!r}: JSON numeric data must be a list")
@@ -319,7 +324,10 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise ProtocolError(f"outputs[{index}] must be an object with a 'name'")
         params = _parse_parameters(raw.get("parameters"), f"outputs[{index}]")
-        outputs.append(RequestedOutput(raw["name"], bool(params.get("binary_data", False))))
+        wants_binary = params.get("binary_data", False)
+        if not isinstance(wants_binary, bool):
+            raise ProtocolError(f"outputs[{index}]: 'binary_data' must be true or false")
+        outputs.append(RequestedOutput(raw["name"], wants_binary))
     return InferRequest(
         inputs=tuple(inputs),
         id=request_id,

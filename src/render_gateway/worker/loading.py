@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 def prepare_device(config: WorkerConfig, node_public_key: bytes) -> DeviceIdentity:
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
+    # diffusers warns on every pipeline construction (one per run here); keep errors only.
+    diffusers_logging.set_verbosity_error()
     torch.set_num_threads(config.cpu_threads)
     device = identify(pick_device(config.device), node_public_key)
     log.info(

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from PIL import Image
 from render_gateway.config import ModelConfig
 from render_gateway.formats import format_size
 from render_gateway.generation import GenerationRequest
+from render_gateway.worker.devices import Measurement
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class RunCancelled(Exception):
     def __init__(self, steps_completed: int) -> None:
         super().__init__(f"cancelled after {steps_completed} steps")
         self.steps_completed = steps_completed
+        self.measurement = Measurement()  # the device time spent before the stop
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class RunResult:
     outputs: list[bytes]
     content_type: str
     steps_completed: int
+    measurement: Measurement
+
+
+Meter = Callable[[], AbstractContextManager[Measurement]]
 
 
 @dataclass
@@ -205,7 +212,9 @@ class LoadedModel:
         images: dict[str, Image.Image],
         cancel: threading.Event,
         on_step: Callable[[int, int], None],
+        meter: Meter,
     ) -> RunResult:
+        """Run the plan; only the pipeline call itself is metered (not set-up or encoding)."""
         import torch
 
         from render_gateway.worker.media import encode_mp4, encode_png
@@ -246,16 +255,23 @@ class LoadedModel:
             arguments["callback"], arguments["callback_steps"] = legacy_step, 1
         if cancel.is_set():
             raise RunCancelled(0)
+        output_type = "np" if self.modality == "video" else "pil"
+        measurement = Measurement()
+        try:
+            with meter() as measurement:
+                output = pipe(**arguments, output_type=output_type)
+        except RunCancelled as stop:
+            stop.measurement = measurement
+            raise
         if self.modality == "video":
             import numpy as np
 
-            output = pipe(**arguments, output_type="np")
             frames = np.asarray(output.frames[0])  # first (only) video of the batch: (F, H, W, C)
             video = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
             fps = plan.frames_per_second or self.config.fps
-            return RunResult([encode_mp4(video, fps)], "video/mp4", completed)
-        output = pipe(**arguments, output_type="pil")
-        return RunResult([encode_png(image) for image in output.images], "image/png", completed)
+            return RunResult([encode_mp4(video, fps)], "video/mp4", completed, measurement)
+        outputs = [encode_png(image) for image in output.images]
+        return RunResult(outputs, "image/png", completed, measurement)
 
 
 # ------------------------------------------------------------------------------- loading

@@ -15,6 +15,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -46,10 +47,9 @@ class DuplicateRequest(Exception):
 class RunFailed(Exception):
     """The pipeline raised; ``before_first_step`` tells whether it rejected its inputs."""
 
-    def __init__(self, message: str, steps_completed: int, measurement: Measurement) -> None:
+    def __init__(self, message: str, steps_completed: int) -> None:
         super().__init__(message)
         self.steps_completed = steps_completed
-        self.measurement = measurement
 
     @property
     def before_first_step(self) -> bool:
@@ -241,18 +241,20 @@ class RunService:
         status: Literal["complete", "cancelled"] = "complete"
         outputs: list[bytes] = []
         content_type = "application/octet-stream"
-        steps_completed = 0
-        measurement = Measurement()
+
+        def meter() -> AbstractContextManager[Measurement]:
+            return metered(self.device, run.request_id)
+
         try:
-            with metered(self.device, run.request_id) as measurement:
-                result = model.execute(run.plan, images, run.cancel_event, report)
+            result = model.execute(run.plan, images, run.cancel_event, report, meter)
             outputs, content_type = result.outputs, result.content_type
-            steps_completed = result.steps_completed
+            steps_completed, measurement = result.steps_completed, result.measurement
         except RunCancelled as stop:
             status, steps_completed = "cancelled", stop.steps_completed
+            measurement = stop.measurement
         except Exception as exc:
             log.exception("run %s failed", run.request_id)
-            raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen, measurement) from exc
+            raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen) from exc
         ended = _now()
         digests = tuple(blake3.blake3(o).hexdigest() for o in outputs)
         claim = UsageClaim(
