@@ -80,7 +80,7 @@ def infer_body(request: dict[str, Any], binary: bool) -> bytes:
 def measure_worker(
     url: str, request: dict[str, Any], count: int, binary: bool
 ) -> dict[str, list[float]]:
-    series: dict[str, list[float]] = {"e2e": [], "pipeline": [], "metered": []}
+    series: dict[str, list[float]] = {"e2e": [], "pipeline": [], "metered": [], "encode": []}
     with httpx.Client(timeout=120) as client:
         for _ in range(count):
             body = infer_body(request, binary)
@@ -93,6 +93,7 @@ def measure_worker(
             series["e2e"].append(elapsed)
             series["pipeline"].append(float(result.parameters["pipeline_seconds"]))
             series["metered"].append(float(result.parameters["gpu_seconds"]))
+            series["encode"].append(float(result.parameters["encode_seconds"]))
     return series
 
 
@@ -139,6 +140,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="64,256")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cpu")
@@ -162,38 +164,54 @@ def main() -> None:
             f"worker device: {node['kind']} {node['name']} uuid={node['uuid']} "
             f"({node['uuid_source']}), meter={node['meter']}"
         )
+        pipe = load_in_process(model_dir, args.device)
+        columns = ["size", "in-process", "pipeline", "metered", "png encode", "e2e bin",
+                   "e2e json", "overhead bin", "rest bin", "e2e/in-proc"]  # fmt: skip
+        table = [" ".join(f"{c:>12}" for c in columns) + "   (ms, median; ratio last)"]
+        notes = []
         try:
-            rows = []
             for size in (int(s) for s in args.sizes.split(",")):
                 request = {"prompt": "a lighthouse at dusk", "seed": 1, "steps": args.steps,
                            "width": size, "height": size}  # fmt: skip
                 measure_worker(url, request, args.warmup, binary=True)
-                binary = measure_worker(url, request, args.requests, binary=True)
-                as_json = measure_worker(url, request, args.requests, binary=False)
-                rows.append((size, request, binary, as_json))
+                measure_in_process(pipe, request, args.warmup, args.device)
+                # Alternate the two sides in rounds so drift (clocks, caches) hits both alike.
+                baseline: list[float] = []
+                binary: dict[str, list[float]] = {}
+                as_json: dict[str, list[float]] = {}
+                per_round = max(1, args.requests // args.rounds)
+                for _ in range(args.rounds):
+                    baseline += measure_in_process(pipe, request, per_round, args.device)
+                    for key, values in measure_worker(url, request, per_round, True).items():
+                        binary.setdefault(key, []).extend(values)
+                    for key, values in measure_worker(url, request, per_round, False).items():
+                        as_json.setdefault(key, []).extend(values)
+                pairs = zip(binary["e2e"], binary["pipeline"], binary["encode"], strict=True)
+                over = [e - p for e, p, _ in pairs]
+                rest = [
+                    e - p - c
+                    for e, p, c in zip(
+                        binary["e2e"], binary["pipeline"], binary["encode"], strict=True
+                    )
+                ]
+                ratio = statistics.median(binary["e2e"]) / statistics.median(baseline)
+                cells = [str(size), ms(baseline), ms(binary["pipeline"]), ms(binary["metered"]),
+                         ms(binary["encode"]), ms(binary["e2e"]), ms(as_json["e2e"]), ms(over),
+                         ms(rest), f"{ratio:.3f}x"]  # fmt: skip
+                table.append(" ".join(f"{c:>12}" for c in cells))
+                pipeline = statistics.median(binary["pipeline"])
+                notes.append(
+                    f"{size:>5} px: overhead/pipeline {statistics.median(over) / pipeline:.3f}, "
+                    f"of which PNG encoding {statistics.median(binary['encode']) / pipeline:.3f}; "
+                    f"metered/pipeline wall {statistics.median(binary['metered']) / pipeline:.3f}"
+                )
         finally:
             process.terminate()
             process.wait(30)
         print()
-        columns = ["size", "in-process", "pipeline", "metered", "e2e bin", "e2e json",
-                   "overhead bin", "overhead json", "e2e/in-process"]  # fmt: skip
-        print(" ".join(f"{c:>14}" for c in columns) + "   (ms, median; ratio last)")
-        pipe = load_in_process(model_dir, args.device)
-        for size, request, binary, as_json in rows:
-            measure_in_process(pipe, request, args.warmup, args.device)
-            baseline = measure_in_process(pipe, request, args.requests, args.device)
-            over_bin = [e - p for e, p in zip(binary["e2e"], binary["pipeline"], strict=True)]
-            over_json = [e - p for e, p in zip(as_json["e2e"], as_json["pipeline"], strict=True)]
-            ratio = statistics.median(binary["e2e"]) / statistics.median(baseline)
-            cells = [str(size), ms(baseline), ms(binary["pipeline"]), ms(binary["metered"]),
-                     ms(binary["e2e"]), ms(as_json["e2e"]), ms(over_bin), ms(over_json),
-                     f"{ratio:.3f}x"]  # fmt: skip
-            print(" ".join(f"{c:>14}" for c in cells))
-            pipeline = statistics.median(binary["pipeline"])
-            overhead_ratio = statistics.median(over_bin) / pipeline
-            metered_ratio = statistics.median(binary["metered"]) / pipeline
-            print(f"{'':>14} overhead/pipeline (binary) {overhead_ratio:.3f}; "
-                  f"metered/pipeline wall {metered_ratio:.3f}")  # fmt: skip
+        print("\n".join(table))
+        print()
+        print("\n".join(notes))
 
 
 if __name__ == "__main__":

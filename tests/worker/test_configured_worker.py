@@ -19,6 +19,7 @@ from aiohttp import web
 from PIL import Image
 
 from render_gateway.kserve import codec
+
 from support.processes import CLI, OFFLINE_ENV, WorkerProcess, start_worker, stop_worker
 
 

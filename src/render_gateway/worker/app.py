@@ -187,6 +187,7 @@ def _outcome_parameters(
         "gpu_seconds": round(outcome.measurement.seconds, 6),
         "meter": outcome.measurement.meter,
         "pipeline_seconds": round(outcome.measurement.wall_seconds, 6),
+        "encode_seconds": round(outcome.encode_seconds, 6),
         "device_uuid": device.uuid,
         "device_kind": device.kind,
         "seed": outcome.plan.seed,

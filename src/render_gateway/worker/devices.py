@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class Measurement:
     seconds: float = 0.0
     wall_seconds: float = 0.0
     meter: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 def pick_device(requested: str) -> str:
@@ -104,16 +107,27 @@ def _cpu_name() -> str:
 @contextlib.contextmanager
 def metered(device: DeviceIdentity, request_id: str) -> Iterator[Measurement]:
     """Measure the block's device time; on CUDA inside an NVTX range named ``request_id``."""
-    measurement = Measurement()
+    measurement = Measurement(started_at=datetime.now(UTC))
+    try:
+        with _device_metered(device, request_id, measurement):
+            yield measurement
+    finally:
+        measurement.ended_at = datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def _device_metered(
+    device: DeviceIdentity, request_id: str, measurement: Measurement
+) -> Iterator[None]:
     if device.kind == "cuda":
         with _cuda_metered(device, request_id, measurement):
-            yield measurement
+            yield
         return
     # On CPU the worker runs torch with one intra-op thread per run (see config), so the
     # calling thread's CPU time is the run's compute time.
     start_cpu, start_wall = time.thread_time(), time.perf_counter()
     try:
-        yield measurement
+        yield
     finally:
         measurement.seconds = time.thread_time() - start_cpu
         measurement.wall_seconds = time.perf_counter() - start_wall

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -61,7 +62,6 @@ class RunCancelled(Exception):
 @dataclass(frozen=True)
 class RunPlan:
     task: str
-    pipeline: Any
     arguments: dict[str, Any]
     steps: int
     width: int
@@ -72,11 +72,17 @@ class RunPlan:
 
 
 @dataclass
-class RunResult:
-    outputs: list[bytes]
-    content_type: str
+class Generated:
+    output: Any  # the pipeline's output object (PIL images, or frames as arrays)
     steps_completed: int
     measurement: Measurement
+
+
+@dataclass
+class Encoded:
+    outputs: list[bytes]
+    content_type: str
+    seconds: float
 
 
 Meter = Callable[[], AbstractContextManager[Measurement]]
@@ -96,6 +102,7 @@ class LoadedModel:
     max_side: int
     size_multiple: int
     _signatures: dict[str, frozenset[str]] = field(default_factory=dict)
+    _thread_pipelines: threading.local = field(default_factory=threading.local)
 
     @property
     def tasks(self) -> list[str]:
@@ -151,7 +158,6 @@ class LoadedModel:
                 ignored.append(key)
         return RunPlan(
             task=request.task,
-            pipeline=self.pipelines[request.task],
             arguments=arguments,
             steps=steps,
             width=width,
@@ -206,23 +212,31 @@ class LoadedModel:
 
     # -------------------------------------------------------------------------- execution
 
-    def execute(
+    def _pipeline_for_this_thread(self, task: str) -> Any:
+        """This thread's own pipeline object: shared weights, its own scheduler and call
+        state (diffusers keeps both on the pipeline object, so concurrent runs must not share
+        one). Each run thread builds it once and reuses it."""
+        cache: dict[str, Any] = self._thread_pipelines.__dict__.setdefault("by_task", {})
+        if task not in cache:
+            template = self.pipelines[task]
+            scheduler = type(template.scheduler).from_config(template.scheduler.config)
+            pipe = type(template)(**{**template.components, "scheduler": scheduler})
+            pipe.set_progress_bar_config(disable=True)
+            cache[task] = pipe
+        return cache[task]
+
+    def generate(
         self,
         plan: RunPlan,
         images: dict[str, Image.Image],
         cancel: threading.Event,
         on_step: Callable[[int, int], None],
         meter: Meter,
-    ) -> RunResult:
-        """Run the plan; only the pipeline call itself is metered (not set-up or encoding)."""
+    ) -> Generated:
+        """Run the pipeline; only the call itself is metered (not set-up, not encoding)."""
         import torch
 
-        from render_gateway.worker.media import encode_mp4, encode_png
-
-        template = plan.pipeline
-        scheduler = type(template.scheduler).from_config(template.scheduler.config)
-        pipe = type(template)(**{**template.components, "scheduler": scheduler})
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self._pipeline_for_this_thread(plan.task)
         completed = 0
 
         def finished_step(step_index: int, total: int) -> None:
@@ -263,15 +277,25 @@ class LoadedModel:
         except RunCancelled as stop:
             stop.measurement = measurement
             raise
+        return Generated(output, completed, measurement)
+
+    def encode(self, generated: Generated, plan: RunPlan) -> Encoded:
+        """PNG per image, or one MP4: CPU work, done after the device slot is released."""
+        from render_gateway.worker.media import encode_mp4, encode_png
+
+        started = time.perf_counter()
         if self.modality == "video":
             import numpy as np
 
-            frames = np.asarray(output.frames[0])  # first (only) video of the batch: (F, H, W, C)
+            # The first (only) video of the batch, shaped (frames, height, width, channels).
+            frames = np.asarray(generated.output.frames[0])
             video = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
             fps = plan.frames_per_second or self.config.fps
-            return RunResult([encode_mp4(video, fps)], "video/mp4", completed, measurement)
-        outputs = [encode_png(image) for image in output.images]
-        return RunResult(outputs, "image/png", completed, measurement)
+            outputs, content_type = [encode_mp4(video, fps)], "video/mp4"
+        else:
+            outputs = [encode_png(image) for image in generated.output.images]
+            content_type = "image/png"
+        return Encoded(outputs, content_type, time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ from render_gateway.signing_keys import key_id
 from render_gateway.usage_claim import SignedClaim, UsageClaim, sign_claim
 from render_gateway.worker.devices import DeviceIdentity, Measurement, metered
 from render_gateway.worker.media import RemoteImagePolicy, load_image
-from render_gateway.worker.pipelines import LoadedModel, RunCancelled, RunPlan
+from render_gateway.worker.pipelines import Encoded, LoadedModel, RunCancelled, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RunOutcome:
     steps_completed: int
     output_blake3: tuple[str, ...]
     claim: SignedClaim
+    encode_seconds: float
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Run:
     cancel_event: threading.Event
     events: asyncio.Queue[Progress | None]
     future: asyncio.Future[RunOutcome] = field(init=False)
+    holds_slot: bool = True  # until the pipeline call returns, or the run ends otherwise
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -150,7 +152,9 @@ class RunService:
 
     def add_model(self, model: LoadedModel) -> None:
         executor = ThreadPoolExecutor(
-            max_workers=model.config.max_concurrency, thread_name_prefix=f"run-{model.name}"
+            # Twice the slots: a run that is only encoding its output holds a thread, not a slot.
+            max_workers=2 * model.config.max_concurrency,
+            thread_name_prefix=f"run-{model.name}",
         )
         self.models[model.name] = ModelSlots(model=model, executor=executor)
 
@@ -185,15 +189,24 @@ class RunService:
         def on_step(step: int, steps: int) -> None:
             loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps))
 
+        def release_slot() -> None:
+            loop.call_soon_threadsafe(self._release_slot, slots, run)
+
         run.future = loop.run_in_executor(
-            slots.executor, self._execute, slots.model, run, images, on_step
+            slots.executor, self._execute, slots.model, run, images, on_step, release_slot
         )
         self._runs[request_id] = run
         run.future.add_done_callback(lambda _f: self._finished(slots, run))
         return run
 
+    @staticmethod
+    def _release_slot(slots: ModelSlots, run: Run) -> None:
+        if run.holds_slot:
+            run.holds_slot = False
+            slots.in_flight -= 1
+
     def _finished(self, slots: ModelSlots, run: Run) -> None:
-        slots.in_flight -= 1
+        self._release_slot(slots, run)
         self._runs.pop(run.request_id, None)
         run.events.put_nowait(None)
         if run.future.cancelled():
@@ -229,6 +242,7 @@ class RunService:
         run: Run,
         images: dict[str, Image.Image],
         on_step: Callable[[int, int], None],
+        release_slot: Callable[[], None],
     ) -> RunOutcome:
         steps_seen = 0
 
@@ -237,26 +251,36 @@ class RunService:
             steps_seen = step
             on_step(step, steps)
 
-        started = _now()
         status: Literal["complete", "cancelled"] = "complete"
-        outputs: list[bytes] = []
-        content_type = "application/octet-stream"
 
         def meter() -> AbstractContextManager[Measurement]:
             return metered(self.device, run.request_id)
 
         try:
-            result = model.execute(run.plan, images, run.cancel_event, report, meter)
-            outputs, content_type = result.outputs, result.content_type
-            steps_completed, measurement = result.steps_completed, result.measurement
+            generated = model.generate(run.plan, images, run.cancel_event, report, meter)
         except RunCancelled as stop:
             status, steps_completed = "cancelled", stop.steps_completed
-            measurement = stop.measurement
+            measurement, encoded = stop.measurement, Encoded([], "application/octet-stream", 0.0)
         except Exception as exc:
             log.exception("run %s failed", run.request_id)
             raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen) from exc
-        ended = _now()
-        digests = tuple(blake3.blake3(o).hexdigest() for o in outputs)
+        else:
+            # The device is free once the pipeline returns: let the next run start on it
+            # while this thread encodes.
+            release_slot()
+            steps_completed, measurement = generated.steps_completed, generated.measurement
+            try:
+                encoded = model.encode(generated, run.plan)
+            except Exception as exc:
+                log.exception("run %s: encoding the output failed", run.request_id)
+                raise RunFailed(
+                    f"encoding failed: {type(exc).__name__}: {exc}", steps_seen
+                ) from exc
+            del generated
+        # The claim's interval is the metered one (a run cancelled before it began has none).
+        started = measurement.started_at or _now()
+        ended = measurement.ended_at or started
+        digests = tuple(blake3.blake3(o).hexdigest() for o in encoded.outputs)
         claim = UsageClaim(
             request_id=run.request_id,
             model=model.name,
@@ -273,13 +297,14 @@ class RunService:
         )
         return RunOutcome(
             status=status,
-            outputs=outputs,
-            content_type=content_type,
+            outputs=encoded.outputs,
+            content_type=encoded.content_type,
             plan=run.plan,
             measurement=measurement,
             steps_completed=steps_completed,
             output_blake3=digests,
             claim=sign_claim(claim, self._key),
+            encode_seconds=encoded.seconds,
         )
 
 
