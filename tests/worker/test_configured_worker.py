@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from PIL import Image
 
 from render_gateway.kserve import codec
 
-from support.processes import CLI, OFFLINE_ENV, WorkerProcess, start_worker, stop_worker
+from support.processes import (
+    CLI,
+    OFFLINE_ENV,
+    WorkerProcess,
+    free_port,
+    start_worker,
+    stop_worker,
+)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +177,65 @@ async def test_remote_reference_images_are_fetched_with_limits(
         assert slow.status_code == 400 and "longer than" in slow.json()["message"]
         missing = await i2i(image_server + "/missing.png")
         assert missing.status_code == 400 and "404" in missing.json()["message"]
+
+
+def test_unusable_device_fails_start_up(demo_model_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *CLI,
+            "worker",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--device",
+            "cuda:0",
+            "--model",
+            f"demo={demo_model_dir}",
+        ],
+        env={**os.environ, **OFFLINE_ENV, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert b"torch sees no CUDA device" in result.stdout + result.stderr
+
+
+def test_broken_model_directory_is_reported_not_ready(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "NoSuchPipeline"}')
+    worker = subprocess.Popen(
+        [
+            *CLI,
+            "worker",
+            "--port",
+            str(port := free_port()),
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            f"broken={broken}",
+        ],
+        env={**os.environ, **OFFLINE_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(url + "/v2/health/ready", timeout=1)
+                body = response.json()
+                if body["models"]["broken"] != "loading":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert body["models"]["broken"] == "failed" and body["ready"] is False
+        model = httpx.get(url + "/v2/models/broken")
+        assert model.status_code == 503 and "failed" in model.json()["message"]
+    finally:
+        worker.terminate()
+        worker.wait(15)

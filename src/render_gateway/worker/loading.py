@@ -11,7 +11,7 @@ from render_gateway.worker.pipelines import load_model
 from render_gateway.worker.runs import RunService
 
 if TYPE_CHECKING:
-    from render_gateway.worker.app import WorkerState
+    from render_gateway.worker.state import WorkerState
 
 log = logging.getLogger(__name__)
 
