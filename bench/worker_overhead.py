@@ -130,6 +130,23 @@ def measure_in_process(pipe: Any, request: dict[str, Any], count: int, device: s
     return times
 
 
+def verified_claim(url: str) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from render_gateway.usage_claim import SignedClaim, verify_claim
+
+    key = base64.b64decode(httpx.get(url + "/v2/node").json()["public_key"])
+    request = {"prompt": "a receipt", "seed": 7, "steps": 4}
+    response = httpx.post(url + "/v2/models/demo/infer", content=infer_body(request, True))
+    length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
+    parameters = codec.decode_response(response.content, length).parameters
+    signed = SignedClaim.from_text(str(parameters["usage_claim"]))
+    verify_claim(signed, Ed25519PublicKey.from_public_bytes(key))  # raises if it fails
+    return signed.payload.decode() + f" (pipeline wall {parameters['pipeline_seconds']} s)"
+
+
 def ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:8.2f}"
 
@@ -164,6 +181,7 @@ def main() -> None:
             f"worker device: {node['kind']} {node['name']} uuid={node['uuid']} "
             f"({node['uuid_source']}), meter={node['meter']}"
         )
+        print(f"signed usage claim of one run, verified with /v2/node's key: {verified_claim(url)}")
         pipe = load_in_process(model_dir, args.device)
         columns = ["size", "in-process", "pipeline", "metered", "png encode", "e2e bin",
                    "e2e json", "overhead bin", "rest bin", "e2e/in-proc"]  # fmt: skip
