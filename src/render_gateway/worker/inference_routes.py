@@ -100,7 +100,7 @@ def output_name(model: LoadedModel) -> str:
 
 
 def _response(
-    outcome: RunOutcome, request_id: str, device: DeviceIdentity, model: LoadedModel
+    outcome: RunOutcome, device: DeviceIdentity, request_id: str, model: LoadedModel
 ) -> codec.InferResponse:
     tensor = codec.Tensor(
         name=output_name(model),
@@ -141,6 +141,20 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
+async def _finish(
+    request: Request, run: Run, model: LoadedModel
+) -> tuple[RunOutcome, DeviceIdentity] | None:
+    """Wait for a non-streamed run; None if the client left. A cancelled run is a 409."""
+    outcome = await _outcome_or_disconnect(request, run)
+    if outcome is None:
+        return None
+    device = worker_state(request).device
+    assert device is not None
+    if outcome.status == "cancelled":
+        raise _cancelled_error(outcome, device, model)
+    return outcome, device
+
+
 async def _outcome_or_disconnect(request: Request, run: Run) -> RunOutcome | None:
     """The run's outcome, or None if the client went away first (the run is then cancelled)."""
     watcher = asyncio.ensure_future(_until_disconnected(request))
@@ -162,8 +176,7 @@ async def _outcome_or_disconnect(request: Request, run: Run) -> RunOutcome | Non
 
 async def infer(request: Request) -> Response:
     model = ready_model(request)
-    state = worker_state(request)
-    body = await read_body(request, state.config.max_request_bytes)
+    body = await read_body(request, worker_state(request).config.max_request_bytes)
     try:
         header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
         decoded = codec.decode_request(body, header_length)
@@ -194,13 +207,10 @@ async def infer(request: Request) -> Response:
     gen = _generation_request(tensor.data[0])
     request_id = _request_id(decoded.id)
     run = await _start(request, model, gen, request_id)
-    outcome = await _outcome_or_disconnect(request, run)
-    if outcome is None:
+    finished = await _finish(request, run, model)
+    if finished is None:
         return Response(status_code=499)  # nobody is listening; the status is for the log
-    assert state.device is not None
-    if outcome.status == "cancelled":
-        raise _cancelled_error(outcome, state.device, model)
-    response = _response(outcome, request_id, state.device, model)
+    response = _response(*finished, request_id, model)
     binary = frozenset({output}) if decoded.wants_binary(output) else frozenset()
     payload, header_length_out = codec.encode_response(response, binary)
     if header_length_out is None:
@@ -233,23 +243,19 @@ async def _generate_inputs(request: Request, model: LoadedModel) -> tuple[Genera
 
 
 def _result_json(
-    outcome: RunOutcome, request_id: str, device: DeviceIdentity, model: LoadedModel
+    outcome: RunOutcome, device: DeviceIdentity, request_id: str, model: LoadedModel
 ) -> dict[str, Any]:
-    return codec.response_json(_response(outcome, request_id, device, model), frozenset(), [])
+    return codec.response_json(_response(outcome, device, request_id, model), frozenset(), [])
 
 
 async def generate(request: Request) -> Response:
     model = ready_model(request)
     gen, request_id = await _generate_inputs(request, model)
     run = await _start(request, model, gen, request_id)
-    outcome = await _outcome_or_disconnect(request, run)
-    if outcome is None:
+    finished = await _finish(request, run, model)
+    if finished is None:
         return Response(status_code=499)
-    device = worker_state(request).device
-    assert device is not None
-    if outcome.status == "cancelled":
-        raise _cancelled_error(outcome, device, model)
-    return json_response(_result_json(outcome, request_id, device, model))
+    return json_response(_result_json(*finished, request_id, model))
 
 
 async def generate_stream(request: Request) -> Response:
@@ -282,7 +288,7 @@ async def generate_stream(request: Request) -> Response:
                 data = {"id": request_id, "parameters": _outcome_parameters(outcome, device, model)}
                 yield ServerSentEvent(orjson.dumps(data).decode(), event="cancelled")
                 return
-            result = _result_json(outcome, request_id, device, model)
+            result = _result_json(outcome, device, request_id, model)
             yield ServerSentEvent(orjson.dumps(result).decode(), event="result")
         finally:
             if not run.done:

@@ -227,13 +227,6 @@ class RunService:
             slots.success_ns += int(outcome.measurement.wall_seconds * 1e9)
             slots.observe(outcome.measurement.wall_seconds)
 
-    def cancel(self, request_id: str) -> bool:
-        run = self._runs.get(request_id)
-        if run is None:
-            return False
-        run.cancel()
-        return True
-
     # ------------------------------------------------------------- on the pipeline thread
 
     def _execute(
