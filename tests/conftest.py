@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.processes import CLI, OFFLINE_ENV, WorkerProcess, start_worker, stop_worker
+from support.processes import WorkerProcess, make_demo_model, start_worker, stop_worker
 
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo pipeline, written by the real CLI (``models make-demo``)."""
-    directory = tmp_path_factory.mktemp("models") / "demo"
-    subprocess.run(
-        [*CLI, "models", "make-demo", str(directory)],
-        check=True,
-        env={**os.environ, **OFFLINE_ENV},
-        capture_output=True,
-        timeout=300,
-    )
-    return directory
+    return make_demo_model(tmp_path_factory.mktemp("models") / "demo")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,18 @@ CLI = [sys.executable, "-m", "render_gateway"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def make_demo_model(directory: Path, kind: str = "image") -> Path:
+    """A demo pipeline written by the real CLI (``models make-demo``)."""
+    subprocess.run(
+        [*CLI, "models", "make-demo", "--kind", kind, str(directory)],
+        check=True,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        timeout=300,
+    )
+    return directory
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,6 +26,7 @@ from support.processes import (
     OFFLINE_ENV,
     WorkerProcess,
     free_port,
+    make_demo_model,
     start_worker,
     stop_worker,
 )
@@ -33,15 +34,7 @@ from support.processes import (
 
 @pytest.fixture(scope="module")
 def video_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("models") / "video"
-    subprocess.run(
-        [*CLI, "models", "make-demo", "--kind", "video", str(directory)],
-        check=True,
-        env={**os.environ, **OFFLINE_ENV},
-        capture_output=True,
-        timeout=300,
-    )
-    return directory
+    return make_demo_model(tmp_path_factory.mktemp("models") / "video", kind="video")
 
 
 @pytest.fixture(scope="module")
