@@ -485,6 +485,20 @@ def test_bad_generation_requests_are_400(
     assert body["error"] == "invalid_request" and body["message"]
 
 
+def test_run_the_pipeline_rejects_is_400_and_frees_its_slot(worker: WorkerProcess) -> None:
+    before = stats(worker)
+    # An extra key the pipeline accepts, with a value its text encoder cannot honour.
+    response = infer(worker, {"prompt": "x", "clip_skip": 50})
+    assert response.status_code == 400, response.text
+    assert "the pipeline rejected the request" in response.json()["message"]
+    after = wait_idle(worker)
+    assert after["in_flight"] == 0
+    failed = httpx.get(worker.url + "/v2/models/demo/stats").json()["model_stats"][0]
+    assert failed["inference_stats"]["fail"]["count"] >= 1
+    assert after["steps_executed"] == before["steps_executed"]
+    open_png(png_of(infer(worker, {"prompt": "next", "seed": 2})))
+
+
 def test_unknown_model_and_route_are_404_json(worker: WorkerProcess) -> None:
     response = httpx.post(worker.url + "/v2/models/nope/infer", content=infer_body({"prompt": "x"}))
     assert response.status_code == 404 and response.json()["error"] == "model_not_found"

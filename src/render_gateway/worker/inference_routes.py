@@ -128,7 +128,7 @@ def _cancelled_error(outcome: RunOutcome, device: DeviceIdentity, model: LoadedM
 
 
 def _failed_error(error: RunFailed) -> ApiError:
-    if error.before_first_step:
+    if error.rejected_input:
         # The pipeline refused its inputs before doing any work (its own input checks).
         return ApiError(400, "invalid_request", f"the pipeline rejected the request: {error}")
     return ApiError(500, "run_failed", f"the run failed: {error}")

@@ -45,15 +45,16 @@ class DuplicateRequest(Exception):
 
 
 class RunFailed(Exception):
-    """The pipeline raised; ``before_first_step`` tells whether it rejected its inputs."""
+    """The pipeline raised. ``rejected_input``: it raised a value/type/lookup error before its
+    first step, i.e. its own input checks refused the request (a 400, not a server fault)."""
 
-    def __init__(self, message: str, steps_completed: int) -> None:
+    def __init__(self, message: str, steps_completed: int, rejected_input: bool) -> None:
         super().__init__(message)
         self.steps_completed = steps_completed
+        self.rejected_input = rejected_input
 
-    @property
-    def before_first_step(self) -> bool:
-        return self.steps_completed == 0
+
+_INPUT_ERRORS = (ValueError, TypeError, IndexError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,8 @@ class RunService:
             measurement, encoded = stop.measurement, Encoded([], "application/octet-stream", 0.0)
         except Exception as exc:
             log.exception("run %s failed", run.request_id)
-            raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen) from exc
+            rejected = steps_seen == 0 and isinstance(exc, _INPUT_ERRORS)
+            raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen, rejected) from exc
         else:
             # The device is free once the pipeline returns: let the next run start on it
             # while this thread encodes.
@@ -266,9 +268,8 @@ class RunService:
                 encoded = model.encode(generated, run.plan)
             except Exception as exc:
                 log.exception("run %s: encoding the output failed", run.request_id)
-                raise RunFailed(
-                    f"encoding failed: {type(exc).__name__}: {exc}", steps_seen
-                ) from exc
+                message = f"encoding failed: {type(exc).__name__}: {exc}"
+                raise RunFailed(message, steps_seen, rejected_input=False) from exc
             del generated
         # The claim's interval is the metered one (a run cancelled before it began has none).
         started = measurement.started_at or _now()
