@@ -128,6 +128,8 @@ class LoadedModel:
         arguments: dict[str, Any] = {"prompt": request.prompt, "num_inference_steps": steps}
         if "height" in accepts and "width" in accepts:
             arguments["height"], arguments["width"] = height, width
+        elif request.format is not None or request.width is not None:
+            raise PlanError(f"model {self.name!r} does not take a size; omit format/width/height")
 
         def put(name: str, value: Any, what: str) -> None:
             if name not in accepts:
