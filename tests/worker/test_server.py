@@ -22,6 +22,7 @@ from render_gateway.kserve import codec
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
 
 from support.processes import WorkerProcess
+from support.worker_api import stats, wait_idle
 
 LONG_STEPS = 500  # ~8 ms a step at 64 px on one CPU core: a run of a few seconds
 
@@ -77,22 +78,6 @@ def open_png(data: bytes) -> Image.Image:
 def node_key(worker: WorkerProcess) -> Ed25519PublicKey:
     node = httpx.get(worker.url + "/v2/node").json()
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(node["public_key"]))
-
-
-def stats(worker: WorkerProcess) -> dict[str, Any]:
-    body = httpx.get(worker.url + "/v2/models/demo/stats").json()
-    entry: dict[str, Any] = body["model_stats"][0]["render"]
-    return entry
-
-
-def wait_idle(worker: WorkerProcess, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = stats(worker)
-        if current["in_flight"] == 0:
-            return current
-        time.sleep(0.02)
-    raise AssertionError(f"worker still busy after {timeout}s: {stats(worker)}")
 
 
 def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:

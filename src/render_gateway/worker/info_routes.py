@@ -120,6 +120,7 @@ async def model_stats(request: Request) -> Response:
                 },
                 "render": {
                     "in_flight": slots.in_flight,
+                    "active": slots.active,
                     "max_concurrency": slots.capacity,
                     "cancelled": slots.cancelled,
                     "rejected_busy": slots.rejected_busy,

@@ -86,7 +86,8 @@ class ModelSlots:
 
     model: LoadedModel
     executor: ThreadPoolExecutor
-    in_flight: int = 0
+    in_flight: int = 0  # runs holding a device slot
+    active: int = 0  # runs not yet finished (holding a slot, or encoding their output)
     completed: int = 0
     cancelled: int = 0
     failed: int = 0
@@ -184,6 +185,7 @@ class RunService:
             slots.rejected_busy += 1
             raise ModelBusy(slots.retry_after())
         slots.in_flight += 1
+        slots.active += 1
         loop = asyncio.get_running_loop()
         run = Run(request_id, model_name, plan, threading.Event(), asyncio.Queue())
 
@@ -208,6 +210,7 @@ class RunService:
 
     def _finished(self, slots: ModelSlots, run: Run) -> None:
         self._release_slot(slots, run)
+        slots.active -= 1
         self._runs.pop(run.request_id, None)
         run.events.put_nowait(None)
         if run.future.cancelled():

@@ -1,0 +1,1 @@
+"""Talking to inference backends (the reference worker, or Triton) over KServe v2."""

@@ -1,0 +1,242 @@
+"""An asyncio KServe v2 client for the gateway → backend hop (aiohttp: its per-request CPU cost
+is a fraction of httpx's, see docs/BENCHMARKS.md).
+
+It sends the generation JSON as the BYTES input ``request`` and reads the outputs with Triton's
+binary tensor extension, or follows ``generate_stream`` (SSE) for real progress. Failures become
+``BackendError`` with ``retriable`` set for what a retry on any backend may fix: connection
+errors, timeouts, 429, 500, 502, 503 and 504.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from render_gateway.kserve import codec
+
+RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+REQUEST_INPUT = "request"
+
+
+class BackendError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "backend_error",
+        retriable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retriable = retriable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    request_id: str
+    outputs: list[bytes]
+    content_type: str
+    parameters: Mapping[str, codec.Scalar]
+
+    @property
+    def gpu_seconds(self) -> float | None:
+        value = self.parameters.get("gpu_seconds")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def usage_claim(self) -> str | None:
+        value = self.parameters.get("usage_claim")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps: int
+    progress: float
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The backend stopped the run on request; its parameters carry the signed claim."""
+
+    request_id: str
+    parameters: Mapping[str, codec.Scalar]
+
+
+StreamEvent = Progress | BackendResult | Cancelled
+
+
+def _result(response: codec.InferResponse, request_id: str) -> BackendResult:
+    if not response.outputs:
+        raise BackendError("the backend answered with no outputs", retriable=False)
+    tensor = response.outputs[0]
+    if tensor.datatype != "BYTES" or not isinstance(tensor.data, list):
+        raise BackendError(f"output {tensor.name!r} is not BYTES", retriable=False)
+    content_type = tensor.parameters.get("content_type") or response.parameters.get(
+        "content_type", "application/octet-stream"
+    )
+    return BackendResult(
+        request_id=response.id or request_id,
+        outputs=[bytes(e) for e in tensor.data],
+        content_type=str(content_type),
+        parameters=response.parameters,
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if response.status == 200:
+        return
+    text = await response.text(errors="replace")
+    code, message = "backend_error", text[:500]
+    try:
+        body = orjson.loads(text)
+        if isinstance(body, dict):
+            code = str(body.get("error", code))
+            message = str(body.get("message", body.get("error", message)))
+    except orjson.JSONDecodeError:
+        pass
+    raise BackendError(
+        f"backend answered {response.status}: {message}",
+        status=response.status,
+        code=code,
+        retriable=response.status in RETRIABLE_STATUSES,
+        retry_after=_retry_after(response.headers),
+    )
+
+
+class KServeClient:
+    """One backend's endpoint; the session (connection pool) is shared and owned by the caller."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+
+    async def ready(self, probe_seconds: float = 2.0) -> bool:
+        try:
+            async with self._session.get(
+                self._base + "/v2/health/ready", timeout=aiohttp.ClientTimeout(total=probe_seconds)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def infer(
+        self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
+    ) -> BackendResult:
+        """One run; outputs come back in binary form."""
+        request = codec.InferRequest(
+            inputs=(codec.Tensor(REQUEST_INPUT, "BYTES", (1,), [generation]),),
+            id=request_id,
+            parameters={"binary_data_output": True},
+        )
+        body, _ = codec.encode_request(request)
+        try:
+            async with self._session.post(
+                f"{self._base}/v2/models/{model}/infer",
+                data=body,
+                headers={"Content-Type": codec.JSON_CONTENT_TYPE},
+                timeout=aiohttp.ClientTimeout(total=run_seconds),
+            ) as response:
+                await _raise_for_status(response)
+                payload = await response.read()
+                length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise BackendError(f"backend unreachable: {exc!r}", retriable=True) from exc
+        try:
+            return _result(codec.decode_response(payload, length), request_id)
+        except codec.ProtocolError as exc:
+            raise BackendError(f"backend broke the protocol: {exc}", retriable=False) from exc
+
+    async def generate_stream(
+        self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
+    ) -> AsyncIterator[StreamEvent]:
+        """Progress events, then the result (or Cancelled). Closing the iterator early closes
+        the connection, which the reference worker takes as a cancel."""
+        body = orjson.dumps({REQUEST_INPUT: generation.decode(), "id": request_id})
+        try:
+            async with self._session.post(
+                f"{self._base}/v2/models/{model}/generate_stream",
+                data=body,
+                headers={"Content-Type": codec.JSON_CONTENT_TYPE, "Accept": "text/event-stream"},
+                timeout=aiohttp.ClientTimeout(total=run_seconds),
+            ) as response:
+                await _raise_for_status(response)
+                async for event, data in _sse(response):
+                    parsed = _stream_event(event, data, request_id)
+                    if parsed is not None:
+                        yield parsed
+                        if not isinstance(parsed, Progress):
+                            return
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise BackendError(f"backend stream broke: {exc!r}", retriable=True) from exc
+        raise BackendError("the backend's stream ended without a result", retriable=True)
+
+    async def cancel(self, model: str, request_id: str) -> bool:
+        """Ask the backend to stop a run (a Render extension); False if it has no such run."""
+        try:
+            async with self._session.delete(
+                f"{self._base}/v2/models/{model}/requests/{request_id}",
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as response:
+                return response.status == 204
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+
+async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
+    event, data = "message", list[str]()
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def _stream_event(event: str, data: str, request_id: str) -> StreamEvent | None:
+    try:
+        body: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError(f"backend sent invalid JSON in {event!r}", retriable=False) from exc
+    if not isinstance(body, dict):
+        raise BackendError(f"backend sent a non-object {event!r} event", retriable=False)
+    if event == "progress":
+        return Progress(int(body["step"]), int(body["steps"]), float(body["progress"]))
+    if event in ("result", "message"):
+        try:
+            return _result(codec.response_from_json(body), request_id)
+        except codec.ProtocolError as exc:
+            raise BackendError(f"backend broke the protocol: {exc}", retriable=False) from exc
+    if event == "cancelled":
+        params = body.get("parameters", {})
+        return Cancelled(request_id, params if isinstance(params, dict) else {})
+    if event == "error":
+        code = str(body.get("error", "backend_error"))
+        # Input refusals are final; anything else the backend hit may go better elsewhere.
+        raise BackendError(
+            str(body.get("message", code)), code=code, retriable=code != "invalid_request"
+        )
+    return None
