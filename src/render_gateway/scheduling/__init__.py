@@ -1,0 +1,1 @@
+"""Scheduling: priority lanes with exact positions, circuit breakers, per-customer rate limits."""

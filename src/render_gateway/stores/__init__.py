@@ -1,0 +1,1 @@
+"""Storage behind small protocols, one embedded and one distributed implementation each."""
