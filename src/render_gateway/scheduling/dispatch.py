@@ -1,0 +1,164 @@
+"""Send one job to a backend: pick a slot, stream progress, retry what a retry can fix.
+
+Retriable failures (connection errors, timeouts, 429/500/502/503/504) are retried with
+exponential backoff and jitter, up to ``max_attempts``, preferring backends not yet tried; each
+counts against that backend's breaker. Anything else ends the job at once. A cancel asks the
+backend to stop (``DELETE …/requests/{id}``, which answers with a signed ``cancelled`` claim);
+a backend that cannot do that has its connection closed instead. The slot is released on every
+path, the caller's own cancellation included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from render_gateway.inference.kserve_client import (
+    BackendError,
+    BackendResult,
+    Cancelled,
+    KServeClient,
+    Progress,
+)
+from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec, Lease
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    base_delay_seconds: float = 0.2
+    max_delay_seconds: float = 5.0
+    run_timeout_seconds: float = 600.0
+    cancel_grace_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Backoff before attempt ``attempt + 1``: exponential, with 'equal jitter'."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
+        return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+
+
+class NoCapacity(Exception):
+    """Every backend for the model is busy, unhealthy or open: the job waits (or a sync 503)."""
+
+
+@dataclass(frozen=True)
+class DispatchOutcome:
+    result: BackendResult | Cancelled
+    backend_id: str
+    attempts: int
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.result, Cancelled)
+
+
+ClientFor = Callable[[BackendSpec], KServeClient]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: BackendPool,
+        client_for: ClientFor,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._client_for = client_for
+        self._policy = policy or RetryPolicy()
+        self._rng = rng or random.Random()
+
+    async def run(
+        self,
+        family: str,
+        model: str,
+        generation: bytes,
+        request_id: str,
+        on_progress: Callable[[Progress], None] = lambda _p: None,
+        cancel: asyncio.Event | None = None,
+        backend_type: str | None = None,
+    ) -> DispatchOutcome:
+        cancel = cancel or asyncio.Event()
+        tried: set[str] = set()
+        last_error: BackendError | None = None
+        serving = {b.spec.id for b in self._pool.serving(family, model, backend_type)}
+        for attempt in range(1, self._policy.max_attempts + 1):
+            if cancel.is_set():
+                return DispatchOutcome(Cancelled(request_id, {}), "", attempt - 1)
+            # Prefer a backend not tried yet; when all have been, any may take the retry.
+            exclude = frozenset(tried) if tried < serving else frozenset()
+            lease = self._pool.acquire(family, model, backend_type, exclude)
+            if lease is None:
+                if last_error is not None:
+                    raise last_error
+                raise NoCapacity(f"no backend for {family}/{model} can take a job now")
+            with lease:
+                try:
+                    result = await self._attempt(lease, generation, request_id, on_progress, cancel)
+                except BackendError as error:
+                    if cancel.is_set():  # the stream broke because we stopped it: no retry
+                        return DispatchOutcome(
+                            Cancelled(request_id, {}), lease.backend.spec.id, attempt
+                        )
+                    if not error.retriable:
+                        raise  # the backend answered; the request itself was refused
+                    lease.failed()
+                    tried.add(lease.backend.spec.id)
+                    last_error = error
+                else:
+                    if isinstance(result, BackendResult):
+                        lease.succeeded()
+                    return DispatchOutcome(result, lease.backend.spec.id, attempt)
+            if attempt < self._policy.max_attempts:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cancel.wait(), self._policy.delay(attempt, self._rng))
+        assert last_error is not None
+        raise last_error
+
+    async def _attempt(
+        self,
+        lease: Lease,
+        generation: bytes,
+        request_id: str,
+        on_progress: Callable[[Progress], None],
+        cancel: asyncio.Event,
+    ) -> BackendResult | Cancelled:
+        client = self._client_for(lease.backend.spec)
+        timeout = self._policy.run_timeout_seconds
+
+        async def call() -> BackendResult | Cancelled:
+            if not lease.backend.spec.streaming:
+                return await client.infer(lease.model, generation, request_id, timeout)
+            async for event in client.generate_stream(lease.model, generation, request_id, timeout):
+                if isinstance(event, Progress):
+                    on_progress(event)
+                else:
+                    return event
+            raise BackendError("the stream ended without a result", retriable=True)
+
+        work = asyncio.ensure_future(call())
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({work, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            # Cancelled while running: ask the backend to stop and wait for its claim.
+            if await client.cancel(lease.model, request_id):
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(
+                        asyncio.shield(work), self._policy.cancel_grace_seconds
+                    )
+            return Cancelled(request_id, {})  # closing the connection stops the run
+        finally:
+            cancelled.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
