@@ -57,12 +57,100 @@ class WorkerConfig(_Section):
     remote_images: RemoteImagesConfig = Field(default_factory=RemoteImagesConfig)
 
 
+class PlanConfig(_Section):
+    """What a customer's plan allows."""
+
+    rate_capacity: float = Field(default=20, gt=0)  # token bucket size (requests)
+    rate_refill_per_second: float = Field(default=2, ge=0)
+    allow_high_priority: bool = False
+    max_queued_jobs: int = Field(default=100, ge=1)
+
+
+class BackendConfig(_Section):
+    id: str = Field(min_length=1, max_length=64)
+    endpoint: str = Field(pattern=r"^https?://")
+    family: str = Field(min_length=1)
+    models: dict[str, str] = Field(min_length=1)  # gateway model name → backend model name
+    capacity: int = Field(default=1, ge=1, le=1024)
+    type: str = "torch"
+    streaming: bool = True
+
+
+class CatalogEntryConfig(_Section):
+    modality: Literal["image", "video"]
+    family: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    tasks: list[Literal["t2i", "i2i", "edit", "t2v", "i2v"]] = Field(min_length=1)
+    status: Literal["active", "preview", "coming_soon", "deprecated"] = "active"
+    aliases: list[str] = Field(default_factory=list)
+    backend_type: str | None = None
+    default_format: str | None = None
+
+
+class JwtConfig(_Section):
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: list[Literal["HS256", "RS256", "ES256", "EdDSA"]] = Field(min_length=1)
+    hs256_secret_file: Path | None = None  # a file (mode 0600) holding the shared secret
+    public_key_files: list[Path] = Field(default_factory=list)  # PEM public keys
+    jwks_url: str | None = None
+    plan_claim: str = "plan"
+    default_plan: str = "default"
+    leeway_seconds: float = Field(default=30, ge=0)
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    base_delay_seconds: float = Field(default=0.2, gt=0)
+    max_delay_seconds: float = Field(default=5.0, gt=0)
+    run_timeout_seconds: float = Field(default=600.0, gt=0)
+
+
+class BreakerSettings(_Section):
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    window_seconds: float = Field(default=30.0, gt=0)
+    minimum_calls: int = Field(default=10, ge=1)
+    open_seconds: float = Field(default=15.0, gt=0)
+    half_open_successes: int = Field(default=3, ge=1)
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    data_dir: Path = DEFAULT_DATA_DIR
+    # When no backend is configured, serve starts a local reference worker on the demo model.
+    local_demo_worker: bool = True
+    anonymous_plan: str | None = None  # anonymous access only when set
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_queued_jobs: int = Field(default=100_000, ge=1)
+    recovery: Literal["requeue", "fail"] = "requeue"
+    max_job_retries: int = Field(default=2, ge=0)
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    plans: dict[str, PlanConfig] = Field(
+        default_factory=lambda: {
+            "default": PlanConfig(),
+            "admin": PlanConfig(
+                rate_capacity=1000,
+                rate_refill_per_second=100,
+                allow_high_priority=True,
+                max_queued_jobs=10_000,
+            ),
+        }
+    )
+    backends: list[BackendConfig] = Field(default_factory=list)
+    models: list[CatalogEntryConfig] = Field(default_factory=list)
+    jwt: JwtConfig | None = None
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RENDER_", env_nested_delimiter="__", extra="forbid"
     )
 
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
 
 class ConfigError(RuntimeError):

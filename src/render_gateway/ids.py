@@ -14,20 +14,20 @@ _LENGTH = 17
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 
-def _random_base62(length: int = _LENGTH) -> str:
+def random_base62(length: int = _LENGTH) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
 def new_request_id() -> str:
-    return "req_" + _random_base62()
+    return "req_" + random_base62()
 
 
 def new_job_id() -> str:
-    return "j_" + _random_base62()
+    return "j_" + random_base62()
 
 
 def new_asset_id() -> str:
-    return "a_" + _random_base62()
+    return "a_" + random_base62()
 
 
 def is_valid_request_id(value: str) -> bool:

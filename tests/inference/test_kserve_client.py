@@ -78,6 +78,16 @@ async def test_stream_yields_each_step_then_the_result(client: KServeClient) -> 
     assert isinstance(final, BackendResult) and final.outputs[0][:4] == b"\x89PNG"
 
 
+async def test_stream_carries_results_larger_than_aiohttps_line_limit(client: KServeClient) -> None:
+    request = gen(steps=1, seed=1, width=512, height=512, count=2)
+    events = [e async for e in client.generate_stream("demo", request, "req_cs_big")]
+    final = events[-1]
+    assert isinstance(final, BackendResult) and len(final.outputs) == 2
+    assert sum(len(o) for o in final.outputs) > 512 * 1024  # one SSE line over 512 KiB
+    for output in final.outputs:
+        Image.open(io.BytesIO(output)).verify()
+
+
 async def test_closing_the_stream_early_cancels_the_run(
     client: KServeClient, worker: WorkerProcess
 ) -> None:

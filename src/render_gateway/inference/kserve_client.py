@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from render_gateway.kserve import codec
 
@@ -157,7 +158,7 @@ class KServeClient:
                 await _raise_for_status(response)
                 payload = await response.read()
                 length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
             raise BackendError(f"backend unreachable: {exc!r}", retriable=True) from exc
         try:
             return _result(codec.decode_response(payload, length), request_id)
@@ -184,7 +185,7 @@ class KServeClient:
                         yield parsed
                         if not isinstance(parsed, Progress):
                             return
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
             raise BackendError(f"backend stream broke: {exc!r}", retriable=True) from exc
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
@@ -200,10 +201,31 @@ class KServeClient:
             return False
 
 
+MAX_EVENT_BYTES = 512 * 1024 * 1024  # a result event carries the outputs, base64
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Lines of any length (aiohttp's own line reader stops at 512 KiB; a result line holding a
+    base64 image is longer), up to MAX_EVENT_BYTES."""
+    buffer = bytearray()
+    searched = 0
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        while (end := buffer.find(b"\n", searched)) >= 0:
+            yield bytes(buffer[:end])
+            del buffer[: end + 1]
+            searched = 0
+        searched = len(buffer)
+        if searched > MAX_EVENT_BYTES:
+            raise BackendError("the backend sent an event over the size limit", retriable=False)
+    if buffer:
+        yield bytes(buffer)
+
+
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
     event, data = "message", list[str]()
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
+    async for raw in _lines(response):
+        line = raw.decode().rstrip("\r")
         if not line:
             if data:
                 yield event, "\n".join(data)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from render_gateway.domain import Job, JobError, JobStatus
 
@@ -54,6 +54,10 @@ class JobStore(Protocol):
 
     def position(self, job_id: str) -> int | None: ...
 
+    def peek(self) -> str | None:
+        """The id of the job that would be claimed next."""
+        ...
+
     def depth(self) -> dict[str, int]: ...
 
     async def claim_next(self, now: float) -> Job | None:
@@ -70,7 +74,11 @@ class JobStore(Protocol):
         outputs: tuple[str, ...] = (),
         error: JobError | None = None,
         seed: int | None = None,
-    ) -> Job: ...
+        extra: dict[str, Any] | None = None,
+    ) -> Job:
+        """Settle a running job; ``extra`` is merged into the job's extra fields (the usage
+        record rides along here, so it is persisted with the job in one commit)."""
+        ...
 
     async def expire(self, now: float) -> list[str]:
         """Cancel queued jobs whose ttl has passed; returns their ids."""

@@ -309,6 +309,9 @@ class SqliteJobStore:
     def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
 
+    def peek(self) -> str | None:
+        return self._queue.peek()
+
     def depth(self) -> dict[str, int]:
         return {lane.name: self._queue.depth(lane) for lane in Lane}
 
@@ -364,6 +367,7 @@ class SqliteJobStore:
         outputs: tuple[str, ...] = (),
         error: JobError | None = None,
         seed: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Job:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status}")
@@ -378,13 +382,15 @@ class SqliteJobStore:
         def settle(conn: sqlite3.Connection) -> Job:
             changed = conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, outputs = ?, error = ?, "
-                "seed = COALESCE(?, seed) WHERE id = ? AND status = 'running'",
+                "seed = COALESCE(?, seed), extra = json_patch(extra, ?) "
+                "WHERE id = ? AND status = 'running'",
                 (
                     status.value,
                     now,
                     orjson.dumps(list(outputs)).decode(),
                     error_text,
                     seed,
+                    orjson.dumps(extra or {}).decode(),
                     job_id,
                 ),
             ).rowcount

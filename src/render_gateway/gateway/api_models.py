@@ -1,0 +1,92 @@
+"""Request and response bodies of the public API (API.md), as pydantic models for OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Task = Literal["t2i", "i2i", "edit", "t2v", "i2v"]
+
+
+class GenerationFields(BaseModel):
+    """Generation fields; unknown keys are passed to the backend untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    image: str | None = Field(default=None, description="https URL, data URI, or an asset URL")
+    mask: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    cfg: float | None = Field(default=None, ge=0, le=50)
+    strength: float | None = Field(default=None, ge=0, le=1)
+    count: int | None = Field(default=None, ge=1, le=4)
+    duration: float | None = Field(default=None, ge=0.5, le=10)
+
+
+class QueueRequest(GenerationFields):
+    modality: Literal["image", "video"]
+    family: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128)
+    task: Task
+    format: str | None = Field(default=None, max_length=32)
+    backend: str | None = Field(default=None, max_length=64)
+    priority: Literal["high", "normal", "low"] = "normal"
+    webhook: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    ttl: int | None = Field(default=None, ge=60, le=86400)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class QueuedResponse(BaseModel):
+    id: str
+    status: Literal["queued", "running", "complete", "error", "cancelled"]
+    position: int | None
+    eta_seconds: float | None
+    events_url: str
+
+
+class JobErrorBody(BaseModel):
+    code: str
+    message: str
+    retriable: bool
+
+
+class JobResponse(BaseModel):
+    id: str
+    status: Literal["queued", "running", "complete", "error", "cancelled"]
+    position: int | None = None
+    progress: float = Field(ge=0, le=1)
+    eta_seconds: float | None = None
+    output: str | None = None
+    outputs: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    error: JobErrorBody | None = None
+    created_at: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    request: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    request_id: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "invalid request"),
+        (401, "missing or bad credentials"),
+        (403, "not allowed for this plan"),
+        (404, "not found (or not yours)"),
+        (409, "conflict"),
+        (413, "body too large"),
+        (429, "rate limit or queue quota reached"),
+        (503, "no capacity"),
+    )
+}

@@ -1,0 +1,59 @@
+"""The gateway's ASGI app (FastAPI): routes, error handling, middleware, start-up."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from render_gateway import __version__
+from render_gateway.config import GatewayConfig
+from render_gateway.gateway import info_routes, job_routes, sync_routes
+from render_gateway.gateway.http import (
+    ApiError,
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    api_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
+from render_gateway.gateway.metrics import LatencyMiddleware, make_registry
+from render_gateway.gateway.services import GatewayServices
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    holder: dict[str, GatewayServices] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await GatewayServices.start(config)
+        holder["services"] = services
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="Render",
+        version=__version__,
+        description="Inference gateway for generative media with metered, verifiable billing.",
+        lifespan=lifespan,
+    )
+    registry, latency = make_registry(lambda: holder.get("services"))
+    app.state.metrics_registry = registry
+    app.include_router(job_routes.router)
+    app.include_router(sync_routes.router)
+    app.include_router(info_routes.router)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    app.add_middleware(BodySizeLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(LatencyMiddleware, histogram=latency)
+    app.add_middleware(RequestIdMiddleware)
+    return app

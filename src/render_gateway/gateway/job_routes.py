@@ -1,0 +1,288 @@
+"""The async tier: submit to the queue, then poll, stream events, fetch the output, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from render_gateway.auth.principal import Principal
+from render_gateway.catalog import CatalogError
+from render_gateway.domain import Job, JobStatus
+from render_gateway.gateway.api_models import (
+    ERROR_RESPONSES,
+    JobResponse,
+    QueuedResponse,
+    QueueRequest,
+)
+from render_gateway.gateway.deps import caller, charge_rate_limit, services
+from render_gateway.gateway.http import ApiError, request_id_of
+from render_gateway.gateway.services import GatewayServices
+from render_gateway.generation import GenerationRequest, describe_validation_error
+from render_gateway.ids import new_job_id
+from render_gateway.scheduling.lanes import Lane
+from render_gateway.stores.jobs import CancelResult, IdempotencyConflict
+
+router = APIRouter()
+ROUTING_FIELDS = frozenset(
+    {"modality", "family", "model", "task", "format", "backend", "priority", "webhook", "ttl",
+     "idempotency_key"}
+)  # fmt: skip
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def validated_generation(task: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Check the generation fields against the task (API.md's rules); 400 on any mismatch."""
+    try:
+        GenerationRequest.model_validate({**fields, "task": task})
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request", describe_validation_error(exc)) from exc
+    return fields
+
+
+def resolve_route(
+    svc: GatewayServices, modality: str, family: str, model: str, task: str
+) -> tuple[str, str]:
+    """Catalog lookup (aliases included) → (family, model); 404 naming what exists."""
+    try:
+        entry = svc.catalog.resolve(modality, family, model, task)
+    except CatalogError as exc:
+        raise ApiError(404, "model_not_found", str(exc), {"known": exc.known}) from exc
+    return entry.family, entry.model
+
+
+def require_backend(svc: GatewayServices, family: str, model: str, backend: str | None) -> None:
+    if not svc.pool.serving(family, model, backend):
+        kind = f" of type {backend!r}" if backend else ""
+        raise ApiError(404, "backend_not_found", f"no backend{kind} serves {family}/{model}")
+
+
+def eta_seconds(svc: GatewayServices, job: Job, position: int | None) -> float | None:
+    if position is None:
+        return None
+    family, model = job.request["family"], job.request["model"]
+    mean = svc.runner.service_times.mean(family, model)
+    capacity = sum(
+        b.spec.capacity for b in svc.pool.serving(family, model, job.request.get("backend"))
+    )
+    if mean is None or capacity == 0:
+        return None
+    return round(mean * (position + 1) / capacity, 3)
+
+
+def job_body(svc: GatewayServices, job: Job) -> dict[str, Any]:
+    position = svc.store.position(job.id) if job.status is JobStatus.queued else None
+    progress, _ = svc.events.progress(job.id)
+    if job.status is JobStatus.complete:
+        progress = 1.0
+    elif job.status is JobStatus.queued:
+        progress = 0.0
+    outputs = [f"/assets/{asset}" for asset in job.outputs]
+    body: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "position": position,
+        "progress": progress,
+        "eta_seconds": eta_seconds(svc, job, position),
+        "output": outputs[0] if outputs else None,
+        "outputs": outputs,
+        "seed": job.seed,
+        "error": None
+        if job.error is None
+        else {
+            "code": job.error.code,
+            "message": job.error.message,
+            "retriable": job.error.retriable,
+        },
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+        "request": job.request,
+    }
+    return body
+
+
+async def owned_job(svc: GatewayServices, job_id: str, principal: Principal) -> Job:
+    job = await svc.store.get(job_id) if job_id.startswith("j_") and len(job_id) <= 64 else None
+    if job is None or job.customer_id != principal.customer_id:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")  # others' jobs look absent
+    return job
+
+
+@router.post(
+    "/queue",
+    status_code=202,
+    response_model=QueuedResponse,
+    responses=ERROR_RESPONSES,
+    summary="Queue a generation (async tier)",
+)
+async def submit(
+    body: QueueRequest,
+    request: Request,
+    response: Response,
+    principal: Annotated[Principal, Depends(caller)],
+) -> dict[str, Any]:
+    svc = services(request)
+    family, model = resolve_route(svc, body.modality, body.family, body.model, body.task)
+    generation = validated_generation(
+        body.task, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
+    )
+    require_backend(svc, family, model, body.backend)
+    plan = svc.config.plans.get(principal.plan) or svc.config.plans["default"]
+    if body.priority == "high" and not plan.allow_high_priority:
+        raise ApiError(
+            403, "priority_not_allowed", f"plan {principal.plan!r} cannot use priority 'high'"
+        )
+    charge_rate_limit(request, response, principal)
+    if svc.store.queued_for(principal.customer_id) >= plan.max_queued_jobs:
+        quota = f"at most {plan.max_queued_jobs} queued jobs per customer"
+        raise ApiError(429, "queue_quota", quota, headers={"Retry-After": "5"})
+    if sum(svc.store.depth().values()) >= svc.config.max_queued_jobs:
+        raise ApiError(429, "queue_full", "the queue is full", headers={"Retry-After": "5"})
+    routing = {
+        "modality": body.modality,
+        "family": family,
+        "model": model,
+        "task": body.task,
+        "format": body.format,
+        "backend": body.backend,
+        "generation": generation,
+    }
+    now = time.time()
+    digest = hashlib.sha256(
+        orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    job = Job(
+        id=new_job_id(),
+        customer_id=principal.customer_id,
+        lane=Lane.parse(body.priority),
+        request=routing,
+        created_at=now,
+        idempotency_key=body.idempotency_key,
+        request_digest=digest,
+        expires_at=now + body.ttl if body.ttl else None,
+        webhook=body.webhook,
+        extra={"request_id": request_id_of(request), "plan": principal.plan},
+    )
+    try:
+        stored, _created = await svc.store.submit(job)
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), {"job_id": exc.existing.id}) from exc
+    svc.runner.wake()
+    position = svc.store.position(stored.id)
+    response.headers["Location"] = f"/jobs/{stored.id}"
+    return {
+        "id": stored.id,
+        "status": stored.status.value,
+        "position": position,
+        "eta_seconds": eta_seconds(svc, stored, position),
+        "events_url": f"/jobs/{stored.id}/events",
+    }
+
+
+@router.get(
+    "/jobs/{job_id}", response_model=JobResponse, responses=ERROR_RESPONSES, summary="A job's state"
+)
+async def get_job(
+    job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
+) -> dict[str, Any]:
+    svc = services(request)
+    return job_body(svc, await owned_job(svc, job_id, principal))
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses=ERROR_RESPONSES, summary="Cancel a job")
+async def cancel_job(
+    job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
+) -> Response:
+    svc = services(request)
+    result = await svc.store.cancel(job_id, principal.customer_id, time.time())
+    if result is CancelResult.not_found:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+    if result is CancelResult.terminal:
+        raise ApiError(409, "job_finished", f"job {job_id} has already finished")
+    if result is CancelResult.cancelled:
+        svc.events.publish(
+            job_id, "error", {"code": "cancelled", "message": "the job was cancelled"}
+        )
+    else:  # running: abort the backend call; the runner settles the job as cancelled
+        svc.runner.cancel(job_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/jobs/{job_id}/output",
+    status_code=303,
+    responses=ERROR_RESPONSES,
+    summary="Redirect to the output",
+)
+async def job_output(
+    job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
+) -> Response:
+    svc = services(request)
+    job = await owned_job(svc, job_id, principal)
+    if job.status is not JobStatus.complete or not job.outputs:
+        raise ApiError(409, "not_complete", f"job {job_id} is {job.status.value}")
+    return RedirectResponse(f"/assets/{job.outputs[0]}", status_code=303)
+
+
+@router.get(
+    "/jobs/{job_id}/events", responses=ERROR_RESPONSES, summary="Server-Sent Events of a job"
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    svc = services(request)
+    job = await owned_job(svc, job_id, principal)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        current = job
+        last_position: int | None = None
+        # While queued (and nothing has happened yet), report position changes.
+        while current.status is JobStatus.queued and not svc.events.has_log(job_id):
+            position = svc.store.position(job_id)
+            if position != last_position:
+                data = {"position": position, "eta_seconds": eta_seconds(svc, current, position)}
+                yield ServerSentEvent(orjson.dumps(data).decode(), event="position")
+                last_position = position
+            await asyncio.sleep(0.25)
+            current = await svc.store.get(job_id) or current
+        if not svc.events.has_log(job_id):
+            # A job that ended before this process knew of it (e.g. before a restart).
+            for name, data in _terminal_event(current):
+                yield ServerSentEvent(orjson.dumps(data).decode(), event=name)
+            return
+        async for item in svc.events.follow(job_id, after):
+            yield ServerSentEvent(
+                orjson.dumps(item.data).decode(), event=item.event, id=str(item.id)
+            )
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+def _terminal_event(job: Job) -> list[tuple[str, dict[str, Any]]]:
+    if job.status is JobStatus.complete:
+        urls = [f"/assets/{a}" for a in job.outputs]
+        return [("complete", {"output": urls[0] if urls else None, "outputs": urls})]
+    if job.error is not None:
+        return [("error", {"code": job.error.code, "message": job.error.message})]
+    if job.status is JobStatus.cancelled:
+        return [("error", {"code": "cancelled", "message": "the job was cancelled"})]
+    return []

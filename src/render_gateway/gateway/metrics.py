@@ -1,0 +1,99 @@
+"""Prometheus metrics: live gauges read from the services at scrape time, and a request-latency
+histogram by route."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from render_gateway.gateway.services import GatewayServices
+from render_gateway.scheduling.breaker import BreakerState
+
+
+class GatewayCollector(Collector):
+    def __init__(self, services: Callable[[], GatewayServices | None]) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        svc = self._services()
+        if svc is None:
+            return
+        depth = GaugeMetricFamily("render_queue_depth", "Jobs queued, by lane", labels=["lane"])
+        for lane, count in svc.store.depth().items():
+            depth.add_metric([lane], count)
+        yield depth
+        running = GaugeMetricFamily("render_jobs_running", "Jobs being dispatched now")
+        running.add_metric([], svc.runner.running)
+        yield running
+        in_flight = GaugeMetricFamily(
+            "render_backend_in_flight", "Jobs in flight per backend", labels=["backend"]
+        )
+        capacity = GaugeMetricFamily(
+            "render_backend_capacity", "Slots per backend", labels=["backend"]
+        )
+        healthy = GaugeMetricFamily(
+            "render_backend_healthy", "1 if the last probe passed", labels=["backend"]
+        )
+        breaker = GaugeMetricFamily(
+            "render_backend_breaker_state",
+            "1 for the breaker's current state",
+            labels=["backend", "state"],
+        )
+        for backend in svc.pool.backends.values():
+            label = backend.spec.id
+            in_flight.add_metric([label], backend.in_flight)
+            capacity.add_metric([label], backend.spec.capacity)
+            healthy.add_metric([label], 1.0 if backend.healthy else 0.0)
+            current = backend.breaker.state
+            for state in BreakerState:
+                breaker.add_metric([label, state.value], 1.0 if state is current else 0.0)
+        yield from (in_flight, capacity, healthy, breaker)
+
+
+def make_registry(
+    services: Callable[[], GatewayServices | None],
+) -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(services))
+    latency = Histogram(
+        "render_http_request_seconds",
+        "Request latency by route",
+        ["method", "route", "status"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    )
+    return registry, latency
+
+
+class LatencyMiddleware:
+    """Time every request; label it with the route template, not the raw path."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.histogram.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

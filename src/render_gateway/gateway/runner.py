@@ -1,0 +1,250 @@
+"""The scheduler loop: take the next queued job when a backend can run it, dispatch it, store
+its outputs, settle it, and publish its events.
+
+Strict priority, FIFO within a lane: the head of the queue waits for capacity on its own model
+(head-of-line) rather than being overtaken. Every settled job carries its usage record, written
+in the same commit as its final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from render_gateway.domain import Job, JobError, JobStatus
+from render_gateway.gateway.events import JobEventHub
+from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
+from render_gateway.scheduling.backend_pool import BackendPool
+from render_gateway.scheduling.dispatch import Dispatcher, DispatchOutcome, NoCapacity
+from render_gateway.stores.assets import AssetStore
+from render_gateway.stores.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def generation_payload(request: dict[str, Any]) -> bytes:
+    """The JSON the backend receives: the generation fields plus task and format."""
+    payload = dict(request.get("generation", {}))
+    payload["task"] = request["task"]
+    if request.get("format"):
+        payload["format"] = request["format"]
+    return orjson.dumps(payload)
+
+
+@dataclass
+class ServiceTimes:
+    """Moving average of run time per (family, model): the basis of ETAs."""
+
+    alpha: float = 0.2
+
+    def __post_init__(self) -> None:
+        self._means: dict[tuple[str, str], float] = {}
+
+    def observe(self, family: str, model: str, seconds: float) -> None:
+        key = (family, model)
+        previous = self._means.get(key)
+        self._means[key] = (
+            seconds if previous is None else previous + self.alpha * (seconds - previous)
+        )
+
+    def mean(self, family: str, model: str) -> float | None:
+        return self._means.get((family, model))
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        pool: BackendPool,
+        dispatcher: Dispatcher,
+        assets: AssetStore,
+        events: JobEventHub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store, self._pool, self._dispatcher = store, pool, dispatcher
+        self._assets, self._events, self._clock = assets, events, clock
+        self._wake = asyncio.Event()
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.service_times = ServiceTimes()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name="ttl-sweeper")
+        self.wake()
+
+    async def stop(self) -> None:
+        for task in (self._loop_task, self._sweeper, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for task in (self._loop_task, self._sweeper, *self._tasks):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def cancel(self, job_id: str) -> bool:
+        """Abort a running job's backend call; False if it is not running here."""
+        event = self._cancels.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._start_what_fits()
+            except Exception:  # never let one bad job stop the scheduler
+                log.exception("scheduler pass failed")
+                await asyncio.sleep(0.5)
+                self.wake()
+
+    async def _start_what_fits(self) -> None:
+        while (head := self._store.peek()) is not None:
+            job = await self._store.get(head)
+            if job is None:
+                return
+            request = job.request
+            if not self._pool.free_slots(
+                request["family"], request["model"], request.get("backend")
+            ):
+                return  # head-of-line: wait until a slot frees (a finished run wakes us)
+            claimed = await self._store.claim_next(self._clock())
+            if claimed is None:
+                continue
+            self._cancels[claimed.id] = asyncio.Event()
+            task = asyncio.create_task(self._run(claimed), name=f"job-{claimed.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job) -> None:
+        request = job.request
+        request_id = str(job.extra.get("request_id", job.id))
+        started = self._clock()
+        self._events.publish(job.id, "started", {})
+
+        def progress(event: Progress) -> None:
+            self._events.publish(
+                job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
+            )
+
+        try:
+            try:
+                outcome = await self._dispatcher.run(
+                    request["family"],
+                    request["model"],
+                    generation_payload(request),
+                    request_id,
+                    progress,
+                    self._cancels[job.id],
+                    request.get("backend"),
+                )
+            except NoCapacity as exc:
+                await self._settle_error(job, started, JobError("no_capacity", str(exc), True))
+            except BackendError as exc:
+                await self._settle_error(job, started, JobError(exc.code, str(exc), exc.retriable))
+            except Exception as exc:
+                log.exception("job %s failed in the gateway", job.id)
+                await self._settle_error(job, started, JobError("internal", str(exc), True))
+            else:
+                await self._settle(job, started, outcome)
+        finally:
+            self._cancels.pop(job.id, None)
+            self.wake()
+
+    async def _settle(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
+        now = self._clock()
+        result = outcome.result
+        if not isinstance(result, BackendResult):
+            usage = self._usage(
+                job, started, now, outcome.backend_id, result.parameters, "cancelled"
+            )
+            await self._store.finish(job.id, JobStatus.cancelled, now, extra={"usage": usage})
+            self._events.publish(
+                job.id, "error", {"code": "cancelled", "message": "the job was cancelled"}
+            )
+            return
+        assets = [await self._assets.put(data, result.content_type) for data in result.outputs]
+        seed = result.parameters.get("seed")
+        usage = self._usage(job, started, now, outcome.backend_id, result.parameters, "success")
+        await self._store.finish(
+            job.id,
+            JobStatus.complete,
+            now,
+            outputs=tuple(a.id for a in assets),
+            seed=seed if isinstance(seed, int) else None,
+            extra={"usage": usage},
+        )
+        self.service_times.observe(job.request["family"], job.request["model"], now - started)
+        urls = [f"/assets/{a.id}" for a in assets]
+        self._events.publish(
+            job.id, "complete", {"output": urls[0] if urls else None, "outputs": urls}
+        )
+
+    async def _settle_error(self, job: Job, started: float, error: JobError) -> None:
+        now = self._clock()
+        usage = self._usage(job, started, now, "", {}, "error", error.code)
+        await self._store.finish(job.id, JobStatus.error, now, error=error, extra={"usage": usage})
+        self._events.publish(job.id, "error", {"code": error.code, "message": error.message})
+
+    @staticmethod
+    def _usage(
+        job: Job,
+        started: float,
+        ended: float,
+        backend_id: str,
+        parameters: Any,
+        status: str,
+        error_code: str | None = None,
+    ) -> dict[str, Any]:
+        """The metering hook's record (issue 4 sends it to ClickHouse, issue 5 to the audit log)."""
+        gpu_seconds = parameters.get("gpu_seconds")
+        return {
+            "request_id": job.extra.get("request_id"),
+            "job_id": job.id,
+            "customer_id": job.customer_id,
+            "plan": job.extra.get("plan"),
+            "model": f"{job.request['modality']}/{job.request['family']}/{job.request['model']}",
+            "backend": backend_id or None,
+            "device_uuid": parameters.get("device_uuid"),
+            "device_kind": parameters.get("device_kind"),
+            # A backend that reports no GPU time (a plain Triton model) is metered by wall time.
+            "gpu_seconds": gpu_seconds if gpu_seconds is not None else round(ended - started, 6),
+            "metered": gpu_seconds is not None,
+            "queue_seconds": round(started - job.created_at, 6),
+            "inference_seconds": round(ended - started, 6),
+            "status": status,
+            "error_code": error_code,
+            "usage_claim": parameters.get("usage_claim"),
+        }
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for job_id in await self._store.expire(self._clock()):
+                    self._events.publish(
+                        job_id,
+                        "error",
+                        {"code": "ttl_expired", "message": "the ttl passed while queued"},
+                    )
+            except Exception:
+                log.exception("ttl sweep failed")

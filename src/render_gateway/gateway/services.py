@@ -1,0 +1,159 @@
+"""Everything the gateway's routes use, built from the configuration in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from render_gateway.auth.api_keys import SqliteApiKeyStore
+from render_gateway.auth.authenticator import Authenticator
+from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
+from render_gateway.catalog import Catalog, CatalogModel
+from render_gateway.config import GatewayConfig, JwtConfig
+from render_gateway.gateway.events import JobEventHub
+from render_gateway.gateway.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
+from render_gateway.gateway.runner import JobRunner
+from render_gateway.inference.kserve_client import KServeClient
+from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
+from render_gateway.scheduling.breaker import BreakerConfig
+from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
+from render_gateway.scheduling.token_bucket import BucketConfig, RateLimiter
+from render_gateway.stores.assets import LocalAssetStore
+from render_gateway.stores.jobs import RecoveryPolicy
+from render_gateway.stores.sqlite_jobs import SqliteJobStore
+
+log = logging.getLogger(__name__)
+
+# The demo model as the catalog shows it when serve starts its own worker.
+DEMO_CATALOG = CatalogModel(
+    "image", "sd", "tiny", ("t2i", "i2i", "edit"), aliases=("render/tiny-sd-demo",),
+    default_format="512",
+)  # fmt: skip
+
+
+def jwt_settings(config: JwtConfig) -> JwtSettings:
+    secret = config.hs256_secret_file.read_bytes().strip() if config.hs256_secret_file else None
+    return JwtSettings(
+        issuer=config.issuer,
+        audience=config.audience,
+        algorithms=tuple(config.algorithms),
+        hs256_secret=secret,
+        public_keys_pem=tuple(p.read_text() for p in config.public_key_files),
+        jwks_url=config.jwks_url,
+        leeway_seconds=config.leeway_seconds,
+        plan_claim=config.plan_claim,
+        default_plan=config.default_plan,
+    )
+
+
+@dataclass
+class GatewayServices:
+    config: GatewayConfig
+    store: SqliteJobStore
+    assets: LocalAssetStore
+    api_keys: SqliteApiKeyStore
+    authenticator: Authenticator
+    catalog: Catalog
+    pool: BackendPool
+    limiter: RateLimiter
+    events: JobEventHub
+    session: aiohttp.ClientSession
+    dispatcher: Dispatcher
+    runner: JobRunner
+    local_worker: LocalWorker | None = None
+    _probe: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @classmethod
+    async def start(cls, config: GatewayConfig) -> GatewayServices:
+        data = Path(config.data_dir)
+        await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
+        backends = [
+            BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming)
+            for b in config.backends
+        ]
+        catalog_entries = [
+            CatalogModel(
+                m.modality,
+                m.family,
+                m.model,
+                tuple(m.tasks),
+                m.status,
+                tuple(m.aliases),
+                m.backend_type,
+                m.default_format,
+            )
+            for m in config.models
+        ]
+        local_worker = None
+        if not backends and config.local_demo_worker:
+            local_worker = await start_local_worker(data)
+            backends = [
+                BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})
+            ]
+            catalog_entries = catalog_entries or [DEMO_CATALOG]
+        catalog = Catalog(catalog_entries)
+        for plan in config.plans.values():
+            BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)  # validates early
+        store = SqliteJobStore(data / "jobs.db", synchronous=config.sqlite_synchronous)
+        recovery = await store.open(RecoveryPolicy(config.recovery), config.max_job_retries)
+        log.info(
+            "job store open: %d queued, %d requeued, %d failed after a restart",
+            recovery.queued, len(recovery.requeued), len(recovery.failed),
+        )  # fmt: skip
+        api_keys = SqliteApiKeyStore(data / "keys.db")
+        jwt = JwtVerifier(jwt_settings(config.jwt)) if config.jwt else None
+        authenticator = Authenticator(api_keys, jwt, config.anonymous_plan)
+        pool = BackendPool(backends, BreakerConfig(**config.breaker.model_dump()))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        clients = {spec.id: KServeClient(session, spec.endpoint) for spec in backends}
+        dispatcher = Dispatcher(
+            pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump())
+        )
+        events = JobEventHub()
+        assets = LocalAssetStore(data / "assets")
+        runner = JobRunner(store, pool, dispatcher, assets, events)
+        plans = config.plans
+
+        def bucket_for(key: str) -> BucketConfig:
+            # Limiter keys are "plan:customer", so a customer's bucket follows its plan.
+            plan = plans.get(key.partition(":")[0]) or plans["default"]
+            return BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)
+
+        services = cls(
+            config, store, assets, api_keys, authenticator, catalog, pool,
+            RateLimiter(bucket_for), events, session, dispatcher, runner, local_worker,
+        )  # fmt: skip
+        runner.start()
+        services._probe = asyncio.create_task(services._probe_backends(clients))
+        return services
+
+    async def _probe_backends(self, clients: dict[str, KServeClient], every: float = 5.0) -> None:
+        while True:
+            for backend_id, client in clients.items():
+                healthy = await client.ready()
+                backend = self.pool.backends[backend_id]
+                if healthy != backend.healthy:
+                    log.warning(
+                        "backend %s is now %s", backend_id, "healthy" if healthy else "down"
+                    )
+                    backend.healthy = healthy
+                    if healthy:
+                        self.runner.wake()
+            await asyncio.sleep(every)
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self.runner.stop()
+        await self.session.close()
+        await self.store.close()
+        await self.api_keys.close()
+        if self.local_worker is not None:
+            await self.local_worker.stop()
