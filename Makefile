@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= .render
 DEMO_MODEL := $(DATA_DIR)/models/demo
 HOST ?= 127.0.0.1
+PORT ?= 8080
 WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run worker demo-model test lint format bench clean
+.PHONY: install run worker demo-model test lint format bench openapi clean
 
 install: $(STAMP)
 
@@ -28,8 +29,13 @@ $(DEMO_MODEL)/model_index.json: | $(STAMP)
 
 demo-model: $(DEMO_MODEL)/model_index.json
 
-# Until the gateway lands (issue 3), `make run` serves the reference worker on the demo model.
+# The gateway on the embedded default; with no backend configured it starts a local reference
+# worker on the demo model itself. On first start it prints an admin API key, once.
 run: install demo-model
+	$(VENV)/bin/render-gateway serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+# The reference worker alone, on the demo model.
+worker: install demo-model
 	$(VENV)/bin/render-gateway worker --host $(HOST) --port $(WORKER_PORT) \
 		--data-dir $(DATA_DIR)/worker --model demo=$(DEMO_MODEL)
 
@@ -47,6 +53,12 @@ format: install
 
 bench: install
 	$(PY) bench/worker_overhead.py
+	$(PY) bench/job_store.py
+	$(PY) bench/queue_positions.py
+
+# Regenerate docs/openapi.json from the app (a test fails when it is stale).
+openapi: install
+	$(PY) -m render_gateway.gateway.openapi > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

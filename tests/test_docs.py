@@ -11,11 +11,23 @@ from starlette.routing import Route
 from typer.main import get_command
 
 from render_gateway.cli import app as cli_app
-from render_gateway.config import ModelConfig, RemoteImagesConfig, WorkerConfig
+from render_gateway.config import (
+    BackendConfig,
+    BreakerSettings,
+    CatalogEntryConfig,
+    GatewayConfig,
+    JwtConfig,
+    ModelConfig,
+    PlanConfig,
+    RemoteImagesConfig,
+    RetryConfig,
+    WorkerConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = (ROOT / "docs" / "OPERATIONS.md").read_text()
 WORKER = (ROOT / "docs" / "WORKER.md").read_text()
+API = (ROOT / "docs" / "API.md").read_text()
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
@@ -30,6 +42,13 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[worker]", WorkerConfig),
             ("[worker.models.NAME]", ModelConfig),
             ("[worker.remote_images]", RemoteImagesConfig),
+            ("[gateway]", GatewayConfig),
+            ("[gateway.plans.NAME]", PlanConfig),
+            ("[[gateway.backends]]", BackendConfig),
+            ("[[gateway.models]]", CatalogEntryConfig),
+            ("[gateway.jwt]", JwtConfig),
+            ("[gateway.retry]", RetryConfig),
+            ("[gateway.breaker]", BreakerSettings),
         )
         for name in _fields(model)
     ],
@@ -57,7 +76,7 @@ def test_every_worker_route_is_documented(tmp_path: Path) -> None:
 
 def test_every_cli_command_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
-    docs = readme + OPERATIONS + WORKER
+    docs = readme + OPERATIONS + WORKER + API
     group = get_command(cli_app)
     names: list[str] = []
     for name, command in group.commands.items():  # type: ignore[attr-defined]
@@ -68,3 +87,18 @@ def test_every_cli_command_is_documented() -> None:
             names.append(name)
     for name in names:
         assert re.search(rf"render-gateway {re.escape(name)}\b", docs), f"`{name}` undocumented"
+
+
+def test_every_gateway_route_is_documented_and_openapi_is_current() -> None:
+    import orjson
+
+    from render_gateway.gateway.openapi import openapi_document
+
+    document = openapi_document()
+    for path in document["paths"]:
+        documented = path.replace("{job_id}", "{id}").replace("{asset_id}", "{id}")
+        assert f" {documented}`" in API, f"{path} is not documented in API.md"
+    stored = orjson.loads((ROOT / "docs" / "openapi.json").read_bytes())
+    assert stored == orjson.loads(orjson.dumps(document)), (
+        "docs/openapi.json is stale: make openapi"
+    )

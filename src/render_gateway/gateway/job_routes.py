@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from render_gateway.auth.principal import Principal
-from render_gateway.catalog import CatalogError
+from render_gateway.catalog import CatalogError, CatalogModel
 from render_gateway.domain import Job, JobStatus
 from render_gateway.gateway.api_models import (
     ERROR_RESPONSES,
@@ -56,13 +56,12 @@ def validated_generation(task: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_route(
     svc: GatewayServices, modality: str, family: str, model: str, task: str
-) -> tuple[str, str]:
-    """Catalog lookup (aliases included) → (family, model); 404 naming what exists."""
+) -> CatalogModel:
+    """Catalog lookup (aliases included); 404 naming what exists."""
     try:
-        entry = svc.catalog.resolve(modality, family, model, task)
+        return svc.catalog.resolve(modality, family, model, task)
     except CatalogError as exc:
         raise ApiError(404, "model_not_found", str(exc), {"known": exc.known}) from exc
-    return entry.family, entry.model
 
 
 def require_backend(svc: GatewayServices, family: str, model: str, backend: str | None) -> None:
@@ -137,7 +136,8 @@ async def submit(
     principal: Annotated[Principal, Depends(caller)],
 ) -> dict[str, Any]:
     svc = services(request)
-    family, model = resolve_route(svc, body.modality, body.family, body.model, body.task)
+    entry = resolve_route(svc, body.modality, body.family, body.model, body.task)
+    family, model = entry.family, entry.model
     generation = validated_generation(
         body.task, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
     )
@@ -158,7 +158,7 @@ async def submit(
         "family": family,
         "model": model,
         "task": body.task,
-        "format": body.format,
+        "format": body.format or entry.default_format,
         "backend": body.backend,
         "generation": generation,
     }

@@ -40,11 +40,16 @@ async def _run_now(
     backend: str | None,
 ) -> Response:
     svc = services(request)
-    family, model = resolve_route(svc, modality, family, model, task)
+    entry = resolve_route(svc, modality, family, model, task)
+    family, model = entry.family, entry.model
     generation = validated_generation(task, body.model_dump(exclude_none=True))
     require_backend(svc, family, model, backend)
     charge_rate_limit(request, response, principal)
-    routing = {"task": task, "format": format_name, "generation": generation}
+    routing = {
+        "task": task,
+        "format": format_name or entry.default_format,
+        "generation": generation,
+    }
     started = time.perf_counter()
     try:
         outcome = await svc.dispatcher.run(

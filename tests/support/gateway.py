@@ -1,0 +1,82 @@
+"""A real gateway process (``render-gateway serve``) for tests, and its CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from support.processes import CLI, OFFLINE_ENV, free_port
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    config_path: Path
+    admin_key: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [*CLI, *args, "--config", str(self.config_path), "--data-dir", str(self.data_dir)],
+            capture_output=True, check=True, timeout=60, env={**os.environ, **OFFLINE_ENV},
+        )  # fmt: skip
+        return result.stdout.decode()
+
+    def new_key(self, customer: str, plan: str = "default") -> str:
+        return (
+            self.cli("keys", "create", "--customer", customer, "--plan", plan)
+            .strip()
+            .splitlines()[-1]
+        )
+
+
+def start_gateway(
+    data_dir: Path, config: str, port: int | None = None, timeout: float = 180.0
+) -> GatewayProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = data_dir / "gateway.toml"
+    config_path.write_text(config)
+    port = port or free_port()
+    log_path = data_dir / f"gateway-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config_path), "--data-dir", str(data_dir),
+             "--port", str(port), "--log-level", "warning"],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV},
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    else:
+        process.kill()
+        raise RuntimeError(f"gateway not ready:\n{log_path.read_text()}")
+    lines = log_path.read_text().splitlines()
+    admin = next((line for line in lines if line.startswith("rk_")), "")
+    return GatewayProcess(url, process, data_dir, config_path, admin, log_path)
+
+
+def stop_gateway(gateway: GatewayProcess) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait()
