@@ -319,6 +319,13 @@ def test_malformed_and_oversized_bodies(gateway: GatewayProcess, alice: dict[str
     assert_error(httpx.get(gateway.url + "/jobs/not-an-id", headers=alice), 404, "job_not_found")
     assert_error(httpx.get(gateway.url + "/assets/a_123"), 404, "asset_not_found")
     assert_error(httpx.get(gateway.url + "/nowhere"), 404, "not_found")
+    as_form = {**alice, "Content-Type": "application/x-www-form-urlencoded"}
+    wrong_type = assert_error(
+        httpx.post(gateway.url + "/queue", content=orjson.dumps(job_body()), headers=as_form),
+        400,
+        "invalid_request",
+    )
+    assert "Content-Type: application/json" in wrong_type["message"]
 
 
 def test_catalog_health_metrics_and_openapi(gateway: GatewayProcess) -> None:

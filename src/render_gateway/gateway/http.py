@@ -65,6 +65,11 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
         for e in exc.errors()
     ]
     message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems)
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type:
+        message = (
+            f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})"
+        )
     return error_response(
         request, ApiError(400, "invalid_request", message, {"problems": problems})
     )
