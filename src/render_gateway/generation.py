@@ -25,15 +25,17 @@ TASK_MODALITY: dict[str, Modality] = {
 MAX_SEED = 2**32 - 1
 
 
-class GenerationRequest(BaseModel):
-    """Prompt, references and sampling knobs. Unknown keys are kept and passed through."""
+class GenerationFields(BaseModel):
+    """The generation fields a customer sends (API.md). Unknown keys are kept: they are passed
+    to the backend untouched."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow")
 
-    task: Task = "t2i"
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str | None = Field(default=None, max_length=2000)
-    image: str | None = Field(default=None, min_length=1)
+    image: str | None = Field(
+        default=None, min_length=1, description="https URL, data URI, or an asset URL"
+    )
     mask: str | None = Field(default=None, min_length=1)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     steps: int | None = Field(default=None, ge=1, le=500)
@@ -42,6 +44,15 @@ class GenerationRequest(BaseModel):
     strength: float | None = Field(default=None, ge=0, le=1)
     count: int | None = Field(default=None, ge=1, le=4)
     duration: float | None = Field(default=None, ge=0.5, le=10)
+
+
+class GenerationRequest(GenerationFields):
+    """What a backend receives: the fields plus the task and the output size, checked
+    against each other."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    task: Task = "t2i"
     format: str | None = None
     width: int | None = Field(default=None, ge=1)
     height: int | None = Field(default=None, ge=1)

@@ -28,6 +28,8 @@ from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
 from render_gateway.auth.principal import AuthError, Principal
 from render_gateway.auth.verification_keys import parse_jwks
 
+from support.clock import FakeClock
+
 ISSUER = "https://issuer.example"
 AUDIENCE = "render-gateway"
 HS_SECRET = b"s" * 16 + b"0123456789abcdef"  # 32 bytes: the minimum
@@ -366,19 +368,6 @@ class JwksServer:
     status: int = 200
     body: bytes | None = None  # served instead of ``keys`` when set
     delay: float = 0.0  # so concurrent verifications overlap with a fetch in flight
-
-
-class FakeClock:
-    """The verifier's monotonic clock, moved by hand to cross cache and refetch intervals."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest_asyncio.fixture

@@ -17,18 +17,9 @@ from render_gateway.scheduling.breaker import (
     CircuitBreaker,
 )
 
+from support.clock import FakeClock
+
 CLOSED, OPEN, HALF_OPEN = BreakerState.closed, BreakerState.open, BreakerState.half_open
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 CONFIG = BreakerConfig(

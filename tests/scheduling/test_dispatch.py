@@ -18,18 +18,11 @@ from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from render_gateway.scheduling.dispatch import Dispatcher, NoCapacity, RetryPolicy
 
+from support.clock import FakeClock
 from support.processes import WorkerProcess, free_port
 from support.worker_api import stats, wait_idle
 
 FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.02)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest_asyncio.fixture

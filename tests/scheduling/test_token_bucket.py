@@ -15,16 +15,7 @@ from render_gateway.scheduling.token_bucket import (
     TokenBucket,
 )
 
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from support.clock import FakeClock
 
 
 def _bucket(capacity: float = 2.0, refill: float = 1.0) -> tuple[TokenBucket, FakeClock]:

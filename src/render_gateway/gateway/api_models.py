@@ -4,27 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-Task = Literal["t2i", "i2i", "edit", "t2v", "i2v"]
-
-
-class GenerationFields(BaseModel):
-    """Generation fields; unknown keys are passed to the backend untouched."""
-
-    model_config = ConfigDict(extra="allow")
-
-    prompt: str = Field(min_length=1, max_length=4000)
-    negative_prompt: str | None = Field(default=None, max_length=2000)
-    image: str | None = Field(default=None, description="https URL, data URI, or an asset URL")
-    mask: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    steps: int | None = Field(default=None, ge=1, le=500)
-    guidance: float | None = Field(default=None, ge=0, le=50)
-    cfg: float | None = Field(default=None, ge=0, le=50)
-    strength: float | None = Field(default=None, ge=0, le=1)
-    count: int | None = Field(default=None, ge=1, le=4)
-    duration: float | None = Field(default=None, ge=0.5, le=10)
+from render_gateway.generation import GenerationFields, Task
 
 
 class QueueRequest(GenerationFields):

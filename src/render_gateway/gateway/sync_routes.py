@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from render_gateway.auth.principal import Principal
-from render_gateway.gateway.api_models import ERROR_RESPONSES, GenerationFields, Task
+from render_gateway.gateway.api_models import ERROR_RESPONSES
 from render_gateway.gateway.deps import caller, charge_rate_limit, services
 from render_gateway.gateway.http import ApiError, request_id_of
 from render_gateway.gateway.job_routes import require_backend, resolve_route, validated_generation
 from render_gateway.gateway.runner import generation_payload
+from render_gateway.generation import GenerationFields, Task
 from render_gateway.inference.kserve_client import BackendError, BackendResult
 from render_gateway.scheduling.dispatch import NoCapacity
 
@@ -77,41 +78,34 @@ async def _run_now(
     return Response(result.outputs[0], media_type=result.content_type, headers=headers)
 
 
-@router.post("/image/{family}/{model}/{task}", responses=BYTES_RESPONSE, response_class=Response,
-             summary="Generate an image now (sync tier)")  # fmt: skip
-async def image_now(
-    family: str,
-    model: str,
-    task: Task,
-    body: GenerationFields,
-    request: Request,
-    response: Response,
-    principal: Annotated[Principal, Depends(caller)],
-    format: Annotated[str | None, Query(max_length=32)] = None,
-    backend: Annotated[str | None, Query(max_length=64)] = None,
-) -> Response:
-    if task not in ("t2i", "i2i", "edit"):
-        raise ApiError(400, "invalid_request", f"task {task!r} is not an image task")
-    return await _run_now(
-        "image", family, model, task, body, request, response, principal, format, backend
-    )
+def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:
+    """POST /{modality}/{family}/{model}/{task}: one route per modality, as in the contract."""
+
+    async def run_now(
+        family: str,
+        model: str,
+        task: Task,
+        body: GenerationFields,
+        request: Request,
+        response: Response,
+        principal: Annotated[Principal, Depends(caller)],
+        format: Annotated[str | None, Query(max_length=32)] = None,
+        backend: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Response:
+        if task not in tasks:
+            raise ApiError(400, "invalid_request", f"task {task!r} is not a {modality} task")
+        return await _run_now(
+            modality, family, model, task, body, request, response, principal, format, backend
+        )
+
+    run_now.__name__ = f"{modality}_now"
+    router.post(
+        f"/{modality}/{{family}}/{{model}}/{{task}}",
+        responses=BYTES_RESPONSE,
+        response_class=Response,
+        summary=f"Generate {'an image' if modality == 'image' else 'a video'} now (sync tier)",
+    )(run_now)
 
 
-@router.post("/video/{family}/{model}/{task}", responses=BYTES_RESPONSE, response_class=Response,
-             summary="Generate a video now (sync tier)")  # fmt: skip
-async def video_now(
-    family: str,
-    model: str,
-    task: Task,
-    body: GenerationFields,
-    request: Request,
-    response: Response,
-    principal: Annotated[Principal, Depends(caller)],
-    format: Annotated[str | None, Query(max_length=32)] = None,
-    backend: Annotated[str | None, Query(max_length=64)] = None,
-) -> Response:
-    if task not in ("t2v", "i2v"):
-        raise ApiError(400, "invalid_request", f"task {task!r} is not a video task")
-    return await _run_now(
-        "video", family, model, task, body, request, response, principal, format, backend
-    )
+_add_sync_route("image", ("t2i", "i2i", "edit"))
+_add_sync_route("video", ("t2v", "i2v"))
