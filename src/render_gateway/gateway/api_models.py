@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from render_gateway.generation import GenerationFields, Task
 
 
 class QueueRequest(GenerationFields):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "modality": "image",
+                    "family": "sd",
+                    "model": "tiny",
+                    "task": "t2i",
+                    "prompt": "a lighthouse at dusk",
+                    "seed": 42,
+                    "steps": 4,
+                }
+            ]
+        },
+    )
+
     modality: Literal["image", "video"]
     family: str = Field(min_length=1, max_length=128)
     model: str = Field(min_length=1, max_length=128)
