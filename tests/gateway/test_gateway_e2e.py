@@ -241,6 +241,26 @@ def test_sync_tier_answers_503_when_no_slot_is_free(
     wait_done(gateway, alice, long_job)
 
 
+def test_sync_client_hanging_up_cancels_the_run(
+    gateway: GatewayProcess, alice: dict[str, str], worker: WorkerProcess
+) -> None:
+    from support.worker_api import stats
+
+    before = stats(worker)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/image/sd/tiny/t2i",
+            json={"prompt": "long", "steps": 500},
+            headers=alice,
+            timeout=httpx.Timeout(10, read=1.0),
+        )
+    after = wait_idle(worker)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["steps_executed"] - before["steps_executed"] < 500
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'render_backend_in_flight{backend="w1"} 0.0' in metrics
+
+
 def test_credentials_are_verified(gateway: GatewayProcess) -> None:
     url = gateway.url + "/queue"
     assert_error(httpx.post(url, json=job_body()), 401, "missing_credentials")

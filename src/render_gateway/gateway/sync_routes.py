@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -28,6 +29,12 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 async def _run_now(
     modality: str,
     family: str,
@@ -52,15 +59,27 @@ async def _run_now(
         "generation": generation,
     }
     started = time.perf_counter()
+    # A client that hangs up cancels the run on the backend (and frees the slot).
+    client_gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, client_gone))
     try:
         outcome = await svc.dispatcher.run(
-            family, model, generation_payload(routing), request_id_of(request), backend_type=backend
+            family,
+            model,
+            generation_payload(routing),
+            request_id_of(request),
+            cancel=client_gone,
+            backend_type=backend,
         )
     except NoCapacity as exc:
         raise ApiError(503, "no_capacity", str(exc), headers={"Retry-After": "1"}) from exc
     except BackendError as exc:
         status = 400 if exc.status == 400 else 502
         raise ApiError(status, exc.code, str(exc), {"retriable": exc.retriable}) from exc
+    finally:
+        watcher.cancel()
+    if outcome.cancelled:
+        return Response(status_code=499)  # nobody is listening; the status is for the log
     result = outcome.result
     if not isinstance(result, BackendResult) or not result.outputs:
         raise ApiError(502, "no_output", "the backend returned no output")
