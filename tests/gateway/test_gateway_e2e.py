@@ -261,6 +261,46 @@ def test_sync_client_hanging_up_cancels_the_run(
     assert 'render_backend_in_flight{backend="w1"} 0.0' in metrics
 
 
+def test_webhook_is_signed_and_sent_on_completion(
+    gateway: GatewayProcess, alice: dict[str, str]
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from render_gateway.gateway.webhooks import WebhookSecret, verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+    arrived = threading.Event()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+            arrived.set()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        job_id = submit(gateway, alice, webhook=url).json()["id"]
+        assert arrived.wait(60), "no webhook arrived"
+        headers, body = received[0]
+        secret = WebhookSecret.parse((gateway.data_dir / "webhook_secret").read_text())
+        assert verify(secret, headers, body, time.time())
+        assert headers["webhook-id"] == f"{job_id}.complete"
+        payload = orjson.loads(body)
+        assert payload["id"] == job_id and payload["status"] == "complete" and payload["output"]
+        assert not verify(secret, headers, body.replace(b"complete", b"errored!"), time.time())
+    finally:
+        server.shutdown()
+    assert 'render_webhooks{outcome="delivered"} 1.0' in httpx.get(gateway.url + "/metrics").text
+
+
 def test_credentials_are_verified(gateway: GatewayProcess) -> None:
     url = gateway.url + "/queue"
     assert_error(httpx.post(url, json=job_body()), 401, "missing_credentials")

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -27,6 +26,7 @@ from render_gateway.gateway.api_models import (
 from render_gateway.gateway.deps import caller, charge_rate_limit, services
 from render_gateway.gateway.http import ApiError, request_id_of
 from render_gateway.gateway.services import GatewayServices
+from render_gateway.gateway.views import job_view
 from render_gateway.generation import GenerationRequest, describe_validation_error
 from render_gateway.ids import new_job_id
 from render_gateway.scheduling.lanes import Lane
@@ -37,12 +37,6 @@ ROUTING_FIELDS = frozenset(
     {"modality", "family", "model", "task", "format", "backend", "priority", "webhook", "ttl",
      "idempotency_key"}
 )  # fmt: skip
-
-
-def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
 
 def validated_generation(task: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -86,33 +80,7 @@ def eta_seconds(svc: GatewayServices, job: Job, position: int | None) -> float |
 def job_body(svc: GatewayServices, job: Job) -> dict[str, Any]:
     position = svc.store.position(job.id) if job.status is JobStatus.queued else None
     progress, _ = svc.events.progress(job.id)
-    if job.status is JobStatus.complete:
-        progress = 1.0
-    elif job.status is JobStatus.queued:
-        progress = 0.0
-    outputs = [f"/assets/{asset}" for asset in job.outputs]
-    body: dict[str, Any] = {
-        "id": job.id,
-        "status": job.status.value,
-        "position": position,
-        "progress": progress,
-        "eta_seconds": eta_seconds(svc, job, position),
-        "output": outputs[0] if outputs else None,
-        "outputs": outputs,
-        "seed": job.seed,
-        "error": None
-        if job.error is None
-        else {
-            "code": job.error.code,
-            "message": job.error.message,
-            "retriable": job.error.retriable,
-        },
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "completed_at": _iso(job.completed_at),
-        "request": job.request,
-    }
-    return body
+    return job_view(job, position, progress, eta_seconds(svc, job, position))
 
 
 async def owned_job(svc: GatewayServices, job_id: str, principal: Principal) -> Job:
@@ -218,6 +186,8 @@ async def cancel_job(
         svc.events.publish(
             job_id, "error", {"code": "cancelled", "message": "the job was cancelled"}
         )
+        if (cancelled := await svc.store.get(job_id)) is not None:
+            svc.notify_settled(cancelled)
     else:  # running: abort the backend call; the runner settles the job as cancelled
         svc.runner.cancel(job_id)
     return Response(status_code=204)

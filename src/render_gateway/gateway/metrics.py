@@ -53,6 +53,15 @@ class GatewayCollector(Collector):
             for state in BreakerState:
                 breaker.add_metric([label, state.value], 1.0 if state is current else 0.0)
         yield from (in_flight, capacity, healthy, breaker)
+        webhooks = GaugeMetricFamily(
+            "render_webhooks", "Webhook deliveries by outcome since start", labels=["outcome"]
+        )
+        sender = svc.webhooks
+        counts = {"delivered": sender.delivered, "failed": sender.failed,
+                  "dropped": sender.dropped, "pending": sender.pending}  # fmt: skip
+        for outcome, count in counts.items():
+            webhooks.add_metric([outcome], count)
+        yield webhooks
 
 
 def make_registry(

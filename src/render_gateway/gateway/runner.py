@@ -67,9 +67,11 @@ class JobRunner:
         assets: AssetStore,
         events: JobEventHub,
         clock: Callable[[], float] = time.time,
+        on_settled: Callable[[Job], None] = lambda _job: None,
     ) -> None:
         self._store, self._pool, self._dispatcher = store, pool, dispatcher
         self._assets, self._events, self._clock = assets, events, clock
+        self._on_settled = on_settled  # e.g. the job's webhook
         self._wake = asyncio.Event()
         self._cancels: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,15 +179,18 @@ class JobRunner:
             usage = self._usage(
                 job, started, now, outcome.backend_id, result.parameters, "cancelled"
             )
-            await self._store.finish(job.id, JobStatus.cancelled, now, extra={"usage": usage})
+            settled = await self._store.finish(
+                job.id, JobStatus.cancelled, now, extra={"usage": usage}
+            )
             self._events.publish(
                 job.id, "error", {"code": "cancelled", "message": "the job was cancelled"}
             )
+            self._on_settled(settled)
             return
         assets = [await self._assets.put(data, result.content_type) for data in result.outputs]
         seed = result.parameters.get("seed")
         usage = self._usage(job, started, now, outcome.backend_id, result.parameters, "success")
-        await self._store.finish(
+        settled = await self._store.finish(
             job.id,
             JobStatus.complete,
             now,
@@ -198,12 +203,16 @@ class JobRunner:
         self._events.publish(
             job.id, "complete", {"output": urls[0] if urls else None, "outputs": urls}
         )
+        self._on_settled(settled)
 
     async def _settle_error(self, job: Job, started: float, error: JobError) -> None:
         now = self._clock()
         usage = self._usage(job, started, now, "", {}, "error", error.code)
-        await self._store.finish(job.id, JobStatus.error, now, error=error, extra={"usage": usage})
+        settled = await self._store.finish(
+            job.id, JobStatus.error, now, error=error, extra={"usage": usage}
+        )
         self._events.publish(job.id, "error", {"code": error.code, "message": error.message})
+        self._on_settled(settled)
 
     @staticmethod
     def _usage(
@@ -246,5 +255,7 @@ class JobRunner:
                         "error",
                         {"code": "ttl_expired", "message": "the ttl passed while queued"},
                     )
+                    if (expired := await self._store.get(job_id)) is not None:
+                        self._on_settled(expired)
             except Exception:
                 log.exception("ttl sweep failed")

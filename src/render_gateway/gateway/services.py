@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,12 @@ from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
 from render_gateway.catalog import Catalog, CatalogModel
 from render_gateway.config import GatewayConfig, JwtConfig
+from render_gateway.domain import Job
 from render_gateway.gateway.events import JobEventHub
 from render_gateway.gateway.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
 from render_gateway.gateway.runner import JobRunner
+from render_gateway.gateway.views import job_view
+from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
 from render_gateway.inference.kserve_client import KServeClient
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig
@@ -65,6 +69,8 @@ class GatewayServices:
     session: aiohttp.ClientSession
     dispatcher: Dispatcher
     runner: JobRunner
+    webhooks: WebhookSender
+    notify_settled: Callable[[Job], None]
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -116,7 +122,22 @@ class GatewayServices:
         )
         events = JobEventHub()
         assets = LocalAssetStore(data / "assets")
-        runner = JobRunner(store, pool, dispatcher, assets, events)
+        webhook_secret = await asyncio.to_thread(
+            WebhookSecret.load_or_create, data / "webhook_secret"
+        )
+        webhooks = WebhookSender(session, webhook_secret)
+
+        def notify(job: Job) -> None:
+            """A settled job's webhook: the job JSON, signed; never waits for the receiver."""
+            if job.webhook:
+                progress, _ = events.progress(job.id)
+                webhooks.send(
+                    job.webhook,
+                    job_view(job, None, progress, None),
+                    event_id=f"{job.id}.{job.status.value}",
+                )
+
+        runner = JobRunner(store, pool, dispatcher, assets, events, on_settled=notify)
         plans = config.plans
 
         def bucket_for(key: str) -> BucketConfig:
@@ -126,7 +147,8 @@ class GatewayServices:
 
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
-            RateLimiter(bucket_for), events, session, dispatcher, runner, local_worker,
+            RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
+            local_worker,
         )  # fmt: skip
         runner.start()
         services._probe = asyncio.create_task(services._probe_backends(clients))
@@ -152,6 +174,8 @@ class GatewayServices:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await self.runner.stop()
+        await self.webhooks.drain(5.0)
+        await self.webhooks.close()
         await self.session.close()
         await self.store.close()
         await self.api_keys.close()

@@ -1,0 +1,42 @@
+"""The job's public JSON (GET /jobs/{id}, and the webhook payload), from a Job and live state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from render_gateway.domain import Job, JobStatus
+
+
+def iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_view(
+    job: Job, position: int | None, progress: float, eta_seconds: float | None
+) -> dict[str, Any]:
+    if job.status is JobStatus.complete:
+        progress = 1.0
+    elif job.status is JobStatus.queued:
+        progress = 0.0
+    outputs = [f"/assets/{asset}" for asset in job.outputs]
+    error = job.error
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "position": position,
+        "progress": progress,
+        "eta_seconds": eta_seconds,
+        "output": outputs[0] if outputs else None,
+        "outputs": outputs,
+        "seed": job.seed,
+        "error": None
+        if error is None
+        else {"code": error.code, "message": error.message, "retriable": error.retriable},
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "request": job.request,
+    }
