@@ -478,3 +478,41 @@ def test_serve_with_no_backend_starts_the_demo_worker(
         )  # the demo catalog's default format
     finally:
         stop_gateway(gateway)
+
+
+def test_a_job_whose_backend_was_removed_fails_without_blocking_the_queue(
+    worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data_dir = tmp_path_factory.mktemp("gateway-removed")
+    two_models = (
+        CONFIG.format(worker=worker.url)
+        + """
+[[gateway.backends]]
+id = "gone"
+endpoint = "http://127.0.0.1:9"
+family = "old"
+models = { legacy = "demo" }
+
+[[gateway.models]]
+modality = "image"
+family = "old"
+model = "legacy"
+tasks = ["t2i"]
+"""
+    )
+    first = start_gateway(data_dir, two_models)
+    admin = {"Authorization": f"Bearer {first.admin_key}"}
+    # The "gone" backend never passes its probe, so its job waits at the head of the queue.
+    stuck = httpx.post(
+        first.url + "/queue", json=job_body(family="old", model="legacy"), headers=admin
+    ).json()["id"]
+    later = submit(first, admin).json()["id"]
+    assert httpx.get(f"{first.url}/jobs/{later}", headers=admin).json()["position"] == 1
+    stop_gateway(first)
+    second = start_gateway(data_dir, CONFIG.format(worker=worker.url))  # "old/legacy" removed
+    try:
+        failed = wait_done(second, admin, stuck)
+        assert failed["status"] == "error" and failed["error"]["code"] == "backend_not_found"
+        assert wait_done(second, admin, later)["status"] == "complete"
+    finally:
+        stop_gateway(second)

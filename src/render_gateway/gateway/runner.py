@@ -125,12 +125,18 @@ class JobRunner:
             if job is None:
                 return
             request = job.request
-            if not self._pool.free_slots(
-                request["family"], request["model"], request.get("backend")
-            ):
-                return  # head-of-line: wait until a slot frees (a finished run wakes us)
+            family, model, backend = request["family"], request["model"], request.get("backend")
+            served = bool(self._pool.serving(family, model, backend))
+            if served and not self._pool.free_slots(family, model, backend):
+                return  # head-of-line: wait for a slot (runs ending, probes and a timer wake us)
             claimed = await self._store.claim_next(self._clock())
             if claimed is None:
+                continue
+            if not served:  # its backend left the configuration: fail it, do not block the queue
+                message = f"no backend serves {family}/{model} any more"
+                await self._settle_error(
+                    claimed, self._clock(), JobError("backend_not_found", message, False)
+                )
                 continue
             self._cancels[claimed.id] = asyncio.Event()
             task = asyncio.create_task(self._run(claimed), name=f"job-{claimed.id}")
@@ -138,7 +144,6 @@ class JobRunner:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: Job) -> None:
-        request = job.request
         request_id = str(job.extra.get("request_id", job.id))
         started = self._clock()
         self._events.publish(job.id, "started", {})
@@ -150,17 +155,7 @@ class JobRunner:
 
         try:
             try:
-                outcome = await self._dispatcher.run(
-                    request["family"],
-                    request["model"],
-                    generation_payload(request),
-                    request_id,
-                    progress,
-                    self._cancels[job.id],
-                    request.get("backend"),
-                )
-            except NoCapacity as exc:
-                await self._settle_error(job, started, JobError("no_capacity", str(exc), True))
+                outcome = await self._dispatch_when_possible(job, request_id, progress)
             except BackendError as exc:
                 await self._settle_error(job, started, JobError(exc.code, str(exc), exc.retriable))
             except Exception as exc:
@@ -171,6 +166,28 @@ class JobRunner:
         finally:
             self._cancels.pop(job.id, None)
             self.wake()
+
+    async def _dispatch_when_possible(
+        self, job: Job, request_id: str, progress: Callable[[Progress], None]
+    ) -> DispatchOutcome:
+        """Dispatch; if every slot went elsewhere meanwhile (the sync tier, a breaker probe),
+        wait for one instead of failing the job."""
+        request = job.request
+        cancel = self._cancels[job.id]
+        while True:
+            try:
+                return await self._dispatcher.run(
+                    request["family"],
+                    request["model"],
+                    generation_payload(request),
+                    request_id,
+                    progress,
+                    cancel,
+                    request.get("backend"),
+                )
+            except NoCapacity:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cancel.wait(), 0.2)
 
     async def _settle(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
         now = self._clock()
@@ -248,6 +265,7 @@ class JobRunner:
     async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self.wake()  # time alone can free capacity (a breaker turning half-open)
             try:
                 for job_id in await self._store.expire(self._clock()):
                     self._events.publish(

@@ -150,23 +150,25 @@ class GatewayServices:
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
             local_worker,
         )  # fmt: skip
+        await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
         services._probe = asyncio.create_task(services._probe_backends(clients))
         return services
 
+    async def _probe_once(self, clients: dict[str, KServeClient]) -> None:
+        results = await asyncio.gather(*(client.ready() for client in clients.values()))
+        for backend_id, healthy in zip(clients, results, strict=True):
+            backend = self.pool.backends[backend_id]
+            if healthy != backend.healthy:
+                log.warning("backend %s is now %s", backend_id, "healthy" if healthy else "down")
+                backend.healthy = healthy
+                if healthy:
+                    self.runner.wake()
+
     async def _probe_backends(self, clients: dict[str, KServeClient], every: float = 5.0) -> None:
         while True:
-            for backend_id, client in clients.items():
-                healthy = await client.ready()
-                backend = self.pool.backends[backend_id]
-                if healthy != backend.healthy:
-                    log.warning(
-                        "backend %s is now %s", backend_id, "healthy" if healthy else "down"
-                    )
-                    backend.healthy = healthy
-                    if healthy:
-                        self.runner.wake()
             await asyncio.sleep(every)
+            await self._probe_once(clients)
 
     async def stop(self) -> None:
         if self._probe is not None:

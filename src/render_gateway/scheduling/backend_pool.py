@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from render_gateway.scheduling.breaker import BreakerConfig, CircuitBreaker
+from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,9 @@ class BackendPool:
         return sum(b.in_flight for b in self.backends.values())
 
     def free_slots(self, family: str, model: str, backend_type: str | None = None) -> int:
+        """Slots a job could take now: healthy backends whose breaker is not open."""
         return sum(
             max(0, b.spec.capacity - b.in_flight)
             for b in self.serving(family, model, backend_type)
-            if b.healthy
+            if b.healthy and b.breaker.state is not BreakerState.open
         )
