@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import WorkerProcess, make_demo_model, start_worker, stop_worker
+from support.processes import (
+    WorkerProcess,
+    kill_leftovers,
+    make_demo_model,
+    start_worker,
+    stop_worker,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from support.processes import CLI, OFFLINE_ENV, free_port
+from support.processes import CLI, OFFLINE_ENV, STARTED, free_port
 
 
 @dataclass
@@ -54,6 +54,7 @@ def start_gateway(
              "--port", str(port), "--log-level", "warning"],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV},
         )  # fmt: skip
+    STARTED.append(process)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,6 +16,18 @@ CLI = [sys.executable, "-m", "render_gateway"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+# Every server process a test starts, so the session can make sure none outlives it.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> None:
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    STARTED.clear()
+
+
 def make_demo_model(directory: Path, kind: str = "image") -> Path:
     """A demo pipeline written by the real CLI (``models make-demo``)."""
     subprocess.run(
@@ -60,6 +72,7 @@ def start_worker(
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}
         )
+    STARTED.append(process)
     worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
