@@ -109,6 +109,7 @@ def test_async_job_end_to_end(gateway: GatewayProcess, alice: dict[str, str]) ->
     assert queued["status"] == "queued" and queued["position"] == 0
     done = wait_done(gateway, alice, queued["id"])
     assert done["status"] == "complete" and done["progress"] == 1.0 and done["seed"] == 5
+    assert done["retries"] == 0
     assert done["started_at"] and done["completed_at"] and done["error"] is None
     redirect = httpx.get(f"{gateway.url}/jobs/{queued['id']}/output", headers=alice)
     assert redirect.status_code == 303 and redirect.headers["location"] == done["output"]
@@ -397,6 +398,7 @@ def test_catalog_health_metrics_and_openapi(gateway: GatewayProcess) -> None:
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/ready").json()["backends"] == {"w1": True}
     metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'render_jobs{status="complete"}' in metrics
     for name in ("render_queue_depth", "render_backend_in_flight", "render_backend_breaker_state",
                  "render_http_request_seconds_bucket"):  # fmt: skip
         assert name in metrics

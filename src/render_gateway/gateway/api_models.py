@@ -62,6 +62,7 @@ class JobResponse(BaseModel):
     output: str | None = None
     outputs: list[str] = Field(default_factory=list)
     seed: int | None = None
+    retries: int = Field(default=0, ge=0, description="times it was re-queued after a crash")
     error: JobErrorBody | None = None
     created_at: str
     started_at: str | None = None

@@ -30,6 +30,15 @@ class GatewayCollector(Collector):
         running = GaugeMetricFamily("render_jobs_running", "Jobs being dispatched now")
         running.add_metric([], svc.runner.running)
         yield running
+        jobs = GaugeMetricFamily(
+            "render_jobs", "Jobs by status: queued and running now, others settled since start",
+            labels=["status"],
+        )  # fmt: skip
+        jobs.add_metric(["queued"], sum(svc.store.depth().values()))
+        jobs.add_metric(["running"], svc.runner.running)
+        for status in ("complete", "error", "cancelled"):
+            jobs.add_metric([status], svc.finished_jobs[status])
+        yield jobs
         in_flight = GaugeMetricFamily(
             "render_backend_in_flight", "Jobs in flight per backend", labels=["backend"]
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class GatewayServices:
     runner: JobRunner
     webhooks: WebhookSender
     notify_settled: Callable[[Job], None]
+    finished_jobs: Counter[str]  # jobs settled since start, by status
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -127,8 +129,11 @@ class GatewayServices:
         )
         webhooks = WebhookSender(session, webhook_secret)
 
+        finished: Counter[str] = Counter()
+
         def notify(job: Job) -> None:
-            """A settled job's webhook: the job JSON, signed; never waits for the receiver."""
+            """Count the settled job; send its webhook (signed; never waits for the receiver)."""
+            finished[job.status.value] += 1
             if job.webhook:
                 progress, _ = events.progress(job.id)
                 webhooks.send(
@@ -148,7 +153,7 @@ class GatewayServices:
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            local_worker,
+            finished, local_worker,
         )  # fmt: skip
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()

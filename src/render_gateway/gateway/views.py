@@ -32,6 +32,7 @@ def job_view(
         "output": outputs[0] if outputs else None,
         "outputs": outputs,
         "seed": job.seed,
+        "retries": job.retries,
         "error": None
         if error is None
         else {"code": error.code, "message": error.message, "retriable": error.retriable},
