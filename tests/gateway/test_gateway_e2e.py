@@ -12,28 +12,11 @@ import orjson
 import pytest
 from PIL import Image
 
-from support.gateway import GatewayProcess, start_gateway, stop_gateway
+from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
 from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
-CONFIG = """
-[gateway]
-local_demo_worker = false
-
-[[gateway.backends]]
-id = "w1"
-endpoint = "{worker}"
-family = "sd"
-models = {{ tiny = "demo" }}
-capacity = 1
-
-[[gateway.models]]
-modality = "image"
-family = "sd"
-model = "tiny"
-tasks = ["t2i", "i2i", "edit"]
-aliases = ["render/tiny-sd-demo"]
-"""
+CONFIG = ONE_WORKER_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from support.gateway import GatewayProcess, start_gateway, stop_gateway
+from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
 from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
-CONFIG = """
-[gateway]
-local_demo_worker = false
-
-[[gateway.backends]]
-id = "w1"
-endpoint = "{worker}"
-family = "sd"
-models = {{ tiny = "demo" }}
-
-[[gateway.models]]
-modality = "image"
-family = "sd"
-model = "tiny"
-tasks = ["t2i", "i2i", "edit"]
-"""
+CONFIG = ONE_WORKER_CONFIG
 
 
 @pytest.fixture(scope="module")

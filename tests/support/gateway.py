@@ -12,6 +12,26 @@ import httpx
 
 from support.processes import CLI, OFFLINE_ENV, STARTED, free_port
 
+# One backend (the test session's reference worker) serving the demo model as image/sd/tiny.
+ONE_WORKER_CONFIG = """
+[gateway]
+local_demo_worker = false
+
+[[gateway.backends]]
+id = "w1"
+endpoint = "{worker}"
+family = "sd"
+models = {{ tiny = "demo" }}
+capacity = 1
+
+[[gateway.models]]
+modality = "image"
+family = "sd"
+model = "tiny"
+tasks = ["t2i", "i2i", "edit"]
+aliases = ["render/tiny-sd-demo"]
+"""
+
 
 @dataclass
 class GatewayProcess:
