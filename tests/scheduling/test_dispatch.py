@@ -1,17 +1,21 @@
-"""Dispatch against real backends on 127.0.0.1: the reference worker, a backend that always
-fails (a real aiohttp server answering 500), and an endpoint where nothing listens."""
+"""Dispatch against real backends on 127.0.0.1: the reference worker, a backend process that
+fails every inference with a 500, and an endpoint where nothing listens."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
+import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from render_gateway.inference.kserve_client import BackendError, Cancelled, KServeClient, Progress
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
@@ -19,33 +23,30 @@ from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, Circu
 from render_gateway.scheduling.dispatch import Dispatcher, NoCapacity, RetryPolicy
 
 from support.clock import FakeClock
-from support.processes import WorkerProcess, free_port
+from support.processes import STARTED, WorkerProcess, free_port
 from support.worker_api import stats, wait_idle
 
 FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.02)
 
 
-@pytest_asyncio.fixture
-async def failing_backend() -> AsyncIterator[str]:
-    """Answers every inference with a 500 (as a crashing model server would)."""
-    hits = {"count": 0}
-
-    async def ready(_: web.Request) -> web.Response:
-        return web.json_response({"ready": True})
-
-    async def fail(_: web.Request) -> web.Response:
-        hits["count"] += 1
-        return web.json_response({"error": "internal", "message": "boom"}, status=500)
-
-    app = web.Application()
-    app.add_routes([web.get("/v2/health/ready", ready), web.post("/v2/models/{m}/{op}", fail)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+@pytest.fixture(scope="module")
+def failing_backend() -> Iterator[str]:
+    """A separate process that answers every inference with a 500."""
+    port = free_port()
+    script = Path(__file__).resolve().parents[1] / "support" / "failing_backend.py"
+    process = subprocess.Popen([sys.executable, str(script), str(port)])
+    STARTED.append(process)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
 
 
 @pytest_asyncio.fixture
