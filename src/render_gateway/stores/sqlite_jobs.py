@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,7 +179,12 @@ class SqliteJobStore:
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._writer = _Writer(path, synchronous, max_batch)
+        # Reads use their own connection on their own thread: in WAL mode they see every
+        # committed change and never wait behind the writer's commits.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs-reader")
+        self._read_conn: sqlite3.Connection | None = None
         self._queue = LaneQueue()
         self._queued_customer: dict[str, str] = {}
         self._queued_per_customer: Counter[str] = Counter()
@@ -255,6 +260,21 @@ class SqliteJobStore:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=True)
+
+    def _close_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    def _read_job(self, job_id: str) -> Job | None:
+        if self._read_conn is None:  # opened on the reader thread, used only there
+            self._read_conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False
+            )
+            self._read_conn.execute("PRAGMA query_only = ON")
+        return _select(self._read_conn, job_id)
 
     async def submit(self, job: Job) -> tuple[Job, bool]:
         if job.status is not JobStatus.queued:
@@ -304,7 +324,9 @@ class SqliteJobStore:
         return stored, created
 
     async def get(self, job_id: str) -> Job | None:
-        return await self._call(lambda conn: _select(conn, job_id))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._read_job, job_id
+        )
 
     def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
