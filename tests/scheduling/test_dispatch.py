@@ -7,12 +7,10 @@ import asyncio
 import random
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
-import httpx
 import orjson
 import pytest
 import pytest_asyncio
@@ -23,7 +21,7 @@ from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, Circu
 from render_gateway.scheduling.dispatch import Dispatcher, NoCapacity, RetryPolicy
 
 from support.clock import FakeClock
-from support.processes import STARTED, WorkerProcess, free_port
+from support.processes import WorkerProcess, free_port, stop_process, wait_until_ready
 from support.worker_api import stats, wait_idle
 
 FAST = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.02)
@@ -35,18 +33,10 @@ def failing_backend() -> Iterator[str]:
     port = free_port()
     script = Path(__file__).resolve().parents[1] / "support" / "failing_backend.py"
     process = subprocess.Popen([sys.executable, str(script), str(port)])
-    STARTED.append(process)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_until_ready(process, url + "/v2/health/ready", None, 30)
     yield url
-    process.terminate()
-    process.wait(10)
+    stop_process(process)
 
 
 @pytest_asyncio.fixture

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from support.processes import CLI, OFFLINE_ENV, STARTED, free_port
+from support.processes import CLI, OFFLINE_ENV, free_port, stop_process, wait_until_ready
 
 # One backend (the test session's reference worker) serving the demo model as image/sd/tiny.
 ONE_WORKER_CONFIG = """
@@ -74,30 +71,12 @@ def start_gateway(
              "--port", str(port), "--log-level", "warning"],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV},
         )  # fmt: skip
-    STARTED.append(process)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError(f"gateway not ready:\n{log_path.read_text()}")
+    wait_until_ready(process, url + "/ready", log_path, timeout)
     lines = log_path.read_text().splitlines()
     admin = next((line for line in lines if line.startswith("rk_")), "")
     return GatewayProcess(url, process, data_dir, config_path, admin, log_path)
 
 
 def stop_gateway(gateway: GatewayProcess) -> None:
-    gateway.process.terminate()
-    try:
-        gateway.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
-        gateway.process.wait()
+    stop_process(gateway.process)

@@ -40,6 +40,37 @@ def make_demo_model(directory: Path, kind: str = "image") -> Path:
     return directory
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes], ready_url: str, log_path: Path | None, timeout: float
+) -> None:
+    """Track ``process`` for the session's clean-up, and wait until ``ready_url`` answers 200;
+    kill it and raise, with its log, if it exits or is not ready in time."""
+    STARTED.append(process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace") if log_path else ""
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    log = log_path.read_text(errors="replace") if log_path else ""
+    raise RuntimeError(f"{process.args!r} not ready within {timeout}s:\n{log}")
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,26 +103,10 @@ def start_worker(
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV}
         )
-    STARTED.append(process)
     worker = WorkerProcess(f"http://127.0.0.1:{port}", process, data_dir, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{worker.log()}")
-        try:
-            if httpx.get(worker.url + "/v2/health/ready", timeout=1).status_code == 200:
-                return worker
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"worker not ready within {timeout}s:\n{worker.log()}")
+    wait_until_ready(process, worker.url + "/v2/health/ready", log_path, timeout)
+    return worker
 
 
 def stop_worker(worker: WorkerProcess) -> None:
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+    stop_process(worker.process)
