@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +64,32 @@ class PlanConfig(_Section):
     rate_refill_per_second: float = Field(default=2, ge=0)
     allow_high_priority: bool = False
     max_queued_jobs: int = Field(default=100, ge=1)
+    admin: bool = False  # may read any customer's usage
+    # Pricing tier: currency per GPU-second, with per-family overrides.
+    price_per_gpu_second: float = Field(default=0.0, ge=0)
+    family_prices: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    # Default monthly budget of every customer on the plan (None: unlimited).
+    monthly_gpu_seconds: PositiveFloat | None = None
+    monthly_cost: NonNegativeFloat | None = None
+
+
+class CustomerBudgetConfig(_Section):
+    """A customer's own monthly budget; replaces the plan's for that customer."""
+
+    monthly_gpu_seconds: PositiveFloat | None = None
+    monthly_cost: NonNegativeFloat | None = None
+
+
+class MeteringConfig(_Section):
+    """The hot path: usage records into ClickHouse."""
+
+    # chdb:///path (embedded, the default under the data dir) or http(s)://user@host:8123/db
+    url: str | None = None
+    password_file: Path | None = None  # a file (mode 0600) with the ClickHouse password
+    flush_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # λ·W_flush with 2× headroom at the design's 10,000 records/s and a 1 s flush.
+    batch_rows: int = Field(default=20_000, ge=1, le=1_000_000)
+    retention_days: int = Field(default=400, ge=1)
 
 
 class BackendConfig(_Section):
@@ -134,6 +160,7 @@ class GatewayConfig(_Section):
                 rate_refill_per_second=100,
                 allow_high_priority=True,
                 max_queued_jobs=10_000,
+                admin=True,
             ),
         }
     )
@@ -142,6 +169,24 @@ class GatewayConfig(_Section):
     jwt: JwtConfig | None = None
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    budgets: dict[str, CustomerBudgetConfig] = Field(default_factory=dict)  # by customer id
+    # What a request reserves against a budget before any run of its model has been seen.
+    reservation_gpu_seconds: float = Field(default=1.0, gt=0)
+    metering: MeteringConfig = Field(default_factory=MeteringConfig)
+
+    @model_validator(mode="after")
+    def _plans_exist(self) -> GatewayConfig:
+        known = ", ".join(sorted(self.plans))
+        if "default" not in self.plans:
+            raise ValueError(f"gateway.plans: a plan named 'default' is required (have: {known})")
+        named = {"gateway.anonymous_plan": self.anonymous_plan}
+        if self.jwt is not None:
+            named["gateway.jwt.default_plan"] = self.jwt.default_plan
+        for setting, plan in named.items():
+            if plan is not None and plan not in self.plans:
+                raise ValueError(f"{setting}: unknown plan {plan!r} (known: {known})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -182,9 +227,14 @@ def load_settings(config_file: Path | None = None) -> Settings:
     try:
         return Settings.model_validate(_FileSettings().model_dump())
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"cannot read {config_file}: {exc}") from exc
+
+
+def _problem(location: tuple[int | str, ...], message: str) -> str:
+    # Whole-section checks name their setting in the message itself.
+    if message.startswith("Value error, gateway."):
+        return message.removeprefix("Value error, ")
+    return f"{'.'.join(str(p) for p in location)}: {message}"

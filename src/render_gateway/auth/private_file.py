@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -19,3 +20,11 @@ def create_private_file(path: Path) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+def read_private_text(path: Path) -> str:
+    """A secret from a file that only its owner can read; refused (naming the file) otherwise."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{path} holds a secret but has mode {mode:o}; chmod 600 it")
+    return path.read_text().strip()

@@ -53,6 +53,14 @@ class JobErrorBody(BaseModel):
     retriable: bool
 
 
+class JobUsage(BaseModel):
+    status: Literal["success", "error", "timeout", "cancelled"]
+    gpu_seconds: float
+    billable: bool
+    cost: float
+    currency: str
+
+
 class JobResponse(BaseModel):
     id: str
     status: Literal["queued", "running", "complete", "error", "cancelled"]
@@ -68,6 +76,7 @@ class JobResponse(BaseModel):
     started_at: str | None = None
     completed_at: str | None = None
     request: dict[str, Any]
+    usage: JobUsage | None = Field(default=None, description="what the job used, once it ended")
 
 
 class ErrorBody(BaseModel):
@@ -90,3 +99,38 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "no capacity"),
     )
 }
+
+
+class UsageAmounts(BaseModel):
+    requests: int
+    billable_requests: int
+    gpu_seconds: float = Field(description="GPU-seconds of billable requests")
+    cost: float
+    cost_nanos: int = Field(description="the cost in billionths of the currency unit (exact)")
+
+
+class UsageRow(UsageAmounts):
+    model: str | None = None
+    day: str | None = None
+
+
+class BudgetState(BaseModel):
+    month: str
+    limit_gpu_seconds: float | None
+    limit_cost: float | None
+    spent_gpu_seconds: float
+    spent_cost: float
+    reserved_gpu_seconds: float
+
+
+class UsageResponse(BaseModel):
+    customer_id: str
+    from_: str = Field(alias="from")
+    to: str
+    group_by: list[Literal["model", "day"]]
+    currency: str
+    totals: UsageAmounts
+    rows: list[UsageRow]
+    budget: BudgetState
+    pending_records: int = Field(description="finished requests not yet in the usage store")
+    lag_seconds: float

@@ -29,6 +29,7 @@ from render_gateway.gateway.services import GatewayServices
 from render_gateway.gateway.views import job_view
 from render_gateway.generation import GenerationRequest, describe_validation_error
 from render_gateway.ids import new_job_id
+from render_gateway.metering.budgets import BudgetExceeded, Reservation
 from render_gateway.scheduling.lanes import Lane
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict
 
@@ -62,6 +63,19 @@ def require_backend(svc: GatewayServices, family: str, model: str, backend: str 
     if not svc.pool.serving(family, model, backend):
         kind = f" of type {backend!r}" if backend else ""
         raise ApiError(404, "backend_not_found", f"no backend{kind} serves {family}/{model}")
+
+
+def admit_budget(
+    svc: GatewayServices, key: str, principal: Principal, family: str, model: str, now: float
+) -> Reservation:
+    """Reserve the request's estimated usage against the customer's monthly budget: 402 when
+    it does not fit (nothing is queued or run, nothing is held)."""
+    try:
+        return svc.meter.admit(key, principal.customer_id, principal.plan, family, model, now)
+    except BudgetExceeded as exc:
+        details = {"limit": exc.limit, "committed": exc.committed, "requested": exc.asked,
+                   "unit": exc.what}  # fmt: skip
+        raise ApiError(402, "budget_exceeded", str(exc), details) from exc
 
 
 def eta_seconds(svc: GatewayServices, job: Job, position: int | None) -> float | None:
@@ -134,8 +148,10 @@ async def submit(
     digest = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
+    job_id = new_job_id()
+    reservation = admit_budget(svc, job_id, principal, family, model, now)
     job = Job(
-        id=new_job_id(),
+        id=job_id,
         customer_id=principal.customer_id,
         lane=Lane.parse(body.priority),
         request=routing,
@@ -144,12 +160,26 @@ async def submit(
         request_digest=digest,
         expires_at=now + body.ttl if body.ttl else None,
         webhook=body.webhook,
-        extra={"request_id": request_id_of(request), "plan": principal.plan},
+        extra={
+            "request_id": request_id_of(request),
+            "plan": principal.plan,
+            "reservation": {
+                "gpu_seconds": reservation.amount.gpu_seconds,
+                "cost_nanos": reservation.amount.cost_nanos,
+                "month": reservation.month,
+            },
+        },
     )
     try:
-        stored, _created = await svc.store.submit(job)
+        stored, created = await svc.store.submit(job)
     except IdempotencyConflict as exc:
+        svc.meter.settled(job_id, None)
         raise ApiError(409, "idempotency_conflict", str(exc), {"job_id": exc.existing.id}) from exc
+    except BaseException:
+        svc.meter.settled(job_id, None)
+        raise
+    if not created:  # the same request again: the first job holds the reservation
+        svc.meter.settled(job_id, None)
     svc.runner.wake()
     position = svc.store.position(stored.id)
     response.headers["Location"] = f"/jobs/{stored.id}"

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from render_gateway.gateway.services import GatewayServices
+from render_gateway.metering.writer import WriterStats
 from render_gateway.scheduling.breaker import BreakerState
 
 
@@ -71,6 +72,29 @@ class GatewayCollector(Collector):
         for outcome, count in counts.items():
             webhooks.add_metric([outcome], count)
         yield webhooks
+        yield from usage_writer_metrics(svc.usage_writer.refresh_stats())
+
+
+def usage_writer_metrics(stats: WriterStats) -> Iterator[GaugeMetricFamily]:
+    """The hot path's health: how far behind it is and whether anything was lost."""
+    gauges = {
+        "render_usage_writer_lag_seconds": (
+            "Age of the oldest usage record not yet in the usage store", stats.lag_seconds),
+        "render_usage_buffer_records": (
+            "Usage records in the batch being inserted now", stats.in_flight),
+        "render_usage_spool_records": (
+            "Usage records on disk (the usage log) not yet in the usage store", stats.backlog),
+        "render_usage_written_total": (
+            "Usage records inserted into the usage store since start", stats.written),
+        "render_usage_dropped_total": (
+            "Usage records that could not be stored at all (should stay 0)", stats.dropped),
+        "render_usage_store_errors_total": (
+            "Failed attempts to write to the usage store since start", stats.store_errors),
+    }  # fmt: skip
+    for name, (help_text, value) in gauges.items():
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], float(value))
+        yield gauge
 
 
 def make_registry(

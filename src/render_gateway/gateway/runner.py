@@ -14,13 +14,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from render_gateway.domain import Job, JobError, JobStatus
 from render_gateway.gateway.events import JobEventHub
 from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
+from render_gateway.metering.meter import Meter
+from render_gateway.metering.records import UsageRecord
 from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.scheduling.dispatch import Dispatcher, DispatchOutcome, NoCapacity
 from render_gateway.stores.assets import AssetStore
@@ -66,10 +68,12 @@ class JobRunner:
         dispatcher: Dispatcher,
         assets: AssetStore,
         events: JobEventHub,
+        meter: Meter,
         clock: Callable[[], float] = time.time,
         on_settled: Callable[[Job], None] = lambda _job: None,
     ) -> None:
         self._store, self._pool, self._dispatcher = store, pool, dispatcher
+        self._meter = meter
         self._assets, self._events, self._clock = assets, events, clock
         self._on_settled = on_settled  # e.g. the job's webhook
         self._wake = asyncio.Event()
@@ -197,7 +201,7 @@ class JobRunner:
                 job, started, now, outcome.backend_id, result.parameters, "cancelled"
             )
             settled = await self._store.finish(
-                job.id, JobStatus.cancelled, now, extra={"usage": usage}
+                job.id, JobStatus.cancelled, now, extra={"usage": usage.to_dict()}, usage=usage
             )
             self._events.publish(
                 job.id, "error", {"code": "cancelled", "message": "the job was cancelled"}
@@ -213,7 +217,8 @@ class JobRunner:
             now,
             outputs=tuple(a.id for a in assets),
             seed=seed if isinstance(seed, int) else None,
-            extra={"usage": usage},
+            extra={"usage": usage.to_dict()},
+            usage=usage,
         )
         self.service_times.observe(job.request["family"], job.request["model"], now - started)
         urls = [f"/assets/{a.id}" for a in assets]
@@ -226,41 +231,40 @@ class JobRunner:
         now = self._clock()
         usage = self._usage(job, started, now, "", {}, "error", error.code)
         settled = await self._store.finish(
-            job.id, JobStatus.error, now, error=error, extra={"usage": usage}
+            job.id, JobStatus.error, now, error=error, extra={"usage": usage.to_dict()}, usage=usage
         )
         self._events.publish(job.id, "error", {"code": error.code, "message": error.message})
         self._on_settled(settled)
 
-    @staticmethod
     def _usage(
+        self,
         job: Job,
         started: float,
         ended: float,
         backend_id: str,
         parameters: Any,
-        status: str,
+        outcome: Literal["success", "error", "cancelled"],
         error_code: str | None = None,
-    ) -> dict[str, Any]:
-        """The metering hook's record (issue 4 sends it to ClickHouse, issue 5 to the audit log)."""
-        gpu_seconds = parameters.get("gpu_seconds")
-        return {
-            "request_id": job.extra.get("request_id"),
-            "job_id": job.id,
-            "customer_id": job.customer_id,
-            "plan": job.extra.get("plan"),
-            "model": f"{job.request['modality']}/{job.request['family']}/{job.request['model']}",
-            "backend": backend_id or None,
-            "device_uuid": parameters.get("device_uuid"),
-            "device_kind": parameters.get("device_kind"),
-            # A backend that reports no GPU time (a plain Triton model) is metered by wall time.
-            "gpu_seconds": gpu_seconds if gpu_seconds is not None else round(ended - started, 6),
-            "metered": gpu_seconds is not None,
-            "queue_seconds": round(started - job.created_at, 6),
-            "inference_seconds": round(ended - started, 6),
-            "status": status,
-            "error_code": error_code,
-            "usage_claim": parameters.get("usage_claim"),
-        }
+    ) -> UsageRecord:
+        """The metering hook's record, persisted in the same commit as the final status."""
+        request = job.request
+        return self._meter.record(
+            request_id=str(job.extra.get("request_id") or job.id),
+            customer_id=job.customer_id,
+            plan=str(job.extra.get("plan") or "default"),
+            tier="async",
+            modality=request["modality"],
+            family=request["family"],
+            model=request["model"],
+            created_at=job.created_at,
+            started_at=started,
+            ended_at=ended,
+            outcome=outcome,
+            parameters=parameters,
+            backend=backend_id or None,
+            error_code=error_code,
+            job_id=job.id,
+        )
 
     async def _sweep_expired(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import aiohttp
 from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
+from render_gateway.auth.private_file import read_private_text
 from render_gateway.catalog import Catalog, CatalogModel
 from render_gateway.config import GatewayConfig, JwtConfig
 from render_gateway.domain import Job
@@ -24,6 +26,17 @@ from render_gateway.gateway.runner import JobRunner
 from render_gateway.gateway.views import job_view
 from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
 from render_gateway.inference.kserve_client import KServeClient
+from render_gateway.metering.budgets import Amount, BudgetLedger, ReservationEstimator, month_of
+from render_gateway.metering.from_config import budget_limits, price_table
+from render_gateway.metering.meter import Meter
+from render_gateway.metering.store import (
+    UsageStore,
+    UsageStoreError,
+    UsageStoreLocked,
+    default_usage_url,
+    open_usage_store,
+)
+from render_gateway.metering.writer import UsageWriter
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig
 from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
@@ -31,6 +44,7 @@ from render_gateway.scheduling.token_bucket import BucketConfig, RateLimiter
 from render_gateway.stores.assets import LocalAssetStore
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
+from render_gateway.stores.usage_log import UsageLog
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +70,41 @@ def jwt_settings(config: JwtConfig) -> JwtSettings:
     )
 
 
+async def _restore_budgets(store: SqliteJobStore, meter: Meter) -> None:
+    """After a restart: this month's billable usage so far, and the reservations of every job
+    that was admitted but has not finished."""
+    for usage in await store.usage_log.month_usage(month_of(time.time())):
+        meter.ledger.add_spent(
+            usage.customer_id, month_of(time.time()), Amount(usage.gpu_seconds, usage.cost_nanos)
+        )
+    for job in await store.unsettled():
+        if isinstance(reservation := job.extra.get("reservation"), dict):
+            meter.restore(job.id, job.customer_id, reservation)
+
+
+async def _start_usage_writer(
+    config: GatewayConfig, data: Path, usage_log: UsageLog
+) -> UsageWriter:
+    metering = config.metering
+    url = metering.url or default_usage_url(data)
+    password = read_private_text(metering.password_file) if metering.password_file else None
+
+    def open_store() -> UsageStore:
+        return open_usage_store(url, retention_days=metering.retention_days, password=password)
+
+    writer = UsageWriter(
+        usage_log, open_store, metering.batch_rows, metering.flush_interval_seconds
+    )
+    try:
+        writer.store = await asyncio.to_thread(open_store)
+    except UsageStoreLocked:
+        raise  # another process owns the embedded store: refuse to start, saying so
+    except UsageStoreError as exc:  # a server that is down: records wait in the log
+        log.warning("usage store %s unavailable at start, will retry: %s", url, exc)
+    writer.start()
+    return writer
+
+
 @dataclass
 class GatewayServices:
     config: GatewayConfig
@@ -73,6 +122,8 @@ class GatewayServices:
     webhooks: WebhookSender
     notify_settled: Callable[[Job], None]
     finished_jobs: Counter[str]  # jobs settled since start, by status
+    meter: Meter
+    usage_writer: UsageWriter
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -113,6 +164,14 @@ class GatewayServices:
             "job store open: %d queued, %d requeued, %d failed after a restart",
             recovery.queued, len(recovery.requeued), len(recovery.failed),
         )  # fmt: skip
+        meter = Meter(
+            price_table(config),
+            BudgetLedger(budget_limits(config)),
+            ReservationEstimator(config.reservation_gpu_seconds),
+        )
+        await _restore_budgets(store, meter)
+        usage_writer = await _start_usage_writer(config, data, store.usage_log)
+        meter.on_record = usage_writer.notify
         api_keys = SqliteApiKeyStore(data / "keys.db")
         jwt = JwtVerifier(jwt_settings(config.jwt)) if config.jwt else None
         authenticator = Authenticator(api_keys, jwt, config.anonymous_plan)
@@ -132,8 +191,10 @@ class GatewayServices:
         finished: Counter[str] = Counter()
 
         def notify(job: Job) -> None:
-            """Count the settled job; send its webhook (signed; never waits for the receiver)."""
+            """Count the settled job, settle its budget reservation, wake the usage writer, send
+            its webhook (signed; never waits for the receiver)."""
             finished[job.status.value] += 1
+            meter.settled(job.id, job.extra.get("usage"))
             if job.webhook:
                 progress, _ = events.progress(job.id)
                 webhooks.send(
@@ -142,7 +203,7 @@ class GatewayServices:
                     event_id=f"{job.id}.{job.status.value}",
                 )
 
-        runner = JobRunner(store, pool, dispatcher, assets, events, on_settled=notify)
+        runner = JobRunner(store, pool, dispatcher, assets, events, meter, on_settled=notify)
         plans = config.plans
 
         def bucket_for(key: str) -> BucketConfig:
@@ -153,7 +214,7 @@ class GatewayServices:
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            finished, local_worker,
+            finished, meter, usage_writer, local_worker,
         )  # fmt: skip
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
@@ -181,6 +242,7 @@ class GatewayServices:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await self.runner.stop()
+        await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
         await self.webhooks.drain(5.0)
         await self.webhooks.close()
         await self.session.close()

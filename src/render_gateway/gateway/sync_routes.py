@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -12,8 +13,14 @@ from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES
 from render_gateway.gateway.deps import caller, charge_rate_limit, services
 from render_gateway.gateway.http import ApiError, request_id_of
-from render_gateway.gateway.job_routes import require_backend, resolve_route, validated_generation
+from render_gateway.gateway.job_routes import (
+    admit_budget,
+    require_backend,
+    resolve_route,
+    validated_generation,
+)
 from render_gateway.gateway.runner import generation_payload
+from render_gateway.gateway.services import GatewayServices
 from render_gateway.generation import GenerationFields, Task
 from render_gateway.inference.kserve_client import BackendError, BackendResult
 from render_gateway.scheduling.dispatch import NoCapacity
@@ -58,6 +65,10 @@ async def _run_now(
         "format": format_name or entry.default_format,
         "generation": generation,
     }
+    request_id = request_id_of(request)
+    created = time.time()
+    admit_budget(svc, request_id, principal, family, model, created)
+    meter = SyncMeter(svc, request_id, principal, modality, family, model, created)
     started = time.perf_counter()
     # A client that hangs up cancels the run on the backend (and frees the slot).
     client_gone = asyncio.Event()
@@ -67,20 +78,27 @@ async def _run_now(
             family,
             model,
             generation_payload(routing),
-            request_id_of(request),
+            request_id,
             cancel=client_gone,
             backend_type=backend,
         )
     except NoCapacity as exc:
+        svc.meter.settled(request_id, None)  # it never ran: nothing to bill, nothing held
         raise ApiError(503, "no_capacity", str(exc), headers={"Retry-After": "1"}) from exc
     except BackendError as exc:
+        await meter.finish("error", {}, None, exc.code)
         status = 400 if exc.status == 400 else 502
         raise ApiError(status, exc.code, str(exc), {"retriable": exc.retriable}) from exc
+    except BaseException:
+        svc.meter.settled(request_id, None)
+        raise
     finally:
         watcher.cancel()
-    if outcome.cancelled:
-        return Response(status_code=499)  # nobody is listening; the status is for the log
     result = outcome.result
+    if outcome.cancelled:
+        await meter.finish("cancelled", result.parameters, outcome.backend_id)
+        return Response(status_code=499)  # nobody is listening; the status is for the log
+    await meter.finish("success", result.parameters, outcome.backend_id)
     if not isinstance(result, BackendResult) or not result.outputs:
         raise ApiError(502, "no_output", "the backend returned no output")
     assets = [await svc.assets.put(data, result.content_type) for data in result.outputs]
@@ -95,6 +113,53 @@ async def _run_now(
         headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
     headers.pop("content-length", None)
     return Response(result.outputs[0], media_type=result.content_type, headers=headers)
+
+
+class SyncMeter:
+    """Records a sync request's usage (durably, before the response goes out)."""
+
+    def __init__(
+        self,
+        svc: GatewayServices,
+        request_id: str,
+        principal: Principal,
+        modality: str,
+        family: str,
+        model: str,
+        created: float,
+    ) -> None:
+        self._svc, self._request_id, self._principal = svc, request_id, principal
+        self._route = (modality, family, model)
+        self._created = created
+
+    async def finish(
+        self,
+        outcome: Literal["success", "error", "cancelled"],
+        parameters: Mapping[str, Any],
+        backend: str | None,
+        error_code: str | None = None,
+    ) -> None:
+        modality, family, model = self._route
+        record = self._svc.meter.record(
+            request_id=self._request_id,
+            customer_id=self._principal.customer_id,
+            plan=self._principal.plan,
+            tier="sync",
+            modality=modality,
+            family=family,
+            model=model,
+            created_at=self._created,
+            started_at=self._created,
+            ended_at=time.time(),
+            outcome=outcome,
+            parameters=parameters,
+            backend=backend,
+            error_code=error_code,
+        )
+        try:
+            await self._svc.store.usage_log.append_usage(record)
+        finally:
+            self._svc.meter.settled(self._request_id, record.to_dict())
 
 
 def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:

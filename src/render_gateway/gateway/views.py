@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from render_gateway.domain import Job, JobStatus
+from render_gateway.metering.records import NANOS
 
 
 def iso(moment: float | None) -> str | None:
@@ -40,4 +41,17 @@ def job_view(
         "started_at": iso(job.started_at),
         "completed_at": iso(job.completed_at),
         "request": job.request,
+        "usage": usage_view(job.extra.get("usage")),
+    }
+
+
+def usage_view(record: Any) -> dict[str, Any] | None:
+    if not isinstance(record, dict):
+        return None
+    return {
+        "status": record["status"],
+        "gpu_seconds": record["gpu_seconds"],
+        "billable": record["billable"],
+        "cost": record["cost_nanos"] / NANOS,
+        "currency": record["currency"],
     }

@@ -93,6 +93,11 @@ def _result(response: codec.InferResponse, request_id: str) -> BackendResult:
     )
 
 
+def _failure_code(exc: BaseException) -> str:
+    """``timeout`` when the run outlived its deadline (metered as a timeout, never billed)."""
+    return "timeout" if isinstance(exc, TimeoutError) else "backend_error"
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     try:
@@ -159,7 +164,9 @@ class KServeClient:
                 payload = await response.read()
                 length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
-            raise BackendError(f"backend unreachable: {exc!r}", retriable=True) from exc
+            raise BackendError(
+                f"backend unreachable: {exc!r}", code=_failure_code(exc), retriable=True
+            ) from exc
         try:
             return _result(codec.decode_response(payload, length), request_id)
         except codec.ProtocolError as exc:
@@ -186,7 +193,9 @@ class KServeClient:
                         if not isinstance(parsed, Progress):
                             return
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
-            raise BackendError(f"backend stream broke: {exc!r}", retriable=True) from exc
+            raise BackendError(
+                f"backend stream broke: {exc!r}", code=_failure_code(exc), retriable=True
+            ) from exc
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
     async def cancel(self, model: str, request_id: str) -> bool:

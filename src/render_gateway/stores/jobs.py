@@ -11,6 +11,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from render_gateway.domain import Job, JobError, JobStatus
+from render_gateway.metering.records import UsageRecord
+from render_gateway.stores.usage_log import UsageLog
 
 
 class IdempotencyConflict(Exception):
@@ -41,6 +43,11 @@ class Recovery:
 
 
 class JobStore(Protocol):
+    @property
+    def usage_log(self) -> UsageLog:
+        """Where finished requests' usage records go (in the same commits as the jobs)."""
+        ...
+
     async def open(self, policy: RecoveryPolicy, max_retries: int) -> Recovery: ...
 
     async def close(self) -> None: ...
@@ -75,9 +82,14 @@ class JobStore(Protocol):
         error: JobError | None = None,
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
+        usage: UsageRecord | None = None,
     ) -> Job:
-        """Settle a running job; ``extra`` is merged into the job's extra fields (the usage
-        record rides along here, so it is persisted with the job in one commit)."""
+        """Settle a running job; ``extra`` is merged into the job's extra fields and ``usage``
+        is appended to the usage log, both in the same commit as the status."""
+        ...
+
+    async def unsettled(self) -> list[Job]:
+        """Jobs admitted but not finished (queued or running), oldest first."""
         ...
 
     async def expire(self, now: float) -> list[str]:

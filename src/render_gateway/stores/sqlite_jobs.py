@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 import orjson
 
 from render_gateway.domain import Job, JobError, JobStatus
+from render_gateway.metering.records import UsageRecord
 from render_gateway.scheduling.lanes import Lane, LaneQueue
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Recovery, RecoveryPolicy
+from render_gateway.stores.sqlite_usage_log import USAGE_SCHEMA, SqliteUsageLog, append_usage_row
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -117,7 +119,7 @@ class _Writer(threading.Thread):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 5000")
-            conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA + USAGE_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except Exception as exc:
             self.ready.set_exception(exc)
@@ -181,6 +183,7 @@ class SqliteJobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._writer = _Writer(path, synchronous, max_batch)
+        self.usage_log = SqliteUsageLog(path, self._writer.submit)
         # Reads use their own connection on their own thread: in WAL mode they see every
         # committed change and never wait behind the writer's commits.
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs-reader")
@@ -390,6 +393,7 @@ class SqliteJobStore:
         error: JobError | None = None,
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
+        usage: UsageRecord | None = None,
     ) -> Job:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status}")
@@ -421,9 +425,22 @@ class SqliteJobStore:
                 raise KeyError(job_id)
             if not changed:
                 raise ValueError(f"job {job_id} is {job.status}, not running")
+            if usage is not None:
+                append_usage_row(conn, usage)
             return job
 
         return await self._call(settle)
+
+    async def unsettled(self) -> list[Job]:
+        """Jobs admitted but not finished (queued or running), oldest first."""
+
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"  # noqa: S608
+            )
+            return [_row_to_job(r) for r in rows]
+
+        return await self._call(select)
 
     async def expire(self, now: float) -> list[str]:
         def sweep(conn: sqlite3.Connection) -> list[str]:

@@ -1,0 +1,1 @@
+"""Metering: usage records, pricing, budgets, and the hot path into ClickHouse."""

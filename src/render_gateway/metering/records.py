@@ -1,0 +1,186 @@
+"""The usage record: one per finished request (success, error, timeout, cancel after start).
+
+Pure: built from what the gateway already knows when a request ends, priced at that moment,
+and serialised to a plain dict that is persisted with the job (the record is the bill line, so
+its price and cost never change after the fact).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+UsageStatus = Literal["success", "error", "timeout", "cancelled"]
+ModelType = Literal["llm", "rectified_flow", "other"]
+Tier = Literal["sync", "async"]
+
+STATUSES: tuple[UsageStatus, ...] = ("success", "error", "timeout", "cancelled")
+# Families whose models are rectified-flow transformers; everything else here is "other".
+RECTIFIED_FLOW_FAMILIES = frozenset({"flux", "sd3", "sd35", "auraflow", "lumina", "hidream"})
+# Error codes that mean the run ran out of time (recorded as status "timeout", never billed).
+TIMEOUT_CODES = frozenset({"timeout", "ttl_expired"})
+NANOS = 1_000_000_000
+
+
+def billable(status: UsageStatus) -> bool:
+    """What the customer pays for: a finished run, or one they cancelled after it started (the
+    GPU time was spent on their behalf). Errors and timeouts are ours and cost nothing."""
+    return status in ("success", "cancelled")
+
+
+def usage_status(
+    outcome: Literal["success", "error", "cancelled"], error_code: str | None
+) -> UsageStatus:
+    if outcome == "error" and error_code in TIMEOUT_CODES:
+        return "timeout"
+    return outcome
+
+
+def model_type(family: str) -> ModelType:
+    return "rectified_flow" if family.lower() in RECTIFIED_FLOW_FAMILIES else "other"
+
+
+def cost_nanos(gpu_seconds: float, unit_price: float) -> int:
+    """Cost in billionths of the currency unit, rounded half-up once per record."""
+    return math.floor(gpu_seconds * unit_price * NANOS + 0.5)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    event_id: str
+    request_id: str
+    customer_id: str
+    plan: str
+    tier: Tier
+    modality: str
+    family: str
+    model: str
+    timestamp: float  # when the request ended (epoch seconds, UTC)
+    status: UsageStatus
+    gpu_seconds: float
+    metered: bool  # False: the backend reported no GPU time; gpu_seconds is wall time
+    queue_time_us: int
+    inference_time_us: int
+    total_time_us: int
+    unit_price: float  # currency per GPU-second, from the plan and family at the time
+    currency: str
+    cost_nanos: int  # 0 unless billable
+    job_id: str | None = None
+    backend: str | None = None
+    device_uuid: str | None = None
+    device_kind: str | None = None
+    error_code: str | None = None
+    num_steps: int = 0
+    input_dims: tuple[int, ...] = ()
+    batch_size: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usage_claim: str | None = None  # the backend's signed claim (the cold path verifies it)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.modality}/{self.family}/{self.model}"
+
+    @property
+    def model_type(self) -> ModelType:
+        return model_type(self.family)
+
+    @property
+    def billable(self) -> bool:
+        return billable(self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_dims"] = list(self.input_dims)
+        data["model_name"] = self.model_name
+        data["billable"] = self.billable
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:
+        names = cls.__dataclass_fields__
+        values = {k: v for k, v in data.items() if k in names}
+        values["input_dims"] = tuple(values.get("input_dims", ()))
+        return cls(**values)
+
+
+def _int(parameters: Mapping[str, Any], key: str, default: int = 0) -> int:
+    value = parameters.get(key)
+    return (
+        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    )
+
+
+def build_record(
+    *,
+    request_id: str,
+    customer_id: str,
+    plan: str,
+    tier: Tier,
+    modality: str,
+    family: str,
+    model: str,
+    created_at: float,
+    started_at: float,
+    ended_at: float,
+    outcome: Literal["success", "error", "cancelled"],
+    parameters: Mapping[str, Any],
+    unit_price: float,
+    currency: str,
+    backend: str | None = None,
+    error_code: str | None = None,
+    job_id: str | None = None,
+    batch_size: int = 1,
+    event_id: str | None = None,
+) -> UsageRecord:
+    """The record for a request that ended now. ``parameters`` are the backend's response
+    parameters (empty when it never answered)."""
+    status = usage_status(outcome, error_code)
+    reported = parameters.get("gpu_seconds")
+    metered = isinstance(reported, (int, float)) and not isinstance(reported, bool)
+    # A backend that reports no GPU time (a plain Triton model) is metered by wall time.
+    gpu_seconds = float(reported) if metered else round(max(0.0, ended_at - started_at), 6)  # type: ignore[arg-type]
+    if status in ("error", "timeout") and not metered:
+        gpu_seconds = 0.0  # a run that never reported is not GPU time we can stand behind
+    dims = tuple(
+        _int(parameters, key) for key in ("num_frames", "width", "height") if key in parameters
+    )
+    steps = _int(parameters, "steps_completed", _int(parameters, "steps"))
+    claim = parameters.get("usage_claim")
+    return UsageRecord(
+        event_id=event_id or new_event_id(),
+        request_id=request_id,
+        customer_id=customer_id,
+        plan=plan,
+        tier=tier,
+        modality=modality,
+        family=family,
+        model=model,
+        timestamp=ended_at,
+        status=status,
+        gpu_seconds=gpu_seconds,
+        metered=metered,
+        queue_time_us=round(max(0.0, started_at - created_at) * 1e6),
+        inference_time_us=round(max(0.0, ended_at - started_at) * 1e6),
+        total_time_us=round(max(0.0, ended_at - created_at) * 1e6),
+        unit_price=unit_price,
+        currency=currency,
+        cost_nanos=cost_nanos(gpu_seconds, unit_price) if billable(status) else 0,
+        job_id=job_id,
+        backend=backend or None,
+        device_uuid=str(parameters["device_uuid"]) if parameters.get("device_uuid") else None,
+        device_kind=str(parameters["device_kind"]) if parameters.get("device_kind") else None,
+        error_code=error_code,
+        num_steps=steps,
+        input_dims=dims,
+        batch_size=batch_size,
+        usage_claim=str(claim) if claim else None,
+    )

@@ -1,0 +1,230 @@
+"""The hot-path writer: usage records from the durable usage log into ClickHouse.
+
+One thread tails the usage log from its cursor and inserts columnar (Arrow) batches of up to
+``batch_rows`` records, every ``flush_interval`` seconds or as soon as a full batch is waiting.
+Requests never wait for it: the metering hook only appends to the log (in the job's own
+commit) and calls ``notify``, which counts and, at most, sets an event.
+
+When the store is down or slow, records stay on disk in the log (append-only, in order) and the
+cursor stays put; the writer retries with backoff and replays from the cursor when the store is
+back. Exactly once: every batch carries an insert deduplication token derived from its event
+ids, and the first batch after a failure or a restart (which may already have been inserted
+before the cursor moved) is first filtered against the event ids the store already has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import blake3
+import pyarrow as pa
+
+from render_gateway.metering.columns import records_to_table
+from render_gateway.metering.store import UsageStore, UsageStoreError
+from render_gateway.stores.usage_log import LoggedUsage, UsageLog
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "clickhouse"
+
+
+@dataclass
+class WriterStats:
+    written: int = 0  # records inserted (after de-duplication)
+    batches: int = 0
+    already_present: int = 0  # replayed records the store had already (not inserted again)
+    dropped: int = 0  # records that could not be converted at all (logged by event id)
+    store_errors: int = 0
+    last_error: str | None = None
+    in_flight: int = 0  # records in the batch being inserted now
+    backlog: int = 0  # records in the log not yet in the store
+    lag_seconds: float = 0.0  # age of the oldest record not yet in the store
+    cursor: int = 0
+
+
+class UsageWriter:
+    def __init__(
+        self,
+        usage_log: UsageLog,
+        open_store: Callable[[], UsageStore],
+        batch_rows: int = 20_000,
+        flush_interval: float = 1.0,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._log, self._open_store = usage_log, open_store
+        self._batch_rows, self._flush_interval = batch_rows, flush_interval
+        self._max_backoff, self._clock = max_backoff, clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._caught_up = threading.Condition()
+        self._pending = 0  # notified since the last read (a hint; the log is the truth)
+        self._thread: threading.Thread | None = None
+        self.store: UsageStore | None = None
+        self.stats = WriterStats()
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        self._thread.start()
+
+    def notify(self, records: int = 1) -> None:
+        """A record was appended to the log. Cheap and non-blocking: safe on the event loop."""
+        self._pending += records
+        if self._pending >= self._batch_rows:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Ask for a flush now (without waiting for it)."""
+        self._wake.set()
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Block until every record in the log at call time is in the store (tests, shutdown)."""
+        target = self._log.usage_head()
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._caught_up:
+            while self.stats.cursor < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._caught_up.wait(min(remaining, 0.1))
+                self._wake.set()
+        return True
+
+    def refresh_stats(self) -> WriterStats:
+        """The stats with backlog and lag read now (two indexed reads of the log)."""
+        self._observe(self.stats.cursor)
+        return self.stats
+
+    def stop(self, drain_seconds: float = 5.0) -> None:
+        """Deliver what is waiting (up to ``drain_seconds``), then stop. Whatever is left stays
+        in the log and is delivered after the next start."""
+        if self._thread is None:
+            return
+        if self.store is not None and drain_seconds > 0:
+            self.wait_caught_up(drain_seconds)
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # the thread must say why it died; the records stay in the log
+            log.exception("usage writer stopped unexpectedly")
+            self.stats.last_error = "writer thread died; see the log"
+        finally:
+            close = getattr(self._log, "close_thread_connection", None)
+            if close is not None:
+                close()
+
+    def _loop(self) -> None:
+        cursor = self._log.usage_cursor(CONSUMER)
+        self.stats.cursor = cursor
+        suspect = True  # the first batch after a start may be in the store already
+        backoff = 0.0
+        while not self._stopping.is_set():
+            if backoff:
+                self._stopping.wait(backoff)
+                if self._stopping.is_set():
+                    return
+            else:
+                self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            try:
+                if self.store is None:
+                    self.store = self._open_store()
+                    log.info("usage store open: %s", self.store.url)
+                cursor = self._drain(self.store, cursor, suspect)
+                suspect, backoff = False, 0.0
+            except Exception as exc:  # the store, or the log's cursor write: retry from the cursor
+                suspect = True
+                self.stats.store_errors += 1
+                self.stats.last_error = str(exc)
+                backoff = min(self._max_backoff, max(0.5, backoff * 2))
+                if isinstance(exc, UsageStoreError):
+                    log.warning("usage store unavailable (retrying in %.1f s): %s", backoff, exc)
+                else:
+                    log.exception("usage writer failed (retrying in %.1f s)", backoff)
+            finally:
+                self.stats.in_flight = 0
+                self._observe(cursor)
+
+    def _drain(self, store: UsageStore, cursor: int, suspect: bool) -> int:
+        """Insert everything after ``cursor``; returns the new cursor."""
+        while True:
+            self._pending = 0
+            rows = self._log.usage_after(cursor, self._batch_rows)
+            if not rows:
+                return cursor
+            self.stats.in_flight = len(rows)
+            table = self._table(rows)
+            if suspect and table.num_rows:
+                table = self._without_present(store, table, rows)
+            if table.num_rows:
+                store.insert(table, dedup_token=_token(table))
+                self.stats.written += table.num_rows
+                self.stats.batches += 1
+            cursor = rows[-1].seq
+            self._log.set_usage_cursor(CONSUMER, cursor)
+            self._observe(cursor)
+            suspect = False
+            if len(rows) < self._batch_rows:
+                return cursor
+
+    def _table(self, rows: Sequence[LoggedUsage]) -> pa.Table:
+        records = [row.record for row in rows]
+        try:
+            return records_to_table(records)
+        except (pa.ArrowException, KeyError, TypeError, ValueError):
+            # One malformed record must not stop the others forever: convert one by one.
+            good = []
+            for row in rows:
+                try:
+                    records_to_table([row.record])
+                except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
+                    self.stats.dropped += 1
+                    log.error("usage record seq %d cannot be stored, skipped: %r", row.seq, exc)
+                else:
+                    good.append(row.record)
+            return records_to_table(good)
+
+    def _without_present(
+        self, store: UsageStore, table: pa.Table, rows: Sequence[LoggedUsage]
+    ) -> pa.Table:
+        stamps = [row.record["timestamp"] for row in rows]
+        ids = table.column("event_id").to_pylist()
+        present = store.existing_event_ids(ids, min(stamps), max(stamps))
+        if not present:
+            return table
+        self.stats.already_present += len(present)
+        keep = pa.array([event_id not in present for event_id in ids])
+        return table.filter(keep)
+
+    def _observe(self, cursor: int) -> None:
+        self.stats.cursor = cursor
+        head = self._log.usage_head()
+        self.stats.backlog = max(0, head - cursor)
+        oldest = self._log.oldest_after(cursor) if self.stats.backlog else None
+        self.stats.lag_seconds = max(0.0, self._clock() - oldest) if oldest else 0.0
+        with self._caught_up:
+            self._caught_up.notify_all()
+
+
+def _token(table: pa.Table) -> str:
+    digest = blake3.blake3()
+    for event_id in table.column("event_id").to_pylist():
+        digest.update(event_id.encode())
+    return digest.hexdigest()

@@ -1,0 +1,137 @@
+"""The usage log in the job store's SQLite file (same writer thread, so a job's record commits
+with its final status). Sequence numbers are SQLite row ids: one writer assigns them in commit
+order, so a reader that sees record n has seen every record before it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from render_gateway.metering.budgets import month_of
+from render_gateway.metering.records import UsageRecord
+from render_gateway.stores.usage_log import LoggedUsage, MonthUsage
+
+USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    customer_id TEXT NOT NULL,
+    month TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    billable INTEGER NOT NULL,
+    gpu_seconds REAL NOT NULL,
+    cost_nanos INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_month ON usage_log (month, customer_id);
+CREATE TABLE IF NOT EXISTS usage_cursors (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"""
+
+
+def append_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> int:
+    """Insert inside the caller's transaction (the job's settle, or a sync request's own)."""
+    cursor = conn.execute(
+        "INSERT INTO usage_log (event_id, customer_id, month, timestamp, billable, gpu_seconds, "
+        "cost_nanos, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.event_id,
+            record.customer_id,
+            month_of(record.timestamp),
+            record.timestamp,
+            int(record.billable),
+            record.gpu_seconds if record.billable else 0.0,
+            record.cost_nanos,
+            orjson.dumps(record.to_dict()),
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+class SqliteUsageLog:
+    def __init__(
+        self, path: Path, submit: Callable[[Callable[[sqlite3.Connection], Any]], Future[Any]]
+    ):
+        self._path = path
+        self._submit = submit  # runs an operation on the job store's writer thread
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        """A read connection per calling thread (WAL: readers see every commit, never block)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._local.conn = conn
+        return conn
+
+    def close_thread_connection(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    async def append_usage(self, record: UsageRecord) -> int:
+        seq: int = await asyncio.wrap_future(
+            self._submit(lambda conn: append_usage_row(conn, record))
+        )
+        return seq
+
+    def usage_after(self, after: int, limit: int) -> list[LoggedUsage]:
+        rows = self._conn().execute(
+            "SELECT seq, record FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [LoggedUsage(seq, orjson.loads(record)) for seq, record in rows]
+
+    def usage_head(self) -> int:
+        (head,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM usage_log").fetchone()
+        return int(head)
+
+    def usage_cursor(self, consumer: str) -> int:
+        row = (
+            self._conn()
+            .execute("SELECT seq FROM usage_cursors WHERE consumer = ?", (consumer,))
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def set_usage_cursor(self, consumer: str, seq: int) -> None:
+        def advance(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO usage_cursors (consumer, seq) VALUES (?, ?) "
+                "ON CONFLICT (consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (consumer, seq),
+            )
+
+        self._submit(advance).result()
+
+    def oldest_after(self, seq: int) -> float | None:
+        row = (
+            self._conn()
+            .execute("SELECT timestamp FROM usage_log WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
+            .fetchone()
+        )
+        return float(row[0]) if row else None
+
+    async def month_usage(self, month: str) -> list[MonthUsage]:
+        def totals(conn: sqlite3.Connection) -> list[MonthUsage]:
+            rows = conn.execute(
+                "SELECT customer_id, SUM(gpu_seconds), SUM(cost_nanos) FROM usage_log "
+                "WHERE month = ? AND billable = 1 GROUP BY customer_id",
+                (month,),
+            )
+            return [MonthUsage(c, float(g), int(n)) for c, g, n in rows]
+
+        result: list[MonthUsage] = await asyncio.wrap_future(self._submit(totals))
+        return result

@@ -1,0 +1,226 @@
+"""Metering through a real gateway process, a real worker and the embedded chDB store:
+GET /usage against what the responses said, budgets under concurrency, a kill -9 before the
+hot path flushed, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.processes import WorkerProcess
+from support.worker_api import wait_idle
+
+PRICED = (
+    ONE_WORKER_CONFIG.replace(
+        "local_demo_worker = false", "local_demo_worker = false\nreservation_gpu_seconds = 0.2"
+    )
+    + """
+[gateway.metering]
+flush_interval_seconds = {flush}
+
+[gateway.plans.default]
+rate_capacity = 1000
+rate_refill_per_second = 100
+price_per_gpu_second = 0.002
+family_prices = {{ sd = 0.004 }}
+
+[gateway.plans.admin]
+admin = true
+rate_capacity = 1000
+rate_refill_per_second = 100
+
+[gateway.budgets.tight]
+monthly_gpu_seconds = 0.6
+"""
+)
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    config = PRICED.format(worker=worker.url, flush=0.2)
+    process = start_gateway(tmp_path_factory.mktemp("usage"), config)
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture(autouse=True)
+def _idle_after(worker: WorkerProcess) -> Iterator[None]:
+    yield
+    wait_idle(worker)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def sync_run(gateway: GatewayProcess, headers: dict[str, str], seed: int) -> float:
+    response = httpx.post(
+        f"{gateway.url}/image/sd/tiny/t2i", headers=headers, timeout=60,
+        json={"prompt": "a fox", "seed": seed, **SMALL},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    return float(response.headers["x-gpu-seconds"])
+
+
+def queued_run(gateway: GatewayProcess, headers: dict[str, str], seed: int) -> dict[str, Any]:
+    body = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i",
+            "prompt": "a fox", "seed": seed, **SMALL}  # fmt: skip
+    response = httpx.post(f"{gateway.url}/queue", json=body, headers=headers, timeout=30)
+    assert response.status_code == 202, response.text
+    return wait_done(gateway, headers, response.json()["id"])
+
+
+def wait_done(gateway: GatewayProcess, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("complete", "error", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def usage_when(
+    gateway: GatewayProcess, headers: dict[str, str], requests: int, **params: str
+) -> dict[str, Any]:
+    """GET /usage once the hot path holds ``requests`` requests (it flushes every 0.2 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(f"{gateway.url}/usage", headers=headers, params=params, timeout=10)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["totals"]["requests"] >= requests or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_usage_matches_what_each_response_reported(gateway: GatewayProcess) -> None:
+    carol = bearer(gateway.new_key("carol"))
+    reported = [sync_run(gateway, carol, seed) for seed in range(3)]
+    jobs = [queued_run(gateway, carol, seed) for seed in range(3, 5)]
+    assert all(job["usage"]["billable"] and job["usage"]["currency"] == "USD" for job in jobs)
+    reported += [job["usage"]["gpu_seconds"] for job in jobs]
+    usage = usage_when(gateway, carol, 5)
+    totals = usage["totals"]
+    assert totals["requests"] == 5 and totals["billable_requests"] == 5
+    # X-GPU-Seconds carries 6 decimals; the store keeps the backend's own value.
+    assert totals["gpu_seconds"] == pytest.approx(sum(reported), abs=5e-6 * len(reported))
+    # The sd family's price (0.004 per GPU-second), charged per record.
+    assert totals["cost"] == pytest.approx(sum(reported) * 0.004, abs=1e-8)
+    assert usage["customer_id"] == "carol" and usage["currency"] == "USD"
+    (row,) = usage["rows"]
+    assert row["model"] == "image/sd/tiny" and row["day"] == time.strftime(
+        "%Y-%m-%d", time.gmtime()
+    )
+    assert row["requests"] == 5
+    assert usage["pending_records"] == 0
+    by_model = usage_when(gateway, carol, 5, group_by="model")
+    assert [(r["model"], r["day"]) for r in by_model["rows"]] == [("image/sd/tiny", None)]
+
+
+def test_customers_see_only_their_own_usage_and_admins_anyones(gateway: GatewayProcess) -> None:
+    dave = bearer(gateway.new_key("dave"))
+    sync_run(gateway, dave, 1)
+    response = httpx.get(f"{gateway.url}/usage", headers=dave, params={"customer_id": "carol"})
+    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    admin = bearer(gateway.admin_key)
+    seen = usage_when(gateway, admin, 1, customer_id="dave")
+    assert seen["customer_id"] == "dave" and seen["totals"]["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"from": "yesterday"}, "ISO 8601"),
+        ({"from": "2026-02-01", "to": "2026-01-01"}, "before"),
+        ({"from": "2020-01-01", "to": "2026-01-01"}, "366"),
+        ({"group_by": "model,colour"}, "colour"),
+    ],
+)
+def test_bad_ranges_and_groupings_are_400s(
+    gateway: GatewayProcess, params: dict[str, str], needle: str
+) -> None:
+    response = httpx.get(f"{gateway.url}/usage", headers=bearer(gateway.admin_key), params=params)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request" and needle in body["message"]
+
+
+def test_concurrent_requests_never_overspend_a_small_budget(gateway: GatewayProcess) -> None:
+    tight = bearer(gateway.new_key("tight"))
+    body = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i",
+            "prompt": "a fox", **SMALL}  # fmt: skip
+
+    async def wave(client: httpx.AsyncClient, size: int) -> list[httpx.Response]:
+        return await asyncio.gather(
+            *(client.post("/queue", json={**body, "seed": i}, headers=tight) for i in range(size))
+        )
+
+    async def spend() -> tuple[int, list[httpx.Response]]:
+        admitted, refusals = 0, []
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+            for _ in range(12):  # waves until the budget admits nothing more
+                responses = await wave(client, 8)
+                accepted = [r for r in responses if r.status_code == 202]
+                refusals += [r for r in responses if r.status_code == 402]
+                assert all(r.status_code in (202, 402) for r in responses), responses
+                for response in accepted:
+                    await asyncio.to_thread(wait_done, gateway, tight, response.json()["id"])
+                admitted += len(accepted)
+                if not accepted:
+                    break
+        return admitted, refusals
+
+    admitted, refusals = asyncio.run(spend())
+    assert admitted >= 3 and refusals
+    refusal = refusals[0].json()
+    assert refusal["error"] == "budget_exceeded" and "budget of 0.6" in refusal["message"]
+    assert refusal["details"]["limit"] == 0.6
+    usage = usage_when(gateway, tight, admitted)
+    assert usage["totals"]["requests"] == admitted
+    assert usage["totals"]["gpu_seconds"] <= 0.6
+    assert usage["budget"]["spent_gpu_seconds"] == pytest.approx(
+        usage["totals"]["gpu_seconds"], abs=1e-5
+    )
+    assert usage["budget"]["limit_gpu_seconds"] == 0.6
+    assert usage["budget"]["reserved_gpu_seconds"] == 0
+
+
+def test_metrics_show_the_writer(gateway: GatewayProcess) -> None:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    for name in ("render_usage_writer_lag_seconds", "render_usage_buffer_records",
+                 "render_usage_spool_records", "render_usage_dropped_total"):  # fmt: skip
+        assert f"\n{name} " in text or text.startswith(f"{name} "), name
+    assert "\nrender_usage_dropped_total 0.0" in text
+
+
+def test_a_kill_9_before_the_flush_loses_nothing(worker: WorkerProcess, tmp_path: Path) -> None:
+    data = tmp_path / "crash"
+    slow = start_gateway(data, PRICED.format(worker=worker.url, flush=60))  # never flushes here
+    erin = bearer(slow.new_key("erin"))
+    reported = [sync_run(slow, erin, seed) for seed in range(2)]
+    reported += [queued_run(slow, erin, 7)["usage"]["gpu_seconds"]]
+    before = httpx.get(f"{slow.url}/usage", headers=erin).json()
+    assert before["totals"]["requests"] == 0 and before["pending_records"] == 3
+    os.kill(slow.process.pid, signal.SIGKILL)
+    slow.process.wait(10)
+    again = start_gateway(data, PRICED.format(worker=worker.url, flush=0.2))
+    try:
+        usage = usage_when(again, erin, 3)
+        assert usage["totals"]["requests"] == 3  # every record, once
+        assert usage["totals"]["gpu_seconds"] == pytest.approx(sum(reported), abs=2e-5)
+        assert usage["budget"]["spent_gpu_seconds"] == pytest.approx(sum(reported), abs=2e-5)
+    finally:
+        stop_gateway(again)
