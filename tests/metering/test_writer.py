@@ -48,8 +48,8 @@ def counts(store: ClickHouseUsageStore) -> tuple[int, int, float]:
     return int(raw), int(rolled), float(gpu)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
