@@ -140,3 +140,56 @@ def test_model_path_required(tmp_path: Path) -> None:
 def test_out_of_range_values_are_named(tmp_path: Path, text: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_settings(_write(tmp_path, text))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "render.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[gateway.plans.pro]\nprice_per_gpu_second = -0.1\n",
+         r"gateway\.plans\.pro\.price_per_gpu_second: Input should be greater than or equal to 0"),
+        ("[gateway.plans.pro]\nfamily_prices = { flux = -1 }\n",
+         r"gateway\.plans\.pro\.family_prices\.flux"),
+        ("[gateway.budgets.acme]\nmonthly_cost = -5\n", r"gateway\.budgets\.acme\.monthly_cost"),
+        ("[gateway.budgets.acme]\nmonthly_gpu_seconds = 0\n",
+         r"gateway\.budgets\.acme\.monthly_gpu_seconds"),
+        ('[gateway]\nanonymous_plan = "gold"\n',
+         r"gateway\.anonymous_plan: unknown plan 'gold' \(known: admin, default\)"),
+        ('[gateway.jwt]\nalgorithms = ["HS256"]\ndefault_plan = "gold"\n',
+         r"gateway\.jwt\.default_plan: unknown plan 'gold'"),
+        ('[gateway]\ncurrency = "dollars"\n', r"gateway\.currency"),
+        ("[gateway.metering]\nflush_interval_seconds = 0\n",
+         r"gateway\.metering\.flush_interval_seconds"),
+    ],
+)  # fmt: skip
+def test_bad_pricing_budgets_and_tiers_are_refused_by_name(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(write(tmp_path, text))
+
+
+def test_configured_plans_replace_the_built_ins_and_need_a_default(tmp_path: Path) -> None:
+    text = "[gateway.plans.pro]\nprice_per_gpu_second = 0.1\n"
+    with pytest.raises(ConfigError, match=r"gateway\.plans: a plan named 'default' is required"):
+        load_settings(write(tmp_path, text))
+
+
+def test_pricing_and_budget_settings_load(tmp_path: Path) -> None:
+    text = (
+        '[gateway]\ncurrency = "EUR"\nreservation_gpu_seconds = 2.5\n'
+        "[gateway.plans.default]\nprice_per_gpu_second = 0.001\nmonthly_cost = 20\n"
+        "[gateway.budgets.acme]\nmonthly_gpu_seconds = 3600\n"
+        '[gateway.metering]\nurl = "http://clickhouse:8123/render"\nbatch_rows = 5000\n'
+    )
+    gateway = load_settings(write(tmp_path, text)).gateway
+    assert gateway.currency == "EUR" and gateway.reservation_gpu_seconds == 2.5
+    assert gateway.plans["default"].monthly_cost == 20
+    assert gateway.budgets["acme"].monthly_gpu_seconds == 3600
+    assert gateway.metering.url == "http://clickhouse:8123/render"
+    assert gateway.metering.batch_rows == 5000

@@ -15,8 +15,10 @@ from render_gateway.config import (
     BackendConfig,
     BreakerSettings,
     CatalogEntryConfig,
+    CustomerBudgetConfig,
     GatewayConfig,
     JwtConfig,
+    MeteringConfig,
     ModelConfig,
     PlanConfig,
     RemoteImagesConfig,
@@ -49,6 +51,8 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.jwt]", JwtConfig),
             ("[gateway.retry]", RetryConfig),
             ("[gateway.breaker]", BreakerSettings),
+            ("[gateway.budgets.CUSTOMER]", CustomerBudgetConfig),
+            ("[gateway.metering]", MeteringConfig),
         )
         for name in _fields(model)
     ],

@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
-from support.processes import WorkerProcess
+from support.processes import CLI, WorkerProcess
 from support.worker_api import wait_idle
 
 PRICED = (
@@ -224,3 +226,24 @@ def test_a_kill_9_before_the_flush_loses_nothing(worker: WorkerProcess, tmp_path
         assert usage["budget"]["spent_gpu_seconds"] == pytest.approx(sum(reported), abs=2e-5)
     finally:
         stop_gateway(again)
+    # With no gateway running, the CLI opens the embedded store itself.
+    direct = orjson.loads(again.cli("usage", "--customer", "erin", "--json"))
+    assert direct["totals"]["requests"] == 3 and direct["customer_id"] == "erin"
+    everyone = orjson.loads(again.cli("usage", "--json"))
+    assert [(r["customer_id"], r["requests"]) for r in everyone["rows"]] == [("erin", 3)]
+    assert "erin" in again.cli("usage", "--customer", "erin")
+
+
+def test_the_cli_asks_a_running_gateway_that_owns_the_store(gateway: GatewayProcess) -> None:
+    frank = gateway.new_key("frank")
+    sync_run(gateway, bearer(frank), 3)
+    usage_when(gateway, bearer(frank), 1)
+    report = orjson.loads(gateway.cli("usage", "--json", "--api-key", frank, "--url", gateway.url))
+    assert report["customer_id"] == "frank" and report["totals"]["requests"] == 1
+    refused = subprocess.run(
+        [*CLI, "usage", "--config", str(gateway.config_path), "--data-dir", str(gateway.data_dir)],
+        capture_output=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                              if k != "RENDER_API_KEY"},
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert b"owns the usage store" in refused.stderr and b"--api-key" in refused.stderr
