@@ -1,0 +1,1 @@
+"""The cold path: content-addressed attestations in a verifiable Merkle log."""
