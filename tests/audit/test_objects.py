@@ -1,0 +1,263 @@
+"""One contract for the object store and the CAS on it, run against a local directory and S3.
+
+No real S3 runs on this machine; moto's S3 server on 127.0.0.1 stands in for it. It is a real
+process spoken to over HTTP, so obstore's S3 client (signing, conditional puts, listing) is
+exercised exactly as against AWS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from blake3 import blake3
+from botocore.exceptions import ClientError
+
+from render_gateway.audit.cas import ContentStore, IntegrityError
+from render_gateway.audit.objects import (
+    ObjectExists,
+    ObjectMissing,
+    ObjectStore,
+    default_cas_url,
+    open_object_store,
+)
+
+from support.processes import free_port, stop_process, wait_until_ready
+
+MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+BUCKET = "render-gateway-audit"
+# moto accepts any credentials; explicit ones keep the host's AWS environment out of the test.
+S3_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
+REGION = "us-east-1"
+
+
+@dataclass
+class Moto:
+    endpoint: str
+    client: Any  # a boto3 S3 client, for what the store under test must not do itself
+
+
+@dataclass
+class Backend:
+    url: str
+    # Writes bytes under a key behind the store's back, as tampering at rest would.
+    overwrite: Callable[[str, bytes], None]
+    options: dict[str, str | bool] = field(default_factory=dict)
+
+    def open(self) -> ObjectStore:
+        return open_object_store(self.url, **self.options)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_until_ready(process, f"{endpoint}/moto-api/", log_path, timeout=60)
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=S3_CREDENTIALS["access_key_id"],
+        aws_secret_access_key=S3_CREDENTIALS["secret_access_key"],
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield Moto(endpoint, client)
+    stop_process(process)
+
+
+def _local_backend(tmp_path: Path) -> Backend:
+    root = tmp_path / "objects"
+
+    def overwrite(key: str, data: bytes) -> None:
+        (root / key).write_bytes(data)
+
+    return Backend(url=root.as_uri(), overwrite=overwrite)
+
+
+def _s3_backend(moto: Moto) -> Backend:
+    prefix = f"test-{uuid.uuid4().hex}"  # one bucket, a fresh prefix per test
+
+    def overwrite(key: str, data: bytes) -> None:
+        # A plain PUT, not create-only: exactly what the store under test refuses to do.
+        moto.client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=data)
+
+    options: dict[str, str | bool] = {
+        "endpoint": moto.endpoint,
+        "region": REGION,
+        "allow_http": True,
+        **S3_CREDENTIALS,
+    }
+    return Backend(url=f"s3://{BUCKET}/{prefix}", overwrite=overwrite, options=options)
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return _local_backend(tmp_path)
+    return _s3_backend(request.getfixturevalue("moto"))
+
+
+@pytest.fixture
+def store(backend: Backend) -> ObjectStore:
+    return backend.open()
+
+
+# The object store contract.
+
+
+def test_put_new_then_get_round_trips(store: ObjectStore) -> None:
+    assert not store.exists("a/b.bin")
+    assert store.put_new("a/b.bin", b"\x00payload\xff") is True
+    assert store.exists("a/b.bin")
+    assert store.get("a/b.bin") == b"\x00payload\xff"
+
+
+def test_put_new_of_identical_bytes_is_a_no_op(store: ObjectStore) -> None:
+    assert store.put_new("k", b"same") is True
+    assert store.put_new("k", b"same") is False
+    assert store.get("k") == b"same"
+
+
+def test_put_new_never_overwrites_different_bytes(store: ObjectStore) -> None:
+    # Locally the create-only put is a hard link that fails with EEXIST. On S3 it is a PUT with
+    # If-None-Match: *; moto honours that header and answers 412 PreconditionFailed, which
+    # obstore reports as AlreadyExistsError (see test_moto_refuses_a_conditional_overwrite).
+    store.put_new("k", b"original")
+    with pytest.raises(ObjectExists, match="'k'"):
+        store.put_new("k", b"replacement")
+    assert store.get("k") == b"original"
+
+
+def test_get_of_a_missing_key_raises_object_missing(store: ObjectStore) -> None:
+    with pytest.raises(ObjectMissing, match="'nothing/here'"):
+        store.get("nothing/here")
+
+
+def test_list_is_sorted_and_only_under_the_prefix(store: ObjectStore) -> None:
+    keys = ["a/b/2", "a/b/1", "a/bc/3", "a/c", "ab/x", "z"]
+    for key in keys:
+        store.put_new(key, key.encode())
+    assert store.list("a/b/") == ["a/b/1", "a/b/2"]
+    # A plain string prefix, not a directory: "a/b" also matches "a/bc/…".
+    assert store.list("a/b") == ["a/b/1", "a/b/2", "a/bc/3"]
+    assert store.list("a") == ["a/b/1", "a/b/2", "a/bc/3", "a/c", "ab/x"]
+    assert store.list("") == sorted(keys)
+    assert store.list("missing/") == []
+
+
+def test_moto_refuses_a_conditional_overwrite(moto: Moto) -> None:
+    """Pins that S3's create-only path is the server's doing, not a read-before-write."""
+    moto.client.put_object(Bucket=BUCKET, Key="conditional", Body=b"first")
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        moto.client.put_object(Bucket=BUCKET, Key="conditional", Body=b"second", IfNoneMatch="*")
+
+
+def test_a_local_staging_file_is_not_an_object(tmp_path: Path) -> None:
+    """obstore writes ``key#N`` and links it into place: a crashed write leaves no object."""
+    store = open_object_store((tmp_path / "objects").as_uri())
+    (tmp_path / "objects" / "k#1").write_bytes(b"partial")
+    assert store.list("") == []
+    assert not store.exists("k")
+
+
+# The CAS on top of it.
+
+HELLO_DIGEST = blake3(b"hello").hexdigest()
+
+
+def test_cas_put_returns_the_blake3_hex_and_get_verifies(store: ObjectStore) -> None:
+    cas = ContentStore(store)
+    digest = cas.put(b"hello")
+    assert digest == HELLO_DIGEST
+    assert cas.key_of(digest) == f"blobs/{digest[:2]}/{digest}"
+    assert store.get(f"blobs/{digest[:2]}/{digest}") == b"hello"
+    assert cas.exists(digest)
+    assert cas.get(digest) == b"hello"
+    assert cas.put(b"hello") == digest  # idempotent
+
+
+def test_cas_list_returns_sorted_digests_only(store: ObjectStore) -> None:
+    cas = ContentStore(store)
+    digests = [cas.put(bytes([n])) for n in range(5)]
+    store.put_new("blobs/not-a-blob", b"x")
+    store.put_new("elsewhere/x", b"x")
+    assert cas.list() == sorted(digests)
+
+
+def test_cas_get_of_a_tampered_object_names_the_key(store: ObjectStore, backend: Backend) -> None:
+    cas = ContentStore(store)
+    digest = cas.put(b"hello")
+    backend.overwrite(cas.key_of(digest), b"hellO")
+    with pytest.raises(IntegrityError, match=f"'blobs/{digest[:2]}/{digest}'"):
+        cas.get(digest)
+
+
+def test_cas_put_over_a_tampered_object_is_an_integrity_error(
+    store: ObjectStore, backend: Backend
+) -> None:
+    cas = ContentStore(store)
+    digest = cas.put(b"hello")
+    backend.overwrite(cas.key_of(digest), b"corrupt")
+    with pytest.raises(IntegrityError, match=digest):
+        cas.put(b"hello")
+
+
+def test_cas_get_of_a_missing_digest_raises_object_missing(store: ObjectStore) -> None:
+    with pytest.raises(ObjectMissing):
+        ContentStore(store).get(HELLO_DIGEST)
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [HELLO_DIGEST.upper(), HELLO_DIGEST[:-1], HELLO_DIGEST + "0", "g" * 64, "../" + "0" * 61, ""],
+)
+def test_cas_rejects_bad_digest_syntax(tmp_path: Path, digest: str) -> None:
+    cas = ContentStore(open_object_store(tmp_path.as_uri()))
+    with pytest.raises(ValueError, match="not a BLAKE3 digest"):
+        cas.get(digest)
+    with pytest.raises(ValueError, match="not a BLAKE3 digest"):
+        cas.exists(digest)
+
+
+# URL handling.
+
+
+def test_unknown_scheme_names_the_setting_and_the_accepted_schemes() -> None:
+    with pytest.raises(ValueError, match=r"gateway\.audit\.cas_url.*file, s3, gs") as error:
+        open_object_store("ftp://host/dir")
+    assert "ftp://host/dir" in str(error.value)
+    with pytest.raises(ValueError, match=r"my\.setting"):
+        open_object_store("/no/scheme", setting_name="my.setting")
+
+
+@pytest.mark.parametrize("url", ["file://data/cas", "file:data/cas", "file:./cas"])
+def test_relative_file_urls_are_rejected(url: str) -> None:
+    with pytest.raises(ValueError, match="three slashes"):
+        open_object_store(url)
+
+
+def test_default_cas_url_is_an_absolute_file_url_that_opens(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data dir"  # a space, to check the URL is encoded and decoded
+    url = default_cas_url(data_dir)
+    assert url == f"file://{tmp_path.as_posix().replace(' ', '%20')}/data%20dir/cas"
+    open_object_store(url).put_new("k", b"v")
+    assert (data_dir / "cas" / "k").read_bytes() == b"v"
+
+
+def test_an_unknown_s3_option_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"gateway\.audit\.cas_url.*no_such_option"):
+        open_object_store(f"s3://{BUCKET}/x", region=REGION, no_such_option="1")
