@@ -86,3 +86,35 @@ def test_records_become_one_arrow_batch_in_the_table_order() -> None:
     assert table.column("device_uuid").to_pylist() == ["GPU-1", "", "GPU-1"]
     assert table.column("timestamp").to_pylist()[0].timestamp() == 103.5
     assert table.column("model_type").to_pylist() == ["other"] * 3
+
+
+def test_the_bulk_json_path_builds_the_same_table() -> None:
+    import orjson
+
+    from render_gateway.metering.columns import records_json_to_table
+
+    rows = []
+    for index, (family, outcome, code) in enumerate(
+        [("sd", "success", None), ("FLUX", "error", "timeout"), ("sd3", "cancelled", None)]
+    ):
+        usage = record(family=family, outcome=outcome, error_code=code, request_id=f"r{index}")
+        rows.append(usage.to_dict())
+    rows[2]["device_uuid"] = rows[2]["job_id"] = rows[2]["backend"] = None
+    rows[1]["input_dims"] = []
+    blobs = [orjson.dumps({k: v for k, v in r.items() if k != "usage_claim"}) for r in rows]
+    bulk = records_json_to_table(blobs)
+    assert bulk.equals(records_to_table(rows))
+    assert bulk.column("model_type").to_pylist() == ["other", "rectified_flow", "rectified_flow"]
+    assert bulk.column("error_code").to_pylist() == [None, "timeout", None]
+
+
+def test_the_bulk_json_path_refuses_a_record_missing_a_required_field() -> None:
+    import orjson
+    import pyarrow as pa
+
+    from render_gateway.metering.columns import records_json_to_table
+
+    broken = record().to_dict()
+    del broken["customer_id"]
+    with pytest.raises(pa.ArrowInvalid, match="customer_id"):
+        records_json_to_table([orjson.dumps(broken)])

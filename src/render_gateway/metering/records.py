@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 UsageStatus = Literal["success", "error", "timeout", "cancelled"]
@@ -98,7 +98,10 @@ class UsageRecord:
         return billable(self.status)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not dataclasses.asdict: that deep-copies every value and costs ~10× as much, on the
+        # event loop, for every request.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["extra"] = dict(self.extra)
         data["input_dims"] = list(self.input_dims)
         data["model_name"] = self.model_name
         data["billable"] = self.billable
@@ -110,6 +113,9 @@ class UsageRecord:
         values = {k: v for k, v in data.items() if k in names}
         values["input_dims"] = tuple(values.get("input_dims", ()))
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 def _int(parameters: Mapping[str, Any], key: str, default: int = 0) -> int:

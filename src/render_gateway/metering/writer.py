@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import blake3
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from render_gateway.metering.columns import records_to_table
+from render_gateway.metering.columns import records_json_to_table, records_to_table
 from render_gateway.metering.store import UsageStore, UsageStoreError
-from render_gateway.stores.usage_log import LoggedUsage, UsageLog
+from render_gateway.stores.usage_log import UsageLog
 
 log = logging.getLogger(__name__)
 
@@ -166,32 +167,31 @@ class UsageWriter:
         """Insert everything after ``cursor``; returns the new cursor."""
         while True:
             self._pending = 0
-            rows = self._log.usage_after(cursor, self._batch_rows)
-            if not rows:
+            seqs, blobs = self._log.usage_json_after(cursor, self._batch_rows)
+            if not seqs:
                 return cursor
-            self.stats.in_flight = len(rows)
-            table = self._table(rows)
+            self.stats.in_flight = len(seqs)
+            table = self._table(cursor, seqs, blobs)
             if suspect and table.num_rows:
-                table = self._without_present(store, table, rows)
+                table = self._without_present(store, table)
             if table.num_rows:
                 store.insert(table, dedup_token=_token(table))
                 self.stats.written += table.num_rows
                 self.stats.batches += 1
-            cursor = rows[-1].seq
+            cursor = seqs[-1]
             self._log.set_usage_cursor(CONSUMER, cursor)
             self._observe(cursor)
             suspect = False
-            if len(rows) < self._batch_rows:
+            if len(seqs) < self._batch_rows:
                 return cursor
 
-    def _table(self, rows: Sequence[LoggedUsage]) -> pa.Table:
-        records = [row.record for row in rows]
+    def _table(self, cursor: int, seqs: Sequence[int], blobs: Sequence[bytes]) -> pa.Table:
         try:
-            return records_to_table(records)
+            return records_json_to_table(blobs)
         except (pa.ArrowException, KeyError, TypeError, ValueError):
             # One malformed record must not stop the others forever: convert one by one.
             good = []
-            for row in rows:
+            for row in self._log.usage_after(cursor, len(seqs)):
                 try:
                     records_to_table([row.record])
                 except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
@@ -201,12 +201,12 @@ class UsageWriter:
                     good.append(row.record)
             return records_to_table(good)
 
-    def _without_present(
-        self, store: UsageStore, table: pa.Table, rows: Sequence[LoggedUsage]
-    ) -> pa.Table:
-        stamps = [row.record["timestamp"] for row in rows]
+    def _without_present(self, store: UsageStore, table: pa.Table) -> pa.Table:
+        stamps = pc.min_max(table.column("timestamp"))
+        since = stamps["min"].value / 1_000_000
+        until = stamps["max"].value / 1_000_000
         ids = table.column("event_id").to_pylist()
-        present = store.existing_event_ids(ids, min(stamps), max(stamps))
+        present = store.existing_event_ids(ids, since, until)
         if not present:
             return table
         self.stats.already_present += len(present)

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS usage_log (
     billable INTEGER NOT NULL,
     gpu_seconds REAL NOT NULL,
     cost_nanos INTEGER NOT NULL,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    claim TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_by_month ON usage_log (month, customer_id);
 CREATE TABLE IF NOT EXISTS usage_cursors (
@@ -39,10 +40,13 @@ CREATE TABLE IF NOT EXISTS usage_cursors (
 
 
 def append_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> int:
-    """Insert inside the caller's transaction (the job's settle, or a sync request's own)."""
+    """Insert inside the caller's transaction (the job's settle, or a sync request's own).
+    The signed claim is kept apart from the record's JSON: the hot path never needs it."""
+    fields = record.to_dict()
+    claim = fields.pop("usage_claim")
     cursor = conn.execute(
         "INSERT INTO usage_log (event_id, customer_id, month, timestamp, billable, gpu_seconds, "
-        "cost_nanos, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "cost_nanos, record, claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.event_id,
             record.customer_id,
@@ -51,7 +55,8 @@ def append_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> int:
             int(record.billable),
             record.gpu_seconds if record.billable else 0.0,
             record.cost_nanos,
-            orjson.dumps(record.to_dict()),
+            orjson.dumps(fields),
+            claim,
         ),
     )
     assert cursor.lastrowid is not None
@@ -90,9 +95,21 @@ class SqliteUsageLog:
 
     def usage_after(self, after: int, limit: int) -> list[LoggedUsage]:
         rows = self._conn().execute(
-            "SELECT seq, record FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            "SELECT seq, record, claim FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
         )
-        return [LoggedUsage(seq, orjson.loads(record)) for seq, record in rows]
+        return [LoggedUsage(seq, _with_claim(record, claim)) for seq, record, claim in rows]
+
+    def usage_json_after(self, after: int, limit: int) -> tuple[list[int], list[bytes]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT seq, record FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+            .fetchall()
+        )
+        return [seq for seq, _ in rows], [record for _, record in rows]
 
     def usage_head(self) -> int:
         (head,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM usage_log").fetchone()
@@ -135,3 +152,9 @@ class SqliteUsageLog:
 
         result: list[MonthUsage] = await asyncio.wrap_future(self._submit(totals))
         return result
+
+
+def _with_claim(record: bytes, claim: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = orjson.loads(record)
+    fields["usage_claim"] = claim
+    return fields

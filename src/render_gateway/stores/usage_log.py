@@ -37,6 +37,11 @@ class UsageLog(Protocol):
     # Blocking calls for consumer threads (never the event loop).
     def usage_after(self, after: int, limit: int) -> list[LoggedUsage]: ...
 
+    def usage_json_after(self, after: int, limit: int) -> tuple[list[int], list[bytes]]:
+        """Sequence numbers and the records' stored JSON (without the signed claim): the hot
+        path parses these in bulk."""
+        ...
+
     def usage_head(self) -> int:
         """The highest sequence number written (0 when empty)."""
         ...
