@@ -20,6 +20,10 @@ models_app = typer.Typer(help="Model directories for the reference worker.", no_
 keys_app = typer.Typer(help="API keys (stored as hashes; shown once).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(
+    help="The cold path: keys, offline verification, proofs.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 
 class DemoKind(StrEnum):
@@ -391,6 +395,192 @@ def _print_usage(report: dict[str, Any]) -> None:
             f"{totals['gpu_seconds']:.6f}", f"{totals['cost']:.9f}", style="bold",
         )  # fmt: skip
     Console().print(table)
+
+
+def _audit_objects(gateway: GatewayConfig, cas: str | None) -> Any:
+    from render_gateway.audit.objects import default_cas_url, open_object_store
+
+    try:
+        return open_object_store(
+            cas or gateway.audit.cas_url or default_cas_url(Path(gateway.data_dir))
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _verifiers(gateway: GatewayConfig, pubkey: Path | None) -> list[Any]:
+    """Verifier keys from --pubkey (one per line), else this data dir's own log key."""
+    from render_gateway.audit.keys import load_signer
+    from render_gateway.audit.signed_note import NoteError, parse_verifier_key
+
+    if pubkey is None:
+        signer = load_signer(Path(gateway.data_dir), gateway.audit.origin)
+        typer.echo("(no --pubkey: using this data dir's own log key)", err=True)
+        return [signer.verifier()]
+    try:
+        lines = [line.strip() for line in pubkey.read_text().splitlines() if line.strip()]
+        return [parse_verifier_key(line) for line in lines]
+    except (OSError, NoteError) as exc:
+        typer.echo(f"error: cannot use {pubkey} as verifier keys: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@audit_app.command("pubkey")
+def audit_pubkey(
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Print the log's verifier key (created on first use): all a third party needs."""
+    from render_gateway.audit.keys import load_signer, public_key_line
+
+    gateway = _gateway_config(config, data_dir)
+    typer.echo(public_key_line(load_signer(Path(gateway.data_dir), gateway.audit.origin)))
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Replace the log key (stop the gateway first); the old key signs the new one."""
+    from render_gateway.audit.keys import rotate
+
+    gateway = _gateway_config(config, data_dir)
+    old, new = rotate(Path(gateway.data_dir), gateway.audit.origin, _audit_objects(gateway, None))
+    typer.echo(f"retired {old}\nnew     {new}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    cas: Annotated[
+        str | None, typer.Option(help="The store: file:///dir or s3://bucket/prefix.")
+    ] = None,
+    pubkey: Annotated[
+        Path | None, typer.Option(help="File of verifier keys, one per line.")
+    ] = None,
+    trusted_checkpoint: Annotated[
+        Path | None, typer.Option(help="A signed checkpoint you saw before.")
+    ] = None,
+    origin: Annotated[str | None, typer.Option(help="The log's expected origin.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Verify the whole audit log offline; exit 0 only if everything holds."""
+    from rich.progress import Progress
+
+    from render_gateway.audit.keys import trusted_verifiers
+    from render_gateway.audit.signed_note import Checkpoint, NoteError, open_note
+    from render_gateway.audit.verify import verify_log
+
+    gateway = _gateway_config(config, data_dir)
+    objects = _audit_objects(gateway, cas)
+    verifiers = trusted_verifiers(objects, _verifiers(gateway, pubkey))
+    trusted = None
+    if trusted_checkpoint is not None:
+        try:
+            text, _ = open_note(trusted_checkpoint.read_bytes(), verifiers)
+            trusted = Checkpoint.parse(text)
+        except (OSError, NoteError) as exc:
+            typer.echo(f"error: the trusted checkpoint does not verify: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    with Progress(transient=True, disable=json_output) as bar:
+        task = bar.add_task("verifying batches", total=None)
+        report = verify_log(
+            objects, verifiers, origin or gateway.audit.origin, trusted,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    summary = {
+        "ok": report.ok, "leaves": report.leaves, "records": report.records,
+        "gpu_seconds": report.gpu_seconds, "checkpoints": report.checkpoints,
+        "records_without_claim": report.unclaimed,
+        "latest_checkpoint_size": report.latest.size if report.latest else None,
+        "findings": [{"where": f.where, "what": f.what} for f in report.findings],
+    }  # fmt: skip
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for finding in report.findings:
+            typer.echo(f"FAIL {finding}")
+        verdict = "verified" if report.ok else f"{len(report.findings)} problem(s)"
+        typer.echo(
+            f"{verdict}: {report.leaves} batches, {report.records} records, "
+            f"{report.gpu_seconds:.6f} GPU-seconds, {report.checkpoints} checkpoints"
+        )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("prove")
+def audit_prove(
+    request_id: Annotated[str, typer.Argument(help="The request to prove (req_…).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the bundle here (default: stdout).")
+    ] = None,
+    cas: Annotated[str | None, typer.Option(help="The store URL.")] = None,
+    origin: Annotated[str | None, typer.Option(help="The log's origin (its key name).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Write a self-contained inclusion proof for one request's attestation."""
+    import orjson
+
+    from render_gateway.audit.keys import load_signer, public_key_line
+    from render_gateway.audit.proofs import ProofNotFound, bundle_from_store
+
+    gateway = _gateway_config(config, data_dir)
+    signer = load_signer(Path(gateway.data_dir), origin or gateway.audit.origin)
+    try:
+        bundle = bundle_from_store(
+            _audit_objects(gateway, cas), [signer.verifier()], public_key_line(signer), request_id
+        )
+    except ProofNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    text = orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode()
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        typer.echo(f"wrote {out}", err=True)
+
+
+@audit_app.command("verify-proof")
+def audit_verify_proof(
+    bundle_file: Annotated[Path, typer.Argument(help="A bundle from `audit prove`.")],
+    pubkey: Annotated[
+        Path | None, typer.Option(help="Verifier keys (default: the key in the bundle).")
+    ] = None,
+) -> None:
+    """Check an inclusion proof offline; exit 0 only if it holds."""
+    import orjson
+
+    from render_gateway.audit.proofs import BundleError, verify_bundle
+    from render_gateway.audit.signed_note import NoteError, parse_verifier_key
+
+    try:
+        bundle = orjson.loads(bundle_file.read_bytes())
+        if pubkey is not None:
+            lines = [x.strip() for x in pubkey.read_text().splitlines() if x.strip()]
+            verifiers = [parse_verifier_key(line) for line in lines]
+        else:
+            verifiers = [parse_verifier_key(bundle["log_public_key"])]
+            typer.echo(
+                "(no --pubkey: checked against the key inside the bundle; compare it with the "
+                f"published one: {bundle['log_public_key']})",
+                err=True,
+            )
+        row, checkpoint = verify_bundle(bundle, verifiers)
+    except (OSError, orjson.JSONDecodeError, NoteError, KeyError, TypeError, BundleError) as exc:
+        typer.echo(f"FAIL: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"verified: request {row['request_id']} ({row['customer_id']}, {row['model']}, "
+        f"{row['gpu_seconds']} GPU-seconds, {row['status']}) is in {checkpoint.origin} "
+        f"at size {checkpoint.size}"
+    )
 
 
 def _when(moment: float | None) -> str:

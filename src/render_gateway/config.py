@@ -73,6 +73,16 @@ class PlanConfig(_Section):
     monthly_cost: NonNegativeFloat | None = None
 
 
+class AuditConfig(_Section):
+    """The cold path: signed attestation batches in content-addressed storage."""
+
+    # file:///abs/dir (default: <data_dir>/cas) or s3://bucket/prefix (credentials from AWS_* env)
+    cas_url: str | None = None
+    origin: str = Field(default="render-gateway/audit", pattern=r"^[^\s+]+$", max_length=200)
+    batch_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    batch_seconds: float = Field(default=5.0, gt=0, le=3600)
+
+
 class CustomerBudgetConfig(_Section):
     """A customer's own monthly budget; replaces the plan's for that customer."""
 
@@ -174,6 +184,7 @@ class GatewayConfig(_Section):
     # What a request reserves against a budget before any run of its model has been seen.
     reservation_gpu_seconds: float = Field(default=1.0, gt=0)
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _plans_exist(self) -> GatewayConfig:

@@ -7,15 +7,11 @@ exercised exactly as against AWS.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 from blake3 import blake3
 from botocore.exceptions import ClientError
@@ -29,19 +25,7 @@ from render_gateway.audit.objects import (
     open_object_store,
 )
 
-from support.processes import free_port, stop_process, wait_until_ready
-
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
-BUCKET = "render-gateway-audit"
-# moto accepts any credentials; explicit ones keep the host's AWS environment out of the test.
-S3_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
-REGION = "us-east-1"
-
-
-@dataclass
-class Moto:
-    endpoint: str
-    client: Any  # a boto3 S3 client, for what the store under test must not do itself
+from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto
 
 
 @dataclass
@@ -53,30 +37,6 @@ class Backend:
 
     def open(self) -> ObjectStore:
         return open_object_store(self.url, **self.options)
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_until_ready(process, f"{endpoint}/moto-api/", log_path, timeout=60)
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=S3_CREDENTIALS["access_key_id"],
-        aws_secret_access_key=S3_CREDENTIALS["secret_access_key"],
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield Moto(endpoint, client)
-    stop_process(process)
 
 
 def _local_backend(tmp_path: Path) -> Backend:

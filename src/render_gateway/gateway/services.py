@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from render_gateway.audit.batcher import AttestationBatcher
+from render_gateway.audit.keys import load_signer
+from render_gateway.audit.log import AuditLog
+from render_gateway.audit.objects import default_cas_url, open_object_store
 from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
@@ -41,6 +46,7 @@ from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig
 from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
 from render_gateway.scheduling.token_bucket import BucketConfig, RateLimiter
+from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.stores.assets import LocalAssetStore
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
@@ -105,6 +111,28 @@ async def _start_usage_writer(
     return writer
 
 
+def _start_batcher(
+    config: GatewayConfig,
+    data: Path,
+    usage_log: UsageLog,
+    node_keys: Callable[[], dict[str, bytes]],
+) -> AttestationBatcher:
+    audit = config.audit
+    objects = open_object_store(audit.cas_url or default_cas_url(data))
+    signer = load_signer(data, audit.origin)
+
+    def open_log() -> AuditLog:
+        audit_log = AuditLog(objects, signer, audit.origin)
+        audit_log.open()
+        return audit_log
+
+    batcher = AttestationBatcher(
+        usage_log, open_log, node_keys, audit.batch_records, audit.batch_seconds
+    )
+    batcher.start()
+    return batcher
+
+
 @dataclass
 class GatewayServices:
     config: GatewayConfig
@@ -124,8 +152,11 @@ class GatewayServices:
     finished_jobs: Counter[str]  # jobs settled since start, by status
     meter: Meter
     usage_writer: UsageWriter
+    batcher: AttestationBatcher
+    node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
+    _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> GatewayServices:
@@ -171,7 +202,16 @@ class GatewayServices:
         )
         await _restore_budgets(store, meter)
         usage_writer = await _start_usage_writer(config, data, store.usage_log)
-        meter.on_record = usage_writer.notify
+        node_keys: dict[str, bytes] = {}
+        batcher = await asyncio.to_thread(
+            _start_batcher, config, data, store.usage_log, lambda: dict(node_keys)
+        )
+
+        def on_record() -> None:
+            usage_writer.notify()
+            batcher.notify()
+
+        meter.on_record = on_record
         api_keys = SqliteApiKeyStore(data / "keys.db")
         jwt = JwtVerifier(jwt_settings(config.jwt)) if config.jwt else None
         authenticator = Authenticator(api_keys, jwt, config.anonymous_plan)
@@ -214,7 +254,7 @@ class GatewayServices:
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            finished, meter, usage_writer, local_worker,
+            finished, meter, usage_writer, batcher, node_keys, local_worker,
         )  # fmt: skip
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
@@ -225,11 +265,30 @@ class GatewayServices:
         results = await asyncio.gather(*(client.ready() for client in clients.values()))
         for backend_id, healthy in zip(clients, results, strict=True):
             backend = self.pool.backends[backend_id]
+            if healthy and backend_id not in self._keyed:
+                await self._learn_node_key(backend_id, clients[backend_id])
             if healthy != backend.healthy:
                 log.warning("backend %s is now %s", backend_id, "healthy" if healthy else "down")
                 backend.healthy = healthy
                 if healthy:
                     self.runner.wake()
+
+    async def _learn_node_key(self, backend_id: str, client: KServeClient) -> None:
+        """Remember the backend's node key so its signed claims can be checked (and attested
+        with the key); a key whose id is not its hash is refused."""
+        found = await client.node_key()
+        self._keyed.add(backend_id)
+        if found is None:
+            return
+        claimed_id, raw = found
+        try:
+            actual_id = node_key_id(Ed25519PublicKey.from_public_bytes(raw))
+        except ValueError:
+            actual_id = None
+        if actual_id != claimed_id:
+            log.error("backend %s sent a node key whose id does not match it; ignored", backend_id)
+            return
+        self.node_keys[claimed_id] = raw
 
     async def _probe_backends(self, clients: dict[str, KServeClient], every: float = 5.0) -> None:
         while True:
@@ -243,6 +302,7 @@ class GatewayServices:
                 await self._probe
         await self.runner.stop()
         await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
+        await asyncio.to_thread(self.batcher.stop, 5.0)
         await self.webhooks.drain(5.0)
         await self.webhooks.close()
         await self.session.close()

@@ -9,6 +9,7 @@ errors, timeouts, 429, 500, 502, 503 and 504.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +143,21 @@ class KServeClient:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def node_key(self, probe_seconds: float = 2.0) -> tuple[str, bytes] | None:
+        """(key id, raw Ed25519 public key) from ``GET /v2/node``; None for a backend without
+        one (a plain Triton server) or on any failure."""
+        try:
+            async with self._session.get(
+                self._base + "/v2/node", timeout=aiohttp.ClientTimeout(total=probe_seconds)
+            ) as response:
+                if response.status != 200:
+                    return None
+                body = await response.json(loads=orjson.loads)
+            raw = base64.b64decode(body["public_key"], validate=True)
+            return str(body["key_id"]), raw
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
 
     async def infer(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0

@@ -1,0 +1,135 @@
+"""Attestations: one row per finished request, the authoritative usage record of the cold path.
+
+A row is the usage record plus the backend's signed claim split into its parts (payload,
+signature, node key id, and the node's public key as the gateway learned it), so a verifier can
+check the claim without asking anyone. Rows hold only text, integers, floats, booleans and
+nulls, so the canonical JSON a batch's records root is computed over reads back from Parquet
+exactly as it was written.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from render_gateway.audit.merkle import leaf_hash, root
+from render_gateway.usage_claim import InvalidClaim, SignedClaim
+
+ATTESTATION_VERSION = 1
+
+SCHEMA = pa.schema(
+    [
+        ("usage_seq", pa.int64()),  # the record's place in the gateway's usage log
+        ("event_id", pa.string()),
+        ("request_id", pa.string()),
+        ("job_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("plan", pa.string()),
+        ("tier", pa.string()),
+        ("model", pa.string()),
+        ("backend", pa.string()),
+        ("device_uuid", pa.string()),
+        ("device_kind", pa.string()),
+        ("status", pa.string()),
+        ("error_code", pa.string()),
+        ("ended_at_us", pa.int64()),
+        ("queue_time_us", pa.int64()),
+        ("inference_time_us", pa.int64()),
+        ("gpu_seconds", pa.float64()),
+        ("metered", pa.bool_()),
+        ("billable", pa.bool_()),
+        ("unit_price", pa.float64()),
+        ("currency", pa.string()),
+        ("cost_nanos", pa.int64()),
+        ("claim_payload", pa.string()),
+        ("claim_signature", pa.string()),
+        ("node_key_id", pa.string()),
+        ("node_public_key", pa.string()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+def attestation(
+    usage_seq: int, record: Mapping[str, Any], node_keys: Mapping[str, bytes]
+) -> dict[str, Any]:
+    """The row for one usage record. ``node_keys`` maps node key ids to raw public keys."""
+    payload = signature = key_id = public_key = None
+    if text := record.get("usage_claim"):
+        try:
+            signed = SignedClaim.from_text(text)
+        except InvalidClaim:
+            payload = str(text)  # kept as received: verification will name it
+        else:
+            payload = signed.payload.decode()
+            signature = base64.b64encode(signed.signature).decode()
+            key_id = signed.key_id
+            if (raw := node_keys.get(key_id)) is not None:
+                public_key = base64.b64encode(raw).decode()
+    return {
+        "usage_seq": usage_seq,
+        "event_id": record["event_id"],
+        "request_id": record["request_id"],
+        "job_id": record.get("job_id"),
+        "customer_id": record["customer_id"],
+        "plan": record["plan"],
+        "tier": record["tier"],
+        "model": f"{record['modality']}/{record['family']}/{record['model']}",
+        "backend": record.get("backend"),
+        "device_uuid": record.get("device_uuid"),
+        "device_kind": record.get("device_kind"),
+        "status": record["status"],
+        "error_code": record.get("error_code"),
+        "ended_at_us": round(record["timestamp"] * 1_000_000),
+        "queue_time_us": int(record["queue_time_us"]),
+        "inference_time_us": int(record["inference_time_us"]),
+        "gpu_seconds": float(record["gpu_seconds"]),
+        "metered": bool(record["metered"]),
+        "billable": bool(record["billable"]),
+        "unit_price": float(record["unit_price"]),
+        "currency": record["currency"],
+        "cost_nanos": int(record["cost_nanos"]),
+        "claim_payload": payload,
+        "claim_signature": signature,
+        "node_key_id": key_id,
+        "node_public_key": public_key,
+    }
+
+
+def canonical(row: Mapping[str, Any]) -> bytes:
+    """The bytes a row is hashed as: JSON with sorted keys, in the table's columns only."""
+    return orjson.dumps({name: row[name] for name in COLUMNS}, option=orjson.OPT_SORT_KEYS)
+
+
+def row_leaf_hashes(rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    return [leaf_hash(canonical(row)) for row in rows]
+
+
+def records_root(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """RFC 6962 root over the batch's rows in order: proves one row's place in its batch."""
+    return root(row_leaf_hashes(rows))
+
+
+def to_parquet(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue()
+
+
+def from_parquet(data: bytes) -> list[dict[str, Any]]:
+    """Rows of a batch file; raises ValueError if it is not a batch of this schema."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"not a readable Parquet file: {exc}") from exc
+    if table.schema.remove_metadata() != SCHEMA:
+        raise ValueError("the Parquet file does not have the attestation schema")
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows

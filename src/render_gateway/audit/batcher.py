@@ -1,0 +1,147 @@
+"""The cold-path batcher: usage records from the durable usage log into attestation batches.
+
+A thread tails the usage log from its own cursor (``audit``) and seals a batch when
+``batch_records`` are waiting or the oldest waiting record is ``batch_seconds`` old. Exactly
+once: a batch holds a contiguous run of usage-log records and its leaf names that run, so on
+start the cursor is the later of the stored cursor and the log's last leaf — a crash between
+the leaf and the cursor write never batches a record twice, and the records themselves are
+on disk before any request is answered, so none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from render_gateway.audit.attestations import attestation
+from render_gateway.audit.log import AuditLog
+from render_gateway.stores.usage_log import UsageLog
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "audit"
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    attested: int = 0
+    log_size: int = 0
+    cursor: int = 0
+    backlog: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+class AttestationBatcher:
+    def __init__(
+        self,
+        usage_log: UsageLog,
+        open_log: Callable[[], AuditLog],
+        node_keys: Callable[[], Mapping[str, bytes]],
+        batch_records: int = 10_000,
+        batch_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._usage_log, self._open_log, self._node_keys = usage_log, open_log, node_keys
+        self._batch_records, self._batch_seconds, self._clock = batch_records, batch_seconds, clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._seal_now = False
+        self._progress = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.audit_log: AuditLog | None = None
+        self.stats = BatcherStats()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="audit-batcher", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """More records were appended (cheap; safe on the event loop)."""
+        self._wake.set()
+
+    def seal(self, timeout: float) -> bool:
+        """Batch everything in the usage log now, however few; True once it is in the log."""
+        target = self._usage_log.usage_head()
+        deadline = time.monotonic() + timeout
+        self._seal_now = True
+        self._wake.set()
+        with self._progress:
+            while self.stats.cursor < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(min(remaining, 0.1))
+                self._seal_now = True
+                self._wake.set()
+        return True
+
+    def stop(self, seal_seconds: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        if self.audit_log is not None and seal_seconds > 0:
+            self.seal(seal_seconds)
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self._stopping.is_set():
+                if backoff:
+                    self._stopping.wait(backoff)
+                else:
+                    self._wake.wait(min(1.0, self._batch_seconds))
+                self._wake.clear()
+                if self._stopping.is_set():
+                    return
+                try:
+                    if self.audit_log is None:
+                        self.audit_log = self._open_log()
+                        self.stats.log_size = self.audit_log.size
+                    self._batch_what_is_due(self.audit_log)
+                    backoff = 0.0
+                except Exception as exc:  # the store or the log: retry; records stay on disk
+                    self.stats.errors += 1
+                    self.stats.last_error = str(exc)
+                    backoff = min(30.0, max(0.5, backoff * 2))
+                    log.exception("attestation batching failed (retrying in %.1f s)", backoff)
+        finally:
+            close = getattr(self._usage_log, "close_thread_connection", None)
+            if close is not None:
+                close()
+
+    def _batch_what_is_due(self, audit_log: AuditLog) -> None:
+        cursor = max(self._usage_log.usage_cursor(CONSUMER), audit_log.last_usage_seq)
+        while True:
+            seal_now, self._seal_now = self._seal_now, False
+            rows = self._usage_log.usage_after(cursor, self._batch_records)
+            self._observe(cursor)
+            if not rows:
+                return
+            full = len(rows) == self._batch_records
+            age = self._clock() - float(rows[0].record["timestamp"])
+            if not (full or seal_now or age >= self._batch_seconds):
+                return
+            keys = self._node_keys()
+            leaf = audit_log.append([attestation(r.seq, r.record, keys) for r in rows])
+            cursor = leaf.last_usage_seq
+            self._usage_log.set_usage_cursor(CONSUMER, cursor)
+            self.stats.batches += 1
+            self.stats.attested += leaf.count
+            self.stats.log_size = audit_log.size
+            self._observe(cursor)
+            if not full:
+                return
+
+    def _observe(self, cursor: int) -> None:
+        self.stats.cursor = cursor
+        self.stats.backlog = max(0, self._usage_log.usage_head() - cursor)
+        with self._progress:
+            self._progress.notify_all()

@@ -1,0 +1,65 @@
+"""The log's signing key: created once (mode 0600), loaded at every start; rotation signs the
+new key with the old, so a verifier who trusts the first key can follow every later one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from render_gateway.audit.objects import ObjectStore
+from render_gateway.audit.signed_note import (
+    NoteError,
+    NoteSigner,
+    NoteVerifier,
+    open_note,
+    parse_verifier_key,
+    sign_note,
+    verifier_key,
+)
+from render_gateway.signing_keys import load_or_create_key
+
+KEY_FILE = Path("audit") / "log.key"
+ROTATIONS_PREFIX = "log/keys/"
+ROTATION_HEADER = "render-gateway audit log key rotation"
+
+
+def load_signer(data_dir: Path, origin: str) -> NoteSigner:
+    return NoteSigner(origin, load_or_create_key(Path(data_dir) / KEY_FILE))
+
+
+def public_key_line(signer: NoteSigner) -> str:
+    """The verifier key a third party needs: ``<origin>+<key id>+<base64 key>``."""
+    return verifier_key(signer.name, signer.private_key.public_key())
+
+
+def rotate(data_dir: Path, origin: str, objects: ObjectStore) -> tuple[str, str]:
+    """Replace the log key; the rotation note (signed by the old and the new key) is stored in
+    the log's object store. Returns (old verifier key, new verifier key)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from render_gateway.signing_keys import write_private_key
+
+    path = Path(data_dir) / KEY_FILE
+    old = load_signer(data_dir, origin)
+    new = NoteSigner(origin, Ed25519PrivateKey.generate())
+    rotations = objects.list(ROTATIONS_PREFIX)
+    text = f"{ROTATION_HEADER}\n{public_key_line(new)}\n"
+    objects.put_new(f"{ROTATIONS_PREFIX}{len(rotations):020d}", sign_note(text, [old, new]))
+    retired = path.with_name(f"log.key.retired-{len(rotations)}")
+    path.rename(retired)
+    write_private_key(path, new.private_key)
+    return public_key_line(old), public_key_line(new)
+
+
+def trusted_verifiers(objects: ObjectStore, trusted: Sequence[NoteVerifier]) -> list[NoteVerifier]:
+    """``trusted`` plus every later key a trusted key vouched for, in rotation order."""
+    keys = list(trusted)
+    for key in objects.list(ROTATIONS_PREFIX):
+        try:
+            text, signed_by = open_note(objects.get(key), keys)
+        except NoteError:
+            continue  # a rotation no trusted key signed: its key stays untrusted
+        header, _, rest = text.partition("\n")
+        if header == ROTATION_HEADER and signed_by:
+            keys.append(parse_verifier_key(rest.strip()))
+    return keys

@@ -1,0 +1,115 @@
+"""The append-only audit log: attestation batches in CAS, a leaf per batch, a signed checkpoint
+after every append.
+
+Order of writes for one batch: the Parquet file into CAS, then the leaf (the commit point:
+create-only at ``log/leaves/<index>``), then the checkpoint for the new size. A crash after the
+batch but before the leaf leaves an unreferenced blob (harmless; the batch is made again); a
+crash after the leaf but before its checkpoint is repaired on the next open by signing the
+missing checkpoint. A checkpoint is signed only if the tree it covers extends the last signed
+one, so a log whose stored leaves no longer match its checkpoints is refused, never re-signed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from render_gateway.audit.attestations import records_root, to_parquet
+from render_gateway.audit.cas import ContentStore
+from render_gateway.audit.leaves import (
+    CHECKPOINTS_PREFIX,
+    LEAVES_PREFIX,
+    BatchLeaf,
+    checkpoint_key,
+    index_of,
+    leaf_key,
+)
+from render_gateway.audit.merkle import MerkleLog
+from render_gateway.audit.objects import ObjectStore
+from render_gateway.audit.signed_note import Checkpoint, NoteSigner, open_note, sign_note
+
+
+class AuditLogCorrupt(RuntimeError):
+    """The stored log does not match its own signed checkpoints: appending would hide that."""
+
+
+class AuditLog:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        signer: NoteSigner,
+        origin: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.objects, self.cas = objects, ContentStore(objects)
+        self.signer, self.origin, self._clock = signer, origin, clock
+        self.tree = MerkleLog()
+        self.leaves: list[BatchLeaf] = []
+        self.checkpoint: Checkpoint | None = None
+        self.checkpoint_note: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return self.tree.size
+
+    @property
+    def last_usage_seq(self) -> int:
+        """The last usage-log record the log holds (0 when empty): where batching resumes."""
+        return self.leaves[-1].last_usage_seq if self.leaves else 0
+
+    def open(self) -> None:
+        """Load the stored leaves and the latest checkpoint; sign one if the last append's
+        checkpoint is missing."""
+        for expected, key in enumerate(self.objects.list(LEAVES_PREFIX)):
+            leaf = BatchLeaf.decode(self.objects.get(key))
+            if index_of(key, LEAVES_PREFIX) != expected or leaf.index != expected:
+                raise AuditLogCorrupt(f"leaf {key} is out of place (expected index {expected})")
+            self.leaves.append(leaf)
+            self.tree.append(leaf.hash)
+        checkpoints = self.objects.list(CHECKPOINTS_PREFIX)
+        if checkpoints:
+            note = self.objects.get(checkpoints[-1])
+            text, _ = open_note(note, [self.signer.verifier()])
+            latest = Checkpoint.parse(text)
+            if latest.size > self.size or self.tree.root_at(latest.size) != latest.root_hash:
+                raise AuditLogCorrupt(
+                    f"the stored leaves do not extend the signed checkpoint of size {latest.size}"
+                )
+            self.checkpoint, self.checkpoint_note = latest, note
+        if self.size and (self.checkpoint is None or self.checkpoint.size < self.size):
+            self._sign_checkpoint()
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> BatchLeaf:
+        """Store one batch of attestation rows (in usage-log order) and commit it to the log."""
+        if not rows:
+            raise ValueError("an empty batch")
+        digest = self.cas.put(to_parquet(rows))
+        previous = self.leaves[-1].timestamp_us if self.leaves else 0
+        ended = [int(row["ended_at_us"]) for row in rows]
+        leaf = BatchLeaf(
+            index=self.size,
+            batch_blake3=digest,
+            records_root=records_root(rows).hex(),
+            count=len(rows),
+            gpu_seconds=sum(float(row["gpu_seconds"]) for row in rows),
+            first_usage_seq=int(rows[0]["usage_seq"]),
+            last_usage_seq=int(rows[-1]["usage_seq"]),
+            window_start_us=min(ended),
+            window_end_us=max(ended),
+            timestamp_us=max(round(self._clock() * 1_000_000), previous + 1),
+        )
+        self.objects.put_new(leaf_key(leaf.index), leaf.encode())
+        self.leaves.append(leaf)
+        self.tree.append(leaf.hash)
+        self._sign_checkpoint()
+        return leaf
+
+    def _sign_checkpoint(self) -> None:
+        last = self.checkpoint  # never sign a tree that does not extend the last one
+        if last is not None and self.tree.root_at(last.size) != last.root_hash:
+            raise AuditLogCorrupt("the log no longer extends its last signed checkpoint")
+        checkpoint = Checkpoint(self.origin, self.size, self.tree.root())
+        note = sign_note(checkpoint.to_text(), [self.signer])
+        self.objects.put_new(checkpoint_key(checkpoint.size), note)
+        self.checkpoint, self.checkpoint_note = checkpoint, note

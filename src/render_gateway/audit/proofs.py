@@ -1,0 +1,133 @@
+"""Inclusion proofs for one request: a self-contained bundle a customer can check offline.
+
+The bundle chains the request's attestation row to a signed checkpoint in two RFC 6962 steps:
+row → its batch's records root (held in the leaf), and leaf → the log root the checkpoint
+signs. With the log's public key, nothing else is needed to check it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from render_gateway.audit.attestations import canonical, from_parquet, row_leaf_hashes
+from render_gateway.audit.cas import ContentStore
+from render_gateway.audit.leaves import CHECKPOINTS_PREFIX, LEAVES_PREFIX, BatchLeaf
+from render_gateway.audit.merkle import MerkleLog, leaf_hash, verify_inclusion
+from render_gateway.audit.objects import ObjectStore
+from render_gateway.audit.signed_note import Checkpoint, NoteVerifier, open_note
+from render_gateway.audit.verify import claim_problem
+
+BUNDLE_VERSION = 1
+
+
+class ProofNotFound(LookupError):
+    pass
+
+
+class BundleError(ValueError):
+    """The bundle does not prove what it claims; the message says which step failed."""
+
+
+def locate(
+    cas: ContentStore, leaves: Sequence[BatchLeaf], request_id: str
+) -> tuple[BatchLeaf, list[dict[str, Any]], int]:
+    """The leaf, its rows and the row index holding ``request_id`` (newest batches first)."""
+    for leaf in reversed(leaves):
+        data = cas.get(leaf.batch_blake3)
+        ids = pq.read_table(io.BytesIO(data), columns=["request_id"]).column(0).to_pylist()
+        if request_id in ids:
+            return leaf, from_parquet(data), ids.index(request_id)
+    raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
+
+
+def make_bundle(
+    tree: MerkleLog,
+    checkpoint_note: bytes,
+    checkpoint: Checkpoint,
+    verifier_key: str,
+    leaf: BatchLeaf,
+    rows: list[dict[str, Any]],
+    row_index: int,
+) -> dict[str, Any]:
+    if leaf.index >= checkpoint.size:
+        raise ProofNotFound("the request's batch is not yet covered by a signed checkpoint")
+    row_proof = MerkleLog(row_leaf_hashes(rows)).inclusion_proof(row_index)
+    return {
+        "version": BUNDLE_VERSION,
+        "log_public_key": verifier_key,
+        "checkpoint": checkpoint_note.decode(),
+        "leaf": leaf.encode().decode(),
+        "leaf_index": leaf.index,
+        "log_proof": [
+            base64.b64encode(h).decode() for h in tree.inclusion_proof(leaf.index, checkpoint.size)
+        ],
+        "row": canonical(rows[row_index]).decode(),
+        "row_index": row_index,
+        "row_proof": [base64.b64encode(h).decode() for h in row_proof],
+    }
+
+
+def verify_bundle(
+    bundle: dict[str, Any], verifiers: Sequence[NoteVerifier]
+) -> tuple[dict[str, Any], Checkpoint]:
+    """The attested row and the checkpoint it is in, or BundleError naming the failed step."""
+    try:
+        if bundle.get("version") != BUNDLE_VERSION:
+            raise BundleError(f"unknown bundle version {bundle.get('version')!r}")
+        text, _ = open_note(bundle["checkpoint"].encode(), verifiers)
+        checkpoint = Checkpoint.parse(text)
+        leaf_bytes = bundle["leaf"].encode()
+        leaf = BatchLeaf.decode(leaf_bytes)
+        if leaf.index != bundle["leaf_index"]:
+            raise BundleError("the leaf's own index differs from the bundle's")
+        verify_inclusion(
+            leaf_hash(leaf_bytes), leaf.index, checkpoint.size,
+            [base64.b64decode(h, validate=True) for h in bundle["log_proof"]],
+            checkpoint.root_hash,
+        )  # fmt: skip
+        row_bytes = bundle["row"].encode()
+        row = orjson.loads(row_bytes)
+        if canonical(row) != row_bytes:
+            raise BundleError("the row is not in canonical form")
+        verify_inclusion(
+            leaf_hash(row_bytes), bundle["row_index"], leaf.count,
+            [base64.b64decode(h, validate=True) for h in bundle["row_proof"]],
+            bytes.fromhex(leaf.records_root),
+        )  # fmt: skip
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # ProofError and NoteError are ValueErrors
+        raise BundleError(str(exc)) from exc
+    if problem := claim_problem(row, {}):
+        raise BundleError(f"the attested record's backend claim: {problem}")
+    return row, checkpoint
+
+
+def bundle_from_store(
+    objects: ObjectStore,
+    verifiers: Sequence[NoteVerifier],
+    verifier_key: str,
+    request_id: str,
+    customer_id: str | None = None,
+) -> dict[str, Any]:
+    """Read the log from ``objects`` and prove ``request_id`` (only ``customer_id``'s, if
+    given) against the latest signed checkpoint."""
+    leaves = [BatchLeaf.decode(objects.get(key)) for key in objects.list(LEAVES_PREFIX)]
+    checkpoints = objects.list(CHECKPOINTS_PREFIX)
+    if not checkpoints:
+        raise ProofNotFound("the log has no signed checkpoint yet")
+    note = objects.get(checkpoints[-1])
+    text, _ = open_note(note, verifiers)
+    checkpoint = Checkpoint.parse(text)
+    covered = leaves[: checkpoint.size]
+    leaf, rows, index = locate(ContentStore(objects), covered, request_id)
+    if customer_id is not None and rows[index]["customer_id"] != customer_id:
+        raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
+    tree = MerkleLog(item.hash for item in covered)
+    return make_bundle(tree, note, checkpoint, verifier_key, leaf, rows, index)

@@ -1,0 +1,5 @@
+"""Fixtures shared by the audit tests."""
+
+from support.moto import moto
+
+__all__ = ["moto"]

@@ -1,0 +1,247 @@
+"""The cold path end to end on real stores: the usage log (SQLite) → attestation batches
+(Parquet, zstd) in a content-addressed store → RFC 6962 log → signed checkpoints; offline
+verification, inclusion proofs, exactly-once batching across a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from render_gateway.audit.attestations import from_parquet
+from render_gateway.audit.batcher import CONSUMER, AttestationBatcher
+from render_gateway.audit.cas import ContentStore
+from render_gateway.audit.keys import load_signer, public_key_line
+from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
+from render_gateway.audit.log import AuditLog
+from render_gateway.audit.objects import ObjectStore, open_object_store
+from render_gateway.audit.proofs import BundleError, ProofNotFound, bundle_from_store, verify_bundle
+from render_gateway.audit.signed_note import NoteSigner, parse_verifier_key
+from render_gateway.audit.verify import verify_log
+from render_gateway.stores.jobs import RecoveryPolicy
+from render_gateway.stores.sqlite_jobs import SqliteJobStore
+
+from support.audit_fixtures import NODE_KEYS, signed_record
+from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto
+from support.processes import CLI, STARTED
+
+ORIGIN = "render-gateway/test"
+DRIVER = Path(__file__).resolve().parents[1] / "support" / "audit_driver.py"
+
+
+@pytest.fixture
+async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    await store.open(RecoveryPolicy.requeue)
+    yield store
+    store.usage_log.close_thread_connection()
+    await store.close()
+
+
+def log_opener(objects: ObjectStore, signer: NoteSigner) -> Callable[[], AuditLog]:
+    def open_log() -> AuditLog:
+        log = AuditLog(objects, signer, ORIGIN)
+        log.open()
+        return log
+
+    return open_log
+
+
+async def append(jobs: SqliteJobStore, indexes: range, **changes: float) -> list[str]:
+    records = [signed_record(i, **changes) for i in indexes]
+    for record in records:  # one at a time: the usage log's order is the records' order
+        await jobs.usage_log.append_usage(record)
+    return [r.request_id for r in records]
+
+
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def all_rows(objects: ObjectStore) -> list[dict[str, object]]:
+    cas = ContentStore(objects)
+    rows: list[dict[str, object]] = []
+    for key in objects.list(LEAVES_PREFIX):
+        rows += from_parquet(cas.get(BatchLeaf.decode(objects.get(key)).batch_blake3))
+    return rows
+
+
+async def test_batches_seal_by_count_then_on_demand_and_verify(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> None:
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 10, 3600
+    )
+    batcher.start()
+    try:
+        await append(jobs, range(25))
+        batcher.notify()
+        await until(lambda: batcher.stats.batches == 2)  # two full batches; 5 records wait
+        await asyncio.sleep(0.2)
+        assert batcher.stats.batches == 2 and batcher.stats.backlog == 5
+        assert await asyncio.to_thread(batcher.seal, 10.0)
+    finally:
+        await asyncio.to_thread(batcher.stop, 5.0)
+    report = verify_log(objects, [signer.verifier()], ORIGIN)
+    assert report.ok, report.findings
+    assert (report.leaves, report.records, report.checkpoints) == (3, 25, 3)
+    assert report.gpu_seconds == pytest.approx(12.5)
+    assert report.unclaimed == 0
+    assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 26))
+
+
+async def test_a_batch_is_sealed_when_its_oldest_record_is_old_enough(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> None:
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 1000, 0.3
+    )
+    batcher.start()
+    try:
+        await append(jobs, range(4))
+        batcher.notify()
+        await until(lambda: batcher.stats.batches == 1, within=10)
+        assert batcher.stats.attested == 4
+    finally:
+        await asyncio.to_thread(batcher.stop, 5.0)
+
+
+async def test_a_lost_cursor_never_batches_a_record_twice(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> None:
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    first = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
+    )
+    first.start()
+    await append(jobs, range(12))
+    assert await asyncio.to_thread(first.seal, 10.0)
+    await asyncio.to_thread(first.stop, 0)
+    # A kill -9 between a leaf and the cursor's commit leaves exactly this state behind.
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute("UPDATE usage_cursors SET seq = 0 WHERE consumer = ?", (CONSUMER,))
+    second = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
+    )
+    second.start()
+    await append(jobs, range(12, 15))
+    assert await asyncio.to_thread(second.seal, 10.0)
+    await asyncio.to_thread(second.stop, 0)
+    assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 16))
+    assert verify_log(objects, [signer.verifier()], ORIGIN).ok
+
+
+async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(DRIVER.parents[1])}
+    rng = random.Random(7)
+    start = 0
+    for _ in range(4):
+        process = subprocess.Popen(
+            [sys.executable, str(DRIVER), str(tmp_path), str(start), "400"],
+            stdout=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        STARTED.append(process)
+        assert process.stdout is not None and process.stdout.readline() == b"running\n"
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        start += 400
+    final = subprocess.run(
+        [sys.executable, str(DRIVER), str(tmp_path), str(start), "3"],
+        capture_output=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert final.stdout.endswith(b"done\n"), final.stderr.decode()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        (written,) = conn.execute("SELECT COUNT(*) FROM usage_log").fetchone()
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    seqs = [row["usage_seq"] for row in all_rows(objects)]
+    assert seqs == list(range(1, written + 1))  # every record the log holds, exactly once
+    signer = load_signer(tmp_path, ORIGIN)
+    report = verify_log(objects, [signer.verifier()], ORIGIN)
+    assert report.ok, report.findings
+
+
+async def test_inclusion_proof_bundles_verify_offline(jobs: SqliteJobStore, tmp_path: Path) -> None:
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 4, 60
+    )
+    batcher.start()
+    ids = await append(jobs, range(11))
+    assert await asyncio.to_thread(batcher.seal, 10.0)
+    await asyncio.to_thread(batcher.stop, 0)
+    verifiers = [signer.verifier()]
+    key_line = public_key_line(signer)
+    for request_id in (ids[0], ids[5], ids[10]):
+        bundle = bundle_from_store(objects, verifiers, key_line, request_id, "acme")
+        row, checkpoint = verify_bundle(bundle, [parse_verifier_key(key_line)])
+        assert row["request_id"] == request_id and checkpoint.size == 3
+    bundle = bundle_from_store(objects, verifiers, key_line, ids[5])
+    with pytest.raises(ProofNotFound):
+        bundle_from_store(objects, verifiers, key_line, ids[5], "someone-else")
+    with pytest.raises(ProofNotFound):
+        bundle_from_store(objects, verifiers, key_line, "req_unknown")
+    forged = dict(bundle, row=bundle["row"].replace('"gpu_seconds":0.5', '"gpu_seconds":0.1'))
+    with pytest.raises(BundleError):
+        verify_bundle(forged, verifiers)
+    other = NoteSigner(ORIGIN, load_signer(tmp_path / "other", ORIGIN).private_key)
+    with pytest.raises(BundleError):
+        verify_bundle(bundle, [other.verifier()])
+    moved = dict(bundle, row_index=bundle["row_index"] + 1)
+    with pytest.raises(BundleError):
+        verify_bundle(moved, verifiers)
+
+
+async def test_a_log_on_s3_verifies_offline_through_the_cli(
+    jobs: SqliteJobStore, tmp_path: Path, moto: Moto
+) -> None:
+    """No real S3 runs on this machine; moto's S3 server on 127.0.0.1 stands in for it."""
+    url = f"s3://{BUCKET}/audit-{uuid.uuid4().hex}"
+    options: dict[str, str | bool] = {"endpoint": moto.endpoint, "region": REGION,
+                                      "allow_http": True, **S3_CREDENTIALS}  # fmt: skip
+    objects = open_object_store(url, **options)
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(
+        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 4, 60
+    )
+    batcher.start()
+    await append(jobs, range(10))
+    assert await asyncio.to_thread(batcher.seal, 20.0)
+    await asyncio.to_thread(batcher.stop, 0)
+    pubkey = tmp_path / "pubkey.txt"
+    pubkey.write_text(public_key_line(signer) + "\n")
+    env = {**os.environ, "AWS_ENDPOINT": moto.endpoint, "AWS_ALLOW_HTTP": "true",
+           "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": S3_CREDENTIALS["access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["secret_access_key"]}  # fmt: skip
+    command = [*CLI, "audit", "verify", "--cas", url, "--pubkey", str(pubkey), "--origin",
+               ORIGIN, "--data-dir", str(tmp_path / "elsewhere")]  # fmt: skip
+    clean = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "verified: 3 batches, 10 records" in clean.stdout
+    leaf = BatchLeaf.decode(objects.get("log/leaves/00000000000000000001"))
+    key = ContentStore(objects).key_of(leaf.batch_blake3)
+    prefix = url.removeprefix(f"s3://{BUCKET}/")
+    moto.client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=b"not the batch")
+    tampered = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert tampered.returncode == 1 and "FAIL leaf 1" in tampered.stdout

@@ -1,0 +1,37 @@
+"""Usage records with real Ed25519-signed backend claims, for cold-path tests."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from render_gateway.metering.records import UsageRecord, build_record
+from render_gateway.signing_keys import key_id
+from render_gateway.usage_claim import UsageClaim, sign_claim
+
+NODE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))  # a fixed test node key
+NODE_KEYS = {key_id(NODE_KEY.public_key()): NODE_KEY.public_key().public_bytes_raw()}
+
+
+def signed_record(
+    index: int, gpu_seconds: float = 0.5, claimed: float | None = None, customer: str = "acme"
+) -> UsageRecord:
+    """A finished request as the gateway records it, with the backend's signed claim
+    (``claimed`` lets a test make the claim disagree with the record)."""
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC).isoformat()
+    claim = UsageClaim(
+        request_id=f"req_test{index:08d}", model="demo", device_uuid="cpu-test", device_kind="cpu",
+        gpu_seconds=gpu_seconds if claimed is None else claimed, started_at=stamp, ended_at=stamp,
+        seed=index, output_blake3=("00" * 32,), status="complete", steps_completed=2,
+        key_id=key_id(NODE_KEY.public_key()),
+    )  # fmt: skip
+    return build_record(
+        request_id=f"req_test{index:08d}", customer_id=customer, plan="default", tier="async",
+        modality="image", family="sd", model="tiny", created_at=now - 1, started_at=now - 0.5,
+        ended_at=now, outcome="success", unit_price=0.001, currency="USD", backend="w1",
+        parameters={"gpu_seconds": gpu_seconds, "device_uuid": "cpu-test", "device_kind": "cpu",
+                    "usage_claim": sign_claim(claim, NODE_KEY).to_text()},
+    )  # fmt: skip
