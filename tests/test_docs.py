@@ -12,6 +12,7 @@ from typer.main import get_command
 
 from render_gateway.cli import app as cli_app
 from render_gateway.config import (
+    AuditConfig,
     BackendConfig,
     BreakerSettings,
     CatalogEntryConfig,
@@ -53,6 +54,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.breaker]", BreakerSettings),
             ("[gateway.budgets.CUSTOMER]", CustomerBudgetConfig),
             ("[gateway.metering]", MeteringConfig),
+            ("[gateway.audit]", AuditConfig),
         )
         for name in _fields(model)
     ],
@@ -80,7 +82,7 @@ def test_every_worker_route_is_documented(tmp_path: Path) -> None:
 
 def test_every_cli_command_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
-    docs = readme + OPERATIONS + WORKER + API
+    docs = readme + OPERATIONS + WORKER + API + (ROOT / "docs" / "AUDIT.md").read_text()
     group = get_command(cli_app)
     names: list[str] = []
     for name, command in group.commands.items():  # type: ignore[attr-defined]

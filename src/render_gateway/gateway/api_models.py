@@ -134,3 +134,15 @@ class UsageResponse(BaseModel):
     budget: BudgetState
     pending_records: int = Field(description="finished requests not yet in the usage store")
     lag_seconds: float
+
+
+class ProofBundle(BaseModel):
+    version: int
+    log_public_key: str = Field(description="the log's verifier key (compare with the published)")
+    checkpoint: str = Field(description="the signed checkpoint note (C2SP signed-note)")
+    leaf: str = Field(description="the batch's log leaf (canonical JSON)")
+    leaf_index: int
+    log_proof: list[str] = Field(description="RFC 6962 inclusion proof of the leaf (base64)")
+    row: str = Field(description="the request's attestation (canonical JSON)")
+    row_index: int
+    row_proof: list[str] = Field(description="inclusion proof of the row in its batch (base64)")

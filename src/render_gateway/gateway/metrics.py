@@ -73,6 +73,18 @@ class GatewayCollector(Collector):
             webhooks.add_metric([outcome], count)
         yield webhooks
         yield from usage_writer_metrics(svc.usage_writer.refresh_stats())
+        stats = svc.audit.batcher.stats
+        audit = {
+            "render_audit_log_size": ("Leaves (attestation batches) in the audit log", stats.log_size),
+            "render_audit_attested_total": ("Records attested since start", stats.attested),
+            "render_audit_pending_records": (
+                "Usage records not yet in an attestation batch", stats.backlog),
+            "render_audit_errors_total": ("Failed batching attempts since start", stats.errors),
+        }  # fmt: skip
+        for name, (help_text, value) in audit.items():
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], float(value))
+            yield gauge
 
 
 def usage_writer_metrics(stats: WriterStats) -> Iterator[GaugeMetricFamily]:

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.log import AuditLog
-from render_gateway.audit.objects import default_cas_url, open_object_store
+from render_gateway.audit.objects import ObjectStore, default_cas_url, open_object_store
+from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
@@ -111,12 +112,19 @@ async def _start_usage_writer(
     return writer
 
 
+@dataclass(frozen=True)
+class AuditParts:
+    objects: ObjectStore
+    signer: NoteSigner
+    batcher: AttestationBatcher
+
+
 def _start_batcher(
     config: GatewayConfig,
     data: Path,
     usage_log: UsageLog,
     node_keys: Callable[[], dict[str, bytes]],
-) -> AttestationBatcher:
+) -> AuditParts:
     audit = config.audit
     objects = open_object_store(audit.cas_url or default_cas_url(data))
     signer = load_signer(data, audit.origin)
@@ -130,7 +138,7 @@ def _start_batcher(
         usage_log, open_log, node_keys, audit.batch_records, audit.batch_seconds
     )
     batcher.start()
-    return batcher
+    return AuditParts(objects, signer, batcher)
 
 
 @dataclass
@@ -152,7 +160,7 @@ class GatewayServices:
     finished_jobs: Counter[str]  # jobs settled since start, by status
     meter: Meter
     usage_writer: UsageWriter
-    batcher: AttestationBatcher
+    audit: AuditParts
     node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -203,13 +211,13 @@ class GatewayServices:
         await _restore_budgets(store, meter)
         usage_writer = await _start_usage_writer(config, data, store.usage_log)
         node_keys: dict[str, bytes] = {}
-        batcher = await asyncio.to_thread(
+        audit = await asyncio.to_thread(
             _start_batcher, config, data, store.usage_log, lambda: dict(node_keys)
         )
 
         def on_record() -> None:
             usage_writer.notify()
-            batcher.notify()
+            audit.batcher.notify()
 
         meter.on_record = on_record
         api_keys = SqliteApiKeyStore(data / "keys.db")
@@ -254,7 +262,7 @@ class GatewayServices:
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            finished, meter, usage_writer, batcher, node_keys, local_worker,
+            finished, meter, usage_writer, audit, node_keys, local_worker,
         )  # fmt: skip
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
@@ -302,7 +310,7 @@ class GatewayServices:
                 await self._probe
         await self.runner.stop()
         await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
-        await asyncio.to_thread(self.batcher.stop, 5.0)
+        await asyncio.to_thread(self.audit.batcher.stop, 5.0)
         await self.webhooks.drain(5.0)
         await self.webhooks.close()
         await self.session.close()
