@@ -75,7 +75,7 @@ class GatewayCollector(Collector):
         yield from usage_writer_metrics(svc.usage_writer.refresh_stats())
         stats = svc.audit.batcher.stats
         audit = {
-            "render_audit_log_size": ("Leaves (attestation batches) in the audit log", stats.log_size),
+            "render_audit_log_size": ("Batches (leaves) in the audit log", stats.log_size),
             "render_audit_attested_total": ("Records attested since start", stats.attested),
             "render_audit_pending_records": (
                 "Usage records not yet in an attestation batch", stats.backlog),
