@@ -62,6 +62,7 @@ TABLES = {
     "operator_metrics_1h_mv": "MaterializedView",
     "latency_quantiles_1m": "AggregatingMergeTree",
     "latency_quantiles_1m_mv": "MaterializedView",
+    "reconciliation_runs": "MergeTree",
 }
 
 

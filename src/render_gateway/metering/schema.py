@@ -198,12 +198,33 @@ FROM inference_events
 GROUP BY model_name, minute
 """
 
+# One row per reconciliation run (issue 6): the hot path's own record of its checks.
+_CREATE_RECONCILIATION_RUNS = """
+CREATE TABLE IF NOT EXISTS reconciliation_runs (
+    run_id String,
+    started_at DateTime64(6, 'UTC'),
+    window_start DateTime64(6, 'UTC'),
+    window_end DateTime64(6, 'UTC'),
+    status Enum8('reconciled' = 1, 'discrepancies' = 2, 'error' = 3),
+    error Nullable(String),
+    discrepant_keys UInt32,
+    missing_in_hot UInt64,
+    missing_in_cold UInt64,
+    duplicated_in_hot UInt64,
+    gpu_mismatches UInt64,
+    repaired UInt64,
+    report String
+) ENGINE = MergeTree
+ORDER BY started_at
+"""
+
 # Statements are idempotent (IF NOT EXISTS), so a migration cut short is simply re-run.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference_events", (_CREATE_EVENTS,)),
     Migration(2, "metrics_1m", (_CREATE_METRICS_1M, _CREATE_METRICS_1M_VIEW)),
     Migration(3, "operator_metrics_1h", (_CREATE_OPERATOR_1H, _CREATE_OPERATOR_1H_VIEW)),
     Migration(4, "latency_quantiles_1m", (_CREATE_QUANTILES_1M, _CREATE_QUANTILES_1M_VIEW)),
+    Migration(5, "reconciliation_runs", (_CREATE_RECONCILIATION_RUNS,)),
 )
 
 

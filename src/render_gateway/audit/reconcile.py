@@ -1,0 +1,284 @@
+"""Reconciliation: the hot path (ClickHouse) against the cold path (attestation batches in CAS),
+over a closed time window, named down to the request.
+
+Both sides are aggregated per (customer, model): request count and GPU-seconds. Every key whose
+count or GPU-seconds differ at all is drilled into: its events on both sides are joined by
+event id (DuckDB, over Arrow tables of the two sides), which names the requests present on one
+side only, those counted twice in ClickHouse, and those whose GPU-seconds differ. The status is
+``reconciled`` when every key's relative deltas are within ``threshold`` and ``discrepancies``
+otherwise; a side that cannot be read makes the run an ``error`` — never an empty success.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from render_gateway.audit.attestations import SCHEMA
+from render_gateway.audit.cas import ContentStore, IntegrityError
+from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
+from render_gateway.audit.objects import ObjectMissing, ObjectStore
+from render_gateway.metering.columns import records_to_table
+from render_gateway.metering.queries import TimeRange
+from render_gateway.metering.store import UsageStore
+
+Status = Literal["reconciled", "discrepancies", "error"]
+COLD_COLUMNS = ["event_id", "request_id", "customer_id", "model", "ended_at_us", "gpu_seconds"]
+
+
+@dataclass(frozen=True)
+class KeyDelta:
+    customer_id: str
+    model: str
+    hot_requests: int
+    cold_requests: int
+    hot_gpu_seconds: float
+    cold_gpu_seconds: float
+
+    @property
+    def delta_requests(self) -> int:
+        return self.hot_requests - self.cold_requests
+
+    @property
+    def delta_gpu_seconds(self) -> float:
+        return self.hot_gpu_seconds - self.cold_gpu_seconds
+
+    def relative(self) -> tuple[float, float]:
+        """|delta| / the cold (authoritative) side; a key missing on the cold side is 100 %."""
+        requests = abs(self.delta_requests) / self.cold_requests if self.cold_requests else 1.0
+        gpu = abs(self.delta_gpu_seconds)
+        return requests, (gpu / self.cold_gpu_seconds if self.cold_gpu_seconds else float(gpu > 0))
+
+
+@dataclass
+class Reconciliation:
+    run_id: str
+    window_start: datetime
+    window_end: datetime
+    threshold: float
+    status: Status = "reconciled"
+    error: str | None = None
+    hot_requests: int = 0
+    cold_requests: int = 0
+    hot_gpu_seconds: float = 0.0
+    cold_gpu_seconds: float = 0.0
+    keys: list[KeyDelta] = field(default_factory=list)  # only keys that differ at all
+    missing_in_hot: list[str] = field(default_factory=list)  # request ids, capped
+    missing_in_cold: list[str] = field(default_factory=list)
+    duplicated_in_hot: list[str] = field(default_factory=list)
+    gpu_mismatches: list[tuple[str, float, float]] = field(default_factory=list)
+    unreadable_batches: list[str] = field(default_factory=list)  # gone or altered in CAS
+    counts: dict[str, int] = field(default_factory=dict)  # uncapped totals of the lists
+    repaired: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["window_start"] = self.window_start.isoformat()
+        data["window_end"] = self.window_end.isoformat()
+        data["keys"] = [
+            {**asdict(k), "delta_requests": k.delta_requests,
+             "delta_gpu_seconds": k.delta_gpu_seconds,
+             "relative_requests": k.relative()[0], "relative_gpu_seconds": k.relative()[1]}
+            for k in self.keys
+        ]  # fmt: skip
+        data["gpu_mismatches"] = [
+            {"request_id": r, "hot_gpu_seconds": h, "cold_gpu_seconds": c}
+            for r, h, c in self.gpu_mismatches
+        ]
+        return data
+
+
+def reconcile(
+    usage: UsageStore,
+    objects: ObjectStore,
+    window: TimeRange,
+    threshold: float = 0.001,
+    cap: int = 100,
+    repair: bool = False,
+) -> Reconciliation:
+    run = Reconciliation(uuid.uuid4().hex, window.start, window.end, threshold)
+    run.counts = dict.fromkeys(_LISTS, 0)
+    try:
+        cold = _cold_events(objects, window, None if repair else COLD_COLUMNS, run)
+    except Exception as exc:  # any failure to read the authoritative side is an error
+        return _failed(run, f"the cold path (CAS) could not be read: {exc}")
+    try:
+        hot_keys = _hot_keys(usage, window)
+    except Exception as exc:
+        return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
+    with duckdb.connect() as db:
+        db.register("cold", cold)
+        cold_keys = {
+            (c, m): (int(n), float(g))
+            for c, m, n, g in db.execute(
+                "SELECT customer_id, model, count(*), coalesce(sum(gpu_seconds), 0) FROM cold "
+                "GROUP BY ALL"
+            ).fetchall()
+        }
+        _compare_keys(run, hot_keys, cold_keys)
+        if not run.keys:
+            return run
+        differing = [(k.customer_id, k.model) for k in run.keys]
+        try:
+            hot = _hot_events(usage, window, differing)
+        except Exception as exc:
+            return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
+        db.register("hot", hot)
+        db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
+                                           "model": [m for _, m in differing]}))  # fmt: skip
+        db.execute(
+            "CREATE TEMP TABLE cold_k AS SELECT * FROM cold "
+            "SEMI JOIN differing USING (customer_id, model)"
+        )
+        _name_requests(run, db, cap)
+        if repair and run.counts["missing_in_hot"]:
+            try:
+                run.repaired = _repair(usage, db)
+            except Exception as exc:
+                return _failed(run, f"the repair failed: {exc}")
+    return run
+
+
+_LISTS = ("missing_in_hot", "missing_in_cold", "duplicated_in_hot", "gpu_mismatches")
+
+
+def _failed(run: Reconciliation, message: str) -> Reconciliation:
+    run.status, run.error = "error", message
+    return run
+
+
+def _cold_events(
+    objects: ObjectStore, window: TimeRange, columns: list[str] | None, run: Reconciliation
+) -> pa.Table:
+    """Every attestation in the window, from the batches whose time window overlaps it (each
+    batch re-hashed on read). A batch that is gone or altered is named in the run, and its
+    records then show up as missing from the cold path."""
+    bounds = window.parameters()
+    start_us, end_us = bounds["start_us"], bounds["end_us"]
+    cas = ContentStore(objects)
+    tables = []
+    for key in objects.list(LEAVES_PREFIX):
+        leaf = BatchLeaf.decode(objects.get(key))
+        if leaf.window_end_us < start_us or leaf.window_start_us >= end_us:
+            continue
+        try:
+            data = cas.get(leaf.batch_blake3)
+        except (ObjectMissing, IntegrityError) as exc:
+            run.unreadable_batches.append(f"leaf {leaf.index} (batch {leaf.batch_blake3}): {exc}")
+            run.status = "discrepancies"
+            continue
+        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+    if not tables:
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    stamps = table.column("ended_at_us")
+    return table.filter(pc.and_(pc.greater_equal(stamps, start_us), pc.less(stamps, end_us)))
+
+
+_HOT_KEYS_SQL = """
+SELECT customer_id, model_name, count(), sum(gpu_seconds) FROM inference_events
+WHERE timestamp >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
+  AND timestamp < fromUnixTimestamp64Micro({end_us:Int64}, 'UTC')
+GROUP BY customer_id, model_name
+"""
+
+_HOT_EVENTS_SQL = """
+SELECT toString(event_id), request_id, CAST(customer_id AS String), CAST(model_name AS String),
+    gpu_seconds
+FROM inference_events
+WHERE timestamp >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
+  AND timestamp < fromUnixTimestamp64Micro({end_us:Int64}, 'UTC')
+  AND (CAST(customer_id AS String), CAST(model_name AS String))
+      IN {keys:Array(Tuple(String, String))}
+"""
+
+
+def _hot_keys(usage: UsageStore, window: TimeRange) -> dict[tuple[str, str], tuple[int, float]]:
+    rows = usage.rows(_HOT_KEYS_SQL, window.parameters())
+    return {(str(c), str(m)): (int(n), float(g)) for c, m, n, g in rows}
+
+
+def _hot_events(usage: UsageStore, window: TimeRange, keys: list[tuple[str, str]]) -> pa.Table:
+    rows = usage.rows(_HOT_EVENTS_SQL, {**window.parameters(), "keys": keys})
+    names = ("event_id", "request_id", "customer_id", "model", "gpu_seconds")
+    types = (pa.string(),) * 4 + (pa.float64(),)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    return pa.table(
+        {n: pa.array(list(c), t) for n, c, t in zip(names, columns, types, strict=True)}
+    )
+
+
+def _compare_keys(
+    run: Reconciliation,
+    hot: dict[tuple[str, str], tuple[int, float]],
+    cold: dict[tuple[str, str], tuple[int, float]],
+) -> None:
+    run.hot_requests = sum(n for n, _ in hot.values())
+    run.cold_requests = sum(n for n, _ in cold.values())
+    run.hot_gpu_seconds = sum(g for _, g in hot.values())
+    run.cold_gpu_seconds = sum(g for _, g in cold.values())
+    for key in sorted(hot.keys() | cold.keys()):
+        (hn, hg), (cn, cg) = hot.get(key, (0, 0.0)), cold.get(key, (0, 0.0))
+        if hn != cn or abs(hg - cg) > 1e-9 * max(1.0, abs(cg)):
+            delta = KeyDelta(key[0], key[1], hn, cn, hg, cg)
+            run.keys.append(delta)
+            if max(delta.relative()) > run.threshold:
+                run.status = "discrepancies"
+
+
+def _name_requests(run: Reconciliation, db: duckdb.DuckDBPyConnection, cap: int) -> None:
+    queries = {
+        "missing_in_hot": "SELECT request_id FROM cold_k ANTI JOIN hot USING (event_id) ORDER BY 1",
+        "missing_in_cold": "SELECT DISTINCT request_id FROM hot ANTI JOIN cold_k USING (event_id) "
+        "ORDER BY 1",
+        "duplicated_in_hot": "SELECT any_value(request_id) FROM hot GROUP BY event_id "
+        "HAVING count(*) > 1 ORDER BY 1",
+    }
+    for name, sql in queries.items():
+        ids = [str(r[0]) for r in db.execute(sql).fetchall()]
+        run.counts[name] = len(ids)
+        getattr(run, name).extend(ids[:cap])
+    mismatches = db.execute(
+        "SELECT c.request_id, any_value(h.gpu_seconds), any_value(c.gpu_seconds) "
+        "FROM cold_k c JOIN hot h USING (event_id) "
+        "GROUP BY c.request_id HAVING abs(any_value(h.gpu_seconds) - any_value(c.gpu_seconds)) "
+        "> 1e-9 ORDER BY 1"
+    ).fetchall()
+    run.counts["gpu_mismatches"] = len(mismatches)
+    run.gpu_mismatches.extend((str(r), float(h), float(c)) for r, h, c in mismatches[:cap])
+
+
+def _repair(usage: UsageStore, db: duckdb.DuckDBPyConnection) -> int:
+    """Insert into ClickHouse the attestations it lacks (the cold path is authoritative)."""
+    missing = db.execute("SELECT * FROM cold_k ANTI JOIN hot USING (event_id)")
+    columns = [d[0] for d in missing.description or ()]
+    records = [_usage_record(dict(zip(columns, row, strict=True))) for row in missing.fetchall()]
+    if not records:
+        return 0
+    table = records_to_table(records)
+    usage.insert(table, dedup_token="repair:" + ",".join(sorted(r["event_id"] for r in records)))
+    return int(table.num_rows)
+
+
+def _usage_record(row: dict[str, Any]) -> dict[str, Any]:
+    """An attestation as the hot path's record (fields the cold path does not keep: defaults)."""
+    _modality, family, _model = str(row["model"]).split("/", 2)
+    return {
+        **{k: row[k] for k in ("event_id", "request_id", "customer_id", "plan", "tier", "job_id",
+                               "backend", "device_uuid", "device_kind", "status", "error_code",
+                               "queue_time_us", "inference_time_us", "gpu_seconds", "metered",
+                               "billable", "unit_price", "currency", "cost_nanos")},
+        "timestamp": row["ended_at_us"] / 1_000_000,
+        "model_name": row["model"],
+        "family": family,
+        "total_time_us": row["queue_time_us"] + row["inference_time_us"],
+    }  # fmt: skip
