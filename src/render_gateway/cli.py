@@ -593,6 +593,143 @@ def audit_verify_proof(
     )
 
 
+@app.command()
+def reconcile(
+    from_: Annotated[str | None, typer.Option("--from", help="Start (ISO 8601, UTC).")] = None,
+    to: Annotated[str | None, typer.Option(help="End, exclusive (ISO 8601, UTC).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Relative delta allowed per (customer, model).")
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Re-insert into ClickHouse what only CAS has.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="RENDER_API_KEY", help="Admin key for asking a running gateway."),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="The running gateway's base URL.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Hot path against cold path over a window; exit 0 when reconciled, 1 on discrepancies
+    (listed), 2 when either side cannot be read."""
+    from render_gateway.metering.store import UsageStoreError, UsageStoreLocked
+
+    gateway = _gateway_config(config, data_dir)
+    try:
+        report = _reconcile_here(gateway, from_, to, threshold, repair)
+    except UsageStoreLocked as exc:
+        if not api_key:
+            typer.echo(
+                f"error: {exc}\nA running gateway owns the usage store: pass --api-key (an admin "
+                "key, or set RENDER_API_KEY) to ask it over HTTP.",
+                err=True,
+            )
+            raise typer.Exit(2) from exc
+        report = _reconcile_over_http(
+            url or f"http://{gateway.host}:{gateway.port}", api_key, from_, to, repair
+        )
+    except UsageStoreError as exc:
+        report = {"status": "error", "error": f"the hot path (ClickHouse) is unreachable: {exc}"}
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_reconciliation(report)
+    raise typer.Exit({"reconciled": 0, "discrepancies": 1}.get(report["status"], 2))
+
+
+def _reconcile_here(
+    gateway: GatewayConfig,
+    from_: str | None,
+    to: str | None,
+    threshold: float | None,
+    repair: bool,
+) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from render_gateway.audit.keys import load_signer
+    from render_gateway.audit.reconcile import reconcile as run_reconcile
+    from render_gateway.audit.reconcile_runs import record_run
+    from render_gateway.metering.queries import QueryError, TimeRange
+    from render_gateway.metering.store import default_usage_url, open_usage_store
+
+    try:
+        window = TimeRange.parse(from_, to, datetime.now(UTC))
+    except QueryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    metering = gateway.metering
+    store = open_usage_store(
+        metering.url or default_usage_url(Path(gateway.data_dir)),
+        retention_days=metering.retention_days,
+    )
+    try:
+        objects = _audit_objects(gateway, None)
+        started = datetime.now(UTC)
+        limit = gateway.reconcile.threshold if threshold is None else threshold
+        result = run_reconcile(store, objects, window, limit, repair=repair)
+        signer = load_signer(Path(gateway.data_dir), gateway.audit.origin)
+        record_run(result, started, store, objects, signer)
+        return result.to_json()
+    finally:
+        store.close()
+
+
+def _reconcile_over_http(
+    base: str, api_key: str, from_: str | None, to: str | None, repair: bool
+) -> dict[str, Any]:
+    import httpx
+
+    body = {"from": from_, "to": to, "repair": repair}
+    try:
+        response = httpx.post(
+            base.rstrip("/") + "/reconciliations",
+            json={k: v for k, v in body.items() if v is not None},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        return {"status": "error", "error": f"cannot reach the gateway at {base}: {exc}"}
+    if response.status_code != 200:
+        return {"status": "error", "error": f"POST /reconciliations: {response.text}"}
+    report: dict[str, Any] = response.json()
+    return report
+
+
+def _print_reconciliation(report: dict[str, Any]) -> None:
+    status = report["status"]
+    if status == "error":
+        typer.echo(f"ERROR: {report.get('error')}")
+        return
+    typer.echo(
+        f"{status}: {report['window_start']} to {report['window_end']}: hot "
+        f"{report['hot_requests']} requests / {report['hot_gpu_seconds']:.6f} GPU-s, cold "
+        f"{report['cold_requests']} / {report['cold_gpu_seconds']:.6f}"
+    )
+    for key in report["keys"]:
+        typer.echo(
+            f"  {key['customer_id']} {key['model']}: requests {key['hot_requests']} vs "
+            f"{key['cold_requests']}, GPU-s {key['hot_gpu_seconds']:.6f} vs "
+            f"{key['cold_gpu_seconds']:.6f} ({key['relative_gpu_seconds']:.4%})"
+        )
+    for name in ("missing_in_hot", "missing_in_cold", "duplicated_in_hot"):
+        if report[name]:
+            shown = ", ".join(report[name])
+            typer.echo(f"  {name} ({report['counts'][name]}): {shown}")
+    for item in report["gpu_mismatches"]:
+        typer.echo(
+            f"  gpu_mismatch {item['request_id']}: hot {item['hot_gpu_seconds']} vs cold "
+            f"{item['cold_gpu_seconds']}"
+        )
+    for batch in report["unreadable_batches"]:
+        typer.echo(f"  unreadable batch: {batch}")
+    if report.get("repaired"):
+        typer.echo(f"  repaired: {report['repaired']} records re-inserted into ClickHouse")
+
+
 def _when(moment: float | None) -> str:
     from datetime import UTC, datetime
 

@@ -83,6 +83,17 @@ class AuditConfig(_Section):
     batch_seconds: float = Field(default=5.0, gt=0, le=3600)
 
 
+class ReconcileConfig(_Section):
+    """Hot path against cold path, periodically inside serve."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=300.0, ge=10)  # τ: one window per interval
+    lateness_seconds: float = Field(default=600.0, ge=0)  # a window is closed this long after
+    threshold: float = Field(default=0.001, ge=0, le=1)  # relative delta per (customer, model)
+    alert_webhook: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    repair: bool = False  # re-insert into ClickHouse what only the cold path has
+
+
 class CustomerBudgetConfig(_Section):
     """A customer's own monthly budget; replaces the plan's for that customer."""
 
@@ -185,6 +196,7 @@ class GatewayConfig(_Section):
     reservation_gpu_seconds: float = Field(default=1.0, gt=0)
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
 
     @model_validator(mode="after")
     def _plans_exist(self) -> GatewayConfig:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
@@ -18,6 +20,11 @@ from render_gateway.audit.leaves import BatchLeaf, leaf_key
 from render_gateway.audit.log import AuditLog
 from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.reconcile import reconcile
+from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
+from render_gateway.audit.verify import verify_log
+from render_gateway.config import ReconcileConfig
+from render_gateway.gateway.reconciler import Reconciler
+from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
 from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
@@ -26,6 +33,7 @@ from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import NODE_KEYS, signed_record
+from support.processes import free_port
 
 ORIGIN = "render-gateway/test"
 N = 40
@@ -180,3 +188,60 @@ def test_records_outside_the_window_are_not_compared(paths: Paths) -> None:
     past = TimeRange(datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
     run = reconcile(paths.usage, paths.objects, past)
     assert run.status == "reconciled" and run.hot_requests == run.cold_requests == 0
+
+
+def test_runs_are_recorded_in_clickhouse_and_as_a_signed_chain(paths: Paths) -> None:
+    signer = load_signer(paths.data, ORIGIN)
+    for _ in range(3):
+        started = datetime.now(UTC)
+        record_run(reconcile(paths.usage, paths.objects, paths.window()), started, paths.usage,
+                   paths.objects, signer)  # fmt: skip
+    runs = recent_runs(paths.usage, 10)
+    assert [r["status"] for r in runs] == ["reconciled"] * 3
+    entries, problems = verify_runs(paths.objects, [signer.verifier()])
+    assert problems == [] and [e.summary["status"] for e in entries] == ["reconciled"] * 3
+    assert verify_log(paths.objects, [signer.verifier()], ORIGIN).reconciliations == 3
+    # History is tamper-evident: remove the middle entry, then forge the last one.
+    (paths.data / "cas" / f"{RUNS_PREFIX}{1:020d}").unlink()
+    _, problems = verify_runs(paths.objects, [signer.verifier()])
+    assert any("does not follow the entry before it" in p for p in problems)
+    last = paths.data / "cas" / f"{RUNS_PREFIX}{2:020d}"
+    last.write_bytes(last.read_bytes().replace(b"reconciled", b"reconciles"))
+    report = verify_log(paths.objects, [signer.verifier()], ORIGIN)
+    assert any(f.where == "reconciliation entry 1" and "does not verify" in f.what
+               for f in report.findings)  # fmt: skip
+
+
+async def test_the_reconciler_alerts_through_the_webhook(paths: Paths) -> None:
+    received: list[dict[str, object]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        arrived.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alerts", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(session, WebhookSecret.generate())
+        config = ReconcileConfig(alert_webhook=f"http://127.0.0.1:{port}/alerts")
+        reconciler = Reconciler(config, lambda: paths.usage, paths.objects,
+                                load_signer(paths.data, ORIGIN), sender)  # fmt: skip
+        clean = await reconciler.run(paths.window())
+        assert clean.status == "reconciled" and not received
+        victim = paths.request_ids[9]
+        mutate(paths.usage, f"ALTER TABLE inference_events DELETE WHERE request_id = '{victim}'")
+        run = await reconciler.run(paths.window())
+        await asyncio.wait_for(arrived.wait(), 10)
+        await sender.drain(5)
+        await sender.close()
+    await runner.cleanup()
+    assert run.status == "discrepancies" and reconciler.state.last_discrepancies == 2
+    assert received[0]["type"] == "reconciliation.discrepancies"
+    assert received[0]["data"]["missing_in_hot"] == [victim]  # type: ignore[index]
+    assert reconciler.state.runs == 2 and reconciler.state.last_status == "discrepancies"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +18,18 @@ from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, st
 from support.processes import CLI, WorkerProcess
 from support.worker_api import wait_idle
 
-CONFIG = ONE_WORKER_CONFIG + """
+CONFIG = (
+    ONE_WORKER_CONFIG
+    + """
 [gateway.audit]
 batch_records = 3
 batch_seconds = 0.3
+
+[gateway.reconcile]
+interval_seconds = 10
+lateness_seconds = 2
 """
+)
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
 
@@ -95,3 +103,39 @@ def test_requests_are_attested_proved_and_verified_offline(
     report = orjson.loads(gateway.cli("audit", "verify", "--pubkey", str(pubkey), "--json"))
     assert report["ok"], report["findings"]
     assert report["records"] >= 5 and report["records_without_claim"] == 0
+
+
+def test_admins_reconcile_over_http_and_the_cli(gateway: GatewayProcess) -> None:
+    ivan = bearer(gateway.new_key("ivan"))
+    response = httpx.post(
+        f"{gateway.url}/image/sd/tiny/t2i", headers=ivan, timeout=60,
+        json={"prompt": "a fox", "seed": 1, **SMALL},
+    )  # fmt: skip
+    proof_when_sealed(gateway, ivan, response.headers["x-request-id"])
+    admin = bearer(gateway.admin_key)
+    today = datetime.now(UTC).date()
+    window = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=2))}
+    refused = httpx.post(f"{gateway.url}/reconciliations", headers=ivan, json=window)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    deadline = time.monotonic() + 30
+    while True:  # the hot path is fed within about a second
+        run = httpx.post(f"{gateway.url}/reconciliations", headers=admin, json=window, timeout=60)
+        assert run.status_code == 200, run.text
+        if run.json()["status"] == "reconciled" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    report = run.json()
+    assert report["status"] == "reconciled", report
+    assert report["hot_requests"] == report["cold_requests"] >= 1
+    listed = httpx.get(f"{gateway.url}/reconciliations", headers=admin).json()
+    assert listed["runs"][0]["run_id"] == report["run_id"]
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'render_reconcile_last_status{status="reconciled"} 1.0' in metrics
+    over_http = subprocess.run(
+        [*CLI, "reconcile", "--from", window["from"], "--to", window["to"], "--json",
+         "--api-key", gateway.admin_key, "--url", gateway.url,
+         "--config", str(gateway.config_path), "--data-dir", str(gateway.data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert over_http.returncode == 0, over_http.stdout + over_http.stderr
+    assert orjson.loads(over_http.stdout)["status"] == "reconciled"

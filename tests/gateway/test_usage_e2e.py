@@ -232,6 +232,10 @@ def test_a_kill_9_before_the_flush_loses_nothing(worker: WorkerProcess, tmp_path
     everyone = orjson.loads(again.cli("usage", "--json"))
     assert [(r["customer_id"], r["requests"]) for r in everyone["rows"]] == [("erin", 3)]
     assert "erin" in again.cli("usage", "--customer", "erin")
+    # ... and reconciles the two paths itself (the stopped gateway sealed its last batch).
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    report = orjson.loads(again.cli("reconcile", "--from", day, "--json"))
+    assert report["status"] == "reconciled" and report["hot_requests"] == 3
 
 
 def test_the_cli_asks_a_running_gateway_that_owns_the_store(gateway: GatewayProcess) -> None:

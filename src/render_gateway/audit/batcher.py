@@ -83,7 +83,7 @@ class AttestationBatcher:
     def stop(self, seal_seconds: float = 5.0) -> None:
         if self._thread is None:
             return
-        if self.audit_log is not None and seal_seconds > 0:
+        if seal_seconds > 0:  # the thread opens the log first if it has not yet
             self.seal(seal_seconds)
         self._stopping.set()
         self._wake.set()
@@ -93,11 +93,13 @@ class AttestationBatcher:
     def _run(self) -> None:
         backoff = 0.0
         try:
+            first = True
             while not self._stopping.is_set():
                 if backoff:
                     self._stopping.wait(backoff)
-                else:
+                elif not first:
                     self._wake.wait(min(1.0, self._batch_seconds))
+                first = False
                 self._wake.clear()
                 if self._stopping.is_set():
                     return

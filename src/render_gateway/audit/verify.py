@@ -22,6 +22,7 @@ from render_gateway.audit.leaves import (
 )
 from render_gateway.audit.merkle import MerkleLog
 from render_gateway.audit.objects import ObjectMissing, ObjectStore
+from render_gateway.audit.reconcile_runs import verify_runs
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
 from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
@@ -44,6 +45,7 @@ class Report:
     checkpoints: int = 0
     unclaimed: int = 0  # records without a backend claim (backends that sign nothing)
     claims_checked: bool = True
+    reconciliations: int = 0  # signed reconciliation entries, chained
     latest: Checkpoint | None = None
     findings: list[Finding] = field(default_factory=list)
 
@@ -73,6 +75,11 @@ def verify_log(
     _check_checkpoints(objects, verifiers, origin, tree, report)
     if trusted is not None:
         _check_trusted(trusted, tree, report)
+    entries, problems = verify_runs(objects, list(verifiers))
+    report.reconciliations = len(entries)
+    for problem in problems:
+        where, _, what = problem.partition(": ")
+        report.fail(where, what)
     return report
 
 

@@ -11,7 +11,14 @@ from starlette.exceptions import HTTPException
 
 from render_gateway import __version__
 from render_gateway.config import GatewayConfig
-from render_gateway.gateway import audit_routes, info_routes, job_routes, sync_routes, usage_routes
+from render_gateway.gateway import (
+    audit_routes,
+    info_routes,
+    job_routes,
+    reconcile_routes,
+    sync_routes,
+    usage_routes,
+)
 from render_gateway.gateway.http import (
     ApiError,
     BodySizeLimitMiddleware,
@@ -51,6 +58,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.include_router(info_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(reconcile_routes.router)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)

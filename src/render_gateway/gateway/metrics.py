@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from render_gateway.gateway.reconciler import ReconcileState
 from render_gateway.gateway.services import GatewayServices
 from render_gateway.metering.writer import WriterStats
 from render_gateway.scheduling.breaker import BreakerState
@@ -85,6 +86,27 @@ class GatewayCollector(Collector):
             gauge = GaugeMetricFamily(name, help_text)
             gauge.add_metric([], float(value))
             yield gauge
+        yield from reconcile_metrics(svc.reconciler.state)
+
+
+def reconcile_metrics(state: ReconcileState) -> Iterator[GaugeMetricFamily]:
+    runs = GaugeMetricFamily("render_reconcile_runs_total", "Reconciliation runs since start")
+    runs.add_metric([], state.runs)
+    last = GaugeMetricFamily(
+        "render_reconcile_last_run_timestamp_seconds", "When the last reconciliation ran"
+    )
+    last.add_metric([], state.last_run_at or 0.0)
+    status = GaugeMetricFamily(
+        "render_reconcile_last_status", "1 for the last run's status", labels=["status"]
+    )
+    for name in ("reconciled", "discrepancies", "error"):
+        status.add_metric([name], 1.0 if state.last_status == name else 0.0)
+    found = GaugeMetricFamily(
+        "render_reconcile_last_discrepancies",
+        "Differing keys, named requests and unreadable batches in the last run",
+    )
+    found.add_metric([], state.last_discrepancies)
+    yield from (runs, last, status, found)
 
 
 def usage_writer_metrics(stats: WriterStats) -> Iterator[GaugeMetricFamily]:

@@ -28,6 +28,7 @@ from render_gateway.config import GatewayConfig, JwtConfig
 from render_gateway.domain import Job
 from render_gateway.gateway.events import JobEventHub
 from render_gateway.gateway.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
+from render_gateway.gateway.reconciler import Reconciler
 from render_gateway.gateway.runner import JobRunner
 from render_gateway.gateway.views import job_view
 from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
@@ -162,6 +163,7 @@ class GatewayServices:
     usage_writer: UsageWriter
     audit: AuditParts
     node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
+    reconciler: Reconciler
     local_worker: LocalWorker | None = None
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
@@ -252,6 +254,9 @@ class GatewayServices:
                 )
 
         runner = JobRunner(store, pool, dispatcher, assets, events, meter, on_settled=notify)
+        reconciler = Reconciler(
+            config.reconcile, lambda: usage_writer.store, audit.objects, audit.signer, webhooks
+        )
         plans = config.plans
 
         def bucket_for(key: str) -> BucketConfig:
@@ -262,10 +267,11 @@ class GatewayServices:
         services = cls(
             config, store, assets, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            finished, meter, usage_writer, audit, node_keys, local_worker,
+            finished, meter, usage_writer, audit, node_keys, reconciler, local_worker,
         )  # fmt: skip
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
+        reconciler.start()
         services._probe = asyncio.create_task(services._probe_backends(clients))
         return services
 
@@ -309,6 +315,7 @@ class GatewayServices:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await self.runner.stop()
+        await self.reconciler.stop()
         await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
         await asyncio.to_thread(self.audit.batcher.stop, 5.0)
         await self.webhooks.drain(5.0)

@@ -56,6 +56,7 @@ class UsageStore(Protocol):
     def rows(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]: ...
+    def append(self, table_name: str, table: pa.Table) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -105,6 +106,11 @@ class ClickHouseUsageStore:
             settings["insert_deduplication_token"] = dedup_token
         with self._session(f"insert of {table.num_rows} rows") as client:
             client.insert_arrow(EVENTS_TABLE, table, settings=settings)
+
+    def append(self, table_name: str, table: pa.Table) -> None:
+        """Insert an Arrow table into another table of the schema (e.g. reconciliation_runs)."""
+        with self._session(f"insert into {table_name}") as client:
+            client.insert_arrow(table_name, table)
 
     def existing_event_ids(self, event_ids: Sequence[str], since: float, until: float) -> set[str]:
         """Which of ``event_ids`` are stored; ``since``/``until`` (epoch seconds, inclusive)

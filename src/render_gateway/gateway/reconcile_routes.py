@@ -1,0 +1,74 @@
+"""Reconciliation over HTTP, for admins: recent runs, and a run over a window now."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from render_gateway.audit.reconcile_runs import recent_runs
+from render_gateway.auth.principal import Principal
+from render_gateway.gateway.api_models import ERROR_RESPONSES
+from render_gateway.gateway.deps import caller, services
+from render_gateway.gateway.http import ApiError
+from render_gateway.gateway.services import GatewayServices
+from render_gateway.metering.queries import QueryError, TimeRange
+from render_gateway.metering.store import UsageStoreError
+
+router = APIRouter()
+
+
+class ReconcileRequest(BaseModel):
+    from_: str | None = Field(default=None, alias="from", max_length=40)
+    to: str | None = Field(default=None, max_length=40)
+    repair: bool = False
+
+
+def require_admin(svc: GatewayServices, principal: Principal) -> None:
+    plan = svc.config.plans.get(principal.plan)
+    if plan is None or not plan.admin:
+        raise ApiError(403, "forbidden", "reconciliation is for admins")
+
+
+@router.get("/reconciliations", responses=ERROR_RESPONSES, summary="Recent reconciliation runs")
+async def list_runs(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> dict[str, Any]:
+    svc = services(request)
+    require_admin(svc, principal)
+    store = svc.usage_writer.store
+    if store is None:
+        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
+    try:
+        runs = await asyncio.to_thread(recent_runs, store, limit)
+    except UsageStoreError as exc:
+        raise ApiError(503, "usage_unavailable", str(exc)) from exc
+    state = svc.reconciler.state
+    return {"runs": runs, "last_status": state.last_status, "runs_since_start": state.runs}
+
+
+@router.post(
+    "/reconciliations", responses=ERROR_RESPONSES, summary="Reconcile a window now (admins)"
+)
+async def run_now(
+    body: ReconcileRequest, request: Request, principal: Annotated[Principal, Depends(caller)]
+) -> dict[str, Any]:
+    """Hot path against cold path over ``[from, to)`` (default: the last closed window); the
+    run is recorded like the periodic ones. ``repair`` re-inserts into ClickHouse what only the
+    cold path has."""
+    svc = services(request)
+    require_admin(svc, principal)
+    if body.from_ is None and body.to is None:
+        window = svc.reconciler.due_window()
+    else:
+        try:
+            window = TimeRange.parse(body.from_, body.to, datetime.now(UTC))
+        except QueryError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from exc
+    result = await svc.reconciler.run(window, repair=body.repair)
+    return result.to_json()
