@@ -22,6 +22,7 @@ from render_gateway.config import (
     MeteringConfig,
     ModelConfig,
     PlanConfig,
+    ReconcileConfig,
     RemoteImagesConfig,
     RetryConfig,
     WorkerConfig,
@@ -55,6 +56,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.budgets.CUSTOMER]", CustomerBudgetConfig),
             ("[gateway.metering]", MeteringConfig),
             ("[gateway.audit]", AuditConfig),
+            ("[gateway.reconcile]", ReconcileConfig),
         )
         for name in _fields(model)
     ],
