@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from render_gateway.audit.attestations import from_parquet
 from render_gateway.audit.batcher import CONSUMER, AttestationBatcher
 from render_gateway.audit.cas import ContentStore
-from render_gateway.audit.keys import load_signer, public_key_line
+from render_gateway.audit.keys import load_signer, public_key_line, rotate, trusted_verifiers
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import AuditLog
 from render_gateway.audit.objects import ObjectStore, open_object_store
@@ -245,3 +246,36 @@ async def test_a_log_on_s3_verifies_offline_through_the_cli(
     moto.client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=b"not the batch")
     tampered = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert tampered.returncode == 1 and "FAIL leaf 1" in tampered.stdout
+
+
+async def test_a_rotated_key_is_followed_from_either_end(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> None:
+    objects = open_object_store((tmp_path / "cas").as_uri())
+
+    async def batch(indexes: range) -> None:
+        signer = load_signer(tmp_path, ORIGIN)  # as a restarted gateway loads it
+        batcher = AttestationBatcher(
+            jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
+        )
+        batcher.start()
+        await append(jobs, indexes)
+        assert await asyncio.to_thread(batcher.seal, 10.0)
+        await asyncio.to_thread(batcher.stop, 0)
+
+    await batch(range(10))
+    old = load_signer(tmp_path, ORIGIN).verifier()
+    old_line, new_line = rotate(tmp_path, ORIGIN, objects)
+    assert parse_verifier_key(old_line) == old
+    assert (tmp_path / "audit" / "log.key").stat().st_mode & 0o777 == 0o600
+    new = load_signer(tmp_path, ORIGIN).verifier()
+    assert new != old and parse_verifier_key(new_line) == new
+    await batch(range(10, 20))  # the log reopens under the new key and goes on
+    for trusted in ([old], [new]):
+        keys = trusted_verifiers(objects, trusted)
+        report = verify_log(objects, keys, ORIGIN)
+        assert report.ok, report.findings
+        assert report.leaves == 4 and report.records == 20
+    stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate()).verifier()
+    assert trusted_verifiers(objects, [stranger]) == [stranger]
+    assert not verify_log(objects, [stranger], ORIGIN).ok

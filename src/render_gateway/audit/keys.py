@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.signed_note import (
     NoteError,
@@ -16,7 +18,7 @@ from render_gateway.audit.signed_note import (
     sign_note,
     verifier_key,
 )
-from render_gateway.signing_keys import load_or_create_key
+from render_gateway.signing_keys import load_or_create_key, write_private_key
 
 KEY_FILE = Path("audit") / "log.key"
 ROTATIONS_PREFIX = "log/keys/"
@@ -35,15 +37,11 @@ def public_key_line(signer: NoteSigner) -> str:
 def rotate(data_dir: Path, origin: str, objects: ObjectStore) -> tuple[str, str]:
     """Replace the log key; the rotation note (signed by the old and the new key) is stored in
     the log's object store. Returns (old verifier key, new verifier key)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from render_gateway.signing_keys import write_private_key
-
     path = Path(data_dir) / KEY_FILE
     old = load_signer(data_dir, origin)
     new = NoteSigner(origin, Ed25519PrivateKey.generate())
     rotations = objects.list(ROTATIONS_PREFIX)
-    text = f"{ROTATION_HEADER}\n{public_key_line(new)}\n"
+    text = f"{ROTATION_HEADER}\nold {public_key_line(old)}\nnew {public_key_line(new)}\n"
     objects.put_new(f"{ROTATIONS_PREFIX}{len(rotations):020d}", sign_note(text, [old, new]))
     retired = path.with_name(f"log.key.retired-{len(rotations)}")
     path.rename(retired)
@@ -52,14 +50,25 @@ def rotate(data_dir: Path, origin: str, objects: ObjectStore) -> tuple[str, str]
 
 
 def trusted_verifiers(objects: ObjectStore, trusted: Sequence[NoteVerifier]) -> list[NoteVerifier]:
-    """``trusted`` plus every later key a trusted key vouched for, in rotation order."""
+    """``trusted`` plus every key a rotation note signed by a trusted key names (the key it
+    replaced and the key that replaced it), until nothing more is learned."""
     keys = list(trusted)
-    for key in objects.list(ROTATIONS_PREFIX):
-        try:
-            text, signed_by = open_note(objects.get(key), keys)
-        except NoteError:
-            continue  # a rotation no trusted key signed: its key stays untrusted
-        header, _, rest = text.partition("\n")
-        if header == ROTATION_HEADER and signed_by:
-            keys.append(parse_verifier_key(rest.strip()))
+    notes = [objects.get(key) for key in objects.list(ROTATIONS_PREFIX)]
+    learned = True
+    while learned:
+        learned = False
+        for note in notes:
+            try:
+                text, signed_by = open_note(note, keys)
+            except NoteError:
+                continue  # no trusted key signed it (yet): its keys stay untrusted
+            lines = text.rstrip("\n").split("\n")
+            if lines[0] != ROTATION_HEADER or not signed_by:
+                continue
+            for line in lines[1:]:
+                _, _, vkey = line.partition(" ")
+                candidate = parse_verifier_key(vkey)
+                if candidate not in keys:
+                    keys.append(candidate)
+                    learned = True
     return keys

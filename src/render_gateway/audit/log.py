@@ -17,6 +17,7 @@ from typing import Any
 
 from render_gateway.audit.attestations import records_root, to_parquet
 from render_gateway.audit.cas import ContentStore
+from render_gateway.audit.keys import trusted_verifiers
 from render_gateway.audit.leaves import (
     CHECKPOINTS_PREFIX,
     LEAVES_PREFIX,
@@ -70,7 +71,7 @@ class AuditLog:
         checkpoints = self.objects.list(CHECKPOINTS_PREFIX)
         if checkpoints:
             note = self.objects.get(checkpoints[-1])
-            text, _ = open_note(note, [self.signer.verifier()])
+            text, _ = open_note(note, trusted_verifiers(self.objects, [self.signer.verifier()]))
             latest = Checkpoint.parse(text)
             if latest.size > self.size or self.tree.root_at(latest.size) != latest.root_hash:
                 raise AuditLogCorrupt(
