@@ -251,3 +251,21 @@ def test_the_cli_asks_a_running_gateway_that_owns_the_store(gateway: GatewayProc
     )  # fmt: skip
     assert refused.returncode == 2
     assert b"owns the usage store" in refused.stderr and b"--api-key" in refused.stderr
+
+
+def test_admins_get_the_operators_dashboard(gateway: GatewayProcess) -> None:
+    judy = bearer(gateway.new_key("judy"))
+    sync_run(gateway, judy, 11)
+    usage_when(gateway, judy, 1)
+    refused = httpx.get(f"{gateway.url}/usage/dashboard", headers=judy)
+    assert refused.status_code == 403
+    board = httpx.get(f"{gateway.url}/usage/dashboard", headers=bearer(gateway.admin_key)).json()
+    assert sum(m["requests"] for m in board["per_minute"]) >= 1
+    (latency,) = [q for q in board["latency"] if q["model_name"] == "image/sd/tiny"]
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] and latency["count"] >= 1
+    assert any(o["requests"] >= 1 and o["gpu_seconds"] > 0 for o in board["operators"])
+    mine = httpx.get(
+        f"{gateway.url}/usage/dashboard", headers=bearer(gateway.admin_key),
+        params={"customer_id": "judy"},
+    ).json()  # fmt: skip
+    assert sum(m["requests"] for m in mine["per_minute"]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,7 +15,14 @@ from render_gateway.gateway.api_models import ERROR_RESPONSES, UsageResponse
 from render_gateway.gateway.deps import caller, services
 from render_gateway.gateway.http import ApiError
 from render_gateway.metering.budgets import month_of
-from render_gateway.metering.queries import QueryError, TimeRange, parse_group_by
+from render_gateway.metering.queries import (
+    QueryError,
+    TimeRange,
+    latency_quantiles,
+    operator_hourly,
+    parse_group_by,
+    per_minute,
+)
 from render_gateway.metering.records import NANOS
 from render_gateway.metering.report import usage_report
 from render_gateway.metering.store import UsageStoreError
@@ -69,3 +77,45 @@ async def get_usage(
     report["pending_records"] = stats.backlog  # finished but not yet in the hot path
     report["lag_seconds"] = round(stats.lag_seconds, 3)
     return report
+
+
+@router.get(
+    "/usage/dashboard",
+    responses=ERROR_RESPONSES,
+    summary="Operators' view: per-minute series, latency quantiles, device hours (admins)",
+)
+async def get_dashboard(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    to: Annotated[str | None, Query(max_length=40)] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
+    """From the rollups: requests, errors, GPU-seconds and latency per minute; p50/p90/p95/p99
+    latency per model (t-digests); GPU-seconds, requests, customers and utilisation per device
+    and hour. Defaults to the last 24 hours."""
+    svc = services(request)
+    plan = svc.config.plans.get(principal.plan)
+    if plan is None or not plan.admin:
+        raise ApiError(403, "forbidden", "the dashboard is for admins")
+    try:
+        time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
+    except QueryError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from exc
+    store = svc.usage_writer.store
+    if store is None:
+        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
+
+    def read() -> dict[str, Any]:
+        return {
+            "per_minute": [asdict(r) for r in per_minute(store, time_range, customer_id, model)],
+            "latency": [asdict(r) for r in latency_quantiles(store, time_range, model)],
+            "operators": [asdict(r) for r in operator_hourly(store, time_range)],
+        }
+
+    try:
+        body = await asyncio.to_thread(read)
+    except UsageStoreError as exc:
+        raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+    return {"from": time_range.start.isoformat(), "to": time_range.end.isoformat(), **body}
