@@ -61,13 +61,15 @@ from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
 from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.reconcile import (
     _LISTS,
-    COLD_COLUMNS,
     Reconciliation,
     _cold_events,
     _hot_events,
     _hot_keys,
     _name_requests,
     reconcile,
+)
+from render_gateway.audit.reconcile import (
+    EVENT_COLUMNS as COLD_COLUMNS,
 )
 from render_gateway.metering.columns import ARROW_SCHEMA
 from render_gateway.metering.queries import TimeRange
@@ -431,9 +433,12 @@ def alternatives(
 
     workers = os.cpu_count() or 2
     for label, action in (
-        ("get+hash+read, 6 columns, serial (as now)", serial(COLD_COLUMNS)),
+        ("get+hash+read, 6 columns, serial (the drill-down read)", serial(COLD_COLUMNS)),
         (f"get+hash+read, 6 columns, {workers} threads", parallel(COLD_COLUMNS, workers)),
-        ("get+hash+read, 4 columns (no ids), serial", serial(agg_columns)),
+        (
+            "get+hash+read, 4 columns (no ids), serial (the totals read, as now)",
+            serial(agg_columns),
+        ),
         (f"get+hash+read, 4 columns (no ids), {workers} threads", parallel(agg_columns, workers)),
     ):
         wall, _, others, _ = timed(action)

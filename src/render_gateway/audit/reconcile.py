@@ -31,7 +31,9 @@ from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import UsageStore
 
 Status = Literal["reconciled", "discrepancies", "error"]
-COLD_COLUMNS = ["event_id", "request_id", "customer_id", "model", "ended_at_us", "gpu_seconds"]
+# The totals need four columns; the ids are read again, only when some key differs.
+TOTALS_COLUMNS = ["customer_id", "model", "ended_at_us", "gpu_seconds"]
+EVENT_COLUMNS = ["event_id", "request_id", *TOTALS_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def reconcile(
     run = Reconciliation(uuid.uuid4().hex, window.start, window.end, threshold)
     run.counts = dict.fromkeys(_LISTS, 0)
     try:
-        cold = _cold_events(objects, window, None if repair else COLD_COLUMNS, run)
+        cold = _cold_events(objects, window, TOTALS_COLUMNS, run)
     except Exception as exc:  # any failure to read the authoritative side is an error
         return _failed(run, f"the cold path (CAS) could not be read: {exc}")
     try:
@@ -128,14 +130,19 @@ def reconcile(
             return run
         differing = [(k.customer_id, k.model) for k in run.keys]
         try:
+            events = _cold_events(objects, window, None if repair else EVENT_COLUMNS, None)
+        except Exception as exc:
+            return _failed(run, f"the cold path (CAS) could not be read: {exc}")
+        try:
             hot = _hot_events(usage, window, differing)
         except Exception as exc:
             return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
         db.register("hot", hot)
+        db.register("cold_events", events)
         db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
                                            "model": [m for _, m in differing]}))  # fmt: skip
         db.execute(
-            "CREATE TEMP TABLE cold_k AS SELECT * FROM cold "
+            "CREATE TEMP TABLE cold_k AS SELECT * FROM cold_events "
             "SEMI JOIN differing USING (customer_id, model)"
         )
         _name_requests(run, db, cap)
@@ -156,11 +163,15 @@ def _failed(run: Reconciliation, message: str) -> Reconciliation:
 
 
 def _cold_events(
-    objects: ObjectStore, window: TimeRange, columns: list[str] | None, run: Reconciliation
+    objects: ObjectStore,
+    window: TimeRange,
+    columns: list[str] | None,
+    run: Reconciliation | None,
 ) -> pa.Table:
     """Every attestation in the window, from the batches whose time window overlaps it (each
-    batch re-hashed on read). A batch that is gone or altered is named in the run, and its
-    records then show up as missing from the cold path."""
+    batch re-hashed on read; only batches across the window's edges are filtered row by row).
+    A batch that is gone or altered is named in ``run``, and its records then show up as
+    missing from the cold path."""
     bounds = window.parameters()
     start_us, end_us = bounds["start_us"], bounds["end_us"]
     cas = ContentStore(objects)
@@ -172,16 +183,22 @@ def _cold_events(
         try:
             data = cas.get(leaf.batch_blake3)
         except (ObjectMissing, IntegrityError) as exc:
-            run.unreadable_batches.append(f"leaf {leaf.index} (batch {leaf.batch_blake3}): {exc}")
-            run.status = "discrepancies"
+            if run is not None:
+                run.unreadable_batches.append(
+                    f"leaf {leaf.index} (batch {leaf.batch_blake3}): {exc}"
+                )
+                run.status = "discrepancies"
             continue
-        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+        table = pq.read_table(io.BytesIO(data), columns=columns)
+        if leaf.window_start_us < start_us or leaf.window_end_us >= end_us:
+            stamps = table.column("ended_at_us")
+            inside = pc.and_(pc.greater_equal(stamps, start_us), pc.less(stamps, end_us))
+            table = table.filter(inside)
+        tables.append(table)
     if not tables:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         return schema.empty_table()
-    table = pa.concat_tables(tables)
-    stamps = table.column("ended_at_us")
-    return table.filter(pc.and_(pc.greater_equal(stamps, start_us), pc.less(stamps, end_us)))
+    return pa.concat_tables(tables)
 
 
 _HOT_KEYS_SQL = """
