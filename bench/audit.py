@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import platform
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.verify import verify_log
 from render_gateway.stores.jobs import RecoveryPolicy
@@ -60,10 +61,7 @@ def write(data: Path, jobs: SqliteJobStore, batch_records: int) -> float:
     objects = open_object_store((data / "cas").as_uri())
     signer = load_signer(data, ORIGIN)
 
-    def open_log() -> AuditLog:
-        log = AuditLog(objects, signer, ORIGIN)
-        log.open()
-        return log
+    open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
     batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, batch_records, 3600)
     started = time.perf_counter()

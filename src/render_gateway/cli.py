@@ -282,15 +282,9 @@ def usage(
     try:
         report = _usage_from_store(gateway, customer, from_, to, group_by)
     except UsageStoreLocked as exc:
-        if not api_key:
-            typer.echo(
-                f"error: {exc}\nA running gateway owns the usage store: pass --api-key "
-                "(or set RENDER_API_KEY) to ask it over HTTP.",
-                err=True,
-            )
-            raise typer.Exit(2) from exc
+        key = _key_for_running_gateway(exc, api_key)
         base = url or f"http://{gateway.host}:{gateway.port}"
-        report = _usage_over_http(base, api_key, customer, from_, to, group_by)
+        report = _usage_over_http(base, key, customer, from_, to, group_by)
     except UsageStoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -300,6 +294,18 @@ def usage(
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_usage(report)
+
+
+def _key_for_running_gateway(locked: Exception, api_key: str | None) -> str:
+    """The key to ask the gateway that owns the embedded store with; exit 2 without one."""
+    if not api_key:
+        typer.echo(
+            f"error: {locked}\nA running gateway owns the usage store: pass --api-key "
+            "(or set RENDER_API_KEY) to ask it over HTTP.",
+            err=True,
+        )
+        raise typer.Exit(2) from locked
+    return api_key
 
 
 def _usage_from_store(
@@ -620,15 +626,9 @@ def reconcile(
     try:
         report = _reconcile_here(gateway, from_, to, threshold, repair)
     except UsageStoreLocked as exc:
-        if not api_key:
-            typer.echo(
-                f"error: {exc}\nA running gateway owns the usage store: pass --api-key (an admin "
-                "key, or set RENDER_API_KEY) to ask it over HTTP.",
-                err=True,
-            )
-            raise typer.Exit(2) from exc
+        key = _key_for_running_gateway(exc, api_key)
         report = _reconcile_over_http(
-            url or f"http://{gateway.host}:{gateway.port}", api_key, from_, to, repair
+            url or f"http://{gateway.host}:{gateway.port}", key, from_, to, repair
         )
     except UsageStoreError as exc:
         report = {"status": "error", "error": f"the hot path (ClickHouse) is unreachable: {exc}"}

@@ -5,6 +5,7 @@ verification, inclusion proofs, exactly-once batching across a kill -9."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -24,7 +25,7 @@ from render_gateway.audit.batcher import CONSUMER, AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer, public_key_line, rotate, trusted_verifiers
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import AuditLog, open_audit_log
 from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.proofs import BundleError, ProofNotFound, bundle_from_store, verify_bundle
 from render_gateway.audit.signed_note import NoteSigner, parse_verifier_key
@@ -50,12 +51,7 @@ async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
 
 
 def log_opener(objects: ObjectStore, signer: NoteSigner) -> Callable[[], AuditLog]:
-    def open_log() -> AuditLog:
-        log = AuditLog(objects, signer, ORIGIN)
-        log.open()
-        return log
-
-    return open_log
+    return functools.partial(open_audit_log, objects, signer, ORIGIN)
 
 
 async def append(jobs: SqliteJobStore, indexes: range, **changes: float) -> list[str]:

@@ -4,6 +4,7 @@ batches in a local CAS (filled by the batcher), each fault injected into the rea
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import BatchLeaf, leaf_key
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.reconcile import reconcile
 from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
@@ -59,10 +60,7 @@ async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
 
-    def open_log() -> AuditLog:
-        log = AuditLog(objects, signer, ORIGIN)
-        log.open()
-        return log
+    open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
     url = f"chdb://{tmp_path / 'usage'}"
     writer = UsageWriter(jobs.usage_log, lambda: open_usage_store(url), 1000, 0.05)

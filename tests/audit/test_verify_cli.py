@@ -5,6 +5,7 @@ bucket could, then runs the real CLI and checks that it fails and names the plac
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer, public_key_line
 from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.signed_note import NoteSigner, sign_note
 from render_gateway.stores.jobs import RecoveryPolicy
@@ -36,10 +37,7 @@ async def build_log(data: Path, bad_claim_at: int | None = None) -> None:
     objects = open_object_store((data / "cas").as_uri())
     signer = load_signer(data, ORIGIN)
 
-    def open_log() -> AuditLog:
-        log = AuditLog(objects, signer, ORIGIN)
-        log.open()
-        return log
+    open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
     batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, 5, 3600)
     batcher.start()

@@ -10,12 +10,13 @@ SIGKILL at a random moment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from pathlib import Path
 
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
@@ -32,10 +33,7 @@ async def main(data: Path, start: int, count: int) -> None:
     objects = open_object_store((data / "cas").as_uri())
     signer = load_signer(data, ORIGIN)
 
-    def open_log() -> AuditLog:
-        log = AuditLog(objects, signer, ORIGIN)
-        log.open()
-        return log
+    open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
     batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, 7, 0.02)
     batcher.start()

@@ -114,3 +114,10 @@ class AuditLog:
         note = sign_note(checkpoint.to_text(), [self.signer])
         self.objects.put_new(checkpoint_key(checkpoint.size), note)
         self.checkpoint, self.checkpoint_note = checkpoint, note
+
+
+def open_audit_log(objects: ObjectStore, signer: NoteSigner, origin: str) -> AuditLog:
+    """The log as stored, opened (and its missing checkpoint signed): what every writer uses."""
+    audit_log = AuditLog(objects, signer, origin)
+    audit_log.open()
+    return audit_log

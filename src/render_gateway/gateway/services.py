@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
-from render_gateway.audit.log import AuditLog
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import ObjectStore, default_cas_url, open_object_store
 from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.auth.api_keys import SqliteApiKeyStore
@@ -130,11 +131,7 @@ def _start_batcher(
     objects = open_object_store(audit.cas_url or default_cas_url(data))
     signer = load_signer(data, audit.origin)
 
-    def open_log() -> AuditLog:
-        audit_log = AuditLog(objects, signer, audit.origin)
-        audit_log.open()
-        return audit_log
-
+    open_log = functools.partial(open_audit_log, objects, signer, audit.origin)
     batcher = AttestationBatcher(
         usage_log, open_log, node_keys, audit.batch_records, audit.batch_seconds
     )
