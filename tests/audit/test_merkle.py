@@ -31,20 +31,28 @@ from render_gateway.audit.merkle import (
 # --- The RFC 6962 test vectors (transparency-dev/merkle testdata) ----------------------------
 
 
-def _vectors_dir() -> Path:
+def _candidates() -> list[Path]:
+    """Where the shared test data may be: $RENDER_SHARED_TESTDATA, else the repository's sibling
+    ``shared/testdata`` (the workspace layout), else the workspace's absolute path."""
     override = os.environ.get("RENDER_SHARED_TESTDATA")
-    testdata = (
-        Path(override)
-        if override
-        else Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-    )
-    return testdata / "rfc6962"
+    if override:
+        return [Path(override)]
+    sibling = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+    return [sibling, Path("/work/shared/testdata")]
+
+
+def _vectors_dir() -> Path:
+    for testdata in _candidates():
+        if (testdata / "rfc6962" / "inclusion").is_dir():
+            return testdata / "rfc6962"
+    return _candidates()[0] / "rfc6962"
 
 
 VECTORS = _vectors_dir()
 MISSING = (
-    f"RFC 6962 test vectors not found: looked for {VECTORS}/inclusion and "
-    f"{VECTORS}/consistency (set RENDER_SHARED_TESTDATA to the shared testdata folder)"
+    "RFC 6962 test vectors not found: looked in "
+    + ", ".join(str(c / "rfc6962") for c in _candidates())
+    + " (set RENDER_SHARED_TESTDATA to the shared testdata folder)"
 )
 
 
