@@ -45,3 +45,14 @@ def charge_rate_limit(request: Request, response: Response, principal: Principal
         headers["Retry-After"] = str(math.ceil(retry)) if math.isfinite(retry) else "3600"
         raise ApiError(429, "rate_limited", "too many requests for this plan", headers=headers)
     response.headers.update(headers)
+
+
+def is_admin(request: Request, principal: Principal) -> bool:
+    """Whether the caller's plan may read and run what is everyone's (usage, reconciliation)."""
+    plan = services(request).config.plans.get(principal.plan)
+    return plan is not None and plan.admin
+
+
+def require_admin(request: Request, principal: Principal, refusal: str) -> None:
+    if not is_admin(request, principal):
+        raise ApiError(403, "forbidden", refusal)

@@ -12,9 +12,8 @@ from pydantic import BaseModel, Field
 from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES
-from render_gateway.gateway.deps import caller, services
+from render_gateway.gateway.deps import caller, require_admin, services
 from render_gateway.gateway.http import ApiError
-from render_gateway.gateway.services import GatewayServices
 from render_gateway.metering.queries import QueryError, TimeRange
 from render_gateway.metering.store import UsageStoreError
 
@@ -27,12 +26,6 @@ class ReconcileRequest(BaseModel):
     repair: bool = False
 
 
-def require_admin(svc: GatewayServices, principal: Principal) -> None:
-    plan = svc.config.plans.get(principal.plan)
-    if plan is None or not plan.admin:
-        raise ApiError(403, "forbidden", "reconciliation is for admins")
-
-
 @router.get("/reconciliations", responses=ERROR_RESPONSES, summary="Recent reconciliation runs")
 async def list_runs(
     request: Request,
@@ -40,7 +33,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> dict[str, Any]:
     svc = services(request)
-    require_admin(svc, principal)
+    require_admin(request, principal, "reconciliation is for admins")
     store = svc.usage_writer.store
     if store is None:
         raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
@@ -62,7 +55,7 @@ async def run_now(
     run is recorded like the periodic ones. ``repair`` re-inserts into ClickHouse what only the
     cold path has."""
     svc = services(request)
-    require_admin(svc, principal)
+    require_admin(request, principal, "reconciliation is for admins")
     if body.from_ is None and body.to is None:
         window = svc.reconciler.due_window()
     else:

@@ -82,9 +82,10 @@ def jwt_settings(config: JwtConfig) -> JwtSettings:
 async def _restore_budgets(store: SqliteJobStore, meter: Meter) -> None:
     """After a restart: this month's billable usage so far, and the reservations of every job
     that was admitted but has not finished."""
-    for usage in await store.usage_log.month_usage(month_of(time.time())):
+    month = month_of(time.time())  # once: a restart at a month's edge must not mix two
+    for usage in await store.usage_log.month_usage(month):
         meter.ledger.add_spent(
-            usage.customer_id, month_of(time.time()), Amount(usage.gpu_seconds, usage.cost_nanos)
+            usage.customer_id, month, Amount(usage.gpu_seconds, usage.cost_nanos)
         )
     for job in await store.unsettled():
         if isinstance(reservation := job.extra.get("reservation"), dict):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES, UsageResponse
-from render_gateway.gateway.deps import caller, services
+from render_gateway.gateway.deps import caller, require_admin, services
 from render_gateway.gateway.http import ApiError
 from render_gateway.metering.budgets import month_of
 from render_gateway.metering.queries import (
@@ -45,10 +45,9 @@ async def get_usage(
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> dict[str, Any]:
     svc = services(request)
-    plan = svc.config.plans.get(principal.plan)
     customer = customer_id or principal.customer_id
-    if customer != principal.customer_id and not (plan is not None and plan.admin):
-        raise ApiError(403, "forbidden", "only an admin may read another customer's usage")
+    if customer != principal.customer_id:
+        require_admin(request, principal, "only an admin may read another customer's usage")
     try:
         time_range = TimeRange.parse(from_, to, datetime.now(UTC))
         grouping = parse_group_by(group_by)
@@ -96,9 +95,7 @@ async def get_dashboard(
     latency per model (t-digests); GPU-seconds, requests, customers and utilisation per device
     and hour. Defaults to the last 24 hours."""
     svc = services(request)
-    plan = svc.config.plans.get(principal.plan)
-    if plan is None or not plan.admin:
-        raise ApiError(403, "forbidden", "the dashboard is for admins")
+    require_admin(request, principal, "the dashboard is for admins")
     try:
         time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
     except QueryError as exc:
