@@ -14,6 +14,7 @@ from render_gateway.config import ConfigError, GatewayConfig, ModelConfig, Setti
 
 if TYPE_CHECKING:
     from render_gateway.auth.api_keys import ApiKey, SqliteApiKeyStore
+    from render_gateway.metering.queries import TimeRange
 
 app = typer.Typer(help="Render: inference gateway for generative media.", no_args_is_help=True)
 models_app = typer.Typer(help="Model directories for the reference worker.", no_args_is_help=True)
@@ -620,15 +621,24 @@ def reconcile(
 ) -> None:
     """Hot path against cold path over a window; exit 0 when reconciled, 1 on discrepancies
     (listed), 2 when either side cannot be read."""
+    from datetime import UTC, datetime
+
+    from render_gateway.metering.queries import QueryError, TimeRange
     from render_gateway.metering.store import UsageStoreError, UsageStoreLocked
 
     gateway = _gateway_config(config, data_dir)
+    try:  # one window, whichever way the run goes
+        window = TimeRange.parse(from_, to, datetime.now(UTC))
+    except QueryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    limit = gateway.reconcile.threshold if threshold is None else threshold
     try:
-        report = _reconcile_here(gateway, from_, to, threshold, repair)
+        report = _reconcile_here(gateway, window, limit, repair)
     except UsageStoreLocked as exc:
         key = _key_for_running_gateway(exc, api_key)
         report = _reconcile_over_http(
-            url or f"http://{gateway.host}:{gateway.port}", key, from_, to, repair
+            url or f"http://{gateway.host}:{gateway.port}", key, window, limit, repair
         )
     except UsageStoreError as exc:
         report = {"status": "error", "error": f"the hot path (ClickHouse) is unreachable: {exc}"}
@@ -642,25 +652,15 @@ def reconcile(
 
 
 def _reconcile_here(
-    gateway: GatewayConfig,
-    from_: str | None,
-    to: str | None,
-    threshold: float | None,
-    repair: bool,
+    gateway: GatewayConfig, window: TimeRange, threshold: float, repair: bool
 ) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from render_gateway.audit.keys import load_signer
     from render_gateway.audit.reconcile import reconcile as run_reconcile
     from render_gateway.audit.reconcile_runs import record_run
-    from render_gateway.metering.queries import QueryError, TimeRange
     from render_gateway.metering.store import default_usage_url, open_usage_store
 
-    try:
-        window = TimeRange.parse(from_, to, datetime.now(UTC))
-    except QueryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     metering = gateway.metering
     store = open_usage_store(
         metering.url or default_usage_url(Path(gateway.data_dir)),
@@ -669,8 +669,7 @@ def _reconcile_here(
     try:
         objects = _audit_objects(gateway, None)
         started = datetime.now(UTC)
-        limit = gateway.reconcile.threshold if threshold is None else threshold
-        result = run_reconcile(store, objects, window, limit, repair=repair)
+        result = run_reconcile(store, objects, window, threshold, repair=repair)
         signer = load_signer(Path(gateway.data_dir), gateway.audit.origin)
         record_run(result, started, store, objects, signer)
         return result.to_json()
@@ -679,11 +678,12 @@ def _reconcile_here(
 
 
 def _reconcile_over_http(
-    base: str, api_key: str, from_: str | None, to: str | None, repair: bool
+    base: str, api_key: str, window: TimeRange, threshold: float, repair: bool
 ) -> dict[str, Any]:
     import httpx
 
-    body = {"from": from_, "to": to, "repair": repair}
+    body = {"from": window.start.isoformat(), "to": window.end.isoformat(),
+            "threshold": threshold, "repair": repair}  # fmt: skip
     try:
         response = httpx.post(
             base.rstrip("/") + "/reconciliations",

@@ -23,6 +23,7 @@ router = APIRouter()
 class ReconcileRequest(BaseModel):
     from_: str | None = Field(default=None, alias="from", max_length=40)
     to: str | None = Field(default=None, max_length=40)
+    threshold: float | None = Field(default=None, ge=0, le=1)  # default: reconcile.threshold
     repair: bool = False
 
 
@@ -63,5 +64,5 @@ async def run_now(
             window = TimeRange.parse(body.from_, body.to, datetime.now(UTC))
         except QueryError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from exc
-    result = await svc.reconciler.run(window, repair=body.repair)
+    result = await svc.reconciler.run(window, repair=body.repair, threshold=body.threshold)
     return result.to_json()

@@ -74,10 +74,17 @@ class Reconciler:
             datetime.fromtimestamp(end - interval, UTC), datetime.fromtimestamp(end, UTC)
         )
 
-    async def run(self, window: TimeRange, repair: bool | None = None) -> Reconciliation:
+    async def run(
+        self, window: TimeRange, repair: bool | None = None, threshold: float | None = None
+    ) -> Reconciliation:
+        """One run (the configured repair and threshold unless given)."""
+        limit = self.config.threshold if threshold is None else threshold
+        fix = self.config.repair if repair is None else repair
         async with self._lock:
             started = datetime.now(UTC)
-            result = await asyncio.to_thread(self._reconcile_and_record, window, started, repair)
+            result = await asyncio.to_thread(
+                self._reconcile_and_record, window, started, fix, limit
+            )
         self.state.runs += 1
         self.state.last_run_at = self._clock()
         self.state.last_status = result.status
@@ -92,18 +99,15 @@ class Reconciler:
         return result
 
     def _reconcile_and_record(
-        self, window: TimeRange, started: datetime, repair: bool | None
+        self, window: TimeRange, started: datetime, repair: bool, threshold: float
     ) -> Reconciliation:
         usage = self._usage_store()
         if usage is None:
             result = Reconciliation("unavailable-" + started.strftime("%Y%m%dT%H%M%S"),
-                                    window.start, window.end, self.config.threshold)  # fmt: skip
+                                    window.start, window.end, threshold)  # fmt: skip
             result.status, result.error = "error", "the hot path (ClickHouse) is not reachable"
         else:
-            result = reconcile(
-                usage, self._objects, window, self.config.threshold,
-                repair=self.config.repair if repair is None else repair,
-            )  # fmt: skip
+            result = reconcile(usage, self._objects, window, threshold, repair=repair)
         try:
             record_run(result, started, usage, self._objects, self._signer)
         except Exception:  # the check itself stands; only its record failed (logged)
