@@ -13,7 +13,6 @@ from render_gateway.metering.budgets import (
     BudgetExceeded,
     BudgetLedger,
     BudgetLimit,
-    ReservationEstimator,
     month_of,
 )
 from render_gateway.metering.records import NANOS
@@ -95,10 +94,26 @@ def test_spent_never_exceeds_the_limit_when_usage_stays_within_reservations(
         assert state.spent.gpu_seconds + state.reserved.gpu_seconds <= limit + 1e-9
 
 
-def test_estimator_uses_the_largest_run_seen_with_a_floor() -> None:
-    estimate = ReservationEstimator(floor_gpu_seconds=0.5)
-    assert estimate.estimate("sd", "tiny") == 0.5
-    estimate.observe("sd", "tiny", 2.0)
-    estimate.observe("sd", "tiny", 1.0)
-    assert estimate.estimate("sd", "tiny") == 3.0
-    assert estimate.estimate("sd", "other") == 0.5
+def test_a_charge_grows_the_hold_and_says_when_the_next_step_crosses_the_limit() -> None:
+    book = ledger(gpu=3.0)
+    book.reserve("a", "small", "p", "2026-11", Amount(1.0))
+    book.reserve("b", "small", "p", "2026-11", Amount(1.0))
+    assert book.charge("a", Amount(0.5))  # below what it holds: nothing changes
+    assert book.state("small", "p", "2026-11").reserved.gpu_seconds == 2.0
+    assert book.charge("a", Amount(2.0))  # 2.0 + 1.0 held by b = the limit: still fits
+    assert not book.charge("a", Amount(2.25))  # crosses: held anyway, the caller stops it
+    assert book.state("small", "p", "2026-11").reserved.gpu_seconds == 3.25
+    with pytest.raises(BudgetExceeded):  # nothing new is admitted meanwhile
+        book.reserve("c", "small", "p", "2026-11", Amount(0.01))
+    book.settle("a", "small", "2026-11", Amount(2.2))
+    assert book.state("small", "p", "2026-11").spent.gpu_seconds == 2.2
+    assert book.charge("a", Amount(9.0))  # settled: no longer held, nothing to charge
+
+
+def test_charges_follow_the_plan_the_request_was_admitted_under() -> None:
+    limits = {"tight": BudgetLimit(1.0), "loose": BudgetLimit(100.0)}
+    book = BudgetLedger(lambda customer, plan: limits.get(plan, BudgetLimit()))
+    book.reserve("a", "c", "tight", "2026-11", Amount(0.5))
+    assert not book.charge("a", Amount(1.5))
+    book.reserve("b", "d", "loose", "2026-11", Amount(0.5))
+    assert book.charge("b", Amount(50.0))

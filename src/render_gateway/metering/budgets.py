@@ -1,8 +1,12 @@
 """Monthly budgets with reservations: a request is admitted only if what the customer has
-spent this month, plus what their admitted-but-unfinished requests may still spend, plus this
-request's own estimate, stays within the limit. The check and the reservation are one step
-with no await in between, so concurrent requests in one process cannot both take the last of
-a budget. When the request ends, its reservation is replaced by what it actually cost.
+spent this month, plus what their admitted-but-unfinished requests hold, plus this request's own
+estimate, stays within the limit. The check and the reservation are one step with no await in
+between, so concurrent requests in one process cannot both take the last of a budget.
+
+While a run goes on, ``charge`` raises what it holds to what it will have used after its next
+step; when that no longer fits the caller stops the run, so the month ends above its budget by at
+most one step per run in flight. When the request ends, its hold is replaced by what it actually
+cost.
 
 The ledger lives in one gateway process (rebuilt from the durable usage log at start); a
 shared ledger for several replicas (Redis) is not built yet.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from render_gateway.metering.records import NANOS
@@ -51,6 +55,7 @@ class Reservation:
     customer_id: str
     month: str
     amount: Amount
+    plan: str = ""
 
 
 class BudgetExceeded(Exception):
@@ -100,11 +105,37 @@ class BudgetLedger:
                     customer_id, "cost", limit.cost_nanos / NANOS, committed.cost_nanos / NANOS,
                     amount.cost_nanos / NANOS,
                 )  # fmt: skip
-        reservation = Reservation(key, customer_id, month, amount)
+        reservation = Reservation(key, customer_id, month, amount, plan)
         self.release(key)  # a key holds at most one reservation
         self._reservations[key] = reservation
         self._reserved[customer_id, month] += amount
         return reservation
+
+    def charge(self, key: str, needed: Amount) -> bool:
+        """The run ``key`` will have used ``needed`` after its next step: hold that much
+        (never less than before). False, holding it anyway, when that crosses the limit — the
+        caller then stops the run at that step."""
+        held = self._reservations.get(key)
+        if held is None:
+            return True  # not admitted against a budget (or already settled)
+        grown = Amount(
+            max(held.amount.gpu_seconds, needed.gpu_seconds),
+            max(held.amount.cost_nanos, needed.cost_nanos),
+        )
+        if grown == held.amount:
+            return True
+        month_key = (held.customer_id, held.month)
+        self._reserved[month_key] += grown - held.amount
+        self._reservations[key] = replace(held, amount=grown)
+        limit = self._limit_for(held.customer_id, held.plan)
+        total = self._spent[month_key] + self._reserved[month_key]
+        return not (
+            (limit.gpu_seconds is not None and total.gpu_seconds > limit.gpu_seconds)
+            or (limit.cost_nanos is not None and total.cost_nanos > limit.cost_nanos)
+        )
+
+    def held(self, key: str) -> Reservation | None:
+        return self._reservations.get(key)
 
     def release(self, key: str) -> Reservation | None:
         """Drop a reservation without spending (a job cancelled while queued, a run refused)."""
@@ -131,19 +162,3 @@ class BudgetLedger:
     @property
     def open_reservations(self) -> int:
         return len(self._reservations)
-
-
-class ReservationEstimator:
-    """How much to reserve for a request: 1.5× the most GPU-seconds any run of the model has
-    used so far, and never less than ``floor`` (the only estimate before the first run)."""
-
-    def __init__(self, floor_gpu_seconds: float, factor: float = 1.5) -> None:
-        self.floor, self.factor = floor_gpu_seconds, factor
-        self._largest: dict[tuple[str, str], float] = {}
-
-    def observe(self, family: str, model: str, gpu_seconds: float) -> None:
-        key = (family, model)
-        self._largest[key] = max(self._largest.get(key, 0.0), gpu_seconds)
-
-    def estimate(self, family: str, model: str) -> float:
-        return max(self.floor, self.factor * self._largest.get((family, model), 0.0))

@@ -1,5 +1,6 @@
 """The metering hook: prices each finished request into a usage record, admits requests
-against budgets, and settles their reservations with what they actually used.
+against budgets, charges runs as they progress, and settles their reservations with what they
+actually used.
 
 No I/O: the caller persists the record (with the job, or before a sync response) and then
 calls ``settled``, which updates the ledger and tells the hot-path writer there is more.
@@ -10,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from render_gateway.metering.budgets import (
-    Amount,
-    BudgetLedger,
-    Reservation,
-    ReservationEstimator,
-    month_of,
-)
+from render_gateway.metering.budgets import Amount, BudgetLedger, Reservation, month_of
+from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.pricing import PriceTable
 from render_gateway.metering.records import UsageRecord, build_record, cost_nanos
+from render_gateway.metering.work import Work
+
+# The code a run stopped because its customer's budget ran out ends with (job error, record
+# error code and the sync tier's 402).
+BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class Meter:
@@ -26,25 +27,49 @@ class Meter:
         self,
         prices: PriceTable,
         ledger: BudgetLedger,
-        estimator: ReservationEstimator,
+        estimator: CostEstimator,
         on_record: Callable[[], None] = lambda: None,
+        on_learned: Callable[[bool], None] = lambda _first: None,
     ) -> None:
         self.prices, self.ledger, self.estimator = prices, ledger, estimator
         self.on_record = on_record  # e.g. UsageWriter.notify
+        # Backend node keys (key id → raw Ed25519 key, learned from /v2/node): each record's
+        # signed claim is checked with them as it is built (the audit trail seals that result).
+        self.node_keys: Mapping[str, bytes] = {}
+        self.on_learned = on_learned  # e.g. save the estimates (True: a model's first run)
+        self._work: dict[str, tuple[Work, str]] = {}  # key → (its work, its plan)
 
-    def admit(
-        self, key: str, customer_id: str, plan: str, family: str, model: str, now: float
-    ) -> Reservation:
+    def _amount(self, gpu_seconds: float, plan: str, family: str) -> Amount:
+        return Amount(gpu_seconds, cost_nanos(gpu_seconds, self.prices.unit_price(plan, family)))
+
+    def admit(self, key: str, customer_id: str, plan: str, work: Work, now: float) -> Reservation:
         """Reserve this request's estimated usage, or raise BudgetExceeded (nothing held)."""
-        gpu_seconds = self.estimator.estimate(family, model)
-        amount = Amount(gpu_seconds, cost_nanos(gpu_seconds, self.prices.unit_price(plan, family)))
-        return self.ledger.reserve(key, customer_id, plan, month_of(now), amount)
+        amount = self._amount(self.estimator.reservation(work), plan, work.family)
+        reservation = self.ledger.reserve(key, customer_id, plan, month_of(now), amount)
+        self._work[key] = (work, plan)
+        return reservation
 
     def restore(self, key: str, customer_id: str, reservation: Mapping[str, Any]) -> None:
         """Hold again what an admitted job had reserved before a restart."""
         amount = Amount(float(reservation["gpu_seconds"]), int(reservation["cost_nanos"]))
-        month = str(reservation["month"])
-        self.ledger.reserve(key, customer_id, "", month, amount, force=True)
+        month, plan = str(reservation["month"]), str(reservation.get("plan", ""))
+        self.ledger.reserve(key, customer_id, plan, month, amount, force=True)
+        if isinstance(work := reservation.get("work"), Mapping):
+            self._work[key] = (Work.from_dict(work), plan)
+
+    def progress(self, key: str, step: int, steps: int, elapsed_seconds: float) -> bool:
+        """A run reported ``step`` of ``steps`` done: charge what it will have used after its
+        next step. False when that crosses the budget: the caller stops the run now, so it ends
+        at most one step past the budget (the backend's signed claim is the bill)."""
+        known = self._work.get(key)
+        if known is None or step <= 0:
+            return True
+        work, plan = known
+        next_step = min(step + 1, max(steps, step))
+        estimate = self.estimator.cost_after(work, next_step)
+        if estimate is None:  # a model never seen: this run's own pace, in wall time (higher)
+            estimate = elapsed_seconds * next_step / step
+        return self.ledger.charge(key, self._amount(estimate, plan, work.family))
 
     def record(
         self,
@@ -83,16 +108,19 @@ class Meter:
             backend=backend,
             error_code=error_code,
             job_id=job_id,
+            node_keys=self.node_keys,
         )
 
     def settled(self, key: str, record: Mapping[str, Any] | None) -> None:
         """A request ended (``record`` as persisted), or was dropped before running (None)."""
+        known = self._work.pop(key, None)
         if record is None:
             self.ledger.release(key)
             return
         billable = bool(record["billable"])
         actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
         self.ledger.settle(key, record["customer_id"], month_of(record["timestamp"]), actual)
-        if record["metered"] and record["status"] == "success":
-            self.estimator.observe(record["family"], record["model"], record["gpu_seconds"])
+        steps = int(record.get("num_steps") or 0)
+        if known is not None and record["metered"] and record["status"] == "success" and steps:
+            self.on_learned(self.estimator.observe(known[0], steps, record["gpu_seconds"]))
         self.on_record()

@@ -1,0 +1,84 @@
+"""The meter under simulated concurrency: runs charged step by step against one budget never
+end the month more than one step per run in flight above it."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from render_gateway.metering.budgets import BudgetExceeded, BudgetLedger, BudgetLimit
+from render_gateway.metering.estimates import CostEstimator
+from render_gateway.metering.meter import Meter
+from render_gateway.metering.pricing import PlanPrices, PriceTable
+from render_gateway.metering.work import Work
+
+MONTH_START = 1_796_083_200.0  # 2026-12-01T00:00:00Z
+
+
+def meter(limit: float, floor: float = 0.2) -> Meter:
+    ledger = BudgetLedger(lambda customer, plan: BudgetLimit(limit))
+    prices = PriceTable({"default": PlanPrices(0.001, {})})
+    return Meter(prices, ledger, CostEstimator(floor))
+
+
+def record(key: str, gpu_seconds: float, steps: int, status: str = "success") -> dict[str, object]:
+    return {"customer_id": "c", "timestamp": MONTH_START + 60, "billable": True,
+            "gpu_seconds": gpu_seconds, "cost_nanos": 0, "metered": True, "status": status,
+            "num_steps": steps, "family": "sd", "model": "tiny"}  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    step_cost=st.floats(0.01, 0.3),
+    fixed=st.floats(0.0, 0.2),
+    concurrency=st.integers(1, 6),
+    limit=st.floats(0.5, 5.0),
+    warm=st.booleans(),
+)
+def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
+    seed: int, step_cost: float, fixed: float, concurrency: int, limit: float, warm: bool
+) -> None:
+    rng = random.Random(seed)
+    m = meter(limit)
+    if warm:  # the model's cost is known from earlier runs (other customers', other sizes)
+        for steps in (4, 200, 30):
+            m.estimator.observe(Work("sd", "tiny", "t2i", steps, 1.0), steps,
+                                fixed + step_cost * steps)  # fmt: skip
+    spent, started, ended = 0.0, 0, 0
+    running: dict[str, dict[str, float]] = {}
+    for round_ in range(400):
+        while len(running) < concurrency:  # clients keep asking
+            key = f"r{round_}-{len(running)}-{started}"
+            steps = rng.choice((8, 20, 40, 200))
+            try:
+                m.admit(key, "c", "default", Work("sd", "tiny", "t2i", steps, 1.0), MONTH_START)
+            except BudgetExceeded:
+                break
+            running[key] = {"steps": steps, "done": 0, "stop_after": 0}
+            started += 1
+        if not running:
+            break
+        key = rng.choice(list(running))  # one step of one run, in any interleaving
+        run = running[key]
+        run["done"] += 1
+        used = fixed + step_cost * run["done"]
+        last = run["done"] == run["steps"] or run["done"] == run["stop_after"]
+        if not last and not m.progress(key, int(run["done"]), int(run["steps"]), used):
+            run["stop_after"] = run["done"] + 1  # the cancel lands during the next step
+        if last:
+            status = "success" if run["done"] == run["steps"] else "cancelled"
+            m.settled(key, record(key, used, int(run["done"]), status))
+            spent += used
+            del running[key]
+            ended += 1
+    for key, run in running.items():  # what is still running finishes its current step
+        used = fixed + step_cost * (run["done"] + 1)
+        m.settled(key, record(key, used, int(run["done"]) + 1, "cancelled"))
+        spent += used
+    # Each run in flight may finish the step it is in; while the model is unknown, a run's
+    # first step (with the fixed part) is not charged before it ends.
+    bound = concurrency * (step_cost if warm else step_cost + fixed)
+    assert spent <= limit + bound + 1e-9
