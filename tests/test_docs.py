@@ -25,6 +25,7 @@ from render_gateway.config import (
     ReconcileConfig,
     RemoteImagesConfig,
     RetryConfig,
+    WebhooksConfig,
     WorkerConfig,
 )
 
@@ -57,6 +58,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.metering]", MeteringConfig),
             ("[gateway.audit]", AuditConfig),
             ("[gateway.reconcile]", ReconcileConfig),
+            ("[gateway.webhooks]", WebhooksConfig),
         )
         for name in _fields(model)
     ],

@@ -16,6 +16,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from render_gateway.url_policy import UrlPolicy, UrlRefused, check_literal
+
 DEFAULT_DATA_DIR = Path(".render")
 
 
@@ -94,6 +96,13 @@ class ReconcileConfig(_Section):
     repair: bool = False  # re-insert into ClickHouse what only the cold path has
 
 
+class WebhooksConfig(_Section):
+    """Where webhooks (job webhooks and the reconciliation alert) may be delivered."""
+
+    allow_http: bool = False  # plain http as well as https
+    allow_private_addresses: bool = False  # hosts on loopback/private/link-local addresses
+
+
 class CustomerBudgetConfig(_Section):
     """A customer's own monthly budget; replaces the plan's for that customer."""
 
@@ -169,9 +178,18 @@ class GatewayConfig(_Section):
     local_demo_worker: bool = True
     anonymous_plan: str | None = None  # anonymous access only when set
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # A request body must arrive whole within this (408 after it): no slow or short body
+    # holds a connection and a handler open.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_queued_jobs: int = Field(default=100_000, ge=1)
+    # How long the signed asset URLs handed out (job views, webhooks, Content-Location) work,
+    # and the longest one POST /assets/{id}/url mints. 7 days, as S3's presigned URLs.
+    asset_url_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=31 * 24 * 3600)
     recovery: Literal["requeue", "fail"] = "requeue"
     max_job_retries: int = Field(default=2, ge=0)
+    # On SIGTERM running jobs get this long to finish (and be billed) before they are stopped
+    # on their backend and requeued without spending a retry.
+    drain_seconds: float = Field(default=20.0, ge=0, le=3600)
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     plans: dict[str, PlanConfig] = Field(
         default_factory=lambda: {
@@ -197,6 +215,22 @@ class GatewayConfig(_Section):
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+
+    @model_validator(mode="after")
+    def _alert_webhook_is_allowed(self) -> GatewayConfig:
+        # Its form only (scheme, an IP literal): a name is checked when a delivery connects.
+        url = self.reconcile.alert_webhook
+        policy = UrlPolicy(self.webhooks.allow_http, self.webhooks.allow_private_addresses)
+        try:
+            if url is not None:
+                check_literal(url, policy)
+        except UrlRefused as exc:
+            raise ValueError(
+                f"gateway.reconcile.alert_webhook: {exc} (see gateway.webhooks.allow_http and "
+                "allow_private_addresses)"
+            ) from None
+        return self
 
     @model_validator(mode="after")
     def _plans_exist(self) -> GatewayConfig:

@@ -6,6 +6,7 @@ input ``request``; the reference worker validates it again, since a backend trus
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,6 +24,17 @@ TASK_MODALITY: dict[str, Modality] = {
 }
 
 MAX_SEED = 2**32 - 1
+# Unknown keys travel to the backend and are stored with every queued job (and shown in its
+# GET /jobs/{id}): a few options' worth, not a payload. Images go in `image`/`mask`.
+MAX_EXTRA_FIELDS_BYTES = 16 * 1024
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (stdlib json: any int, unlike orjson's 64 bits)."""
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except (RecursionError, ValueError, TypeError):
+        return MAX_EXTRA_FIELDS_BYTES + 1  # nothing a backend option needs
 
 
 class GenerationFields(BaseModel):
@@ -44,6 +56,22 @@ class GenerationFields(BaseModel):
     strength: float | None = Field(default=None, ge=0, le=1)
     count: int | None = Field(default=None, ge=1, le=4)
     duration: float | None = Field(default=None, ge=0.5, le=10)
+
+    @model_validator(mode="after")
+    def _extra_fields_are_small(self) -> GenerationFields:
+        extra = self.model_extra or {}
+        if not extra:
+            return self
+        sizes = {name: _json_size(value) + len(name) for name, value in extra.items()}
+        total = sum(sizes.values())
+        if total > MAX_EXTRA_FIELDS_BYTES:
+            largest = sorted(sizes, key=sizes.__getitem__, reverse=True)[:3]
+            names = ", ".join(repr(name[:64]) for name in largest)
+            raise ValueError(
+                f"unknown fields ({names}) take {total} bytes; at most "
+                f"{MAX_EXTRA_FIELDS_BYTES} bytes of fields the API does not define are passed on"
+            )
+        return self
 
 
 class GenerationRequest(GenerationFields):

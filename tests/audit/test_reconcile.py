@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -32,8 +31,9 @@ from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import UsageWriter
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
+from render_gateway.url_policy import UrlPolicy
 
-from support.audit_fixtures import NODE_KEYS, signed_record
+from support.audit_fixtures import signed_record
 from support.processes import free_port
 
 ORIGIN = "render-gateway/test"
@@ -64,7 +64,7 @@ async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
 
     url = f"chdb://{tmp_path / 'usage'}"
     writer = UsageWriter(jobs.usage_log, lambda: open_usage_store(url), 1000, 0.05)
-    batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, 10, 3600)
+    batcher = AttestationBatcher(jobs.usage_log, open_log, 10, 3600)
     writer.start()
     batcher.start()
     records = [signed_record(i, 0.25 + i / 100, customer=f"c{i % 2}") for i in range(N)]
@@ -225,19 +225,20 @@ async def test_the_reconciler_alerts_through_the_webhook(paths: Paths) -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(session, WebhookSecret.generate())
-        config = ReconcileConfig(alert_webhook=f"http://127.0.0.1:{port}/alerts")
-        reconciler = Reconciler(config, lambda: paths.usage, paths.objects,
-                                load_signer(paths.data, ORIGIN), sender)  # fmt: skip
-        clean = await reconciler.run(paths.window())
-        assert clean.status == "reconciled" and not received
-        victim = paths.request_ids[9]
-        mutate(paths.usage, f"ALTER TABLE inference_events DELETE WHERE request_id = '{victim}'")
-        run = await reconciler.run(paths.window())
-        await asyncio.wait_for(arrived.wait(), 10)
-        await sender.drain(5)
-        await sender.close()
+    # The receiver is on 127.0.0.1 over http: the alert opts in, as a test config must.
+    local = UrlPolicy(allow_http=True, allow_private_addresses=True)
+    sender = WebhookSender(WebhookSecret.generate(), local)
+    config = ReconcileConfig(alert_webhook=f"http://127.0.0.1:{port}/alerts")
+    reconciler = Reconciler(config, lambda: paths.usage, paths.objects,
+                            load_signer(paths.data, ORIGIN), sender)  # fmt: skip
+    clean = await reconciler.run(paths.window())
+    assert clean.status == "reconciled" and not received
+    victim = paths.request_ids[9]
+    mutate(paths.usage, f"ALTER TABLE inference_events DELETE WHERE request_id = '{victim}'")
+    run = await reconciler.run(paths.window())
+    await asyncio.wait_for(arrived.wait(), 10)
+    await sender.drain(5)
+    await sender.close()
     await runner.cleanup()
     assert run.status == "discrepancies" and reconciler.state.last_discrepancies == 2
     assert received[0]["type"] == "reconciliation.discrepancies"

@@ -2,6 +2,9 @@
 
 Backoff never really waits: the sender gets a fake sleep that records each delay and moves a
 fake clock forward by it, so every retry carries a later ``webhook-timestamp``.
+
+The receivers are on 127.0.0.1 over http, so delivery tests opt in with ``LOCAL`` (the default
+policy refuses both); the policy tests refuse before connecting and send nothing anywhere.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender, sign, verify
+from render_gateway.url_policy import UrlPolicy, UrlRefused
 
 from support.clock import FakeClock
 from support.processes import free_port
@@ -41,6 +46,7 @@ VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 NOW = 1_700_000_000.0
 SECRET = WebhookSecret.generate()
 JOB = {"id": "j_123", "status": "succeeded", "outputs": [{"asset_id": "a_1"}]}
+LOCAL = UrlPolicy(allow_http=True, allow_private_addresses=True)
 
 
 # --- receivers -----------------------------------------------------------------------------
@@ -105,6 +111,10 @@ async def receiver() -> AsyncIterator[Receiver]:
         await release.wait()
         return web.Response(status=204)
 
+    async def moved(_: int) -> web.StreamResponse:
+        # To a route of this receiver that records every hit: it must never see one.
+        return web.Response(status=307, headers={"Location": f"{state.url}/ok"})
+
     async def slow_ok(_: int) -> web.StreamResponse:
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -113,7 +123,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         return web.Response(status=204)
 
     app = web.Application()
-    behaviours = {"/ok": ok, "/flaky": flaky, "/gone": gone, "/busy": busy, "/hang": hang}
+    behaviours = {"/ok": ok, "/flaky": flaky, "/gone": gone, "/busy": busy, "/hang": hang,
+                  "/moved": moved}  # fmt: skip
     app.add_routes([web.post(path, recorded(fn)) for path, fn in behaviours.items()])
     app.add_routes([web.post("/slow_ok", recorded(slow_ok))])
     runner = web.AppRunner(app)
@@ -125,12 +136,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     yield state
     release.set()
     await runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 @dataclass
@@ -152,14 +157,12 @@ def fake() -> FakeTime:
 
 
 @pytest_asyncio.fixture
-async def make_sender(
-    session: aiohttp.ClientSession, fake: FakeTime
-) -> AsyncIterator[Callable[..., WebhookSender]]:
+async def make_sender(fake: FakeTime) -> AsyncIterator[Callable[..., WebhookSender]]:
     made: list[WebhookSender] = []
 
-    def make(**options: Any) -> WebhookSender:
+    def make(policy: UrlPolicy = LOCAL, **options: Any) -> WebhookSender:
         defaults: dict[str, Any] = {"sleep": fake.sleep, "clock": fake.clock}
-        sender = WebhookSender(session, SECRET, **{**defaults, **options})
+        sender = WebhookSender(SECRET, policy, **{**defaults, **options})
         made.append(sender)
         return sender
 
@@ -462,17 +465,131 @@ async def test_send_drops_beyond_max_pending_and_after_close(
 @pytest.mark.parametrize(
     "url", ["ftp://example.com/hook", "file:///etc/passwd", "example.com/hook", "http://"]
 )
-async def test_only_absolute_http_urls_are_accepted(
-    url: str, session: aiohttp.ClientSession
-) -> None:
-    sender = WebhookSender(session, SECRET)
+async def test_only_absolute_http_urls_are_accepted(url: str) -> None:
+    sender = WebhookSender(SECRET, LOCAL)
     with pytest.raises(ValueError, match="http"):
         sender.send(url, JOB)
     assert sender.pending == 0
 
 
 @pytest.mark.parametrize("event_id", ["", "has space", "a\r\nX-Injected: 1", "x" * 129])
-async def test_event_ids_must_be_header_safe(event_id: str, session: aiohttp.ClientSession) -> None:
-    sender = WebhookSender(session, SECRET)
+async def test_event_ids_must_be_header_safe(event_id: str) -> None:
+    sender = WebhookSender(SECRET)
     with pytest.raises(ValueError, match="event id"):
         sender.send("https://example.com/hook", JOB, event_id=event_id)
+
+
+# --- where a webhook may go ----------------------------------------------------------------
+# Every refusal below happens before a socket is opened: IP literals and schemes are refused
+# from the URL, names at resolution (only 'localhost', from /etc/hosts, is resolved for real).
+
+NON_PUBLIC_HOSTS = [
+    "127.0.0.1",
+    "localhost",
+    "[::ffff:127.0.0.1]",
+    "0.0.0.0",
+    "169.254.169.254",
+    "10.1.2.3",
+    "[::1]",
+    "[2002:7f00:1::]",  # 6to4 around 127.0.0.1
+    "2130706433",  # 127.0.0.1 written as one number
+]
+
+
+@pytest.mark.parametrize("host", NON_PUBLIC_HOSTS)
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_non_public_hosts_are_refused_when_checked(host: str, scheme: str) -> None:
+    sender = WebhookSender(SECRET, UrlPolicy(allow_http=True))
+    with pytest.raises(UrlRefused, match="non-public address"):
+        await sender.check(f"{scheme}://{host}:8443/hook")
+
+
+async def test_http_is_refused_unless_allowed() -> None:
+    with pytest.raises(UrlRefused, match="https"):
+        await WebhookSender(SECRET).check("http://hooks.example.com/hook")
+    with pytest.raises(UrlRefused, match="https"):
+        WebhookSender(SECRET).send("http://hooks.example.com/hook", JOB)
+
+
+async def test_allow_private_addresses_lets_them_through(receiver: Receiver) -> None:
+    await WebhookSender(SECRET, LOCAL).check(f"{receiver.url}/ok")
+    await WebhookSender(SECRET, LOCAL).check("http://localhost:1/ok")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "0.0.0.0", "169.254.169.254"])
+async def test_send_refuses_ip_literals_outright(
+    host: str, make_sender: Callable[..., WebhookSender]
+) -> None:
+    sender = make_sender(UrlPolicy(allow_http=True))
+    with pytest.raises(UrlRefused, match="non-public address"):
+        sender.send(f"http://{host}:9/hook", JOB)
+    assert sender.pending == 0
+
+
+async def test_a_name_resolving_to_loopback_is_refused_at_delivery_and_not_retried(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
+) -> None:
+    # send() does not resolve: the refusal comes from the connector's resolver, before connect.
+    sender = make_sender(UrlPolicy(allow_http=True))
+    port = URL(receiver.url).port
+    assert sender.send(f"http://localhost:{port}/ok", JOB)
+    assert await sender.drain(5)
+    assert receiver.requests == []
+    assert (sender.delivered, sender.failed) == (0, 1)
+    assert fake.sleeps == []  # a refusal is final
+
+
+@dataclass
+class ScriptedDns(AbstractResolver):
+    """DNS whose answers change from one lookup to the next, as a rebinding attacker's does (no
+    DNS server of ours can run here, so the answers are scripted). Only the last answer is
+    ever connected to in these tests, and it is 127.0.0.1."""
+
+    answers: list[str]
+    asked: list[str] = field(default_factory=list)
+
+    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[ResolveResult]:
+        self.asked.append(host)
+        address = self.answers[min(len(self.asked), len(self.answers)) - 1]
+        return [ResolveResult(hostname=host, host=address, port=port, family=2, proto=6,
+                              flags=0)]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_name_that_rebinds_after_the_check_is_refused_at_delivery(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender]
+) -> None:
+    dns = ScriptedDns(["93.184.215.14", "127.0.0.1"])  # public for the check, then loopback
+    sender = make_sender(UrlPolicy(allow_http=True), resolver=dns)
+    url = f"http://hooks.example.com:{URL(receiver.url).port}/ok"
+    await sender.check(url)  # passes: the name is public now
+    assert sender.send(url, JOB)
+    assert await sender.drain(5)
+    assert dns.asked == ["hooks.example.com", "hooks.example.com"]
+    assert receiver.requests == []
+    assert (sender.delivered, sender.failed) == (0, 1)
+
+
+async def test_the_scripted_dns_is_what_delivery_connects_to(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender]
+) -> None:
+    # The control for the test above: allowed, the same kind of name reaches the receiver.
+    dns = ScriptedDns(["127.0.0.1"])
+    sender = make_sender(LOCAL, resolver=dns)
+    assert sender.send(f"http://hooks.example.com:{URL(receiver.url).port}/ok", JOB)
+    assert await sender.drain(5)
+    assert len(receiver.at("/ok")) == 1 and sender.delivered == 1
+
+
+async def test_redirects_are_not_followed(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
+) -> None:
+    sender = make_sender()
+    assert sender.send(f"{receiver.url}/moved", JOB)
+    assert await sender.drain(5)
+    assert len(receiver.at("/moved")) == 1
+    assert receiver.at("/ok") == []
+    assert (sender.delivered, sender.failed) == (0, 1)
+    assert fake.sleeps == []

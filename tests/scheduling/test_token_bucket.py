@@ -186,6 +186,30 @@ def test_prune_drops_only_full_buckets() -> None:
     assert len(limiter) == 0
 
 
+def test_refund_gives_back_a_take_but_never_past_full() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(lambda key: BucketConfig(2, 0), clock=clock)
+    assert limiter.take("alice", 2).allowed
+    limiter.refund("alice")
+    assert limiter.take("alice") == Decision(True, 0.0, 0.0, math.inf)
+    assert not limiter.take("alice").allowed
+    limiter.refund("alice", 5)
+    assert limiter.take("alice", 0).remaining == 2.0
+    with pytest.raises(ValueError, match="cost"):
+        limiter.refund("alice", -1)
+
+
+def test_pair_keys_keep_a_plan_with_a_colon_apart() -> None:
+    # The gateway keys buckets by (plan, customer): plan "admin:x" is not plan "admin".
+    plans = {"admin": BucketConfig(1000, 100), "default": BucketConfig(1, 0)}
+    limiter: RateLimiter[tuple[str, str]] = RateLimiter(
+        lambda key: plans.get(key[0], plans["default"]), clock=FakeClock()
+    )
+    assert limiter.take(("admin:x", "mallory")).allowed
+    assert not limiter.take(("admin:x", "mallory")).allowed
+    assert limiter.take(("admin", "x:mallory")).remaining == 999
+
+
 def test_fill_ratio_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="fill_ratio"):
         TokenBucket(BucketConfig(1, 1), clock=FakeClock(), fill_ratio=1.5)

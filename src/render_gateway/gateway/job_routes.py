@@ -14,24 +14,36 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from render_gateway.auth.principal import Principal
-from render_gateway.catalog import CatalogError, CatalogModel
+from render_gateway.auth.principal import AuthError, Principal
+from render_gateway.catalog import CatalogError, CatalogModel, FormatNotOffered
 from render_gateway.domain import Job, JobStatus
 from render_gateway.gateway.api_models import (
     ERROR_RESPONSES,
+    JSON_ERROR_RESPONSES,
+    REDIRECT_RESPONSE,
     JobResponse,
     QueuedResponse,
     QueueRequest,
 )
+from render_gateway.gateway.asset_routes import admit_asset_inputs
 from render_gateway.gateway.deps import caller, charge_rate_limit, services
+from render_gateway.gateway.event_stream import (
+    EVENT_STREAM_RESPONSE,
+    LAST_EVENT_ID_PATTERN,
+    STREAM_AUTH_RECHECK_SECONDS,
+    EventStream,
+    until_refused,
+)
 from render_gateway.gateway.http import ApiError, request_id_of
 from render_gateway.gateway.services import GatewayServices
 from render_gateway.gateway.views import job_view
 from render_gateway.generation import GenerationRequest, describe_validation_error
 from render_gateway.ids import new_job_id
 from render_gateway.metering.budgets import BudgetExceeded, Reservation
+from render_gateway.metering.work import Work, work_of
 from render_gateway.scheduling.lanes import Lane
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict
+from render_gateway.url_policy import UrlRefused
 
 router = APIRouter()
 ROUTING_FIELDS = frozenset(
@@ -47,6 +59,15 @@ def validated_generation(task: str, fields: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         raise ApiError(400, "invalid_request", describe_validation_error(exc)) from exc
     return fields
+
+
+def offered_format(entry: CatalogModel, task: str, requested: str | None) -> str | None:
+    """The format forwarded for the request (see CatalogModel.format_for); 400 naming what is
+    offered when the model's backends cannot serve the one asked for."""
+    try:
+        return entry.format_for(task, requested)
+    except FormatNotOffered as exc:
+        raise ApiError(400, "format_not_offered", str(exc), {"offered": exc.offered}) from exc
 
 
 def resolve_route(
@@ -65,13 +86,21 @@ def require_backend(svc: GatewayServices, family: str, model: str, backend: str 
         raise ApiError(404, "backend_not_found", f"no backend{kind} serves {family}/{model}")
 
 
-def admit_budget(
-    svc: GatewayServices, key: str, principal: Principal, family: str, model: str, now: float
-) -> Reservation:
-    """Reserve the request's estimated usage against the customer's monthly budget: 402 when
-    it does not fit (nothing is queued or run, nothing is held)."""
+async def require_webhook_allowed(svc: GatewayServices, url: str) -> None:
+    """400 naming the field for a webhook the sender would refuse (OPERATIONS.md, webhooks)."""
     try:
-        return svc.meter.admit(key, principal.customer_id, principal.plan, family, model, now)
+        await svc.webhooks.check(url)
+    except UrlRefused as exc:
+        raise ApiError(400, "invalid_request", f"webhook: {exc}", {"field": "webhook"}) from None
+
+
+def admit_budget(
+    svc: GatewayServices, key: str, principal: Principal, work: Work, now: float
+) -> Reservation:
+    """Reserve the request's own estimated usage against the customer's monthly budget: 402
+    when it does not fit (nothing is queued or run, nothing is held)."""
+    try:
+        return svc.meter.admit(key, principal.customer_id, principal.plan, work, now)
     except BudgetExceeded as exc:
         details = {"limit": exc.limit, "committed": exc.committed, "requested": exc.asked,
                    "unit": exc.what}  # fmt: skip
@@ -94,7 +123,9 @@ def eta_seconds(svc: GatewayServices, job: Job, position: int | None) -> float |
 def job_body(svc: GatewayServices, job: Job) -> dict[str, Any]:
     position = svc.store.position(job.id) if job.status is JobStatus.queued else None
     progress, _ = svc.events.progress(job.id)
-    return job_view(job, position, progress, eta_seconds(svc, job, position))
+    return job_view(
+        job, position, progress, eta_seconds(svc, job, position), asset_url=svc.asset_urls.url
+    )
 
 
 async def owned_job(svc: GatewayServices, job_id: str, principal: Principal) -> Job:
@@ -120,10 +151,17 @@ async def submit(
     svc = services(request)
     entry = resolve_route(svc, body.modality, body.family, body.model, body.task)
     family, model = entry.family, entry.model
-    generation = validated_generation(
-        body.task, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
+    generation = await admit_asset_inputs(
+        request,
+        principal,
+        validated_generation(
+            body.task, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
+        ),
     )
+    format_name = offered_format(entry, body.task, body.format)
     require_backend(svc, family, model, body.backend)
+    if body.webhook is not None:
+        await require_webhook_allowed(svc, body.webhook)
     plan = svc.config.plans.get(principal.plan) or svc.config.plans["default"]
     if body.priority == "high" and not plan.allow_high_priority:
         raise ApiError(
@@ -140,7 +178,7 @@ async def submit(
         "family": family,
         "model": model,
         "task": body.task,
-        "format": body.format or entry.default_format,
+        "format": format_name,
         "backend": body.backend,
         "generation": generation,
     }
@@ -149,7 +187,8 @@ async def submit(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
     job_id = new_job_id()
-    reservation = admit_budget(svc, job_id, principal, family, model, now)
+    work = work_of(body.modality, family, model, body.task, routing["format"], generation)
+    reservation = admit_budget(svc, job_id, principal, work, now)
     job = Job(
         id=job_id,
         customer_id=principal.customer_id,
@@ -167,6 +206,7 @@ async def submit(
                 "gpu_seconds": reservation.amount.gpu_seconds,
                 "cost_nanos": reservation.amount.cost_nanos,
                 "month": reservation.month,
+                "work": work.to_dict(),
             },
         },
     )
@@ -226,7 +266,8 @@ async def cancel_job(
 @router.get(
     "/jobs/{job_id}/output",
     status_code=303,
-    responses=ERROR_RESPONSES,
+    response_class=RedirectResponse,
+    responses={**REDIRECT_RESPONSE, **ERROR_RESPONSES},
     summary="Redirect to the output",
 )
 async def job_output(
@@ -236,21 +277,33 @@ async def job_output(
     job = await owned_job(svc, job_id, principal)
     if job.status is not JobStatus.complete or not job.outputs:
         raise ApiError(409, "not_complete", f"job {job_id} is {job.status.value}")
-    return RedirectResponse(f"/assets/{job.outputs[0]}", status_code=303)
+    # A signed URL: the client (or a browser it hands the URL to) follows it without credentials.
+    return RedirectResponse(svc.asset_urls.url(job.outputs[0]), status_code=303)
 
 
 @router.get(
-    "/jobs/{job_id}/events", responses=ERROR_RESPONSES, summary="Server-Sent Events of a job"
+    "/jobs/{job_id}/events",
+    response_class=EventStream,
+    responses={**EVENT_STREAM_RESPONSE, **JSON_ERROR_RESPONSES},
+    summary="Server-Sent Events of a job",
 )
 async def job_events(
     job_id: str,
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            pattern=LAST_EVENT_ID_PATTERN,
+            description="the id of the last event received: the stream resumes after it",
+        ),
+    ] = "0",
 ) -> EventSourceResponse:
     svc = services(request)
     job = await owned_job(svc, job_id, principal)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = int(last_event_id)  # the pattern keeps it to 18 digits
+    credentials = request.headers.get("authorization")
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         current = job
@@ -266,7 +319,7 @@ async def job_events(
             current = await svc.store.get(job_id) or current
         if not svc.events.has_log(job_id):
             # A job that ended before this process knew of it (e.g. before a restart).
-            for name, data in _terminal_event(current):
+            for name, data in _terminal_event(svc, current):
                 yield ServerSentEvent(orjson.dumps(data).decode(), event=name)
             return
         async for item in svc.events.follow(job_id, after):
@@ -274,12 +327,19 @@ async def job_events(
                 orjson.dumps(item.data).decode(), event=item.event, id=str(item.id)
             )
 
-    return EventSourceResponse(stream(), ping=15)
+    async def still_allowed() -> bool:
+        try:
+            now = await svc.authenticator.authenticate(credentials)
+        except AuthError:
+            return False
+        return now.customer_id == principal.customer_id
+
+    return EventStream(until_refused(stream(), still_allowed, STREAM_AUTH_RECHECK_SECONDS), ping=15)
 
 
-def _terminal_event(job: Job) -> list[tuple[str, dict[str, Any]]]:
+def _terminal_event(svc: GatewayServices, job: Job) -> list[tuple[str, dict[str, Any]]]:
     if job.status is JobStatus.complete:
-        urls = [f"/assets/{a}" for a in job.outputs]
+        urls = [svc.asset_urls.url(a) for a in job.outputs]
         return [("complete", {"output": urls[0] if urls else None, "outputs": urls})]
     if job.error is not None:
         return [("error", {"code": job.error.code, "message": job.error.message})]

@@ -22,6 +22,7 @@ from render_gateway.config import ReconcileConfig
 from render_gateway.gateway.webhooks import WebhookSender
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import UsageStore
+from render_gateway.url_policy import UrlRefused
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ class Reconciler:
         if result.status != "reconciled":
             log.warning("reconciliation %s: %s (%s)", result.run_id, result.status, result.error)
             if self.config.alert_webhook:
-                self._webhooks.send(
-                    self.config.alert_webhook, self._alert(result), f"reconcile.{result.run_id}"
-                )
+                self._alert_now(self.config.alert_webhook, result)
         return result
 
     def _reconcile_and_record(
@@ -113,6 +112,14 @@ class Reconciler:
         except Exception:  # the check itself stands; only its record failed (logged)
             log.exception("could not record reconciliation run %s", result.run_id)
         return result
+
+    def _alert_now(self, url: str, result: Reconciliation) -> None:
+        # The sender holds alerts to the webhook policy as it does job webhooks (the config
+        # check at start refuses a literal it forbids); a refusal must not fail the run.
+        try:
+            self._webhooks.send(url, self._alert(result), f"reconcile.{result.run_id}")
+        except UrlRefused as exc:
+            log.error("reconciliation alert not sent: %s", exc)
 
     @staticmethod
     def _alert(result: Reconciliation) -> dict[str, Any]:

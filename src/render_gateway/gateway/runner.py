@@ -4,6 +4,11 @@ its outputs, settle it, and publish its events.
 Strict priority, FIFO within a lane: the head of the queue waits for capacity on its own model
 (head-of-line) rather than being overtaken. Every settled job carries its usage record, written
 in the same commit as its final status.
+
+A clean stop drains (``drain``): no job is claimed once the stop begins, running jobs get a
+grace period to settle normally (billed as usual), and what is still running then is stopped on
+its backend and put back in the queue with its retries unchanged, unbilled (the customer pays
+for the run that completes; the stopped run's signed claim is kept on the job for operators).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import Any, Literal
 import orjson
 
 from render_gateway.domain import Job, JobError, JobStatus
+from render_gateway.gateway.asset_inputs import inline_asset_inputs
 from render_gateway.gateway.events import JobEventHub
 from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
-from render_gateway.metering.meter import Meter
+from render_gateway.metering.meter import BUDGET_EXHAUSTED, Meter
 from render_gateway.metering.records import UsageRecord
 from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.scheduling.dispatch import Dispatcher, DispatchOutcome, NoCapacity
@@ -71,22 +77,65 @@ class JobRunner:
         meter: Meter,
         clock: Callable[[], float] = time.time,
         on_settled: Callable[[Job], None] = lambda _job: None,
+        asset_url: Callable[[str], str] = lambda asset_id: f"/assets/{asset_id}",
     ) -> None:
         self._store, self._pool, self._dispatcher = store, pool, dispatcher
+        self._asset_url = asset_url  # what the complete event hands out (a signed URL)
         self._meter = meter
         self._assets, self._events, self._clock = assets, events, clock
         self._on_settled = on_settled  # e.g. the job's webhook
         self._wake = asyncio.Event()
         self._cancels: dict[str, asyncio.Event] = {}
+        self._budget_stopped: set[str] = set()  # running jobs stopped as their budget ran out
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping_since: float | None = None  # monotonic time the stop began
+        self._drained: set[str] = set()  # jobs the drain stopped: requeued, not settled
         self.service_times = ServiceTimes()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="ttl-sweeper")
         self.wake()
+
+    def stop_claiming(self) -> None:
+        """Take no more jobs from the queue; running ones go on. Safe to call from a signal
+        handler (it only sets fields), so the stop begins the moment SIGTERM arrives."""
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+
+    async def drain(
+        self, grace_seconds: float, cancel_wait_seconds: float = 10.0
+    ) -> tuple[int, int]:
+        """Stop taking work, let running jobs settle for up to ``grace_seconds`` after the stop
+        began, then stop the rest on their backends and requeue them without spending a retry.
+        Returns (jobs that settled during the drain, jobs requeued)."""
+        self.stop_claiming()
+        assert self._stopping_since is not None
+        running = set(self._tasks)
+        if running:
+            left = self._stopping_since + grace_seconds - time.monotonic()
+            await asyncio.wait(running, timeout=max(0.0, left))
+        settled = sum(task.done() for task in running)
+        stopped = list(self._cancels)  # the jobs still running here
+        for job_id in stopped:
+            self._drained.add(job_id)
+            self._cancels[job_id].set()  # the backend stops at its next step and signs a claim
+        if self._tasks:
+            _, unanswered = await asyncio.wait(set(self._tasks), timeout=cancel_wait_seconds)
+            for task in unanswered:
+                task.cancel()
+            for task in unanswered:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        requeued = 0
+        for job_id in stopped:  # put back any whose backend never answered the cancel
+            with contextlib.suppress(Exception):
+                await self._store.requeue(job_id, {"requeued_by": "drain"})
+            job = await self._store.get(job_id)
+            requeued += job is not None and job.status is JobStatus.queued
+        return settled, requeued
 
     async def stop(self) -> None:
         for task in (self._loop_task, self._sweeper, *self._tasks):
@@ -124,7 +173,7 @@ class JobRunner:
                 self.wake()
 
     async def _start_what_fits(self) -> None:
-        while (head := self._store.peek()) is not None:
+        while self._stopping_since is None and (head := self._store.peek()) is not None:
             job = await self._store.get(head)
             if job is None:
                 return
@@ -156,19 +205,30 @@ class JobRunner:
             self._events.publish(
                 job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
             )
+            elapsed = self._clock() - started
+            if not self._meter.progress(job.id, event.step, event.steps, elapsed):
+                self._budget_stopped.add(job.id)  # its next step would cross the budget
+                self._cancels[job.id].set()
 
         try:
             try:
                 outcome = await self._dispatch_when_possible(job, request_id, progress)
             except BackendError as exc:
                 await self._settle_error(job, started, JobError(exc.code, str(exc), exc.retriable))
-            except Exception as exc:
+            except Exception:
                 log.exception("job %s failed in the gateway", job.id)
-                await self._settle_error(job, started, JobError("internal", str(exc), True))
+                # The customer gets a code; the exception (maybe with paths) is in the log.
+                internal = JobError("internal", "internal error; see the gateway log", True)
+                await self._settle_error(job, started, internal)
             else:
-                await self._settle(job, started, outcome)
+                drained = job.id in self._drained and job.id not in self._budget_stopped
+                if outcome.cancelled and drained:
+                    await self._put_back(job, outcome)
+                else:
+                    await self._settle(job, started, outcome)
         finally:
             self._cancels.pop(job.id, None)
+            self._budget_stopped.discard(job.id)
             self.wake()
 
     async def _dispatch_when_possible(
@@ -178,12 +238,14 @@ class JobRunner:
         wait for one instead of failing the job."""
         request = job.request
         cancel = self._cancels[job.id]
+        # Asset inputs become data: URIs here, once: a backend never fetches the gateway.
+        payload = generation_payload(await inline_asset_inputs(self._assets, request))
         while True:
             try:
                 return await self._dispatcher.run(
                     request["family"],
                     request["model"],
-                    generation_payload(request),
+                    payload,
                     request_id,
                     progress,
                     cancel,
@@ -193,22 +255,50 @@ class JobRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cancel.wait(), 0.2)
 
+    async def _put_back(self, job: Job, outcome: DispatchOutcome) -> None:
+        """A run the drain stopped: the job goes back in the queue, unbilled and with its
+        retries unchanged; the backend's signed claim of the partial run stays on the job."""
+        claim = dict(outcome.result.parameters)
+        run = {
+            "backend": outcome.backend_id or None,
+            "ended_at": self._clock(),
+            "gpu_seconds": claim.get("gpu_seconds"),
+            "steps_completed": claim.get("steps_completed"),
+            "usage_claim": claim.get("usage_claim"),
+        }
+        runs = [*job.extra.get("drained_runs", []), run]
+        await self._store.requeue(job.id, {"drained_runs": runs, "requeued_by": "drain"})
+        log.info("job %s stopped by the drain and requeued (%s)", job.id, run["gpu_seconds"])
+
     async def _settle(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
         now = self._clock()
         result = outcome.result
         if not isinstance(result, BackendResult):
+            # Stopped on request: by its owner, or by the budget (billed either way: the
+            # backend's signed claim says what ran).
+            error = (
+                JobError(BUDGET_EXHAUSTED, "stopped: the monthly budget ran out", False)
+                if job.id in self._budget_stopped
+                else None
+            )
             usage = self._usage(
-                job, started, now, outcome.backend_id, result.parameters, "cancelled"
-            )
+                job, started, now, outcome.backend_id, result.parameters, "cancelled",
+                error.code if error else None,
+            )  # fmt: skip
             settled = await self._store.finish(
-                job.id, JobStatus.cancelled, now, extra={"usage": usage.to_dict()}, usage=usage
+                job.id, JobStatus.cancelled, now, error=error,
+                extra={"usage": usage.to_dict()}, usage=usage,
+            )  # fmt: skip
+            code, message = (
+                (error.code, error.message) if error else ("cancelled", "the job was cancelled")
             )
-            self._events.publish(
-                job.id, "error", {"code": "cancelled", "message": "the job was cancelled"}
-            )
+            self._events.publish(job.id, "error", {"code": code, "message": message})
             self._on_settled(settled)
             return
-        assets = [await self._assets.put(data, result.content_type) for data in result.outputs]
+        assets = [
+            await self._assets.put(data, result.content_type, job.customer_id)
+            for data in result.outputs
+        ]
         seed = result.parameters.get("seed")
         usage = self._usage(job, started, now, outcome.backend_id, result.parameters, "success")
         settled = await self._store.finish(
@@ -221,7 +311,7 @@ class JobRunner:
             usage=usage,
         )
         self.service_times.observe(job.request["family"], job.request["model"], now - started)
-        urls = [f"/assets/{a.id}" for a in assets]
+        urls = [self._asset_url(a.id) for a in assets]
         self._events.publish(
             job.id, "complete", {"output": urls[0] if urls else None, "outputs": urls}
         )

@@ -19,6 +19,8 @@ from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import ObjectStore, default_cas_url, open_object_store
+from render_gateway.audit.proof_index import INDEX_FILE as PROOF_INDEX_FILE
+from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
@@ -27,14 +29,18 @@ from render_gateway.auth.private_file import read_private_text
 from render_gateway.catalog import Catalog, CatalogModel
 from render_gateway.config import GatewayConfig, JwtConfig
 from render_gateway.domain import Job
+from render_gateway.gateway.asset_urls import AssetUrlSigner
 from render_gateway.gateway.events import JobEventHub
 from render_gateway.gateway.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
+from render_gateway.gateway.offered_catalog import OfferedCatalog
 from render_gateway.gateway.reconciler import Reconciler
 from render_gateway.gateway.runner import JobRunner
 from render_gateway.gateway.views import job_view
 from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
 from render_gateway.inference.kserve_client import KServeClient
-from render_gateway.metering.budgets import Amount, BudgetLedger, ReservationEstimator, month_of
+from render_gateway.metering.budgets import Amount, BudgetLedger, month_of
+from render_gateway.metering.estimates import CostEstimator
+from render_gateway.metering.estimates_file import EstimatesFile
 from render_gateway.metering.from_config import budget_limits, price_table
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.store import (
@@ -54,6 +60,7 @@ from render_gateway.stores.assets import LocalAssetStore
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.stores.usage_log import UsageLog
+from render_gateway.url_policy import UrlPolicy
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,7 @@ async def _restore_budgets(store: SqliteJobStore, meter: Meter) -> None:
         )
     for job in await store.unsettled():
         if isinstance(reservation := job.extra.get("reservation"), dict):
-            meter.restore(job.id, job.customer_id, reservation)
+            meter.restore(job.id, job.customer_id, {"plan": job.extra.get("plan"), **reservation})
 
 
 async def _start_usage_writer(
@@ -120,24 +127,24 @@ class AuditParts:
     objects: ObjectStore
     signer: NoteSigner
     batcher: AttestationBatcher
+    proof_index: ProofIndex
 
 
-def _start_batcher(
-    config: GatewayConfig,
-    data: Path,
-    usage_log: UsageLog,
-    node_keys: Callable[[], dict[str, bytes]],
-) -> AuditParts:
+def _start_batcher(config: GatewayConfig, data: Path, usage_log: UsageLog) -> AuditParts:
+    """The cold path. Records carry the node key their claim was verified with when the
+    request settled, so the batcher needs no keys of its own and may seal at once."""
     audit = config.audit
     objects = open_object_store(audit.cas_url or default_cas_url(data))
     signer = load_signer(data, audit.origin)
+    proof_index = ProofIndex(data / PROOF_INDEX_FILE)
 
     open_log = functools.partial(open_audit_log, objects, signer, audit.origin)
     batcher = AttestationBatcher(
-        usage_log, open_log, node_keys, audit.batch_records, audit.batch_seconds
-    )
+        usage_log, open_log, audit.batch_records, audit.batch_seconds,
+        on_open=proof_index.catch_up, on_append=proof_index.add,
+    )  # fmt: skip
     batcher.start()
-    return AuditParts(objects, signer, batcher)
+    return AuditParts(objects, signer, batcher, proof_index)
 
 
 @dataclass
@@ -145,11 +152,12 @@ class GatewayServices:
     config: GatewayConfig
     store: SqliteJobStore
     assets: LocalAssetStore
+    asset_urls: AssetUrlSigner  # signs the expiring URLs through which others read assets
     api_keys: SqliteApiKeyStore
     authenticator: Authenticator
     catalog: Catalog
     pool: BackendPool
-    limiter: RateLimiter
+    limiter: RateLimiter[tuple[str, str]]
     events: JobEventHub
     session: aiohttp.ClientSession
     dispatcher: Dispatcher
@@ -163,13 +171,34 @@ class GatewayServices:
     node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     reconciler: Reconciler
     local_worker: LocalWorker | None = None
+    estimates: EstimatesFile | None = None  # the cost models, saved again on stop
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
+    # The configured catalog narrowed to what the backends report they serve: ``catalog``
+    # follows it as backends are read (see offered_catalog.py).
+    _offered: OfferedCatalog | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @classmethod
     async def start(cls, config: GatewayConfig) -> GatewayServices:
+        """Open every store and start every loop; with no backend configured, start the demo
+        worker first. A start that fails after that stops the worker again (no orphan)."""
         data = Path(config.data_dir)
         await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
+        local_worker = None
+        if not config.backends and config.local_demo_worker:
+            local_worker = await start_local_worker(data)
+        try:
+            return await cls._start(config, data, local_worker)
+        except BaseException:
+            if local_worker is not None:
+                await local_worker.stop()
+            raise
+
+    @classmethod
+    async def _start(
+        cls, config: GatewayConfig, data: Path, local_worker: LocalWorker | None
+    ) -> GatewayServices:
         backends = [
             BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming)
             for b in config.backends
@@ -187,9 +216,7 @@ class GatewayServices:
             )
             for m in config.models
         ]
-        local_worker = None
-        if not backends and config.local_demo_worker:
-            local_worker = await start_local_worker(data)
+        if local_worker is not None:
             backends = [
                 BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})
             ]
@@ -203,17 +230,20 @@ class GatewayServices:
             "job store open: %d queued, %d requeued, %d failed after a restart",
             recovery.queued, len(recovery.requeued), len(recovery.failed),
         )  # fmt: skip
+        estimator = CostEstimator(config.reservation_gpu_seconds)
+        estimates = EstimatesFile(data / "estimates.json", estimator)
+        await asyncio.to_thread(estimates.load)
         meter = Meter(
             price_table(config),
             BudgetLedger(budget_limits(config)),
-            ReservationEstimator(config.reservation_gpu_seconds),
+            estimator,
+            on_learned=estimates.learned,
         )
         await _restore_budgets(store, meter)
         usage_writer = await _start_usage_writer(config, data, store.usage_log)
         node_keys: dict[str, bytes] = {}
-        audit = await asyncio.to_thread(
-            _start_batcher, config, data, store.usage_log, lambda: dict(node_keys)
-        )
+        meter.node_keys = node_keys  # claims are checked with them as each request settles
+        audit = await asyncio.to_thread(_start_batcher, config, data, store.usage_log)
 
         def on_record() -> None:
             usage_writer.notify()
@@ -231,10 +261,16 @@ class GatewayServices:
         )
         events = JobEventHub()
         assets = LocalAssetStore(data / "assets")
+        asset_urls = await asyncio.to_thread(
+            AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds
+        )
         webhook_secret = await asyncio.to_thread(
             WebhookSecret.load_or_create, data / "webhook_secret"
         )
-        webhooks = WebhookSender(session, webhook_secret)
+        webhooks = WebhookSender(
+            webhook_secret,
+            UrlPolicy(config.webhooks.allow_http, config.webhooks.allow_private_addresses),
+        )
 
         finished: Counter[str] = Counter()
 
@@ -247,26 +283,31 @@ class GatewayServices:
                 progress, _ = events.progress(job.id)
                 webhooks.send(
                     job.webhook,
-                    job_view(job, None, progress, None),
+                    job_view(job, None, progress, None, asset_url=asset_urls.url),
                     event_id=f"{job.id}.{job.status.value}",
                 )
 
-        runner = JobRunner(store, pool, dispatcher, assets, events, meter, on_settled=notify)
+        runner = JobRunner(
+            store, pool, dispatcher, assets, events, meter, on_settled=notify,
+            asset_url=asset_urls.url,
+        )  # fmt: skip
         reconciler = Reconciler(
             config.reconcile, lambda: usage_writer.store, audit.objects, audit.signer, webhooks
         )
         plans = config.plans
 
-        def bucket_for(key: str) -> BucketConfig:
-            # Limiter keys are "plan:customer", so a customer's bucket follows its plan.
-            plan = plans.get(key.partition(":")[0]) or plans["default"]
+        def bucket_for(key: tuple[str, str]) -> BucketConfig:
+            # Limiter keys are (plan, customer), so a customer's bucket follows its plan.
+            plan = plans.get(key[0]) or plans["default"]
             return BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)
 
         services = cls(
-            config, store, assets, api_keys, authenticator, catalog, pool,
+            config, store, assets, asset_urls, api_keys, authenticator, catalog, pool,
             RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
             finished, meter, usage_writer, audit, node_keys, reconciler, local_worker,
+            estimates,
         )  # fmt: skip
+        services._offered = OfferedCatalog(catalog)
         await services._probe_once(clients)  # know who is up before the first dispatch
         runner.start()
         reconciler.start()
@@ -277,8 +318,13 @@ class GatewayServices:
         results = await asyncio.gather(*(client.ready() for client in clients.values()))
         for backend_id, healthy in zip(clients, results, strict=True):
             backend = self.pool.backends[backend_id]
-            if healthy and backend_id not in self._keyed:
+            # Before a backend is used, and again each time it comes back (a restarted node
+            # may present a new key): a claim is checked with the key when it settles.
+            if healthy and (backend_id not in self._keyed or not backend.healthy):
                 await self._learn_node_key(backend_id, clients[backend_id])
+            if healthy and self._offered and not self._offered.knows(backend_id):
+                await self._offered.read_backend(backend.spec, clients[backend_id])
+                self.catalog = self._offered.current
             if healthy != backend.healthy:
                 log.warning("backend %s is now %s", backend_id, "healthy" if healthy else "down")
                 backend.healthy = healthy
@@ -286,12 +332,14 @@ class GatewayServices:
                     self.runner.wake()
 
     async def _learn_node_key(self, backend_id: str, client: KServeClient) -> None:
-        """Remember the backend's node key so its signed claims can be checked (and attested
-        with the key); a key whose id is not its hash is refused."""
+        """Remember the backend's node key so its signed claims can be checked when each
+        request settles (the record carries the key that verified it, and the audit log seals
+        that); a key whose id is not its hash is refused. Asked again at the next probe until
+        the backend answers (a plain Triton server never does: it signs no claims)."""
         found = await client.node_key()
-        self._keyed.add(backend_id)
         if found is None:
             return
+        self._keyed.add(backend_id)
         claimed_id, raw = found
         try:
             actual_id = node_key_id(Ed25519PublicKey.from_public_bytes(raw))
@@ -307,12 +355,25 @@ class GatewayServices:
             await asyncio.sleep(every)
             await self._probe_once(clients)
 
+    def begin_stop(self) -> None:
+        """The stop has begun (SIGTERM): claim no more jobs from now on. Signal-handler safe."""
+        self.runner.stop_claiming()
+
     async def stop(self) -> None:
+        """Drain the runner (running jobs settle within ``drain_seconds`` of the stop's start,
+        the rest are requeued unspent), then close everything. A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        settled, requeued = await self.runner.drain(self.config.drain_seconds)
+        log.info("drained: %d running jobs settled, %d requeued", settled, requeued)
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await self.runner.stop()
+        if self.estimates is not None:
+            await asyncio.to_thread(self.estimates.save)
         await self.reconciler.stop()
         await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
         await asyncio.to_thread(self.audit.batcher.stop, 5.0)

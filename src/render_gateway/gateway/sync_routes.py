@@ -8,13 +8,17 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as FastApiPath
 
 from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES
-from render_gateway.gateway.deps import caller, charge_rate_limit, services
+from render_gateway.gateway.asset_inputs import inline_asset_inputs
+from render_gateway.gateway.asset_routes import admit_asset_inputs
+from render_gateway.gateway.deps import caller, charge_rate_limit, refund_rate_limit, services
 from render_gateway.gateway.http import ApiError, request_id_of
 from render_gateway.gateway.job_routes import (
     admit_budget,
+    offered_format,
     require_backend,
     resolve_route,
     validated_generation,
@@ -22,7 +26,9 @@ from render_gateway.gateway.job_routes import (
 from render_gateway.gateway.runner import generation_payload
 from render_gateway.gateway.services import GatewayServices
 from render_gateway.generation import GenerationFields, Task
-from render_gateway.inference.kserve_client import BackendError, BackendResult
+from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
+from render_gateway.metering.meter import BUDGET_EXHAUSTED
+from render_gateway.metering.work import work_of
 from render_gateway.scheduling.dispatch import NoCapacity
 
 router = APIRouter()
@@ -57,33 +63,53 @@ async def _run_now(
     svc = services(request)
     entry = resolve_route(svc, modality, family, model, task)
     family, model = entry.family, entry.model
-    generation = validated_generation(task, body.model_dump(exclude_none=True))
+    generation = await admit_asset_inputs(
+        request, principal, validated_generation(task, body.model_dump(exclude_none=True))
+    )
+    forwarded_format = offered_format(entry, task, format_name)
     require_backend(svc, family, model, backend)
     charge_rate_limit(request, response, principal)
     routing = {
         "task": task,
-        "format": format_name or entry.default_format,
+        "format": forwarded_format,
         "generation": generation,
     }
+    try:  # asset inputs become data: URIs: a backend never fetches the gateway
+        payload = generation_payload(await inline_asset_inputs(svc.assets, routing))
+    except BackendError as exc:  # the asset vanished since it was admitted a moment ago
+        raise ApiError(400, exc.code, str(exc)) from exc
     request_id = request_id_of(request)
     created = time.time()
-    admit_budget(svc, request_id, principal, family, model, created)
+    work = work_of(modality, family, model, task, routing["format"], generation)
+    admit_budget(svc, request_id, principal, work, created)
     meter = SyncMeter(svc, request_id, principal, modality, family, model, created)
     started = time.perf_counter()
-    # A client that hangs up cancels the run on the backend (and frees the slot).
-    client_gone = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(request, client_gone))
+    # A client that hangs up cancels the run on the backend (and frees the slot); so does a
+    # budget whose next step would be crossed.
+    stop = asyncio.Event()
+    budget_ran_out = False
+
+    def charge(progress: Progress) -> None:
+        nonlocal budget_ran_out
+        elapsed = time.perf_counter() - started
+        if not svc.meter.progress(request_id, progress.step, progress.steps, elapsed):
+            budget_ran_out = True
+            stop.set()
+
+    watcher = asyncio.create_task(_watch_disconnect(request, stop))
     try:
         outcome = await svc.dispatcher.run(
             family,
             model,
-            generation_payload(routing),
+            payload,
             request_id,
-            cancel=client_gone,
+            charge,
+            cancel=stop,
             backend_type=backend,
         )
     except NoCapacity as exc:
         svc.meter.settled(request_id, None)  # it never ran: nothing to bill, nothing held
+        refund_rate_limit(request, principal)
         raise ApiError(503, "no_capacity", str(exc), headers={"Retry-After": "1"}) from exc
     except BackendError as exc:
         await meter.finish("error", {}, None, exc.code)
@@ -95,15 +121,25 @@ async def _run_now(
     finally:
         watcher.cancel()
     result = outcome.result
+    if outcome.cancelled and budget_ran_out:
+        await meter.finish("cancelled", result.parameters, outcome.backend_id, BUDGET_EXHAUSTED)
+        gpu_seconds = result.parameters.get("gpu_seconds")
+        raise ApiError(
+            402, BUDGET_EXHAUSTED, "the run was stopped: the monthly budget ran out",
+            {"gpu_seconds": gpu_seconds if isinstance(gpu_seconds, int | float) else None},
+        )  # fmt: skip
     if outcome.cancelled:
         await meter.finish("cancelled", result.parameters, outcome.backend_id)
         return Response(status_code=499)  # nobody is listening; the status is for the log
     await meter.finish("success", result.parameters, outcome.backend_id)
     if not isinstance(result, BackendResult) or not result.outputs:
         raise ApiError(502, "no_output", "the backend returned no output")
-    assets = [await svc.assets.put(data, result.content_type) for data in result.outputs]
+    assets = [
+        await svc.assets.put(data, result.content_type, principal.customer_id)
+        for data in result.outputs
+    ]
     headers = {
-        "Content-Location": f"/assets/{assets[0].id}",
+        "Content-Location": svc.asset_urls.url(assets[0].id),  # signed: shareable, expiring
         "X-Duration-Ms": str(round((time.perf_counter() - started) * 1000)),
         **dict(response.headers),
     }
@@ -163,7 +199,8 @@ class SyncMeter:
 
 
 def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:
-    """POST /{modality}/{family}/{model}/{task}: one route per modality, as in the contract."""
+    """POST /{modality}/{family}/{model}/{task}: one route per modality, as in the contract;
+    its document offers only the modality's tasks (others are a 400)."""
 
     async def run_now(
         family: str,
@@ -183,6 +220,10 @@ def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:
         )
 
     run_now.__name__ = f"{modality}_now"
+    # The path's task offers only this modality's tasks (set here: the list is per route).
+    run_now.__annotations__["task"] = Annotated[
+        Task, FastApiPath(json_schema_extra={"enum": list(tasks)})
+    ]
     router.post(
         f"/{modality}/{{family}}/{{model}}/{{task}}",
         responses=BYTES_RESPONSE,

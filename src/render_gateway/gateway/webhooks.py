@@ -9,6 +9,13 @@ keyed with the base64-decoded part of a ``whsec_…`` secret).
 exponentially with jitter; a semaphore bounds the HTTP requests in flight across all deliveries,
 and ``max_pending`` bounds how many deliveries may wait, so a slow or dead receiver costs other
 jobs neither time nor connections.
+
+Where a webhook may go is ``url_policy``'s rule (the worker's remote images follow the same):
+https only unless ``allow_http``, and only to public addresses unless
+``allow_private_addresses``. ``check`` applies it when a URL is accepted (the submit's 400); the
+sender's own connector applies it again to the addresses each delivery connects to, so a name
+that resolves elsewhere by then is still refused, before any packet is sent. Refusals are final
+(never retried), and redirects are never followed.
 """
 
 from __future__ import annotations
@@ -33,9 +40,18 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from render_gateway.ids import random_base62
+from render_gateway.url_policy import (
+    UrlPolicy,
+    UrlRefused,
+    check_literal,
+    check_url,
+    guarded_connector,
+    refusal_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +194,10 @@ def _retry_after(value: str | None) -> float | None:
 
 def _redacted(url: str) -> str:
     # A webhook URL may carry a token in its query or userinfo: keep those out of logs.
-    return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+    try:
+        return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+    except ValueError:
+        return "(an invalid URL)"
 
 
 class WebhookSender:
@@ -186,8 +205,10 @@ class WebhookSender:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         secret: WebhookSecret,
+        policy: UrlPolicy | None = None,
+        *,
+        resolver: AbstractResolver | None = None,  # DNS for tests; aiohttp's default otherwise
         max_attempts: int = 6,
         base_delay_seconds: float = 1.0,
         max_delay_seconds: float = 300.0,
@@ -202,7 +223,12 @@ class WebhookSender:
             raise ValueError("max_attempts, max_concurrent and max_pending must be at least 1")
         if not (0 <= base_delay_seconds <= max_delay_seconds) or timeout_seconds <= 0:
             raise ValueError("need 0 <= base_delay <= max_delay and a positive timeout")
-        self._session, self._secret = session, secret
+        self._secret = secret
+        self._policy = policy or UrlPolicy()
+        self._resolver = resolver
+        # Its own session: the policy lives in the connector, and the gateway's other session
+        # talks to backends on private addresses. Made on first use, inside the event loop.
+        self._session: aiohttp.ClientSession | None = None
         self._max_attempts = max_attempts
         self._base_delay, self._max_delay = base_delay_seconds, max_delay_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -233,14 +259,25 @@ class WebhookSender:
     def pending(self) -> int:
         return sum(not task.done() for task in self._tasks)
 
+    @property
+    def policy(self) -> UrlPolicy:
+        return self._policy
+
+    async def check(self, url: str) -> None:
+        """Refuse (UrlRefused, saying why) a URL this sender would not deliver to, resolving its
+        host now; a submit calls it so that the customer hears at once."""
+        await check_url(url, self._policy, self._resolver)
+
     def send(self, url: str, payload: dict[str, Any], event_id: str | None = None) -> bool:
         """Schedule a delivery and return at once; False (a drop) if too many are pending.
+        A URL the policy refuses by its form alone (scheme, an IP literal) raises UrlRefused.
 
         Must be called from the event loop's thread, inside a running loop.
         """
-        parsed = URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"a webhook URL must be an absolute http(s) URL, not {url[:200]!r}")
+        try:
+            check_literal(url, self._policy)
+        except UrlRefused as exc:
+            raise UrlRefused(f"webhook URL {_redacted(url)[:200]!r}: {exc}") from None
         msg_id = event_id if event_id is not None else "msg_" + random_base62()
         if not _EVENT_ID.fullmatch(msg_id):
             raise ValueError(f"invalid webhook event id {msg_id[:200]!r}")
@@ -274,6 +311,8 @@ class WebhookSender:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
     def _backoff(self, attempt: int) -> float:
         """Delay after failed attempt ``attempt`` (1-based): exponential, 'equal jitter'."""
@@ -321,6 +360,9 @@ class WebhookSender:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(self._secret, delivery.msg_id, timestamp, delivery.body),
         }
+        if self._session is None:
+            connector = guarded_connector(self._policy, self._resolver)
+            self._session = aiohttp.ClientSession(connector=connector)
         try:
             # The semaphore bounds requests, not deliveries: none is held during a backoff.
             async with (
@@ -340,6 +382,8 @@ class WebhookSender:
         except TimeoutError:
             return _Outcome(False, True, "timed out")
         except aiohttp.ClientError as exc:
+            if (refused := refusal_in(exc)) is not None:
+                return _Outcome(False, False, f"refused: {refused}")  # final: it would again
             return _Outcome(False, True, f"{type(exc).__name__}: {exc}")
         if 200 <= status < 300:
             return _Outcome(True, False, f"HTTP {status}")

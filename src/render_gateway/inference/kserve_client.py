@@ -5,11 +5,19 @@ It sends the generation JSON as the BYTES input ``request`` and reads the output
 binary tensor extension, or follows ``generate_stream`` (SSE) for real progress. Failures become
 ``BackendError`` with ``retriable`` set for what a retry on any backend may fix: connection
 errors, timeouts, 429, 500, 502, 503 and 504.
+
+A ``BackendError``'s text is what the customer sees (the job's ``error.message``, the sync
+answer): a code the backend gave only when it looks like one, and a short message: the
+backend's own for a refused request (4xx: what to fix), a fixed one for its failures (5xx: a
+Triton error may carry a Python traceback and server paths). Everything the backend said goes
+to this module's log as ``detail``.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +30,18 @@ from render_gateway.kserve import codec
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_INPUT = "request"
+
+log = logging.getLogger(__name__)
+
+# What a code of the backend's must look like to be passed on (Triton puts its whole message
+# in "error").
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# A backend's message is passed on only when short, one line, and free of what an operator
+# would not show: tracebacks, source locations, absolute paths, object addresses.
+_MAX_PUBLIC_MESSAGE = 300
+_NOT_PUBLIC = re.compile(
+    r"Traceback|File \"|line \d+, in|(?:^|[\s'\"(=:])/[\w.~-]+/|[A-Za-z]:\\|0x[0-9a-f]{6,}"
+)
 
 
 class BackendError(Exception):
@@ -39,6 +59,25 @@ class BackendError(Exception):
         self.code = code
         self.retriable = retriable
         self.retry_after = retry_after
+
+
+def public_code(value: object, fallback: str = "backend_error") -> str:
+    text = str(value) if value is not None else ""
+    return text if _CODE.fullmatch(text) else fallback
+
+
+def public_message(status: int | None, code: str, message: str) -> str:
+    """The backend's message when it is fit for a customer and the request was refused (4xx,
+    or an ``invalid_request`` event); otherwise a fixed line naming the status."""
+    refused = (status is not None and 400 <= status < 500) or code == "invalid_request"
+    text = message.strip()
+    fit = text and len(text) <= _MAX_PUBLIC_MESSAGE and "\n" not in text
+    if refused and fit and not _NOT_PUBLIC.search(text):
+        return text
+    if refused:
+        return f"the backend refused the request ({code})"
+    answered = f" (HTTP {status})" if status is not None else ""
+    return f"the backend failed to run the request{answered}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,13 @@ def _failure_code(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "backend_error"
 
 
+def _unreachable_message(exc: BaseException) -> str:
+    # Not the exception's text: it names the backend's address.
+    if isinstance(exc, TimeoutError):
+        return "the backend did not finish in time"
+    return "the backend could not be reached"
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     try:
@@ -111,16 +157,18 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status == 200:
         return
     text = await response.text(errors="replace")
-    code, message = "backend_error", text[:500]
+    code, message = "backend_error", ""
     try:
         body = orjson.loads(text)
         if isinstance(body, dict):
-            code = str(body.get("error", code))
-            message = str(body.get("message", body.get("error", message)))
+            code = public_code(body.get("error"))
+            message = str(body.get("message", ""))
     except orjson.JSONDecodeError:
         pass
+    # The whole answer (bounded) for operators; the customer gets the public part.
+    log.warning("backend %s answered %d: %s", response.url.origin(), response.status, text[:4000])
     raise BackendError(
-        f"backend answered {response.status}: {message}",
+        public_message(response.status, code, message),
         status=response.status,
         code=code,
         retriable=response.status in RETRIABLE_STATUSES,
@@ -159,6 +207,22 @@ class KServeClient:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None
 
+    async def model_metadata(
+        self, model: str, probe_seconds: float = 5.0
+    ) -> dict[str, Any] | None:
+        """``GET /v2/models/{model}`` (KServe v2 model metadata); None on any failure."""
+        try:
+            async with self._session.get(
+                f"{self._base}/v2/models/{model}",
+                timeout=aiohttp.ClientTimeout(total=probe_seconds),
+            ) as response:
+                if response.status != 200:
+                    return None
+                body = await response.json(loads=orjson.loads, content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
     async def infer(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> BackendResult:
@@ -180,8 +244,9 @@ class KServeClient:
                 payload = await response.read()
                 length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
+            log.warning("backend %s unreachable: %r", self._base, exc)
             raise BackendError(
-                f"backend unreachable: {exc!r}", code=_failure_code(exc), retriable=True
+                _unreachable_message(exc), code=_failure_code(exc), retriable=True
             ) from exc
         try:
             return _result(codec.decode_response(payload, length), request_id)
@@ -209,8 +274,9 @@ class KServeClient:
                         if not isinstance(parsed, Progress):
                             return
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
+            log.warning("backend %s stream broke: %r", self._base, exc)
             raise BackendError(
-                f"backend stream broke: {exc!r}", code=_failure_code(exc), retriable=True
+                _unreachable_message(exc), code=_failure_code(exc), retriable=True
             ) from exc
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
@@ -281,9 +347,12 @@ def _stream_event(event: str, data: str, request_id: str) -> StreamEvent | None:
         params = body.get("parameters", {})
         return Cancelled(request_id, params if isinstance(params, dict) else {})
     if event == "error":
-        code = str(body.get("error", "backend_error"))
+        code = public_code(body.get("error"))
+        log.warning("backend error event for %s: %s", request_id, data[:4000])
         # Input refusals are final; anything else the backend hit may go better elsewhere.
         raise BackendError(
-            str(body.get("message", code)), code=code, retriable=code != "invalid_request"
+            public_message(None, code, str(body.get("message", ""))),
+            code=code,
+            retriable=code != "invalid_request",
         )
     return None

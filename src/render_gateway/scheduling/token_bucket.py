@@ -2,18 +2,21 @@
 
 A bucket holds up to ``capacity`` tokens and gains ``refill_per_second`` of them continuously;
 a request of cost ``c`` is let through when ``c`` tokens are there, and takes them. A refused
-request takes nothing. Every answer carries what a ``429`` needs: how long until the same
-request would pass, and how long until the bucket is full again.
+request takes nothing, and a taken request that the service could not serve at all (no
+capacity) is given its tokens back with ``refund``. Every answer carries what a ``429`` needs:
+how long until the same request would pass, and how long until the bucket is full again.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 Clock = Callable[[], float]
+Key = TypeVar("Key", bound=Hashable)
 
 # Relative slack on "enough tokens": a caller who waits exactly retry_after_seconds must pass,
 # even when float rounding leaves the refill a hair short. The bucket may then dip this far
@@ -76,6 +79,13 @@ class TokenBucket:
             return self._decision(allowed=True, retry_after=0.0)
         return self._decision(allowed=False, retry_after=self._seconds_until(cost))
 
+    def refund(self, cost: float = 1.0) -> None:
+        """Give back what a take took (never past a full bucket)."""
+        if not (cost >= 0 and math.isfinite(cost)):
+            raise ValueError(f"cost must be zero or positive, not {cost}")
+        self._refill()
+        self._tokens = min(self._config.capacity, self._tokens + cost)
+
     def _refill(self) -> None:
         now = self._clock()
         # A clock that steps back (it should not) gives no tokens and does not rewind us.
@@ -101,22 +111,28 @@ class TokenBucket:
         )
 
 
-class RateLimiter:
+class RateLimiter(Generic[Key]):
     """One bucket per key, made on first use from ``config_for(key)``.
+
+    Keys are any hashable value, e.g. ``(plan, customer)``: a tuple, never one string joined
+    with a separator that a plan or customer name could contain.
 
     ``config_for`` is asked on every take, so a plan change applies at once: the key's bucket is
     rebuilt at the same fill ratio, neither a free refill nor a penalty for the customer.
     """
 
     def __init__(
-        self, config_for: Callable[[str], BucketConfig], clock: Clock = time.monotonic
+        self, config_for: Callable[[Key], BucketConfig], clock: Clock = time.monotonic
     ) -> None:
         self._config_for = config_for
         self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[Key, TokenBucket] = {}
 
-    def take(self, key: str, cost: float = 1.0) -> Decision:
+    def take(self, key: Key, cost: float = 1.0) -> Decision:
         return self._bucket(key).take(cost)
+
+    def refund(self, key: Key, cost: float = 1.0) -> None:
+        self._bucket(key).refund(cost)
 
     def prune(self) -> int:
         """Drop full buckets (a new bucket starts full, so nothing changes) and say how many."""
@@ -128,7 +144,7 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def _bucket(self, key: str) -> TokenBucket:
+    def _bucket(self, key: Key) -> TokenBucket:
         config = self._config_for(key)
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from PIL import Image, UnidentifiedImageError
+
+from render_gateway.url_policy import (
+    UrlPolicy,
+    UrlRefused,
+    check_literal,
+    guarded_connector,
+    refusal_in,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,22 +83,23 @@ async def load_image(reference: str, what: str, policy: RemoteImagePolicy) -> Im
 
 
 async def fetch_remote(url: str, what: str, policy: RemoteImagePolicy) -> bytes:
+    addresses = UrlPolicy(policy.allow_http, policy.allow_private_addresses)
     parts = urlsplit(url)
-    allowed = {"https", "http"} if policy.allow_http else {"https"}
-    if parts.scheme not in allowed or not parts.hostname:
-        raise MediaError(f"{what} must be a data URI or an {'/'.join(sorted(allowed))} URL")
+    if parts.scheme not in addresses.schemes or not parts.hostname:
+        raise MediaError(f"{what} must be a data URI or an {'/'.join(addresses.schemes)} URL")
     if not policy.enabled:
         raise MediaError(f"{what}: this worker does not fetch remote URLs; send a data URI")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:  # e.g. a port above 65535
-        raise MediaError(f"{what}: invalid URL: {exc}") from exc
-    if not policy.allow_private_addresses:
-        await _refuse_private_host(parts.hostname, port, what)
+        check_literal(url, addresses)
+    except UrlRefused as exc:
+        raise MediaError(f"{what}: {exc}") from None
     timeout = aiohttp.ClientTimeout(total=policy.timeout_seconds)
     try:
+        # The connector checks the addresses it connects to (url_policy: no rebinding window).
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(
+                timeout=timeout, connector=guarded_connector(addresses)
+            ) as session,
             session.get(url, allow_redirects=False) as response,
         ):
             if response.status != 200:
@@ -110,21 +117,9 @@ async def fetch_remote(url: str, what: str, policy: RemoteImagePolicy) -> bytes:
             f"{what}: fetching {url} took longer than {policy.timeout_seconds}s"
         ) from exc
     except aiohttp.ClientError as exc:
+        if (refused := refusal_in(exc)) is not None:
+            raise MediaError(f"{what}: {refused}") from None
         raise MediaError(f"{what}: fetching {url} failed: {exc}") from exc
-
-
-async def _refuse_private_host(host: str, port: int, what: str) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise MediaError(f"{what}: cannot resolve {host}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise MediaError(f"{what}: {host} resolves to a non-public address ({address})")
 
 
 def encode_png(image: Image.Image) -> bytes:
