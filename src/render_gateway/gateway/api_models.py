@@ -101,6 +101,40 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The same errors for a route whose success is not JSON (an event stream): spelled out, or
+# FastAPI would declare them in the route's own media type.
+JSON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": entry["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for status, entry in ERROR_RESPONSES.items()
+}
+
+REDIRECT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    303: {
+        "description": "see the output's asset (no body)",
+        "headers": {"Location": {"description": "the asset URL", "schema": {"type": "string"}}},
+        "content": {},
+    }
+}
+
+
+class ReadyBody(BaseModel):
+    ready: bool
+    backends: dict[str, bool] = Field(description="backend id → passed its last probe")
+
+
+# ``from``/``to`` of usage and reconciliation: an ISO 8601 date or date-time (UTC if no offset).
+INSTANT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date", "minLength": 1, "maxLength": 40},
+        {"type": "string", "format": "date-time", "minLength": 1, "maxLength": 40},
+    ]
+}
+INSTANT_OR_NULL: dict[str, Any] = {"anyOf": [*INSTANT["anyOf"], {"type": "null"}]}
+
+
 class UsageAmounts(BaseModel):
     requests: int
     billable_requests: int

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from render_gateway import __version__
 from render_gateway.config import GatewayConfig
 from render_gateway.gateway import (
+    asset_routes,
     audit_routes,
     info_routes,
     job_routes,
@@ -21,7 +22,7 @@ from render_gateway.gateway import (
 )
 from render_gateway.gateway.http import (
     ApiError,
-    BodySizeLimitMiddleware,
+    RequestBodyGuard,
     RequestIdMiddleware,
     api_error_handler,
     http_error_handler,
@@ -32,12 +33,14 @@ from render_gateway.gateway.metrics import LatencyMiddleware, make_registry
 from render_gateway.gateway.services import GatewayServices
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
+def create_app(config: GatewayConfig, started: GatewayServices | None = None) -> FastAPI:
+    """The app; ``started``: services ``serve`` already started (so a refusal at start is one
+    line, not a lifespan traceback). Either way the lifespan's end drains and stops them."""
     holder: dict[str, GatewayServices] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await GatewayServices.start(config)
+        services = started or await GatewayServices.start(config)
         holder["services"] = services
         app.state.services = services
         try:
@@ -56,6 +59,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(sync_routes.router)
     app.include_router(info_routes.router)
+    app.include_router(asset_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(reconcile_routes.router)
@@ -63,7 +67,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    app.add_middleware(BodySizeLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(
+        RequestBodyGuard,
+        limit=config.max_body_bytes,
+        timeout_seconds=config.body_timeout_seconds,
+    )
     app.add_middleware(LatencyMiddleware, histogram=latency)
     app.add_middleware(RequestIdMiddleware)
     return app

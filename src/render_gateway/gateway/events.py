@@ -82,6 +82,8 @@ class JobEventHub:
                 after = item.id
                 if item.terminal:
                     return
+            if log.finished:
+                return  # ``after`` is at or past the terminal event: nothing will ever follow
             await waiter.wait()
 
     def _trim(self) -> None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
-from render_gateway.gateway.api_models import ERROR_RESPONSES
+from render_gateway.gateway.api_models import ERROR_RESPONSES, INSTANT_OR_NULL
 from render_gateway.gateway.deps import caller, require_admin, services
 from render_gateway.gateway.http import ApiError
 from render_gateway.metering.queries import QueryError, TimeRange
@@ -21,8 +21,12 @@ router = APIRouter()
 
 
 class ReconcileRequest(BaseModel):
-    from_: str | None = Field(default=None, alias="from", max_length=40)
-    to: str | None = Field(default=None, max_length=40)
+    from_: str | None = Field(
+        default=None, alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT_OR_NULL
+    )
+    to: str | None = Field(
+        default=None, min_length=1, max_length=40, json_schema_extra=INSTANT_OR_NULL
+    )
     threshold: float | None = Field(default=None, ge=0, le=1)  # default: reconcile.threshold
     repair: bool = False
 

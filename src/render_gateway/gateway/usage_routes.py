@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from render_gateway.auth.principal import Principal
-from render_gateway.gateway.api_models import ERROR_RESPONSES, UsageResponse
+from render_gateway.gateway.api_models import ERROR_RESPONSES, INSTANT, UsageResponse
 from render_gateway.gateway.deps import caller, require_admin, services
 from render_gateway.gateway.http import ApiError
 from render_gateway.metering.budgets import month_of
@@ -39,8 +39,10 @@ router = APIRouter()
 async def get_usage(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
-    to: Annotated[str | None, Query(max_length=40)] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+    ] = None,
+    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
     group_by: Annotated[str | None, Query(max_length=40)] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> dict[str, Any]:
@@ -86,8 +88,10 @@ async def get_usage(
 async def get_dashboard(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
-    to: Annotated[str | None, Query(max_length=40)] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+    ] = None,
+    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> dict[str, Any]:
