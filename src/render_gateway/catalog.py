@@ -17,6 +17,14 @@ Status = Literal["active", "preview", "coming_soon", "deprecated"]
 RUNNABLE: frozenset[str] = frozenset({"active", "preview", "deprecated"})
 
 
+class FormatNotOffered(ValueError):
+    """A ``format`` the model does not offer for the task; ``offered`` lists what it does."""
+
+    def __init__(self, message: str, offered: list[str]) -> None:
+        super().__init__(message)
+        self.offered = offered
+
+
 class CatalogError(LookupError):
     """Unknown model or task; ``known`` lists what exists (for the 404 body)."""
 
@@ -35,14 +43,50 @@ class CatalogModel:
     aliases: tuple[str, ...] = ()  # Hugging Face ids
     backend_type: str | None = None  # the family's default backend type, if it has one
     default_format: str | None = None
+    # What the backends can serve (catalog_check.py, from their model metadata): None means
+    # every format of the modality; a task in ``sizeless_tasks`` takes no format at all (its
+    # output follows its input image), so none is forwarded and none may be asked for.
+    formats: tuple[str, ...] | None = None
+    sizeless_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for task in self.tasks:
             if TASK_MODALITY.get(task) != self.modality:
                 raise ValueError(f"{self.key}: task {task!r} is not a {self.modality} task")
-        formats = IMAGE_FORMATS if self.modality == "image" else VIDEO_FORMATS
-        if self.default_format is not None and self.default_format not in formats:
+        known = IMAGE_FORMATS if self.modality == "image" else VIDEO_FORMATS
+        if self.default_format is not None and self.default_format not in known:
             raise ValueError(f"{self.key}: unknown default_format {self.default_format!r}")
+        for name in self.formats or ():
+            if name not in known:
+                raise ValueError(f"{self.key}: unknown format {name!r}")
+
+    @property
+    def sized_formats(self) -> tuple[str, ...]:
+        """The formats offered to the tasks that take one."""
+        if self.formats is not None:
+            return self.formats
+        return tuple(sorted(IMAGE_FORMATS if self.modality == "image" else VIDEO_FORMATS))
+
+    def offered_formats(self, task: str) -> tuple[str, ...]:
+        return () if task in self.sizeless_tasks else self.sized_formats
+
+    def format_for(self, task: str, requested: str | None) -> str | None:
+        """The format forwarded for a request: the one asked for if offered (else
+        FormatNotOffered), or the default where the task takes a format."""
+        offered = self.offered_formats(task)
+        if requested is None:
+            return self.default_format if self.default_format in offered else None
+        if requested not in offered:
+            if task in self.sizeless_tasks:
+                reason = "takes no format (its output has the input image's size)"
+            elif not offered:
+                reason = "offers no format (none fits its backends' size limits)"
+            else:
+                reason = f"offers formats {', '.join(offered)}"
+            raise FormatNotOffered(
+                f"format {requested!r} is not offered: {self.key} {task} {reason}", list(offered)
+            )
+        return requested
 
     @property
     def key(self) -> str:
@@ -96,9 +140,11 @@ class Catalog:
                     "status": entry.status,
                     "aliases": list(entry.aliases),
                     "backend": entry.backend_type,
-                    "formats": sorted(
-                        IMAGE_FORMATS if entry.modality == "image" else VIDEO_FORMATS
-                    ),
+                    "formats": list(entry.sized_formats),
+                    "default_format": entry.default_format
+                    if entry.default_format in entry.sized_formats
+                    else None,
+                    "formats_by_task": {t: list(entry.offered_formats(t)) for t in entry.tasks},
                 }
             )
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,13 +17,20 @@ def iso(moment: float | None) -> str | None:
 
 
 def job_view(
-    job: Job, position: int | None, progress: float, eta_seconds: float | None
+    job: Job,
+    position: int | None,
+    progress: float,
+    eta_seconds: float | None,
+    *,
+    asset_url: Callable[[str], str],
 ) -> dict[str, Any]:
+    """``asset_url`` turns an asset id into the URL handed out for it (a signed, expiring one:
+    whoever receives the view, a webhook receiver included, can fetch the output with it)."""
     if job.status is JobStatus.complete:
         progress = 1.0
     elif job.status is JobStatus.queued:
         progress = 0.0
-    outputs = [f"/assets/{asset}" for asset in job.outputs]
+    outputs = [asset_url(asset) for asset in job.outputs]
     error = job.error
     return {
         "id": job.id,

@@ -207,9 +207,7 @@ class KServeClient:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None
 
-    async def model_metadata(
-        self, model: str, probe_seconds: float = 5.0
-    ) -> dict[str, Any] | None:
+    async def model_metadata(self, model: str, probe_seconds: float = 5.0) -> dict[str, Any] | None:
         """``GET /v2/models/{model}`` (KServe v2 model metadata); None on any failure."""
         try:
             async with self._session.get(

@@ -74,6 +74,11 @@ async def model_metadata(request: Request) -> Response:
                 "pipeline": model.base_class,
                 "modality": model.modality,
                 "tasks": ",".join(model.tasks),
+                # The tasks whose pipeline takes an output size (format/width/height); the
+                # others (e.g. img2img) keep their input image's size.
+                "sized_tasks": ",".join(
+                    t for t in model.tasks if {"width", "height"} <= model.accepts(t)
+                ),
                 "default_width": model.default_width,
                 "default_height": model.default_height,
                 "default_steps": model.default_steps,
