@@ -42,7 +42,7 @@ from render_gateway.audit.verify import verify_log
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
-from support.audit_fixtures import NODE_KEYS, signed_record
+from support.audit_fixtures import signed_record
 
 ORIGIN = "render-gateway/bench"
 
@@ -63,7 +63,7 @@ def write(data: Path, jobs: SqliteJobStore, batch_records: int) -> float:
 
     open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
-    batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, batch_records, 3600)
+    batcher = AttestationBatcher(jobs.usage_log, open_log, batch_records, 3600)
     started = time.perf_counter()
     batcher.start()
     assert batcher.seal(600.0), "the batcher did not catch up"

@@ -404,12 +404,14 @@ def _print_usage(report: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def _audit_objects(gateway: GatewayConfig, cas: str | None) -> Any:
+def _audit_objects(gateway: GatewayConfig, cas: str | None, create: bool = True) -> Any:
+    """The audit store; readers pass ``create=False`` (a missing directory is an error)."""
     from render_gateway.audit.objects import default_cas_url, open_object_store
 
     try:
         return open_object_store(
-            cas or gateway.audit.cas_url or default_cas_url(Path(gateway.data_dir))
+            cas or gateway.audit.cas_url or default_cas_url(Path(gateway.data_dir)),
+            create=create,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -417,12 +419,19 @@ def _audit_objects(gateway: GatewayConfig, cas: str | None) -> Any:
 
 
 def _verifiers(gateway: GatewayConfig, pubkey: Path | None) -> list[Any]:
-    """Verifier keys from --pubkey (one per line), else this data dir's own log key."""
-    from render_gateway.audit.keys import load_signer
-    from render_gateway.audit.signed_note import NoteError, parse_verifier_key
+    """Verifier keys from --pubkey (one per line), else this data dir's own log key (read,
+    never created: a verifier writes nothing)."""
+    from render_gateway.audit.keys import KEY_FILE
+    from render_gateway.audit.signed_note import NoteError, NoteSigner, parse_verifier_key
+    from render_gateway.signing_keys import KeyFileError, load_key
 
     if pubkey is None:
-        signer = load_signer(Path(gateway.data_dir), gateway.audit.origin)
+        path = Path(gateway.data_dir) / KEY_FILE
+        try:
+            signer = NoteSigner(gateway.audit.origin, load_key(path))
+        except (OSError, KeyFileError) as exc:
+            typer.echo(f"error: no --pubkey and no usable log key at {path}: {exc}", err=True)
+            raise typer.Exit(2) from exc
         typer.echo("(no --pubkey: using this data dir's own log key)", err=True)
         return [signer.verifier()]
     try:
@@ -477,11 +486,22 @@ def audit_verify(
             help="Do not check the backends' per-record signatures (structure and hashes only).",
         ),
     ] = False,
+    node_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-keys",
+            help="Pinned backend node keys, one per line ('<key id> <base64>'): every claim "
+            "signed by another key fails. Default: the keys the log recorded (trust on first use).",
+        ),
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="An empty store verifies (else it fails).")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
 ) -> None:
-    """Verify the whole audit log offline; exit 0 only if everything holds."""
+    """Verify the whole audit log offline; exit 0 only if everything holds. Reads only."""
     from rich.progress import Progress
 
     from render_gateway.audit.keys import trusted_verifiers
@@ -489,7 +509,8 @@ def audit_verify(
     from render_gateway.audit.verify import verify_log
 
     gateway = _gateway_config(config, data_dir)
-    objects = _audit_objects(gateway, cas)
+    pinned = _pinned_node_keys(node_keys)
+    objects = _audit_objects(gateway, cas, create=False)
     verifiers = trusted_verifiers(objects, _verifiers(gateway, pubkey))
     trusted = None
     if trusted_checkpoint is not None:
@@ -504,12 +525,16 @@ def audit_verify(
         report = verify_log(
             objects, verifiers, origin or gateway.audit.origin, trusted,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-            check_claims=not skip_claims,
+            check_claims=not skip_claims, pinned=pinned, allow_empty=allow_empty,
         )  # fmt: skip
     summary = {
         "ok": report.ok, "leaves": report.leaves, "records": report.records,
         "gpu_seconds": report.gpu_seconds, "checkpoints": report.checkpoints,
         "records_without_claim": report.unclaimed, "claims_checked": report.claims_checked,
+        "records_with_unverified_claim": len(report.unverified),
+        "unverified_claims": [{"where": f.where, "what": f.what} for f in report.unverified],
+        "node_keys": "pinned" if report.pinned else "recorded by the log (trust on first use)",
+        "recorded_node_keys": [k.key_id for k in report.node_keys],
         "latest_checkpoint_size": report.latest.size if report.latest else None,
         "findings": [{"where": f.where, "what": f.what} for f in report.findings],
     }  # fmt: skip
@@ -527,7 +552,52 @@ def audit_verify(
             f"{verdict}: {report.leaves} batches, {report.records} records, "
             f"{report.gpu_seconds:.6f} GPU-seconds, {report.checkpoints} checkpoints"
         )
+        anchors = "pinned (--node-keys)" if report.pinned else "as the log recorded them (TOFU)"
+        typer.echo(
+            f"node keys: {anchors}; {report.unclaimed} records without a backend claim, "
+            f"{len(report.unverified)} with a claim the gateway could not verify"
+        )
+        for finding in report.unverified[:20]:
+            typer.echo(f"UNVERIFIED {finding}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _pinned_node_keys(path: Path | None) -> dict[str, str] | None:
+    from render_gateway.audit.node_keys import NodeKeyError, read_pinned
+
+    if path is None:
+        return None
+    try:
+        return read_pinned(path)
+    except (OSError, NodeKeyError) as exc:
+        typer.echo(f"error: cannot use {path} as node keys: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@audit_app.command("node-keys")
+def audit_node_keys(
+    cas: Annotated[str | None, typer.Option(help="The store URL.")] = None,
+    pubkey: Annotated[
+        Path | None, typer.Option(help="File of verifier keys, one per line.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Print the backend node keys the log recorded, as a --node-keys file (confirm each with
+    the backend's operator before pinning it)."""
+    from render_gateway.audit.keys import trusted_verifiers
+    from render_gateway.audit.node_keys import pinned_line, recorded_node_keys
+
+    gateway = _gateway_config(config, data_dir)
+    objects = _audit_objects(gateway, cas, create=False)
+    keys, problems = recorded_node_keys(
+        objects, trusted_verifiers(objects, _verifiers(gateway, pubkey))
+    )
+    for where, what in problems:
+        typer.echo(f"FAIL {where}: {what}", err=True)
+    for key in keys:
+        typer.echo(pinned_line(key))
+    raise typer.Exit(1 if problems else 0)
 
 
 @audit_app.command("prove")
@@ -551,8 +621,9 @@ def audit_prove(
     signer = load_signer(Path(gateway.data_dir), origin or gateway.audit.origin)
     try:
         bundle = bundle_from_store(
-            _audit_objects(gateway, cas), [signer.verifier()], public_key_line(signer), request_id
-        )
+            _audit_objects(gateway, cas, create=False), [signer.verifier()],
+            public_key_line(signer), request_id,
+        )  # fmt: skip
     except ProofNotFound as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -569,6 +640,10 @@ def audit_verify_proof(
     bundle_file: Annotated[Path, typer.Argument(help="A bundle from `audit prove`.")],
     pubkey: Annotated[
         Path | None, typer.Option(help="Verifier keys (default: the key in the bundle).")
+    ] = None,
+    node_keys: Annotated[
+        Path | None,
+        typer.Option("--node-keys", help="Pinned backend node keys (as for audit verify)."),
     ] = None,
 ) -> None:
     """Check an inclusion proof offline; exit 0 only if it holds."""
@@ -589,7 +664,7 @@ def audit_verify_proof(
                 f"published one: {bundle['log_public_key']})",
                 err=True,
             )
-        row, checkpoint = verify_bundle(bundle, verifiers)
+        row, checkpoint = verify_bundle(bundle, verifiers, _pinned_node_keys(node_keys))
     except (OSError, orjson.JSONDecodeError, NoteError, KeyError, TypeError, BundleError) as exc:
         typer.echo(f"FAIL: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -598,6 +673,10 @@ def audit_verify_proof(
         f"{row['gpu_seconds']} GPU-seconds, {row['status']}) is in {checkpoint.origin} "
         f"at size {checkpoint.size}"
     )
+    if row.get("claim_error") is not None:
+        typer.echo(f"UNVERIFIED backend claim (at settle): {row['claim_error']}")
+    elif row["claim_payload"] is None:
+        typer.echo("no backend claim: the GPU-seconds rest on the log key alone")
 
 
 @app.command()

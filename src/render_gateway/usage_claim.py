@@ -8,6 +8,8 @@ itself is canonical anyway (sorted keys, no spaces, UTF-8) so that equal claims 
 from __future__ import annotations
 
 import base64
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -142,3 +144,37 @@ def verify_claim(signed: SignedClaim, public_key: Ed25519PublicKey) -> UsageClai
     if claim.key_id != signed.key_id:
         raise InvalidClaim("claim payload names a different key than its envelope")
     return claim
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """What the gateway found when a request settled: the node key that verified the backend's
+    claim, or why it did not verify (exactly one of the two is set)."""
+
+    public_key: bytes | None = None
+    error: str | None = None
+
+
+def check_claim_text(
+    text: str, node_keys: Mapping[str, bytes], request_id: str, gpu_seconds: float | None
+) -> ClaimCheck:
+    """Check a claim as the backend sent it against the node keys the gateway knows (key id →
+    raw Ed25519 public key): its signature, its request id and the GPU-seconds reported
+    beside it (``None`` when the backend reported none)."""
+    try:
+        signed = SignedClaim.from_text(text)
+        raw = node_keys.get(signed.key_id)
+        if raw is None:
+            return ClaimCheck(error=f"node key {signed.key_id} is not one the gateway knows")
+        claim = verify_claim(signed, Ed25519PublicKey.from_public_bytes(raw))
+    except (InvalidClaim, ValueError) as exc:
+        return ClaimCheck(error=f"the claim does not verify: {exc}")
+    if claim.request_id != request_id:
+        return ClaimCheck(error=f"the claim is for request {claim.request_id}")
+    if gpu_seconds is None or not math.isclose(
+        claim.gpu_seconds, gpu_seconds, rel_tol=1e-9, abs_tol=1e-9
+    ):
+        return ClaimCheck(
+            error=f"the claim says {claim.gpu_seconds} GPU-seconds, not {gpu_seconds}"
+        )
+    return ClaimCheck(public_key=raw)

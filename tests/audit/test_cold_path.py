@@ -33,7 +33,7 @@ from render_gateway.audit.verify import verify_log
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
-from support.audit_fixtures import NODE_KEYS, signed_record
+from support.audit_fixtures import signed_record
 from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto
 from support.processes import CLI, STARTED
 
@@ -81,9 +81,7 @@ async def test_batches_seal_by_count_then_on_demand_and_verify(
 ) -> None:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
-    batcher = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 10, 3600
-    )
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 10, 3600)
     batcher.start()
     try:
         await append(jobs, range(25))
@@ -107,9 +105,7 @@ async def test_a_batch_is_sealed_when_its_oldest_record_is_old_enough(
 ) -> None:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
-    batcher = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 1000, 0.3
-    )
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 1000, 0.3)
     batcher.start()
     try:
         await append(jobs, range(4))
@@ -125,9 +121,7 @@ async def test_a_lost_cursor_never_batches_a_record_twice(
 ) -> None:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
-    first = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
-    )
+    first = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 5, 60)
     first.start()
     await append(jobs, range(12))
     assert await asyncio.to_thread(first.seal, 10.0)
@@ -135,9 +129,7 @@ async def test_a_lost_cursor_never_batches_a_record_twice(
     # A kill -9 between a leaf and the cursor's commit leaves exactly this state behind.
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         conn.execute("UPDATE usage_cursors SET seq = 0 WHERE consumer = ?", (CONSUMER,))
-    second = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
-    )
+    second = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 5, 60)
     second.start()
     await append(jobs, range(12, 15))
     assert await asyncio.to_thread(second.seal, 10.0)
@@ -181,9 +173,7 @@ async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
 async def test_inclusion_proof_bundles_verify_offline(jobs: SqliteJobStore, tmp_path: Path) -> None:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
-    batcher = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 4, 60
-    )
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 4, 60)
     batcher.start()
     ids = await append(jobs, range(11))
     assert await asyncio.to_thread(batcher.seal, 10.0)
@@ -219,9 +209,7 @@ async def test_a_log_on_s3_verifies_offline_through_the_cli(
                                       "allow_http": True, **S3_CREDENTIALS}  # fmt: skip
     objects = open_object_store(url, **options)
     signer = load_signer(tmp_path, ORIGIN)
-    batcher = AttestationBatcher(
-        jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 4, 60
-    )
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 4, 60)
     batcher.start()
     await append(jobs, range(10))
     assert await asyncio.to_thread(batcher.seal, 20.0)
@@ -251,9 +239,7 @@ async def test_a_rotated_key_is_followed_from_either_end(
 
     async def batch(indexes: range) -> None:
         signer = load_signer(tmp_path, ORIGIN)  # as a restarted gateway loads it
-        batcher = AttestationBatcher(
-            jobs.usage_log, log_opener(objects, signer), lambda: NODE_KEYS, 5, 60
-        )
+        batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 5, 60)
         batcher.start()
         await append(jobs, indexes)
         assert await asyncio.to_thread(batcher.seal, 10.0)

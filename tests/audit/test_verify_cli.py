@@ -5,72 +5,19 @@ bucket could, then runs the real CLI and checks that it fails and names the plac
 from __future__ import annotations
 
 import asyncio
-import functools
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
-from render_gateway.audit.keys import load_signer, public_key_line
+from render_gateway.audit.keys import public_key_line
 from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
-from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.signed_note import NoteSigner, sign_note
-from render_gateway.stores.jobs import RecoveryPolicy
-from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
-from support.audit_fixtures import NODE_KEYS, signed_record
+from support.audit_store import ORIGIN, build_log, verify
 from support.processes import CLI
-
-ORIGIN = "render-gateway/test"
-
-
-async def build_log(data: Path, bad_claim_at: int | None = None) -> None:
-    """Four batches of 5 records (the last one sealed on demand: 4 records)."""
-    jobs = SqliteJobStore(data / "jobs.db")
-    await jobs.open(RecoveryPolicy.requeue)
-    objects = open_object_store((data / "cas").as_uri())
-    signer = load_signer(data, ORIGIN)
-
-    open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
-
-    batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, 5, 3600)
-    batcher.start()
-    for index in range(19):
-        claimed = 0.25 if index == bad_claim_at else None
-        await jobs.usage_log.append_usage(signed_record(index, claimed=claimed))
-    assert await asyncio.to_thread(batcher.seal, 20.0)
-    await asyncio.to_thread(batcher.stop, 0)
-    jobs.usage_log.close_thread_connection()
-    await jobs.close()
-    (data / "pubkey.txt").write_text(public_key_line(signer) + "\n")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("pristine")
-    asyncio.run(build_log(data))
-    return data
-
-
-@pytest.fixture
-def data(pristine: Path, tmp_path: Path) -> Iterator[Path]:
-    copy = tmp_path / "data"
-    shutil.copytree(pristine, copy)
-    yield copy
-
-
-def verify(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "audit", "verify", "--cas", (data / "cas").as_uri(), "--pubkey",
-         str(data / "pubkey.txt"), "--origin", ORIGIN, "--data-dir", str(data), *extra],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 def expect_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -22,7 +22,7 @@ from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support.audit_fixtures import NODE_KEYS, signed_record
+from support.audit_fixtures import signed_record
 
 ORIGIN = "render-gateway/test"
 
@@ -35,7 +35,7 @@ async def main(data: Path, start: int, count: int) -> None:
 
     open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)
 
-    batcher = AttestationBatcher(jobs.usage_log, open_log, lambda: NODE_KEYS, 7, 0.02)
+    batcher = AttestationBatcher(jobs.usage_log, open_log, 7, 0.02)
     batcher.start()
     print("running", flush=True)
     for index in range(start, start + count):

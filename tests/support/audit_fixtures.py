@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,6 +15,7 @@ from render_gateway.usage_claim import UsageClaim, sign_claim
 
 NODE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))  # a fixed test node key
 NODE_KEYS = {key_id(NODE_KEY.public_key()): NODE_KEY.public_key().public_bytes_raw()}
+NODE_PUBLIC_KEY = base64.b64encode(NODE_KEY.public_key().public_bytes_raw()).decode()
 
 
 def signed_record(
@@ -28,10 +31,14 @@ def signed_record(
         seed=index, output_blake3=("00" * 32,), status="complete", steps_completed=2,
         key_id=key_id(NODE_KEY.public_key()),
     )  # fmt: skip
-    return build_record(
+    record = build_record(
         request_id=f"req_test{index:08d}", customer_id=customer, plan="default", tier="async",
         modality="image", family="sd", model="tiny", created_at=now - 1, started_at=now - 0.5,
         ended_at=now, outcome="success", unit_price=0.001, currency="USD", backend="w1",
         parameters={"gpu_seconds": gpu_seconds, "device_uuid": "cpu-test", "device_kind": "cpu",
                     "usage_claim": sign_claim(claim, NODE_KEY).to_text()},
+        node_keys=NODE_KEYS,  # as the gateway checks it when the request settles
     )  # fmt: skip
+    if claimed is not None:  # a record that says its claim verified although it does not
+        record = replace(record, node_public_key=NODE_PUBLIC_KEY, claim_error=None)
+    return record

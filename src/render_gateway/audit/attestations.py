@@ -1,16 +1,15 @@
 """Attestations: one row per finished request, the authoritative usage record of the cold path.
 
 A row is the usage record plus the backend's signed claim split into its parts (payload,
-signature, node key id, and the node's public key as the gateway learned it), so a verifier can
-check the claim without asking anyone. Rows hold only text, integers, floats, booleans and
-nulls, so the canonical JSON a batch's records root is computed over reads back from Parquet
-exactly as it was written.
+signature, node key id, and the node's public key that verified it when the request settled),
+so a verifier can check the claim without asking anyone. A claim that did not verify at settle
+time is kept with the reason (``claim_error``) and no key: the row says what is not proven.
+Rows hold only text, integers, floats, booleans and nulls, so the canonical JSON a batch's
+records root is computed over reads back from Parquet exactly as it was written.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
 import io
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -51,27 +50,29 @@ SCHEMA = pa.schema(
         ("claim_signature", pa.string()),
         ("node_key_id", pa.string()),
         ("node_public_key", pa.string()),
+        ("claim_error", pa.string()),  # why the claim did not verify at settle (else null)
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
 
 
-def attestation(
-    usage_seq: int, record: Mapping[str, Any], node_keys: Mapping[str, bytes]
-) -> dict[str, Any]:
-    """The row for one usage record. ``node_keys`` maps node key ids to raw public keys."""
-    payload = signature = key_id = public_key = None
+def attestation(usage_seq: int, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The row for one usage record, with the node key its claim was verified with when the
+    request settled (never looked up now: a key learned later, or never, cannot change it)."""
+    payload = signature = key_id = None
+    public_key, claim_error = record.get("node_public_key"), record.get("claim_error")
     if text := record.get("usage_claim"):
-        # Split, not checked: the claim is stored as the backend sent it, and checking it is
-        # the verifier's job (a malformed one is kept whole, and verification names it).
+        # Split as the backend sent it (a malformed one is kept whole, with its claim_error).
         try:
             envelope = orjson.loads(text)
             payload, signature = str(envelope["payload"]), str(envelope["signature"])
             key_id = str(envelope["key_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             payload, signature, key_id = str(text), None, None
-        if key_id is not None and (raw := node_keys.get(key_id)) is not None:
-            public_key = _b64(raw)
+        if public_key is None and claim_error is None:  # a record from before settle checks
+            claim_error = "the claim was not checked when the request settled"
+    else:
+        public_key = claim_error = None
     return {
         "usage_seq": usage_seq,
         "event_id": record["event_id"],
@@ -99,12 +100,8 @@ def attestation(
         "claim_signature": signature,
         "node_key_id": key_id,
         "node_public_key": public_key,
+        "claim_error": claim_error,
     }
-
-
-@functools.lru_cache(maxsize=256)
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:

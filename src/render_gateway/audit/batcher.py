@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from render_gateway.audit.attestations import attestation
+from render_gateway.audit.leaves import BatchLeaf
 from render_gateway.audit.log import AuditLog
 from render_gateway.stores.usage_log import UsageLog
 
@@ -41,12 +43,16 @@ class AttestationBatcher:
         self,
         usage_log: UsageLog,
         open_log: Callable[[], AuditLog],
-        node_keys: Callable[[], Mapping[str, bytes]],
         batch_records: int = 10_000,
         batch_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_open: Callable[[AuditLog], None] = lambda _log: None,
+        on_append: Callable[[BatchLeaf, Sequence[Mapping[str, Any]]], None] = lambda _l, _r: None,
     ) -> None:
-        self._usage_log, self._open_log, self._node_keys = usage_log, open_log, node_keys
+        """``on_open`` runs once the log is open, ``on_append`` after each batch is in it (both
+        on the batcher's thread; e.g. the proof index catching up and growing)."""
+        self._usage_log, self._open_log = usage_log, open_log
+        self._on_open, self._on_append = on_open, on_append
         self._batch_records, self._batch_seconds, self._clock = batch_records, batch_seconds, clock
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -105,8 +111,10 @@ class AttestationBatcher:
                     return
                 try:
                     if self.audit_log is None:
-                        self.audit_log = self._open_log()
-                        self.stats.log_size = self.audit_log.size
+                        opened = self._open_log()
+                        self._on_open(opened)
+                        self.audit_log = opened
+                        self.stats.log_size = opened.size
                     self._batch_what_is_due(self.audit_log)
                     backoff = 0.0
                 except Exception as exc:  # the store or the log: retry; records stay on disk
@@ -131,8 +139,9 @@ class AttestationBatcher:
             age = self._clock() - float(rows[0].record["timestamp"])
             if not (full or seal_now or age >= self._batch_seconds):
                 return
-            keys = self._node_keys()
-            leaf = audit_log.append([attestation(r.seq, r.record, keys) for r in rows])
+            batch = [attestation(r.seq, r.record) for r in rows]
+            leaf = audit_log.append(batch)
+            self._on_append(leaf, batch)
             cursor = leaf.last_usage_seq
             self._usage_log.set_usage_cursor(CONSUMER, cursor)
             self.stats.batches += 1

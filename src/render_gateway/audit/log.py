@@ -1,7 +1,8 @@
 """The append-only audit log: attestation batches in CAS, a leaf per batch, a signed checkpoint
 after every append.
 
-Order of writes for one batch: the Parquet file into CAS, then the leaf (the commit point:
+Order of writes for one batch: a signed note for each node key the batch's claims use that
+the log has not recorded yet, the Parquet file into CAS, then the leaf (the commit point:
 create-only at ``log/leaves/<index>``), then the checkpoint for the new size. A crash after the
 batch but before the leaf leaves an unreferenced blob (harmless; the batch is made again); a
 crash after the leaf but before its checkpoint is repaired on the next open by signing the
@@ -11,6 +12,7 @@ one, so a log whose stored leaves no longer match its checkpoints is refused, ne
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +29,12 @@ from render_gateway.audit.leaves import (
     leaf_key,
 )
 from render_gateway.audit.merkle import MerkleLog
+from render_gateway.audit.node_keys import (
+    NodeKey,
+    note_key,
+    recorded_node_keys,
+    sign_node_key_note,
+)
 from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.signed_note import Checkpoint, NoteSigner, open_note, sign_note
 
@@ -49,6 +57,11 @@ class AuditLog:
         self.leaves: list[BatchLeaf] = []
         self.checkpoint: Checkpoint | None = None
         self.checkpoint_note: bytes | None = None
+        self.node_keys: dict[str, NodeKey] = {}  # base64 public key → its signed note
+        # Held while the log changes, so that readers on other threads (proof lookups) see a
+        # checkpoint together with the tree it signs.
+        self.lock = threading.Lock()
+        self._node_key_notes = 0
 
     @property
     def size(self) -> int:
@@ -68,10 +81,17 @@ class AuditLog:
                 raise AuditLogCorrupt(f"leaf {key} is out of place (expected index {expected})")
             self.leaves.append(leaf)
             self.tree.append(leaf.hash)
+        verifiers = trusted_verifiers(self.objects, [self.signer.verifier()])
+        recorded, problems = recorded_node_keys(self.objects, verifiers)
+        if problems:
+            where, what = problems[0]
+            raise AuditLogCorrupt(f"{where} {what}")
+        self.node_keys = {key.public_key: key for key in recorded}
+        self._node_key_notes = len(recorded)
         checkpoints = self.objects.list(CHECKPOINTS_PREFIX)
         if checkpoints:
             note = self.objects.get(checkpoints[-1])
-            text, _ = open_note(note, trusted_verifiers(self.objects, [self.signer.verifier()]))
+            text, _ = open_note(note, verifiers)
             latest = Checkpoint.parse(text)
             if latest.size > self.size or self.tree.root_at(latest.size) != latest.root_hash:
                 raise AuditLogCorrupt(
@@ -85,6 +105,7 @@ class AuditLog:
         """Store one batch of attestation rows (in usage-log order) and commit it to the log."""
         if not rows:
             raise ValueError("an empty batch")
+        self._record_node_keys(rows)
         digest = self.cas.put(to_parquet(rows))
         previous = self.leaves[-1].timestamp_us if self.leaves else 0
         ended = [int(row["ended_at_us"]) for row in rows]
@@ -101,10 +122,28 @@ class AuditLog:
             timestamp_us=max(round(self._clock() * 1_000_000), previous + 1),
         )
         self.objects.put_new(leaf_key(leaf.index), leaf.encode())
-        self.leaves.append(leaf)
-        self.tree.append(leaf.hash)
-        self._sign_checkpoint()
+        with self.lock:
+            self.leaves.append(leaf)
+            self.tree.append(leaf.hash)
+            self._sign_checkpoint()
         return leaf
+
+    def _record_node_keys(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Sign a note for every node key the rows' claims were verified with that the log has
+        not recorded yet: a verifier's trust-on-first-use anchors, written before the rows."""
+        for row in rows:
+            public_key = row["node_public_key"]
+            if public_key is None or public_key in self.node_keys:
+                continue
+            key = NodeKey(
+                row["node_key_id"], public_key, row["backend"] or "-",
+                round(self._clock() * 1_000_000),
+            )  # fmt: skip
+            self.objects.put_new(
+                note_key(self._node_key_notes), sign_node_key_note(key, self.signer)
+            )
+            self._node_key_notes += 1
+            self.node_keys[public_key] = key
 
     def _sign_checkpoint(self) -> None:
         last = self.checkpoint  # never sign a tree that does not extend the last one

@@ -167,16 +167,17 @@ def default_cas_url(data_dir: Path) -> str:
 
 
 def open_object_store(
-    url: str, *, setting_name: str = DEFAULT_SETTING, **options: str | bool
+    url: str, *, setting_name: str = DEFAULT_SETTING, create: bool = True, **options: str | bool
 ) -> ObjectStore:
     """The object store at ``url``. ``options`` override what obstore reads from the environment
     (``endpoint``, ``region``, ``access_key_id``, ``secret_access_key``, ``allow_http``, …);
-    a bad URL or option is a :class:`ValueError` naming ``setting_name``."""
+    a bad URL or option is a :class:`ValueError` naming ``setting_name``. ``create=False`` is
+    for readers (verify, prove): a local directory that does not exist is an error, not made."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "file":
         if options:
             raise ValueError(f"{setting_name}: file:// URLs take no options, got {sorted(options)}")
-        return ObstoreObjectStore(url, _local_store(url, setting_name))
+        return ObstoreObjectStore(url, _local_store(url, setting_name, create))
     opener = _REMOTE_OPENERS.get(scheme)
     if opener is None:
         raise ValueError(
@@ -192,7 +193,7 @@ def open_object_store(
     return ObstoreObjectStore(url, store)
 
 
-def _local_store(url: str, setting_name: str) -> LocalStore:
+def _local_store(url: str, setting_name: str, create: bool = True) -> LocalStore:
     parts = urlsplit(url)
     # file://data/cas parses "data" as a host: almost always a relative path written wrongly.
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
@@ -201,8 +202,10 @@ def _local_store(url: str, setting_name: str) -> LocalStore:
             "write file:///absolute/path (three slashes), relative paths are not accepted"
         )
     path = Path(unquote(parts.path))
+    if not create and not path.is_dir():
+        raise ValueError(f"{setting_name}: {url!r}: no such directory (nothing was created)")
     try:
-        return LocalStore(path, mkdir=True)
+        return LocalStore(path, mkdir=create)
     except (BaseError, OSError) as error:
         raise ValueError(f"{setting_name}: cannot open {url!r}: {error}") from error
 

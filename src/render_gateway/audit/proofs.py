@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 from render_gateway.audit.attestations import canonical, from_parquet, row_leaf_hashes
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import CHECKPOINTS_PREFIX, LEAVES_PREFIX, BatchLeaf
+from render_gateway.audit.log import AuditLog
 from render_gateway.audit.merkle import MerkleLog, leaf_hash, verify_inclusion
 from render_gateway.audit.objects import ObjectStore
+from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import Checkpoint, NoteVerifier, open_note
 from render_gateway.audit.verify import claim_problem
 
@@ -57,6 +59,18 @@ def make_bundle(
 ) -> dict[str, Any]:
     if leaf.index >= checkpoint.size:
         raise ProofNotFound("the request's batch is not yet covered by a signed checkpoint")
+    log_proof = tree.inclusion_proof(leaf.index, checkpoint.size)
+    return _bundle(checkpoint_note, verifier_key, leaf, log_proof, rows, row_index)
+
+
+def _bundle(
+    checkpoint_note: bytes,
+    verifier_key: str,
+    leaf: BatchLeaf,
+    log_proof: Sequence[bytes],
+    rows: list[dict[str, Any]],
+    row_index: int,
+) -> dict[str, Any]:
     row_proof = MerkleLog(row_leaf_hashes(rows)).inclusion_proof(row_index)
     return {
         "version": BUNDLE_VERSION,
@@ -64,9 +78,7 @@ def make_bundle(
         "checkpoint": checkpoint_note.decode(),
         "leaf": leaf.encode().decode(),
         "leaf_index": leaf.index,
-        "log_proof": [
-            base64.b64encode(h).decode() for h in tree.inclusion_proof(leaf.index, checkpoint.size)
-        ],
+        "log_proof": [base64.b64encode(h).decode() for h in log_proof],
         "row": canonical(rows[row_index]).decode(),
         "row_index": row_index,
         "row_proof": [base64.b64encode(h).decode() for h in row_proof],
@@ -74,9 +86,14 @@ def make_bundle(
 
 
 def verify_bundle(
-    bundle: dict[str, Any], verifiers: Sequence[NoteVerifier]
+    bundle: dict[str, Any],
+    verifiers: Sequence[NoteVerifier],
+    pinned: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], Checkpoint]:
-    """The attested row and the checkpoint it is in, or BundleError naming the failed step."""
+    """The attested row and the checkpoint it is in, or BundleError naming the failed step.
+    ``pinned`` (key id → base64 node key): the row's claim must be signed by one of them. A row
+    whose claim the gateway could not verify when it settled proves its place in the log only
+    (its ``claim_error`` says why)."""
     try:
         if bundle.get("version") != BUNDLE_VERSION:
             raise BundleError(f"unknown bundle version {bundle.get('version')!r}")
@@ -104,8 +121,14 @@ def verify_bundle(
         raise
     except (KeyError, TypeError, ValueError) as exc:  # ProofError and NoteError are ValueErrors
         raise BundleError(str(exc)) from exc
-    if problem := claim_problem(row, {}):
+    if row.get("claim_error") is None and (problem := claim_problem(row, {})):
         raise BundleError(f"the attested record's backend claim: {problem}")
+    checked = row.get("claim_error") is None and row["claim_payload"] is not None
+    if pinned is not None and checked and row["node_public_key"] not in pinned.values():
+        raise BundleError(
+            f"the attested record's backend claim is signed by node key "
+            f"{row['node_key_id']}, which is not a pinned node key"
+        )
     return row, checkpoint
 
 
@@ -131,3 +154,27 @@ def bundle_from_store(
         raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
     tree = MerkleLog(item.hash for item in covered)
     return make_bundle(tree, note, checkpoint, verifier_key, leaf, rows, index)
+
+
+def bundle_from_log(
+    audit_log: AuditLog,
+    index: ProofIndex,
+    verifier_key: str,
+    request_id: str,
+    customer_id: str | None = None,
+) -> dict[str, Any]:
+    """Prove ``request_id`` from the gateway's open log: one index lookup and one batch read
+    (an unknown id, or another customer's, reads nothing)."""
+    found = index.find(request_id)
+    if found is None or (customer_id is not None and found.customer_id != customer_id):
+        raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
+    with audit_log.lock:  # the checkpoint and the tree it signs, as one snapshot
+        checkpoint, note = audit_log.checkpoint, audit_log.checkpoint_note
+        leaf = audit_log.leaves[found.leaf]
+        if checkpoint is None or note is None or leaf.index >= checkpoint.size:
+            raise ProofNotFound("the request's batch is not yet covered by a signed checkpoint")
+        log_proof = audit_log.tree.inclusion_proof(leaf.index, checkpoint.size)
+    rows = from_parquet(audit_log.cas.get(leaf.batch_blake3))
+    if rows[found.row]["request_id"] != request_id:
+        raise ProofNotFound(f"the proof index is out of step with leaf {leaf.index}")
+    return _bundle(note, verifier_key, leaf, log_proof, rows, found.row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from render_gateway.audit.leaves import (
     index_of,
 )
 from render_gateway.audit.merkle import MerkleLog
+from render_gateway.audit.node_keys import NodeKey, recorded_node_keys
 from render_gateway.audit.objects import ObjectMissing, ObjectStore
 from render_gateway.audit.reconcile_runs import verify_runs
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
@@ -44,7 +45,12 @@ class Report:
     gpu_seconds: float = 0.0
     checkpoints: int = 0
     unclaimed: int = 0  # records without a backend claim (backends that sign nothing)
+    # Records whose claim the gateway could not verify when the request settled, and why: their
+    # GPU-seconds rest on the log key alone (counted and listed, not failed).
+    unverified: list[Finding] = field(default_factory=list)
     claims_checked: bool = True
+    node_keys: list[NodeKey] = field(default_factory=list)  # as the log's signed notes record
+    pinned: bool = False  # claims were held to --node-keys, not to the log's own notes
     reconciliations: int = 0  # signed reconciliation entries, chained
     latest: Checkpoint | None = None
     findings: list[Finding] = field(default_factory=list)
@@ -64,15 +70,29 @@ def verify_log(
     trusted: Checkpoint | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
     check_claims: bool = True,
+    pinned: Mapping[str, str] | None = None,
+    allow_empty: bool = False,
 ) -> Report:
     """Everything verify checks; ``check_claims=False`` skips the backends' per-record Ed25519
-    signatures (the slow part), checking only the log's own structure and hashes."""
-    report = Report(claims_checked=check_claims)
+    signatures (the slow part), checking only the log's own structure and hashes. ``pinned``
+    (key id → base64 node key) are the only node keys a claim may be signed by; without it, a
+    claim's key must be one the log recorded in a signed node key note (trust on first use).
+    A store with nothing in it fails unless ``allow_empty``."""
+    report = Report(claims_checked=check_claims, pinned=pinned is not None)
     leaves = _load_leaves(objects, report)
     tree = MerkleLog(leaf.hash for leaf in leaves)
     report.leaves = tree.size
-    _check_batches(ContentStore(objects), leaves, report, progress)
-    _check_checkpoints(objects, verifiers, origin, tree, report)
+    report.node_keys, note_problems = recorded_node_keys(objects, verifiers)
+    for where, what in note_problems:
+        report.fail(where, what)
+    anchors = AnchorKeys(
+        set(pinned.values()) if pinned is not None else {k.public_key for k in report.node_keys},
+        "a pinned node key (--node-keys)" if pinned is not None else "recorded by the log",
+    )
+    _check_batches(ContentStore(objects), leaves, report, progress, anchors)
+    _check_checkpoints(objects, verifiers, origin, tree, leaves, report)
+    if not tree.size and not report.checkpoints and not allow_empty:
+        report.fail("log", f"nothing to verify: no leaves and no checkpoints in {objects.url}")
     if trusted is not None:
         _check_trusted(trusted, tree, report)
     entries, problems = verify_runs(objects, list(verifiers))
@@ -116,11 +136,20 @@ def _load_leaves(objects: ObjectStore, report: Report) -> list[BatchLeaf]:
     return leaves
 
 
+@dataclass(frozen=True)
+class AnchorKeys:
+    """The node keys a claim may be signed by (base64), and what makes them trusted."""
+
+    public_keys: set[str]
+    source: str  # for the finding: "… which is not <source>"
+
+
 def _check_batches(
     cas: ContentStore,
     leaves: Sequence[BatchLeaf],
     report: Report,
     progress: Callable[[int, int], None],
+    anchors: AnchorKeys,
 ) -> None:
     node_keys: dict[str, Ed25519PublicKey] = {}
     for done, leaf in enumerate(leaves):
@@ -136,7 +165,7 @@ def _check_batches(
         except ValueError as exc:
             report.fail(where, f"the batch cannot be read: {exc}")
             continue
-        _check_batch(leaf, rows, where, report, node_keys)
+        _check_batch(leaf, rows, where, report, node_keys, anchors)
         progress(done + 1, len(leaves))
 
 
@@ -146,6 +175,7 @@ def _check_batch(
     where: str,
     report: Report,
     node_keys: dict[str, Ed25519PublicKey],
+    anchors: AnchorKeys,
 ) -> None:
     gpu_seconds = math.fsum(float(row["gpu_seconds"]) for row in rows)
     if len(rows) != leaf.count:
@@ -158,12 +188,22 @@ def _check_batch(
     if seqs != list(range(leaf.first_usage_seq, leaf.last_usage_seq + 1)):
         report.fail(where, "its usage records are not the leaf's contiguous range")
     for position, row in enumerate(rows):
+        record = f"{where} record {position} ({row['request_id']})"
         report.unclaimed += row["claim_payload"] is None
+        if row["claim_payload"] is not None and row["claim_error"] is not None:
+            report.unverified.append(Finding(record, row["claim_error"]))
+            continue
         if not report.claims_checked:
             continue
         problem = claim_problem(row, node_keys)
+        signed = row["claim_payload"] is not None
+        if problem is None and signed and row["node_public_key"] not in anchors.public_keys:
+            problem = (
+                f"the claim is signed by node key {row['node_key_id']}, which is not "
+                f"{anchors.source}"
+            )
         if problem:
-            report.fail(f"{where} record {position} ({row['request_id']})", problem)
+            report.fail(record, problem)
     report.records += len(rows)
     report.gpu_seconds += gpu_seconds
 
@@ -172,6 +212,10 @@ def claim_problem(row: dict[str, Any], node_keys: dict[str, Ed25519PublicKey]) -
     """Why the row's backend claim does not hold (None when it holds or there is none)."""
     if row["claim_payload"] is None:
         return None  # a backend that signs nothing (a plain Triton model): counted, not failed
+    if row.get("claim_error") is not None:
+        return (
+            f"the gateway could not verify the claim when the request settled: {row['claim_error']}"
+        )
     if row["claim_signature"] is None or row["node_public_key"] is None:
         return "the backend's claim has no signature or no node key to check it with"
     try:
@@ -200,10 +244,13 @@ def _check_checkpoints(
     verifiers: Sequence[NoteVerifier],
     origin: str | None,
     tree: MerkleLog,
+    leaves: Sequence[BatchLeaf],
     report: Report,
 ) -> None:
     keys = objects.list(CHECKPOINTS_PREFIX)
     previous: Checkpoint | None = None
+    matched = 0  # the largest signed size whose root the stored leaves still reproduce
+    rewritten: list[int] = []  # signed sizes whose roots they do not
     for key in keys:
         where = f"checkpoint {key.removeprefix(CHECKPOINTS_PREFIX).lstrip('0') or '0'}"
         try:
@@ -224,15 +271,48 @@ def _check_checkpoints(
                 f"signs {checkpoint.size} leaves but the log has {tree.size}: truncated",
             )
         elif tree.root_at(checkpoint.size) != checkpoint.root_hash:
-            report.fail(where, "its root does not match the log's leaves (log rewritten)")
+            rewritten.append(checkpoint.size)
+        elif not rewritten:
+            matched = max(matched, checkpoint.size)
         if previous is not None and checkpoint.size <= previous.size:
             report.fail(where, "does not grow the log")
         previous = checkpoint
+    if rewritten:
+        _locate_rewrite(matched, rewritten, leaves, report)
     report.latest = previous
     if previous is None and tree.size:
         report.fail("log", "no signed checkpoint covers it")
     elif previous is not None and previous.size < tree.size:
         report.fail("log", f"{tree.size - previous.size} leaves are not covered by a checkpoint")
+
+
+def _locate_rewrite(
+    matched: int, rewritten: Sequence[int], leaves: Sequence[BatchLeaf], report: Report
+) -> None:
+    """Name the leaf that changed: the checkpoints sign every prefix of the log, so the first
+    leaf changed after signing lies between the largest size that still matches and the
+    smallest that does not (one leaf when a checkpoint was signed after every append)."""
+    first_bad = min(size for size in rewritten if size > matched)
+    if first_bad - matched == 1 and matched < len(leaves):
+        leaf = leaves[matched]
+        report.fail(
+            f"leaf {leaf.index} (batch {leaf.batch_blake3[:16]}…)",
+            f"changed after checkpoint {first_bad} signed it: this leaf, or the batch it names "
+            f"(BLAKE3 {leaf.batch_blake3}), is not the one the log signed (log rewritten)",
+        )
+    else:
+        report.fail(
+            f"leaves {matched}…{first_bad - 1}",
+            f"one of them changed after checkpoint {first_bad} signed it (log rewritten)",
+        )
+    report.fail(
+        _sizes("checkpoint", rewritten),
+        "their roots do not match the log's leaves (log rewritten from the leaf above)",
+    )
+
+
+def _sizes(what: str, sizes: Sequence[int]) -> str:
+    return f"{what} {sizes[0]}" if len(sizes) == 1 else f"{what}s {sizes[0]}…{sizes[-1]}"
 
 
 def _check_trusted(trusted: Checkpoint, tree: MerkleLog, report: Report) -> None:

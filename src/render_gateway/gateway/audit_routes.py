@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from render_gateway.audit.keys import public_key_line
 from render_gateway.audit.objects import ObjectStoreError
-from render_gateway.audit.proofs import ProofNotFound, bundle_from_store
+from render_gateway.audit.proofs import ProofNotFound, bundle_from_log
 from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES, ProofBundle
 from render_gateway.gateway.deps import caller, services
@@ -34,10 +34,18 @@ async def get_proof(
     audit = svc.audit
     if not request_id.startswith("req_") or len(request_id) > 64:
         raise ApiError(404, "proof_not_found", f"no attestation for request {request_id!r}")
+    audit_log = audit.batcher.audit_log
+    if audit_log is None:  # the batcher opens the log (and catches the index up) at start
+        raise ApiError(
+            503, "audit_unavailable", "the audit log is not open yet", headers={"Retry-After": "5"}
+        )
     try:
+        # One index lookup (an unknown id ends here), then one batch read in a thread.
+        if audit.proof_index.find(request_id) is None:
+            raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
         return await asyncio.to_thread(
-            bundle_from_store, audit.objects, [audit.signer.verifier()],
-            public_key_line(audit.signer), request_id, principal.customer_id,
+            bundle_from_log, audit_log, audit.proof_index, public_key_line(audit.signer),
+            request_id, principal.customer_id,
         )  # fmt: skip
     except ProofNotFound as exc:
         raise ApiError(404, "proof_not_found", str(exc)) from exc

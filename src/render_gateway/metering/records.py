@@ -7,11 +7,14 @@ its price and cost never change after the fact).
 
 from __future__ import annotations
 
+import base64
 import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from render_gateway.usage_claim import ClaimCheck, check_claim_text
 
 UsageStatus = Literal["success", "error", "timeout", "cancelled"]
 ModelType = Literal["llm", "rectified_flow", "other"]
@@ -83,6 +86,10 @@ class UsageRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     usage_claim: str | None = None  # the backend's signed claim (the cold path verifies it)
+    # Checked when the request settled, so the record carries what the audit trail seals: the
+    # node key (base64) that verified the claim, or why the claim did not verify.
+    node_public_key: str | None = None
+    claim_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,9 +153,11 @@ def build_record(
     job_id: str | None = None,
     batch_size: int = 1,
     event_id: str | None = None,
+    node_keys: Mapping[str, bytes] | None = None,
 ) -> UsageRecord:
     """The record for a request that ended now. ``parameters`` are the backend's response
-    parameters (empty when it never answered)."""
+    parameters (empty when it never answered); ``node_keys`` (key id → raw Ed25519 public key,
+    as learned from the backends) check its signed claim now, not when it is sealed."""
     status = usage_status(outcome, error_code)
     reported = parameters.get("gpu_seconds")
     metered = isinstance(reported, (int, float)) and not isinstance(reported, bool)
@@ -160,7 +169,12 @@ def build_record(
         _int(parameters, key) for key in ("num_frames", "width", "height") if key in parameters
     )
     steps = _int(parameters, "steps_completed", _int(parameters, "steps"))
-    claim = parameters.get("usage_claim")
+    claim = str(parameters["usage_claim"]) if parameters.get("usage_claim") else None
+    checked = (
+        check_claim_text(claim, node_keys or {}, request_id, gpu_seconds if metered else None)
+        if claim
+        else ClaimCheck()
+    )
     return UsageRecord(
         event_id=event_id or new_event_id(),
         request_id=request_id,
@@ -188,5 +202,11 @@ def build_record(
         num_steps=steps,
         input_dims=dims,
         batch_size=batch_size,
-        usage_claim=str(claim) if claim else None,
+        usage_claim=claim,
+        node_public_key=_b64(checked.public_key) if checked.public_key else None,
+        claim_error=checked.error,
     )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
