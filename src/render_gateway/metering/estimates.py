@@ -111,14 +111,17 @@ class CostEstimator:
         cost = self.cost_after(work, steps) if steps else None
         return self.floor if cost is None else cost * _HEADROOM
 
-    def observe(self, work: Work, steps_done: int, gpu_seconds: float) -> bool:
-        """Learn from a finished run; True when this is the model's first run (worth saving)."""
+    def observe(
+        self, work: Work, steps_done: int, gpu_seconds: float, finished: bool = True
+    ) -> bool:
+        """Learn from a run that ended (``finished``: it ran all its steps; otherwise it was
+        stopped after ``steps_done``); True when it is the model's first (worth saving)."""
         if steps_done <= 0 or work.size <= 0 or gpu_seconds < 0:
             return False
         first = work.model_key not in self._models
         model = self._models.setdefault(work.model_key, CostModel())
         model.observe(work.size, steps_done, gpu_seconds)
-        if work.steps is None:
+        if work.steps is None and finished:
             model.default_steps = steps_done
         return first
 

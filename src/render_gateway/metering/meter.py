@@ -120,7 +120,11 @@ class Meter:
         billable = bool(record["billable"])
         actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
         self.ledger.settle(key, record["customer_id"], month_of(record["timestamp"]), actual)
-        steps = int(record.get("num_steps") or 0)
-        if known is not None and record["metered"] and record["status"] == "success" and steps:
-            self.on_learned(self.estimator.observe(known[0], steps, record["gpu_seconds"]))
+        # Runs stopped early teach the cost per step as well as finished ones (their claims
+        # say how many steps ran), so a budget that stops every run still learns its model.
+        steps, status = int(record.get("num_steps") or 0), record["status"]
+        if known and record["metered"] and status in ("success", "cancelled") and steps:
+            finished = status == "success"
+            gpu_seconds = float(record["gpu_seconds"])
+            self.on_learned(self.estimator.observe(known[0], steps, gpu_seconds, finished))
         self.on_record()
