@@ -101,6 +101,12 @@ class WebhooksConfig(_Section):
 
     allow_http: bool = False  # plain http as well as https
     allow_private_addresses: bool = False  # hosts on loopback/private/link-local addresses
+    # When not empty, the only hosts deliveries may go to (".example.com": its subdomains),
+    # checked on the URL before any DNS lookup.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    def policy(self) -> UrlPolicy:
+        return UrlPolicy(self.allow_http, self.allow_private_addresses, tuple(self.allowed_hosts))
 
 
 class CustomerBudgetConfig(_Section):
@@ -221,7 +227,7 @@ class GatewayConfig(_Section):
     def _alert_webhook_is_allowed(self) -> GatewayConfig:
         # Its form only (scheme, an IP literal): a name is checked when a delivery connects.
         url = self.reconcile.alert_webhook
-        policy = UrlPolicy(self.webhooks.allow_http, self.webhooks.allow_private_addresses)
+        policy = self.webhooks.policy()
         try:
             if url is not None:
                 check_literal(url, policy)

@@ -37,6 +37,16 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 class UrlPolicy:
     allow_http: bool = False
     allow_private_addresses: bool = False
+    # When set, the only hosts allowed: a name itself, or ".example.com" for its subdomains.
+    # Checked on the URL alone, before any DNS lookup.
+    allowed_hosts: tuple[str, ...] = ()
+
+    def host_listed(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return not self.allowed_hosts or any(
+            host.endswith(entry) if entry.startswith(".") else host == entry
+            for entry in (e.lower().rstrip(".") for e in self.allowed_hosts)
+        )
 
     @property
     def schemes(self) -> tuple[str, ...]:
@@ -79,6 +89,8 @@ def check_literal(url: str, policy: UrlPolicy) -> URL:
         raise UrlRefused(f"invalid URL: {exc}") from None
     if parsed.scheme not in policy.schemes or not parsed.host:
         raise UrlRefused(f"must be an absolute {' or '.join(policy.schemes)} URL")
+    if not policy.host_listed(parsed.host):
+        raise UrlRefused(f"host {parsed.host} is not among the allowed hosts")
     address = _address(parsed.host.split("%", 1)[0])
     if address is not None and not policy.allow_private_addresses and not is_public(address):
         raise UrlRefused(f"{parsed.host} resolves to a non-public address ({address})")

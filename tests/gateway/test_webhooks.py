@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender, sign, verify
-from render_gateway.url_policy import UrlPolicy, UrlRefused
+from render_gateway.url_policy import UrlPolicy, UrlRefused, check_url
 
 from support.clock import FakeClock
 from support.processes import free_port
@@ -593,3 +593,19 @@ async def test_redirects_are_not_followed(
     assert receiver.at("/ok") == []
     assert (sender.delivered, sender.failed) == (0, 1)
     assert fake.sleeps == []
+
+
+async def test_allowed_hosts_refuse_every_other_host_before_any_lookup() -> None:
+    class NoLookups(AbstractResolver):
+        async def resolve(self, *args: object, **kwargs: object) -> list[ResolveResult]:
+            raise AssertionError("an unlisted host must be refused before DNS")
+
+        async def close(self) -> None:
+            pass
+
+    policy = UrlPolicy(allowed_hosts=("hooks.example.com", ".corp.example"))
+    for url in ("https://evil.example.net/h", "https://example.com/h", "https://xcorp.example/h"):
+        with pytest.raises(UrlRefused, match="allowed hosts"):
+            await check_url(url, policy, NoLookups())
+    assert policy.host_listed("hooks.example.com") and policy.host_listed("a.corp.example")
+    assert policy.host_listed("HOOKS.example.com.")

@@ -60,7 +60,6 @@ from render_gateway.stores.assets import LocalAssetStore
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.stores.usage_log import UsageLog
-from render_gateway.url_policy import UrlPolicy
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +268,7 @@ class GatewayServices:
         )
         webhooks = WebhookSender(
             webhook_secret,
-            UrlPolicy(config.webhooks.allow_http, config.webhooks.allow_private_addresses),
+            config.webhooks.policy(),
         )
 
         finished: Counter[str] = Counter()
