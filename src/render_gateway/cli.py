@@ -60,12 +60,19 @@ def worker(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where the node key lives.")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    parent_pid: Annotated[
+        int | None, typer.Option(help="Stop when this process ends (serve's demo worker).")
+    ] = None,
 ) -> None:
     """Run the reference KServe v2 backend on diffusers pipelines."""
     _offline()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if parent_pid is not None:
+        from render_gateway.parent_death import exit_when_parent_exits
+
+        exit_when_parent_exits(parent_pid)
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -147,8 +154,12 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help="Where every embedded store lives.")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Start the gateway (with no backend configured, also a local demo worker)."""
+    """Start the gateway (with no backend configured, also a local demo worker). One serve per
+    data dir: a second refuses, naming the first's pid. SIGTERM drains running jobs."""
     import asyncio
+
+    from render_gateway.data_dir_lock import DataDirBusy, lock_data_dir
+    from render_gateway.gateway.serve import StartRefused, listen, run_gateway
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -160,17 +171,23 @@ def serve(
     if port is not None:
         updates["port"] = port
     gateway = gateway.model_copy(update=updates)
+    try:
+        # The lock before anything opens a store (it is held until the process ends), then the
+        # port, so that neither a second gateway nor a taken port starts anything.
+        lock_data_dir(Path(gateway.data_dir))
+        sock = listen(gateway.host, gateway.port)
+    except (DataDirBusy, StartRefused, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     secret = asyncio.run(_first_admin_key(gateway))
     if secret is not None:
         typer.echo("Created the first API key (customer 'admin', plan 'admin'). It is shown once:")
         typer.echo(secret)
-
-    import uvicorn
-
-    from render_gateway.gateway.app import create_app
-
-    uvicorn.run(create_app(gateway), host=gateway.host, port=gateway.port, log_level=log_level,
-                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)  # fmt: skip
+    try:
+        run_gateway(gateway, sock, log_level)
+    except StartRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @keys_app.command("create")

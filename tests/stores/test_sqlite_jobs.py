@@ -168,6 +168,31 @@ async def test_reopen_keeps_order_and_recovers_running_jobs(tmp_path: Path) -> N
     await second.close()
 
 
+async def test_requeue_after_a_drain_keeps_retries_and_the_place_in_the_lane(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    first = await reopen(path)
+    older, newer = job(), job()
+    await first.submit(older)
+    await first.submit(newer)
+    running = await first.claim_next(time.time())
+    assert running is not None and running.id == older.id
+    requeued = await first.requeue(older.id, {"drained_runs": [{"gpu_seconds": 0.5}]})
+    assert requeued is not None and requeued.status is JobStatus.queued
+    assert requeued.retries == 0 and requeued.started_at is None
+    assert requeued.extra["drained_runs"] == [{"gpu_seconds": 0.5}]
+    assert await first.requeue(older.id) is None  # not running any more: nothing to put back
+    assert first.position(older.id) is not None
+    await first.close()
+
+    second = await reopen(path)  # a clean restart: no recovery, same retries, same order
+    again = await second.get(older.id)
+    assert again is not None and again.status is JobStatus.queued and again.retries == 0
+    assert [second.position(j.id) for j in (older, newer)] == [0, 1]
+    await second.close()
+
+
 async def test_recovery_policy_fail_and_retry_cap(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     first = await reopen(path)

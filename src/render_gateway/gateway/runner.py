@@ -206,7 +206,9 @@ class JobRunner:
                 job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
             )
             elapsed = self._clock() - started
-            if not self._meter.progress(job.id, event.step, event.steps, elapsed):
+            if not self._meter.progress(
+                job.id, event.step, event.steps, elapsed, event.gpu_seconds
+            ):
                 self._budget_stopped.add(job.id)  # its next step would cross the budget
                 self._cancels[job.id].set()
 

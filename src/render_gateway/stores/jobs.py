@@ -88,6 +88,11 @@ class JobStore(Protocol):
         is appended to the usage log, both in the same commit as the status."""
         ...
 
+    async def requeue(self, job_id: str, extra: dict[str, Any] | None = None) -> Job | None:
+        """Put a running job back at its place in the queue with its retries unchanged (a clean
+        stop interrupted it; it did not fail), merging ``extra``; None if it is not running."""
+        ...
+
     async def unsettled(self) -> list[Job]:
         """Jobs admitted but not finished (queued or running), oldest first."""
         ...

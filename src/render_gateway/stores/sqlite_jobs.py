@@ -431,6 +431,22 @@ class SqliteJobStore:
 
         return await self._call(settle)
 
+    async def requeue(self, job_id: str, extra: dict[str, Any] | None = None) -> Job | None:
+        def put_back(conn: sqlite3.Connection) -> Job | None:
+            changed = conn.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL, "
+                "extra = json_patch(extra, ?) WHERE id = ? AND status = 'running'",
+                (orjson.dumps(extra or {}).decode(), job_id),
+            ).rowcount
+            return _select(conn, job_id) if changed else None
+
+        job = await self._call(put_back)
+        if job is not None:
+            # Here it joins its lane's tail; its seq is unchanged, so the next start (which
+            # rebuilds the queue by seq) puts it back ahead of the jobs that came after it.
+            self._enqueued(job)
+        return job
+
     async def unsettled(self) -> list[Job]:
         """Jobs admitted but not finished (queued or running), oldest first."""
 
