@@ -47,10 +47,13 @@ class AttestationBatcher:
         batch_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_open: Callable[[AuditLog], None] = lambda _log: None,
-        on_append: Callable[[BatchLeaf, Sequence[Mapping[str, Any]]], None] = lambda _l, _r: None,
+        on_append: Callable[[AuditLog, BatchLeaf, Sequence[Mapping[str, Any]]], None] = (
+            lambda _log, _leaf, _rows: None
+        ),
     ) -> None:
         """``on_open`` runs once the log is open, ``on_append`` after each batch is in it (both
-        on the batcher's thread; e.g. the proof index catching up and growing)."""
+        on the batcher's thread; e.g. the proof index catching up and growing). A failing
+        ``on_append`` is logged and never stops sealing: what it maintains is derived data."""
         self._usage_log, self._open_log = usage_log, open_log
         self._on_open, self._on_append = on_open, on_append
         self._batch_records, self._batch_seconds, self._clock = batch_records, batch_seconds, clock
@@ -112,7 +115,10 @@ class AttestationBatcher:
                 try:
                     if self.audit_log is None:
                         opened = self._open_log()
-                        self._on_open(opened)
+                        try:
+                            self._on_open(opened)
+                        except Exception:  # derived data (the proof index): seal regardless
+                            log.exception("after opening the audit log")
                         self.audit_log = opened
                         self.stats.log_size = opened.size
                     self._batch_what_is_due(self.audit_log)
@@ -141,7 +147,10 @@ class AttestationBatcher:
                 return
             batch = [attestation(r.seq, r.record) for r in rows]
             leaf = audit_log.append(batch)
-            self._on_append(leaf, batch)
+            try:
+                self._on_append(audit_log, leaf, batch)
+            except Exception:
+                log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
             cursor = leaf.last_usage_seq
             self._usage_log.set_usage_cursor(CONSUMER, cursor)
             self.stats.batches += 1

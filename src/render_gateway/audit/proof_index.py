@@ -68,8 +68,11 @@ class ProofIndex:
         row = self._conn().execute("SELECT leaves FROM indexed").fetchone()
         return int(row[0])
 
-    def add(self, leaf: BatchLeaf, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Index one batch (the next leaf; an already indexed one is skipped)."""
+    def add(self, audit_log: AuditLog, leaf: BatchLeaf, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Index a batch just sealed into ``audit_log`` (after any leaf a failed add missed)."""
+        if leaf.index > self.leaves:
+            self.catch_up(audit_log)
+            return
         self._add(leaf.index, [(str(r["request_id"]), str(r["customer_id"])) for r in rows])
 
     def _add(self, index: int, rows: Sequence[tuple[str, str]]) -> None:

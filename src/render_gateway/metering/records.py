@@ -8,6 +8,7 @@ its price and cost never change after the fact).
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from render_gateway.usage_claim import ClaimCheck, check_claim_text
+
+log = logging.getLogger(__name__)
 
 UsageStatus = Literal["success", "error", "timeout", "cancelled"]
 ModelType = Literal["llm", "rectified_flow", "other"]
@@ -175,6 +178,8 @@ def build_record(
         if claim
         else ClaimCheck()
     )
+    if checked.error is not None:  # the one side effect: an operator must hear of it
+        log.error("request %s (backend %s): %s", request_id, backend, checked.error)
     return UsageRecord(
         event_id=event_id or new_event_id(),
         request_id=request_id,
