@@ -37,9 +37,16 @@ def record(key: str, gpu_seconds: float, steps: int, status: str = "success") ->
     concurrency=st.integers(1, 6),
     limit=st.floats(0.5, 5.0),
     warm=st.booleans(),
+    measured=st.booleans(),
 )
 def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
-    seed: int, step_cost: float, fixed: float, concurrency: int, limit: float, warm: bool
+    seed: int,
+    step_cost: float,
+    fixed: float,
+    concurrency: int,
+    limit: float,
+    warm: bool,
+    measured: bool,
 ) -> None:
     rng = random.Random(seed)
     m = meter(limit)
@@ -66,7 +73,9 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
         run["done"] += 1
         used = fixed + step_cost * run["done"]
         last = run["done"] == run["steps"] or run["done"] == run["stop_after"]
-        if not last and not m.progress(key, int(run["done"]), int(run["steps"]), used):
+        if not last and not m.progress(
+            key, int(run["done"]), int(run["steps"]), 3 * used, used if measured else None
+        ):
             run["stop_after"] = run["done"] + 1  # the cancel lands during the next step
         if last:
             status = "success" if run["done"] == run["steps"] else "cancelled"

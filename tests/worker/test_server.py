@@ -243,6 +243,11 @@ def test_generate_stream_one_progress_event_per_step(worker: WorkerProcess) -> N
     result = codec.response_from_json(events[-1][1])
     assert result.id == "req_stream1"
     open_png(bytes(result.output("images").data[0]))
+    # Each step reports the run's device time so far (what a gateway charges a budget with):
+    # growing, and never more than the run's final metered figure.
+    used = [data["gpu_seconds"] for _, data in events[:-1]]
+    assert used[0] > 0 and used == sorted(used)
+    assert used[-1] <= float(result.parameters["gpu_seconds"])
 
 
 def _start_long_stream(

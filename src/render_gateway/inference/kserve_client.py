@@ -103,6 +103,7 @@ class Progress:
     step: int
     steps: int
     progress: float
+    gpu_seconds: float | None = None  # the run's device time so far, where the backend says
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,9 @@ def _stream_event(event: str, data: str, request_id: str) -> StreamEvent | None:
     if not isinstance(body, dict):
         raise BackendError(f"backend sent a non-object {event!r} event", retriable=False)
     if event == "progress":
-        return Progress(int(body["step"]), int(body["steps"]), float(body["progress"]))
+        used = body.get("gpu_seconds")
+        gpu_seconds = float(used) if isinstance(used, int | float) and used >= 0 else None
+        return Progress(int(body["step"]), int(body["steps"]), float(body["progress"]), gpu_seconds)
     if event in ("result", "message"):
         try:
             return _result(codec.response_from_json(body), request_id)

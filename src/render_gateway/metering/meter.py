@@ -57,17 +57,25 @@ class Meter:
         if isinstance(work := reservation.get("work"), Mapping):
             self._work[key] = (Work.from_dict(work), plan)
 
-    def progress(self, key: str, step: int, steps: int, elapsed_seconds: float) -> bool:
-        """A run reported ``step`` of ``steps`` done: charge what it will have used after its
-        next step. False when that crosses the budget: the caller stops the run now, so it ends
-        at most one step past the budget (the backend's signed claim is the bill)."""
+    def progress(
+        self, key: str, step: int, steps: int, elapsed_seconds: float,
+        gpu_seconds: float | None = None,
+    ) -> bool:  # fmt: skip
+        """A run reported ``step`` of ``steps`` done (and, where the backend measures it, its
+        device time so far): charge what it will have used after its next step. False when that
+        crosses the budget: the caller stops the run now, so it ends at most one step past the
+        budget (the backend's signed claim is the bill)."""
         known = self._work.get(key)
         if known is None or step <= 0:
             return True
         work, plan = known
         next_step = min(step + 1, max(steps, step))
-        estimate = self.estimator.cost_after(work, next_step)
-        if estimate is None:  # a model never seen: this run's own pace, in wall time (higher)
+        model = self.estimator.cost_after(work, next_step)
+        if gpu_seconds:  # measured: never charge less than this run is on course to use
+            estimate = max(gpu_seconds * next_step / step, model or 0.0)
+        elif model is not None:
+            estimate = model
+        else:  # a model never seen, a backend that measures nothing: its wall pace (higher)
             estimate = elapsed_seconds * next_step / step
         return self.ledger.charge(key, self._amount(estimate, plan, work.family))
 

@@ -13,8 +13,8 @@ import hashlib
 import logging
 import platform
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,21 @@ class DeviceIdentity:
     uuid_source: str  # "nvml", "torch" or "machine-id"
 
 
+def _nothing_yet() -> float:
+    return 0.0
+
+
 @dataclass
 class Measurement:
-    """Filled in when the metered block ends."""
+    """Filled in when the metered block ends; ``so_far`` reads the device time while it runs
+    (what progress events report, so a gateway can charge a run step by step)."""
 
     seconds: float = 0.0
     wall_seconds: float = 0.0
     meter: str = ""
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    so_far: Callable[[], float] = field(default=_nothing_yet, repr=False)
 
 
 def pick_device(requested: str) -> str:
@@ -126,6 +132,8 @@ def _device_metered(
     # On CPU the worker runs torch with one intra-op thread per run (see config), so the
     # calling thread's CPU time is the run's compute time.
     start_cpu, start_wall = time.thread_time(), time.perf_counter()
+    # Read from the run's own thread (the pipeline's step callback), like the final figure.
+    measurement.so_far = lambda: time.thread_time() - start_cpu
     try:
         yield
     finally:
@@ -147,6 +155,7 @@ def _cuda_metered(
     with nvtx.annotate(message=request_id, domain="render"), torch.cuda.device(torch_device):
         start_wall = time.perf_counter()
         start.record()
+        measurement.so_far = _cuda_so_far(start)
         try:
             yield
         finally:
@@ -155,3 +164,24 @@ def _cuda_metered(
             measurement.wall_seconds = time.perf_counter() - start_wall
             measurement.seconds = start.elapsed_time(end) / 1000.0
             measurement.meter = "cuda_events"
+
+
+def _cuda_so_far(start: Any) -> Callable[[], float]:
+    """Device time up to the newest step whose work the GPU has finished, without waiting for
+    the GPU: each call records an event and reads the latest one already passed (so the figure
+    lags by at most the steps still queued on the device)."""
+    import torch
+
+    pending: list[Any] = []
+    done = 0.0
+
+    def read() -> float:
+        nonlocal done
+        event: Any = torch.cuda.Event(enable_timing=True)
+        event.record()
+        pending.append(event)
+        while pending and pending[0].query():
+            done = start.elapsed_time(pending.pop(0)) / 1000.0
+        return done
+
+    return read

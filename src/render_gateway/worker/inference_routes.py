@@ -273,6 +273,7 @@ async def generate_stream(request: Request) -> Response:
                     "step": progress.step,
                     "steps": progress.steps,
                     "progress": round(progress.fraction, 6),
+                    "gpu_seconds": round(progress.gpu_seconds, 6),
                 }
                 yield ServerSentEvent(orjson.dumps(data).decode(), event="progress")
             try:

@@ -232,7 +232,7 @@ class LoadedModel:
         plan: RunPlan,
         images: dict[str, Image.Image],
         cancel: threading.Event,
-        on_step: Callable[[int, int], None],
+        on_step: Callable[[int, int, float], None],
         meter: Meter,
     ) -> Generated:
         """Run the pipeline; only the call itself is metered (not set-up, not encoding)."""
@@ -240,11 +240,12 @@ class LoadedModel:
 
         pipe = self._pipeline_for_this_thread(plan.task)
         completed = 0
+        measurement = Measurement()
 
         def finished_step(step_index: int, total: int) -> None:
             nonlocal completed
             completed = step_index + 1
-            on_step(completed, total)
+            on_step(completed, total, measurement.so_far())
             if cancel.is_set():
                 raise RunCancelled(completed)
 
@@ -272,7 +273,6 @@ class LoadedModel:
         if cancel.is_set():
             raise RunCancelled(0)
         output_type = "np" if self.modality == "video" else "pil"
-        measurement = Measurement()
         try:
             with meter() as measurement:
                 output = pipe(**arguments, output_type=output_type)

@@ -61,6 +61,7 @@ _INPUT_ERRORS = (ValueError, TypeError, IndexError, KeyError)
 class Progress:
     step: int
     steps: int
+    gpu_seconds: float = 0.0  # device time of the run so far (see devices.Measurement.so_far)
 
     @property
     def fraction(self) -> float:
@@ -189,8 +190,8 @@ class RunService:
         loop = asyncio.get_running_loop()
         run = Run(request_id, model_name, plan, threading.Event(), asyncio.Queue())
 
-        def on_step(step: int, steps: int) -> None:
-            loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps))
+        def on_step(step: int, steps: int, gpu_seconds: float) -> None:
+            loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps, gpu_seconds))
 
         def release_slot() -> None:
             loop.call_soon_threadsafe(self._release_slot, slots, run)
@@ -238,15 +239,15 @@ class RunService:
         model: LoadedModel,
         run: Run,
         images: dict[str, Image.Image],
-        on_step: Callable[[int, int], None],
+        on_step: Callable[[int, int, float], None],
         release_slot: Callable[[], None],
     ) -> RunOutcome:
         steps_seen = 0
 
-        def report(step: int, steps: int) -> None:
+        def report(step: int, steps: int, gpu_seconds: float) -> None:
             nonlocal steps_seen
             steps_seen = step
-            on_step(step, steps)
+            on_step(step, steps, gpu_seconds)
 
         status: Literal["complete", "cancelled"] = "complete"
 
