@@ -22,7 +22,7 @@ from PIL import Image
 
 from render_gateway.gateway.services import DEMO_CATALOG
 
-from support.gateway import GatewayProcess, start_gateway, stop_gateway
+from support.gateway import GatewayProcess, start_gateway, stop_gateway, wait_done
 from support.processes import WorkerProcess, start_worker, stop_worker
 
 # This worker serves the demo pipeline with sides up to 512 px, so image formats 1024,
@@ -128,16 +128,6 @@ def asset_id_of(url: str) -> str:
 
 def plain_path(url: str) -> str:
     return urlsplit(url).path
-
-
-def wait_done(gateway: GatewayProcess, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in ("complete", "error", "cancelled"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def data_uri(color: tuple[int, int, int], mode: str = "RGB") -> str:

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, bearer, start_gateway, stop_gateway
 from support.processes import CLI, WorkerProcess
 from support.worker_api import wait_idle
 
@@ -46,10 +46,6 @@ def gateway(
 def _idle_after(worker: WorkerProcess) -> Iterator[None]:
     yield
     wait_idle(worker)
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def proof_when_sealed(gateway: GatewayProcess, headers: dict[str, str], request_id: str) -> bytes:

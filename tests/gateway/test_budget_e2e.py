@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support.gateway import GatewayProcess, start_gateway, stop_gateway
+from support.gateway import GatewayProcess, bearer, start_gateway, stop_gateway
 from support.processes import WorkerProcess, start_worker, stop_worker
 
 CONCURRENCY = 3  # runs in flight at once (worker slots = backend capacity)
@@ -68,10 +68,6 @@ def worker3(
     process = start_worker(tmp, ["--model", f"demo={demo_model_dir}", "--max-concurrency", "3"])
     yield process
     stop_worker(process)
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def sync(gateway: GatewayProcess, headers: dict[str, str], **fields: Any) -> httpx.Response:

@@ -12,7 +12,13 @@ import orjson
 import pytest
 from PIL import Image
 
-from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.gateway import (
+    ONE_WORKER_CONFIG,
+    GatewayProcess,
+    start_gateway,
+    stop_gateway,
+    wait_done,
+)
 from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
@@ -65,18 +71,6 @@ def job_body(**fields: Any) -> dict[str, Any]:
 
 def submit(gateway: GatewayProcess, headers: dict[str, str], **fields: Any) -> httpx.Response:
     return httpx.post(gateway.url + "/queue", json=job_body(**fields), headers=headers, timeout=30)
-
-
-def wait_done(
-    gateway: GatewayProcess, headers: dict[str, str], job_id: str, timeout: float = 60
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in ("complete", "error", "cancelled"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from support.gateway import GatewayProcess, start_gateway, stop_gateway
+from support.gateway import GatewayProcess, bearer, start_gateway, stop_gateway
 from support.processes import WorkerProcess, free_port, stop_process, wait_until_ready
 from support.worker_api import wait_idle
 
@@ -114,10 +114,6 @@ def gateway(
 def _idle_after(worker: WorkerProcess) -> Iterator[None]:
     yield
     wait_idle(worker)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def sync(

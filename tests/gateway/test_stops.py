@@ -19,7 +19,13 @@ import httpx
 import orjson
 import pytest
 
-from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.gateway import (
+    ONE_WORKER_CONFIG,
+    GatewayProcess,
+    start_gateway,
+    stop_gateway,
+    wait_done,
+)
 from support.processes import CLI, OFFLINE_ENV, WorkerProcess, free_port
 from support.worker_api import wait_idle
 
@@ -103,18 +109,6 @@ def _wait_running(gateway: GatewayProcess, headers: dict[str, str], job_id: str)
         assert body["status"] in ("queued", "running"), body
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} never started computing")
-
-
-def _wait_done(
-    gateway: GatewayProcess, headers: dict[str, str], job_id: str, timeout: float = 120
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in ("complete", "error", "cancelled"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def _stored_job(data: Path, job_id: str) -> tuple[str, int, dict[str, Any]]:
@@ -246,7 +240,7 @@ def test_sigterm_requeues_a_job_past_the_grace_without_a_retry_and_it_completes_
 
     last = start_gateway(data, _config(worker))
     try:
-        done = _wait_done(last, admin, job_id, timeout=180)
+        done = wait_done(last, admin, job_id, timeout=180)
     finally:
         stop_gateway(last)
     assert done["status"] == "complete" and done["retries"] == 0, done
@@ -277,7 +271,7 @@ def test_a_second_serve_on_the_same_data_dir_refuses_and_leaves_the_first_alone(
         status, retries, _ = _stored_job(data, job_id)
         assert status in ("running", "complete") and retries == 0, status
         assert first.new_key("carol").startswith("rk_")
-        done = _wait_done(first, admin, job_id)
+        done = wait_done(first, admin, job_id)
         assert done["status"] == "complete" and done["retries"] == 0, done
         assert len(_usage_records(data, job_id)) == 1
     finally:

@@ -17,7 +17,14 @@ import httpx
 import orjson
 import pytest
 
-from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.gateway import (
+    ONE_WORKER_CONFIG,
+    GatewayProcess,
+    bearer,
+    start_gateway,
+    stop_gateway,
+    wait_done,
+)
 from support.processes import CLI, WorkerProcess
 from support.worker_api import wait_idle
 
@@ -63,10 +70,6 @@ def _idle_after(worker: WorkerProcess) -> Iterator[None]:
     wait_idle(worker)
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def sync_run(gateway: GatewayProcess, headers: dict[str, str], seed: int) -> float:
     response = httpx.post(
         f"{gateway.url}/image/sd/tiny/t2i", headers=headers, timeout=60,
@@ -82,16 +85,6 @@ def queued_run(gateway: GatewayProcess, headers: dict[str, str], seed: int) -> d
     response = httpx.post(f"{gateway.url}/queue", json=body, headers=headers, timeout=30)
     assert response.status_code == 202, response.text
     return wait_done(gateway, headers, response.json()["id"])
-
-
-def wait_done(gateway: GatewayProcess, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("complete", "error", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def usage_when(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from support.processes import CLI, OFFLINE_ENV, free_port, stop_process, wait_until_ready
 
@@ -80,3 +84,20 @@ def start_gateway(
 
 def stop_gateway(gateway: GatewayProcess) -> None:
     stop_process(gateway.process)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_done(
+    gateway: GatewayProcess, headers: dict[str, str], job_id: str, timeout: float = 120
+) -> dict[str, Any]:
+    """The job's JSON once it is terminal (polled through the real API)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
+        if body["status"] in ("complete", "error", "cancelled"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
