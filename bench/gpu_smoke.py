@@ -49,6 +49,11 @@ def main() -> None:
         assert isinstance(params, dict)
         claim = verify_claim(SignedClaim.from_text(str(params["usage_claim"])), key)
         print(f"stream: 8 progress events then result; claim verified: {claim}")
+        # Device time so far, read from CUDA events without a sync: never decreasing, never
+        # above the final figure (it may lag by the steps still queued on the GPU).
+        used = [float(data["gpu_seconds"]) for _, data in seen[:-1]]  # type: ignore[arg-type]
+        assert used == sorted(used) and used[-1] <= float(params["gpu_seconds"]), used
+        print(f"progress gpu_seconds: {used} (final {params['gpu_seconds']})")
 
         cancelled: list[tuple[str, dict[str, object]]] = []
         # 500 steps: the request maximum (schedulers refuse more than their training steps).
