@@ -7,9 +7,17 @@ input ``request``; the reference worker validates it again, since a backend trus
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from typing_extensions import TypeAliasType
 
 from render_gateway.formats import Modality
 
@@ -29,6 +37,36 @@ MAX_SEED = 2**32 - 1
 MAX_EXTRA_FIELDS_BYTES = 16 * 1024
 
 
+# Numbers in fields the API does not define: the signed 64-bit range the gateway's body guard
+# keeps (gateway/http.py). JSON Schema counts 1e20 as an integer, so floats get the same bounds.
+# (FastAPI writes bounds as doubles, 2^63 - 1 as 2^63: api_models.exact_pass_through_bounds
+# puts the exact integers back in the document.)
+PASS_THROUGH_MIN, PASS_THROUGH_MAX = -(2**63), 2**63 - 1
+
+
+def _not_an_integer(value: Any) -> Any:
+    """An integer is never read as a float here: that would change it, and could round it into
+    the bounds (2^63 + 1 to 2^63 - 1024); integers are Int64's."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError("an integer outside the bounds of pass-through integers")
+    return value
+
+
+Int64 = Annotated[int, Field(ge=PASS_THROUGH_MIN, le=PASS_THROUGH_MAX)]
+# pydantic compares a float with its bound as a float, and float(2^63 - 1) is 2^63: the float
+# bound is the largest double not above 2^63 - 1 (the same set of doubles, compared exactly).
+Number64 = Annotated[
+    float, Field(ge=PASS_THROUGH_MIN, le=2**63 - 1024), BeforeValidator(_not_an_integer)
+]
+
+# A field the API does not define: any JSON value whose numbers fit in 64 bits, passed to the
+# backend untouched. Recursive, so the document spells it once (``$ref``) for any depth.
+PassThroughValue = TypeAliasType(
+    "PassThroughValue",
+    "Int64 | Number64 | str | bool | list[PassThroughValue] | dict[str, PassThroughValue] | None",
+)
+
+
 def _json_size(value: Any) -> int:
     """Bytes of ``value`` as compact JSON (stdlib json: any int, unlike orjson's 64 bits)."""
     try:
@@ -42,6 +80,8 @@ class GenerationFields(BaseModel):
     to the backend untouched."""
 
     model_config = ConfigDict(extra="allow")
+    # Unknown keys are validated too, so the document's ``additionalProperties`` is the truth.
+    __pydantic_extra__: dict[str, PassThroughValue] = Field(init=False)
 
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str | None = Field(default=None, max_length=2000)
@@ -72,6 +112,62 @@ class GenerationFields(BaseModel):
                 f"{MAX_EXTRA_FIELDS_BYTES} bytes of fields the API does not define are passed on"
             )
         return self
+
+
+# The body of each task, for the document and the first check of a request: the fields a task
+# takes none of may only be absent or null (null is read as absent). GenerationRequest checks
+# the same rules again, with their own messages, wherever a request comes from.
+_NO_IMAGE = "this task takes no image"
+_NEEDS_IMAGE = "https URL, data:image/(png|jpeg|webp);base64 URI, or an asset URL of this gateway"
+
+
+class T2IFields(GenerationFields):
+    """t2i: prompt → image."""
+
+    image: None = Field(default=None, description=_NO_IMAGE)
+    mask: None = Field(default=None, description="only edit takes a mask")
+    duration: None = Field(default=None, description="video only")
+
+
+class I2IFields(GenerationFields):
+    """i2i: prompt + image → image."""
+
+    image: str = Field(min_length=1, description=_NEEDS_IMAGE)
+    mask: None = Field(default=None, description="only edit takes a mask")
+    duration: None = Field(default=None, description="video only")
+
+
+class EditFields(GenerationFields):
+    """edit: prompt + image + mask → image."""
+
+    image: str = Field(min_length=1, description=_NEEDS_IMAGE)
+    mask: str = Field(min_length=1, description=_NEEDS_IMAGE)
+    duration: None = Field(default=None, description="video only")
+
+
+class T2VFields(GenerationFields):
+    """t2v: prompt → video."""
+
+    image: None = Field(default=None, description=_NO_IMAGE)
+    mask: None = Field(default=None, description="only edit takes a mask")
+    count: None = Field(default=None, description="images only")
+
+
+class I2VFields(GenerationFields):
+    """i2v: prompt + image → video."""
+
+    image: str = Field(min_length=1, description=_NEEDS_IMAGE)
+    mask: None = Field(default=None, description="only edit takes a mask")
+    count: None = Field(default=None, description="images only")
+
+
+TASK_FIELDS: dict[Task, type[GenerationFields]] = {
+    "t2i": T2IFields,
+    "i2i": I2IFields,
+    "edit": EditFields,
+    "t2v": T2VFields,
+    "i2v": I2VFields,
+}
 
 
 class GenerationRequest(GenerationFields):

@@ -2,41 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from render_gateway.generation import GenerationFields, Task
+from render_gateway.formats import IMAGE_FORMATS, VIDEO_FORMATS
+from render_gateway.generation import (
+    PASS_THROUGH_MAX,
+    PASS_THROUGH_MIN,
+    EditFields,
+    I2IFields,
+    I2VFields,
+    T2IFields,
+    T2VFields,
+)
+
+# The contract's format names (formats.py), per modality.
+ImageFormat = Literal["1024", "512", "portrait", "portrait-wide", "landscape", "landscape-wide"]
+VideoFormat = Literal["720p", "720p-portrait", "480p", "480p-portrait", "square"]
+assert set(get_args(ImageFormat)) == set(IMAGE_FORMATS), "formats.py and ImageFormat differ"
+assert set(get_args(VideoFormat)) == set(VIDEO_FORMATS), "formats.py and VideoFormat differ"
+FORMAT_FOR_MODALITY: dict[str, Any] = {"image": ImageFormat, "video": VideoFormat}
+FORMAT_DESCRIPTION = (
+    "output size; the formats a model offers for this task are in GET /models (another one:"
+    " 400 format_not_offered). Default: the model's default format."
+)
+
+# Tiny PNGs for the examples (8×8, one colour): what an image input may be, inline.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8UaHBgA0w"
+    "MeAAg1MCAB4nAXgllso1AAAAAElFTkSuQmCC"
+)
+EXAMPLE_MASK = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mP8//8/AzbA"
+    "xIADDE4JAFbUAw3/dxQWAAAAAElFTkSuQmCC"
+)
 
 
-class QueueRequest(GenerationFields):
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "modality": "image",
-                    "family": "sd",
-                    "model": "tiny",
-                    "task": "t2i",
-                    "prompt": "a lighthouse at dusk",
-                    "seed": 42,
-                    "steps": 4,
-                }
-            ]
-        },
-    )
+def _example(task: str, **fields: Any) -> ConfigDict:
+    example = {"modality": "image", "family": "sd", "model": "tiny", "task": task,
+               "prompt": "a lighthouse at dusk", "seed": 42, "steps": 4, **fields}  # fmt: skip
+    return ConfigDict(extra="allow", json_schema_extra={"examples": [example]})
+
+
+class QueueRouting(BaseModel):
+    """Where a queued request goes and how it waits: the fields every task shares."""
 
     modality: Literal["image", "video"]
     family: str = Field(min_length=1, max_length=128)
     model: str = Field(min_length=1, max_length=128)
-    task: Task
-    format: str | None = Field(default=None, max_length=32)
     backend: str | None = Field(default=None, max_length=64)
     priority: Literal["high", "normal", "low"] = "normal"
     webhook: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
     ttl: int | None = Field(default=None, ge=60, le=86400)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+# One body per task (the document's ``oneOf`` on ``task``): each says which inputs its task
+# needs and takes, and the formats of its modality. A modality the model's catalog entry does
+# not have is a 404, as before; which formats a model offers for a task is in GET /models.
+class QueueT2I(T2IFields, QueueRouting):
+    model_config = _example("t2i")
+    task: Literal["t2i"]
+    format: ImageFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+
+class QueueI2I(I2IFields, QueueRouting):
+    model_config = _example("i2i", image=EXAMPLE_IMAGE, strength=0.6)
+    task: Literal["i2i"]
+    format: ImageFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+
+class QueueEdit(EditFields, QueueRouting):
+    model_config = _example("edit", image=EXAMPLE_IMAGE, mask=EXAMPLE_MASK)
+    task: Literal["edit"]
+    format: ImageFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+
+class QueueT2V(T2VFields, QueueRouting):
+    model_config = ConfigDict(extra="allow")
+    task: Literal["t2v"]
+    format: VideoFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+
+class QueueI2V(I2VFields, QueueRouting):
+    model_config = ConfigDict(extra="allow")
+    task: Literal["i2v"]
+    format: VideoFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+
+QueueBody = QueueT2I | QueueI2I | QueueEdit | QueueT2V | QueueI2V
+QueueRequest = Annotated[QueueBody, Field(discriminator="task")]
 
 
 class QueuedResponse(BaseModel):
@@ -133,6 +190,9 @@ INSTANT: dict[str, Any] = {
     ]
 }
 INSTANT_OR_NULL: dict[str, Any] = {"anyOf": [*INSTANT["anyOf"], {"type": "null"}]}
+# ``group_by`` of usage: ``model``, ``day``, both or neither, comma-separated (whitespace around
+# a name allowed, as metering.queries.parse_group_by reads it).
+GROUP_BY_PATTERN = r"^\s*((model|day)\s*)?(,\s*((model|day)\s*)?)*$"
 
 
 class UsageAmounts(BaseModel):
@@ -180,3 +240,23 @@ class ProofBundle(BaseModel):
     row: str = Field(description="the request's attestation (canonical JSON)")
     row_index: int
     row_proof: list[str] = Field(description="inclusion proof of the row in its batch (base64)")
+
+
+def exact_pass_through_bounds(app: FastAPI) -> None:
+    """Make ``app``'s document carry PassThroughValue's bounds as exact integers.
+
+    FastAPI's OpenAPI model holds ``minimum``/``maximum`` as doubles, and 2^63 - 1 is not one:
+    it would be written 9.223372036854776e+18 (2^63), and a tool reading that as a decimal
+    then takes 2^63 + 191 for valid, which the body guard refuses."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        document = build()
+        if fresh:
+            for branch in document["components"]["schemas"]["PassThroughValue"]["anyOf"]:
+                if branch.get("type") in ("integer", "number"):
+                    branch.update(minimum=PASS_THROUGH_MIN, maximum=PASS_THROUGH_MAX)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ from render_gateway.gateway import (
     sync_routes,
     usage_routes,
 )
+from render_gateway.gateway.api_models import exact_pass_through_bounds
 from render_gateway.gateway.http import (
     ApiError,
     RequestBodyGuard,
@@ -63,6 +64,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     app.include_router(usage_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(reconcile_routes.router)
+    exact_pass_through_bounds(app)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from render_gateway.auth.principal import Principal
 from render_gateway.gateway.api_models import ERROR_RESPONSES
@@ -30,6 +30,10 @@ PRIVATE_CACHE = "private, max-age=31536000, immutable"
 
 
 class AssetUrlRequest(BaseModel):
+    # Unknown fields are refused, not ignored: the document says so (additionalProperties:
+    # false), and a field nobody reads is a caller's mistake.
+    model_config = ConfigDict(extra="forbid")
+
     expires_in: int | None = Field(
         default=None, ge=1, description="seconds; default and maximum: asset_url_ttl_seconds"
     )

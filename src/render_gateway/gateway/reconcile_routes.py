@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
@@ -21,6 +21,10 @@ router = APIRouter()
 
 
 class ReconcileRequest(BaseModel):
+    # Unknown fields are refused, not ignored: the document says so (additionalProperties:
+    # false), and a field nobody reads is a caller's mistake.
+    model_config = ConfigDict(extra="forbid")
+
     from_: str | None = Field(
         default=None, alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT_OR_NULL
     )

@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi import Path as FastApiPath
 
 from render_gateway.auth.principal import Principal
-from render_gateway.gateway.api_models import ERROR_RESPONSES
+from render_gateway.gateway.api_models import (
+    ERROR_RESPONSES,
+    FORMAT_DESCRIPTION,
+    FORMAT_FOR_MODALITY,
+)
 from render_gateway.gateway.asset_inputs import inline_asset_inputs
 from render_gateway.gateway.asset_routes import admit_asset_inputs
 from render_gateway.gateway.deps import caller, charge_rate_limit, refund_rate_limit, services
@@ -25,7 +28,7 @@ from render_gateway.gateway.job_routes import (
 )
 from render_gateway.gateway.runner import generation_payload
 from render_gateway.gateway.services import GatewayServices
-from render_gateway.generation import GenerationFields, Task
+from render_gateway.generation import TASK_FIELDS, TASK_MODALITY, GenerationFields, Task
 from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
 from render_gateway.metering.meter import BUDGET_EXHAUSTED
 from render_gateway.metering.work import work_of
@@ -92,7 +95,9 @@ async def _run_now(
     def charge(progress: Progress) -> None:
         nonlocal budget_ran_out
         elapsed = time.perf_counter() - started
-        if not svc.meter.progress(request_id, progress.step, progress.steps, elapsed):
+        if not svc.meter.progress(
+            request_id, progress.step, progress.steps, elapsed, progress.gpu_seconds
+        ):
             budget_ran_out = True
             stop.set()
 
@@ -198,14 +203,13 @@ class SyncMeter:
             self._svc.meter.settled(self._request_id, record.to_dict())
 
 
-def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:
-    """POST /{modality}/{family}/{model}/{task}: one route per modality, as in the contract;
-    its document offers only the modality's tasks (others are a 400)."""
+def _add_sync_route(modality: str, task: Task, fields: type[GenerationFields]) -> None:
+    """POST /{modality}/{family}/{model}/{task}: one route per task, so the document gives each
+    task its own body (the inputs it needs and takes); one implementation, _run_now."""
 
     async def run_now(
         family: str,
         model: str,
-        task: Task,
         body: GenerationFields,
         request: Request,
         response: Response,
@@ -213,24 +217,23 @@ def _add_sync_route(modality: str, tasks: tuple[str, ...]) -> None:
         format: Annotated[str | None, Query(max_length=32)] = None,
         backend: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:
-        if task not in tasks:
-            raise ApiError(400, "invalid_request", f"task {task!r} is not a {modality} task")
         return await _run_now(
             modality, family, model, task, body, request, response, principal, format, backend
         )
 
-    run_now.__name__ = f"{modality}_now"
-    # The path's task offers only this modality's tasks (set here: the list is per route).
-    run_now.__annotations__["task"] = Annotated[
-        Task, FastApiPath(json_schema_extra={"enum": list(tasks)})
+    run_now.__name__ = f"{modality}_{task}_now"
+    # The task's own body model and its modality's formats (set per route).
+    run_now.__annotations__["body"] = fields
+    run_now.__annotations__["format"] = Annotated[
+        FORMAT_FOR_MODALITY[modality] | None, Query(description=FORMAT_DESCRIPTION)
     ]
     router.post(
-        f"/{modality}/{{family}}/{{model}}/{{task}}",
+        f"/{modality}/{{family}}/{{model}}/{task}",
         responses=BYTES_RESPONSE,
         response_class=Response,
-        summary=f"Generate {'an image' if modality == 'image' else 'a video'} now (sync tier)",
+        summary=f"{task}: {'an image' if modality == 'image' else 'a video'} now (sync tier)",
     )(run_now)
 
 
-_add_sync_route("image", ("t2i", "i2i", "edit"))
-_add_sync_route("video", ("t2v", "i2v"))
+for _task, _fields in TASK_FIELDS.items():
+    _add_sync_route(TASK_MODALITY[_task], _task, _fields)

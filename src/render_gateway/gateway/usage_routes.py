@@ -11,7 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from render_gateway.auth.principal import Principal
-from render_gateway.gateway.api_models import ERROR_RESPONSES, INSTANT, UsageResponse
+from render_gateway.gateway.api_models import (
+    ERROR_RESPONSES,
+    GROUP_BY_PATTERN,
+    INSTANT,
+    UsageResponse,
+)
 from render_gateway.gateway.deps import caller, require_admin, services
 from render_gateway.gateway.http import ApiError
 from render_gateway.metering.budgets import month_of
@@ -43,7 +48,10 @@ async def get_usage(
         str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
     ] = None,
     to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
-    group_by: Annotated[str | None, Query(max_length=40)] = None,
+    group_by: Annotated[
+        # The pattern is for the document; parse_group_by checks it, naming an unknown grouping.
+        str | None, Query(max_length=40, json_schema_extra={"pattern": GROUP_BY_PATTERN})
+    ] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> dict[str, Any]:
     svc = services(request)

@@ -1,0 +1,100 @@
+"""Schemathesis hook (loaded with SCHEMATHESIS_HOOKS by test_openapi_fuzz.py): the rules of the
+document that OpenAPI cannot state, each written in the document's descriptions and API.md.
+
+* Usage, dashboard and reconciliation ranges ``[from, to)`` must run forwards and span at most
+  366 days. OpenAPI bounds each parameter, not one against the other.
+* ``format`` must be one the model offers for the task: the live catalog (GET /models) says
+  which, e.g. i2i takes none; the document can only list the modality's formats.
+* ``webhook`` must go where the operator's policy allows (https, public addresses after DNS,
+  ``allowed_hosts``): configuration and DNS, not a pattern.
+
+A schema-valid request that breaks one gets its 400 (test_usage_e2e.py, test_bad_input_e2e.py,
+test_webhook_policy_e2e.py and test_gateway_e2e.py check the refusals). This drops exactly
+those ``positive_data_acceptance`` failures: a 400 whose code names the rule, for a request
+that, read independently here, does break it. Every other 400 still fails the run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import schemathesis
+from schemathesis.openapi.checks import RejectedPositiveData
+
+MAX_SPAN = timedelta(days=366)
+# Operation → (where its range is, days before ``to`` that ``from`` defaults to).
+RANGED = {
+    ("GET", "/usage"): ("query", 30),
+    ("GET", "/usage/dashboard"): ("query", 1),
+    ("POST", "/reconciliations"): ("body", 30),
+}
+
+
+def _instant(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def range_is_broken(where: str, default_days: int, values: Any) -> bool:
+    """Whether ``from``/``to`` (with the documented defaults) run backwards or span too long."""
+    if not isinstance(values, dict):
+        return False
+    start_text, end_text = values.get("from"), values.get("to")
+    if where == "body" and start_text is None and end_text is None:
+        return False  # reconciliation's default: the last closed window
+    end = _instant(end_text) if end_text is not None else datetime.now(UTC)
+    start = _instant(start_text) if start_text is not None else None
+    if end is None or (start_text is not None and start is None):
+        return False  # not a parsable instant: that 400 is not this rule's
+    if start is None:
+        try:
+            start = end - timedelta(days=default_days)
+        except OverflowError:
+            return True  # e.g. to=0001-01-01: no instant before it
+    return start >= end or end - start > MAX_SPAN
+
+
+def _error(response: Any) -> tuple[str | None, dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, {}
+    if not isinstance(body, dict):
+        return None, {}
+    details = body.get("details")
+    return body.get("error"), details if isinstance(details, dict) else {}
+
+
+def breaks_a_stated_rule(case: Any, response: Any) -> bool:
+    """Whether ``response`` is the 400 of a rule above, for a request that breaks it."""
+    if response.status_code != 400:
+        return False
+    code, details = _error(response)
+    operation = (case.operation.method.upper(), case.operation.path)
+    if operation in RANGED and code == "invalid_request":
+        where, default_days = RANGED[operation]
+        return range_is_broken(where, default_days, case.query if where == "query" else case.body)
+    if code == "format_not_offered":
+        asked = (case.query or {}).get("format") or (
+            case.body.get("format") if isinstance(case.body, dict) else None
+        )
+        offered = details.get("offered")
+        return asked is not None and isinstance(offered, list) and asked not in offered
+    if operation == ("POST", "/queue") and code == "invalid_request":
+        webhook = case.body.get("webhook") if isinstance(case.body, dict) else None
+        return webhook is not None and details.get("field") == "webhook"
+    return False
+
+
+@schemathesis.hook
+def filter_failure(ctx: Any, failure: Any, case: Any, response: Any) -> bool:
+    """False (drop the failure) only for a stated rule's 400 to a request that breaks it."""
+    if not isinstance(failure, RejectedPositiveData):
+        return True
+    return not breaks_a_stated_rule(case, response)
