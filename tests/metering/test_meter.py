@@ -88,6 +88,7 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
         m.settled(key, record(key, used, int(run["done"]) + 1, "cancelled"))
         spent += used
     # Each run in flight may finish the step it is in; while the model is unknown, a run's
-    # first step (with the fixed part) is not charged before it ends.
-    bound = concurrency * (step_cost if warm else step_cost + fixed)
-    assert spent <= limit + bound + 1e-9
+    # first step (with the fixed part) is not charged before it ends, so it may run that one
+    # and the next.
+    bound = concurrency * (step_cost if warm else fixed + 2 * step_cost)
+    assert spent <= limit + bound + 1e-9, (spent, limit, bound)
