@@ -190,6 +190,7 @@ def test_many_clients_and_a_kill_9_never_overspend_by_more_than_a_step_per_run(
     for thread in threads:
         thread.join(130)
     # Phase 2: restart on the same data; six clients until the budget refuses them.
+    restarted_at = time.time()
     gateway = start_gateway(data, config)
     try:
         hammer = Hammer(gateway, key)
@@ -198,8 +199,16 @@ def test_many_clients_and_a_kill_9_never_overspend_by_more_than_a_step_per_run(
         assert hammer.refused.is_set(), hammer.codes
         final = wait_settled(gateway, key)
         records = billed_records(data)
+        metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     finally:
         stop_gateway(gateway)
+    # /metrics counts the stops of the process that made them (the first one died with its own).
+    stops = [r for r in records if r["error_code"] == "budget_exhausted"]
+    counted = next(
+        float(line.split()[-1]) for line in metrics.splitlines()
+        if line.startswith("render_budget_stops ")
+    )  # fmt: skip
+    assert counted == sum(1 for r in stops if r["timestamp"] >= restarted_at)
     spent = (
         sum(r["gpu_seconds"] for r in records)
         if unit == "gpu"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -158,3 +159,29 @@ def test_the_stream_of_a_revoked_key_ends_within_seconds(gateway: GatewayProcess
         httpx.delete(f"{gateway.url}/jobs/{queued}", headers=admin)
         reader.join(timeout=30)
     wait_status(gateway, admin, running, {"cancelled", "complete", "error"})
+
+
+def test_after_a_restart_the_rebuilt_terminal_event_is_not_sent_twice(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "restarted"
+    first = start_gateway(data, ONE_WORKER_CONFIG.format(worker=worker.url))
+    headers = auth(first.admin_key)
+    try:
+        job_id = submit(first, headers, steps=2)
+        wait_status(first, headers, job_id, {"complete"})
+    finally:
+        stop_gateway(first)
+    again = start_gateway(data, ONE_WORKER_CONFIG.format(worker=worker.url))
+    try:
+        # This process never saw the job's events: the terminal event comes from the store,
+        # with an id past any live one...
+        events, _ = read_stream(again, headers, job_id)
+        assert [name for name, _ in events] == ["complete"]
+        rebuilt = events[0][1]
+        assert rebuilt is not None and int(rebuilt) == 10**18 - 1
+        # ...so an EventSource that saw it and reconnects is closed at once, with nothing.
+        resumed, took = read_stream(again, {**headers, "Last-Event-ID": rebuilt}, job_id, 5)
+        assert resumed == [] and took < 2
+    finally:
+        stop_gateway(again)

@@ -30,6 +30,7 @@ from render_gateway.gateway.deps import caller, charge_rate_limit, services
 from render_gateway.gateway.event_stream import (
     EVENT_STREAM_RESPONSE,
     LAST_EVENT_ID_PATTERN,
+    REBUILT_TERMINAL_ID,
     STREAM_AUTH_RECHECK_SECONDS,
     EventStream,
     until_refused,
@@ -319,8 +320,12 @@ async def job_events(
             current = await svc.store.get(job_id) or current
         if not svc.events.has_log(job_id):
             # A job that ended before this process knew of it (e.g. before a restart).
+            if after >= REBUILT_TERMINAL_ID:
+                return  # the client has had it
             for name, data in _terminal_event(svc, current):
-                yield ServerSentEvent(orjson.dumps(data).decode(), event=name)
+                yield ServerSentEvent(
+                    orjson.dumps(data).decode(), event=name, id=str(REBUILT_TERMINAL_ID)
+                )
             return
         async for item in svc.events.follow(job_id, after):
             yield ServerSentEvent(

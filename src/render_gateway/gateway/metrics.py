@@ -64,6 +64,17 @@ class GatewayCollector(Collector):
             for state in BreakerState:
                 breaker.add_metric([label, state.value], 1.0 if state is current else 0.0)
         yield from (in_flight, capacity, healthy, breaker)
+        budget_stops = GaugeMetricFamily(
+            "render_budget_stops", "Runs stopped at a step since start: their budget ran out"
+        )
+        budget_stops.add_metric([], svc.meter.budget_stops)
+        yield budget_stops
+        unverified = GaugeMetricFamily(
+            "render_usage_claims_unverified",
+            "Records since start whose backend claim did not verify when the request settled",
+        )
+        unverified.add_metric([], svc.meter.unverified_claims)
+        yield unverified
         webhooks = GaugeMetricFamily(
             "render_webhooks", "Webhook deliveries by outcome since start", labels=["outcome"]
         )

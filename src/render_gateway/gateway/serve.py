@@ -11,6 +11,7 @@ running jobs (``GatewayServices.stop``).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from types import FrameType
 
@@ -66,7 +67,9 @@ async def _serve(config: GatewayConfig, sock: socket.socket, log_level: str) -> 
     server = _DrainingServer(
         uvicorn.Config(
             create_app(config, services), log_level=log_level, http="httptools",
-            lifespan="on", timeout_graceful_shutdown=5,
+            # Sync requests in flight get the same grace as running jobs (cut off, their
+            # runs would be cancelled and billed as such on every deploy).
+            lifespan="on", timeout_graceful_shutdown=math.ceil(config.drain_seconds),
         ),
         services,
     )  # fmt: skip

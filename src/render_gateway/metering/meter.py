@@ -20,6 +20,9 @@ from render_gateway.metering.work import Work
 # The code a run stopped because its customer's budget ran out ends with (job error, record
 # error code and the sync tier's 402).
 BUDGET_EXHAUSTED = "budget_exhausted"
+# How many steps ahead a run is charged: the step the backend is in when a cancel arrives, and
+# one more for a cancel that lands a step late (progress and cancel each cross the network).
+STOP_LOOKAHEAD = 2
 
 
 class Meter:
@@ -38,6 +41,8 @@ class Meter:
         self.node_keys: Mapping[str, bytes] = {}
         self.on_learned = on_learned  # e.g. save the estimates (True: a model's first run)
         self._work: dict[str, tuple[Work, str]] = {}  # key → (its work, its plan)
+        self.budget_stops = 0  # runs stopped at a step because their budget ran out
+        self.unverified_claims = 0  # records whose backend claim did not verify at settle
 
     def _amount(self, gpu_seconds: float, plan: str, family: str) -> Amount:
         return Amount(gpu_seconds, cost_nanos(gpu_seconds, self.prices.unit_price(plan, family)))
@@ -62,14 +67,16 @@ class Meter:
         gpu_seconds: float | None = None,
     ) -> bool:  # fmt: skip
         """A run reported ``step`` of ``steps`` done (and, where the backend measures it, its
-        device time so far): charge what it will have used after its next step. False when that
-        crosses the budget: the caller stops the run now, so it ends at most one step past the
-        budget (the backend's signed claim is the bill)."""
+        device time so far): hold what it will have used ``STOP_LOOKAHEAD`` steps from now.
+        False when that crosses the budget: the caller stops the run now. The backend is
+        already in the next step when the cancel reaches it, and may be in the one after if
+        the cancel is late, so the run ends at most one step past the budget (the backend's
+        signed claim is the bill)."""
         known = self._work.get(key)
         if known is None or step <= 0:
             return True
         work, plan = known
-        next_step = min(step + 1, max(steps, step))
+        next_step = min(step + STOP_LOOKAHEAD, max(steps, step))
         model = self.estimator.cost_after(work, next_step)
         if gpu_seconds:  # measured: never charge less than this run is on course to use
             estimate = max(gpu_seconds * next_step / step, model or 0.0)
@@ -125,6 +132,10 @@ class Meter:
         if record is None:
             self.ledger.release(key)
             return
+        if record.get("claim_error") is not None:
+            self.unverified_claims += 1
+        if record.get("error_code") == BUDGET_EXHAUSTED:
+            self.budget_stops += 1
         billable = bool(record["billable"])
         actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
         self.ledger.settle(key, record["customer_id"], month_of(record["timestamp"]), actual)
