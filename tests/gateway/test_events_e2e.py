@@ -8,12 +8,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, start_gateway, stop_gateway
+from support.gateway import (
+    ONE_WORKER_CONFIG,
+    GatewayProcess,
+    start_gateway,
+    stop_gateway,
+    wait_status,
+)
 from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
@@ -46,18 +51,6 @@ def submit(gateway: GatewayProcess, headers: dict[str, str], steps: int) -> str:
     assert answer.status_code == 202, answer.text
     job_id: str = answer.json()["id"]
     return job_id
-
-
-def wait_status(
-    gateway: GatewayProcess, headers: dict[str, str], job_id: str, wanted: set[str]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in wanted:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {wanted}")
 
 
 def read_stream(

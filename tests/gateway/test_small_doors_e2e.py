@@ -19,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from support.gateway import GatewayProcess, bearer, start_gateway, stop_gateway
+from support.gateway import GatewayProcess, bearer, start_gateway, stop_gateway, wait_status
 from support.processes import WorkerProcess, free_port, stop_process, wait_until_ready
 from support.worker_api import wait_idle
 
@@ -133,18 +133,6 @@ def queue(gateway: GatewayProcess, headers: dict[str, str], **body: Any) -> http
         f"{gateway.url}/queue", json={**fields, "prompt": "a fox", **body}, headers=headers,
         timeout=60,
     )  # fmt: skip
-
-
-def wait_status(
-    gateway: GatewayProcess, headers: dict[str, str], job_id: str, wanted: set[str]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in wanted:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {wanted}")
 
 
 # --- rate-limit buckets ----------------------------------------------------------------------

@@ -90,14 +90,25 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def wait_done(
-    gateway: GatewayProcess, headers: dict[str, str], job_id: str, timeout: float = 120
+def wait_status(
+    gateway: GatewayProcess,
+    headers: dict[str, str],
+    job_id: str,
+    wanted: set[str],
+    timeout: float = 60,
 ) -> dict[str, Any]:
-    """The job's JSON once it is terminal (polled through the real API)."""
+    """The job's JSON once its status is one of ``wanted`` (polled through the real API)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body: dict[str, Any] = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=headers).json()
-        if body["status"] in ("complete", "error", "cancelled"):
+        if body["status"] in wanted:
             return body
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
+    raise AssertionError(f"job {job_id} never reached {wanted}")
+
+
+def wait_done(
+    gateway: GatewayProcess, headers: dict[str, str], job_id: str, timeout: float = 120
+) -> dict[str, Any]:
+    """The job's JSON once it is terminal."""
+    return wait_status(gateway, headers, job_id, {"complete", "error", "cancelled"}, timeout)
