@@ -58,7 +58,7 @@ bench: install
 
 # Regenerate docs/openapi.json from the app (a test fails when it is stale).
 openapi: install
-	$(PY) -m render_gateway.gateway.openapi > docs/openapi.json
+	$(PY) -m render_gateway.api.openapi > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

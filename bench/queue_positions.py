@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from render_gateway.scheduling.lanes import Lane, LaneQueue
+from render_gateway.core.lanes import Lane, LaneQueue
 
 # Most traffic is normal priority; a fixed mix keeps runs comparable.
 LANE_WEIGHTS = {Lane.high: 0.2, Lane.normal: 0.5, Lane.low: 0.3}

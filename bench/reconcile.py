@@ -71,9 +71,9 @@ from render_gateway.audit.reconcile import (
 from render_gateway.audit.reconcile import (
     EVENT_COLUMNS as COLD_COLUMNS,
 )
+from render_gateway.core.usage_records import model_type
 from render_gateway.metering.columns import ARROW_SCHEMA
 from render_gateway.metering.queries import TimeRange
-from render_gateway.metering.records import model_type
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 
 TARGET_S = 10.0

@@ -57,8 +57,8 @@ import orjson
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.metering.columns import records_json_to_table
-from render_gateway.metering.records import UsageRecord, build_record
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import UsageWriter, _token
 from render_gateway.signing_keys import key_id

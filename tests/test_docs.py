@@ -25,6 +25,7 @@ from render_gateway.config import (
     ReconcileConfig,
     RemoteImagesConfig,
     RetryConfig,
+    StoresConfig,
     WebhooksConfig,
     WorkerConfig,
 )
@@ -59,6 +60,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.audit]", AuditConfig),
             ("[gateway.reconcile]", ReconcileConfig),
             ("[gateway.webhooks]", WebhooksConfig),
+            ("[gateway.stores]", StoresConfig),
         )
         for name in _fields(model)
     ],
@@ -102,7 +104,7 @@ def test_every_cli_command_is_documented() -> None:
 def test_every_gateway_route_is_documented_and_openapi_is_current() -> None:
     import orjson
 
-    from render_gateway.gateway.openapi import openapi_document
+    from render_gateway.api.openapi import openapi_document
 
     document = openapi_document()
     for path in document["paths"]:

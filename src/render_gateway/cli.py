@@ -158,8 +158,8 @@ def serve(
     data dir: a second refuses, naming the first's pid. SIGTERM drains running jobs."""
     import asyncio
 
+    from render_gateway.api.serve import StartRefused, listen, run_gateway
     from render_gateway.data_dir_lock import DataDirBusy, lock_data_dir
-    from render_gateway.gateway.serve import StartRefused, listen, run_gateway
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -335,13 +335,13 @@ def _usage_from_store(
 ) -> dict[str, Any]:
     from datetime import UTC, datetime
 
+    from render_gateway.core.usage_records import NANOS
     from render_gateway.metering.queries import (
         QueryError,
         TimeRange,
         customer_model_totals,
         parse_group_by,
     )
-    from render_gateway.metering.records import NANOS
     from render_gateway.metering.report import usage_report
     from render_gateway.metering.store import default_usage_url, open_usage_store
 

@@ -176,6 +176,27 @@ class BreakerSettings(_Section):
     half_open_successes: int = Field(default=3, ge=1)
 
 
+class StoresConfig(_Section):
+    """Where each stateful concern lives: one URL each (OPERATIONS.md, stores). Unset: the
+    embedded store under the data dir, as a single process needs."""
+
+    jobs: str | None = Field(default=None, max_length=2048)  # sqlite:///path (jobs + queue)
+    limits: str | None = Field(default=None, max_length=2048)  # memory:// (rate-limit buckets)
+    budgets: str | None = Field(default=None, max_length=2048)  # memory:// (budget ledger)
+    events: str | None = Field(default=None, max_length=2048)  # memory:// (job events, cancels)
+    keys: str | None = Field(default=None, max_length=2048)  # sqlite:///path (API keys)
+    webhooks: str | None = Field(default=None, max_length=2048)  # sqlite:///path (deliveries)
+    assets: str | None = Field(default=None, max_length=2048)  # file:///dir or s3://bucket/prefix
+    # The usage stream commits with the jobs (a record exists iff its request ended), so it
+    # lives in the jobs store: unset, or the same URL as ``jobs``.
+    usage: str | None = Field(default=None, max_length=2048)
+    leases: str | None = Field(default=None, max_length=2048)  # sqlite:///path or memory://
+
+
+Role = Literal["api", "scheduler", "metering", "audit", "reconciler"]
+ROLES: tuple[Role, ...] = ("api", "scheduler", "metering", "audit", "reconciler")
+
+
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -222,6 +243,10 @@ class GatewayConfig(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    stores: StoresConfig = Field(default_factory=StoresConfig)
+    # What this process runs (serve --roles): the HTTP API, the scheduler loop, and the three
+    # singletons, each of which runs only while this process holds its lease.
+    roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
 
     @model_validator(mode="after")
     def _alert_webhook_is_allowed(self) -> GatewayConfig:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from render_gateway.application.reconciler import Reconciler
+from render_gateway.application.webhooks import WebhookSecret, WebhookSender
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
@@ -23,8 +25,6 @@ from render_gateway.audit.reconcile import reconcile
 from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
 from render_gateway.audit.verify import verify_log
 from render_gateway.config import ReconcileConfig
-from render_gateway.gateway.reconciler import Reconciler
-from render_gateway.gateway.webhooks import WebhookSecret, WebhookSender
 from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from render_gateway.core.months import month_of
+from render_gateway.core.usage_records import NANOS
 from render_gateway.metering.budgets import (
     Amount,
     BudgetExceeded,
     BudgetLedger,
     BudgetLimit,
-    month_of,
 )
-from render_gateway.metering.records import NANOS
 
 
 def ledger(gpu: float | None = None, cost: float | None = None) -> BudgetLedger:

@@ -8,10 +8,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from render_gateway.core.pricing import PlanPrices, PriceTable
 from render_gateway.metering.budgets import BudgetExceeded, BudgetLedger, BudgetLimit
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.meter import Meter
-from render_gateway.metering.pricing import PlanPrices, PriceTable
 from render_gateway.metering.work import Work
 
 MONTH_START = 1_796_083_200.0  # 2026-12-01T00:00:00Z

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from render_gateway.core.usage_records import build_record
 from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import (
     QueryError,
@@ -26,7 +27,6 @@ from render_gateway.metering.queries import (
     usage_breakdown,
     usage_totals,
 )
-from render_gateway.metering.records import build_record
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 
 MINUTE_US = 60_000_000

@@ -11,8 +11,8 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from render_gateway.core.usage_records import build_record
 from render_gateway.metering.columns import COLUMNS, records_to_table
-from render_gateway.metering.records import build_record
 from render_gateway.metering.schema import (
     MIGRATIONS,
     TTL_COLUMNS,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from render_gateway.core.usage_records import build_record, new_event_id
 from render_gateway.metering.columns import records_to_table
-from render_gateway.metering.records import build_record, new_event_id
 from render_gateway.metering.store import (
     ClickHouseUsageStore,
     UsageStoreError,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from render_gateway.metering.records import UsageRecord, build_record
+from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import CONSUMER, UsageWriter
 from render_gateway.stores.jobs import RecoveryPolicy

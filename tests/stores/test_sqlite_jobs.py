@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from render_gateway.domain import Job, JobError, JobStatus
-from render_gateway.ids import new_job_id
-from render_gateway.scheduling.lanes import Lane
+from render_gateway.core.ids import new_job_id
+from render_gateway.core.jobs import Job, JobError, JobStatus
+from render_gateway.core.lanes import Lane
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 

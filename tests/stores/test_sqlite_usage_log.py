@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from render_gateway.domain import Job, JobStatus
-from render_gateway.ids import new_job_id
-from render_gateway.metering.budgets import month_of
-from render_gateway.metering.records import UsageRecord, build_record
-from render_gateway.scheduling.lanes import Lane
+from render_gateway.core.ids import new_job_id
+from render_gateway.core.jobs import Job, JobStatus
+from render_gateway.core.lanes import Lane
+from render_gateway.core.months import month_of
+from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 

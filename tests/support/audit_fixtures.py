@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.metering.records import UsageRecord, build_record
+from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.signing_keys import key_id
 from render_gateway.usage_claim import UsageClaim, sign_claim
 

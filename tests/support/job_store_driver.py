@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from render_gateway.domain import Job
-from render_gateway.ids import new_job_id
-from render_gateway.scheduling.lanes import Lane
+from render_gateway.core.ids import new_job_id
+from render_gateway.core.jobs import Job
+from render_gateway.core.lanes import Lane
 from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from render_gateway.auth.names import check_name
 from render_gateway.auth.principal import AuthError
 from render_gateway.auth.private_file import create_private_file
-from render_gateway.ids import random_base62
+from render_gateway.core.ids import random_base62
 
 T = TypeVar("T")
 

@@ -17,14 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
-from render_gateway.metering.records import NANOS
-
-
-def month_of(moment: float) -> str:
-    """The budget period of a moment: its UTC calendar month, e.g. ``2026-11``."""
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m")
+from render_gateway.core.usage_records import NANOS
 
 
 @dataclass(frozen=True)

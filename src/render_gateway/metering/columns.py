@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from render_gateway.metering.records import RECTIFIED_FLOW_FAMILIES, model_type
+from render_gateway.core.usage_records import RECTIFIED_FLOW_FAMILIES, model_type
 
 # Column → Arrow type, in the order of the inference_events table.
 ARROW_SCHEMA = pa.schema(

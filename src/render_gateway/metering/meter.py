@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from render_gateway.metering.budgets import Amount, BudgetLedger, Reservation, month_of
+from render_gateway.core.months import month_of
+from render_gateway.core.pricing import PriceTable
+from render_gateway.core.usage_records import UsageRecord, build_record, cost_nanos
+from render_gateway.metering.budgets import Amount, BudgetLedger, Reservation
 from render_gateway.metering.estimates import CostEstimator
-from render_gateway.metering.pricing import PriceTable
-from render_gateway.metering.records import UsageRecord, build_record, cost_nanos
 from render_gateway.metering.work import Work
 
 # The code a run stopped because its customer's budget ran out ends with (job error, record

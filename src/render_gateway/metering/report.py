@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from render_gateway.core.usage_records import NANOS
 from render_gateway.metering.queries import TimeRange, usage_breakdown, usage_totals
-from render_gateway.metering.records import NANOS
 from render_gateway.metering.store import UsageStore
 
 

@@ -29,7 +29,7 @@ from typing import Protocol
 import blake3
 import orjson
 
-from render_gateway.ids import new_asset_id
+from render_gateway.core.ids import new_asset_id
 
 ASSET_ID = re.compile(r"^a_[0-9A-Za-z]{17}$")
 LEGACY_ASSET_ID = re.compile(r"^a_[0-9a-f]{64}$")  # content-addressed ids of earlier versions

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from render_gateway.domain import Job, JobError, JobStatus
-from render_gateway.metering.records import UsageRecord
+from render_gateway.core.jobs import Job, JobError, JobStatus
+from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.usage_log import UsageLog
 
 

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from render_gateway.domain import Job, JobError, JobStatus
-from render_gateway.metering.records import UsageRecord
-from render_gateway.scheduling.lanes import Lane, LaneQueue
+from render_gateway.core.jobs import Job, JobError, JobStatus
+from render_gateway.core.lanes import Lane, LaneQueue
+from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Recovery, RecoveryPolicy
 from render_gateway.stores.sqlite_usage_log import USAGE_SCHEMA, SqliteUsageLog, append_usage_row
 

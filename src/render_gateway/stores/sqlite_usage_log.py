@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from render_gateway.metering.budgets import month_of
-from render_gateway.metering.records import UsageRecord
+from render_gateway.core.months import month_of
+from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.usage_log import LoggedUsage, MonthUsage
 
 USAGE_SCHEMA = """

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from render_gateway.metering.records import UsageRecord
+from render_gateway.core.usage_records import UsageRecord
 
 
 @dataclass(frozen=True)

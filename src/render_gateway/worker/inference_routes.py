@@ -14,8 +14,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from render_gateway.core.ids import is_valid_request_id, new_request_id
 from render_gateway.generation import GenerationRequest, describe_validation_error
-from render_gateway.ids import is_valid_request_id, new_request_id
 from render_gateway.kserve import codec
 from render_gateway.worker.devices import DeviceIdentity
 from render_gateway.worker.errors import ApiError, json_response, read_body

@@ -1,0 +1,79 @@
+"""The gateway's ASGI app (FastAPI): routes, error handling, middleware, start-up."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from render_gateway import __version__
+from render_gateway.api import (
+    asset_routes,
+    audit_routes,
+    info_routes,
+    job_routes,
+    reconcile_routes,
+    sync_routes,
+    usage_routes,
+)
+from render_gateway.api.api_models import exact_pass_through_bounds
+from render_gateway.api.http import (
+    ApiError,
+    RequestBodyGuard,
+    RequestIdMiddleware,
+    api_error_handler,
+    http_error_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
+from render_gateway.api.metrics import LatencyMiddleware, make_registry
+from render_gateway.application.services import GatewayServices
+from render_gateway.config import GatewayConfig
+
+
+def create_app(config: GatewayConfig, started: GatewayServices | None = None) -> FastAPI:
+    """The app; ``started``: services ``serve`` already started (so a refusal at start is one
+    line, not a lifespan traceback). Either way the lifespan's end drains and stops them."""
+    holder: dict[str, GatewayServices] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = started or await GatewayServices.start(config)
+        holder["services"] = services
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="Render",
+        version=__version__,
+        description="Inference gateway for generative media with metered, verifiable billing.",
+        lifespan=lifespan,
+    )
+    registry, latency = make_registry(lambda: holder.get("services"))
+    app.state.metrics_registry = registry
+    app.include_router(job_routes.router)
+    app.include_router(sync_routes.router)
+    app.include_router(info_routes.router)
+    app.include_router(asset_routes.router)
+    app.include_router(usage_routes.router)
+    app.include_router(audit_routes.router)
+    app.include_router(reconcile_routes.router)
+    exact_pass_through_bounds(app)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    app.add_middleware(
+        RequestBodyGuard,
+        limit=config.max_body_bytes,
+        timeout_seconds=config.body_timeout_seconds,
+    )
+    app.add_middleware(LatencyMiddleware, histogram=latency)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,276 @@
+"""The gateway's HTTP conventions: a request id on every response, and one JSON error body
+``{"error", "message", "request_id", "details"}`` for every failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from render_gateway.core.ids import new_request_id
+
+log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def request_id_of(request: Request) -> str:
+    value = request.scope.get("state", {}).get("request_id")
+    return str(value) if value else new_request_id()
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(request: Request, error: ApiError) -> Response:
+    body = {
+        "error": error.code,
+        "message": error.message,
+        "request_id": request_id_of(request),
+        "details": error.details,
+    }
+    return json_response(body, error.status, error.headers)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(request, exc)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+        for e in exc.errors()
+    ]
+    message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems)
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type:
+        message = (
+            f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})"
+        )
+    return error_response(
+        request, ApiError(400, "invalid_request", message, {"problems": problems})
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only; a path served by
+        # several routes (GET and DELETE /jobs/{id}) allows all of theirs.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    error = ApiError(
+        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=headers
+    )
+    return error_response(request, error)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    # This handler runs outside the request-id middleware, so it sets the header itself.
+    headers = {REQUEST_ID_HEADER: request_id_of(request)}
+    return error_response(
+        request, ApiError(500, "internal", "internal error; see the logs", headers=headers)
+    )
+
+
+class RequestIdMiddleware:
+    """Give every request an id (kept in scope state) and echo it on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class RequestBodyGuard:
+    """Read the whole request body before the app sees it, so that no handler can be made to
+    wait for it or fail on it: over ``limit`` bytes → 413 (declared or chunked), not all there
+    within ``timeout_seconds`` → 408, JSON that no part of the gateway can keep (nested deeper
+    than ``MAX_JSON_DEPTH``, integers beyond 64 bits, ``NaN``) → 400. The body is then handed to
+    the app as one message; later ``receive`` calls (disconnect watching) pass through."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_seconds: float) -> None:
+        self.app, self.limit, self.timeout_seconds = app, limit, timeout_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not declares_body(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, send, self._too_large())
+            return
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                body = await read_body(receive, self.limit)
+        except BodyTooLarge:
+            await self._refuse(scope, send, self._too_large())
+            return
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.timeout_seconds:g} s"
+            await self._refuse(scope, send, ApiError(408, "request_timeout", message))
+            return
+        except ClientGone:
+            return  # nobody to answer
+        if is_json(headers.get(b"content-type")) and (problem := json_problem(body)) is not None:
+            await self._refuse(scope, send, ApiError(400, "invalid_request", problem))
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "payload_too_large", f"the body is over {self.limit} bytes")
+
+    async def _refuse(self, scope: Scope, send: Send, error: ApiError) -> None:
+        # The rest of the body may still be on its way: close the connection after answering.
+        error.headers.setdefault("Connection", "close")
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        response = error_response(Request(scope), error)
+        await response(scope, no_body, send)
+
+
+MAX_JSON_DEPTH = 64
+INT64 = range(-(2**63), 2**63)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+def declares_body(scope: Scope) -> bool:
+    headers = dict(scope.get("headers", []))
+    return b"transfer-encoding" in headers or headers.get(b"content-length", b"0") not in (b"0",)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """Whether FastAPI will parse this body as JSON (it does when no content type is given)."""
+    if not content_type:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why this JSON cannot be accepted, or None (malformed JSON is left to FastAPI's 400)."""
+
+    def checked_int(text: str) -> int:
+        if len(text) > 20 or int(text) not in INT64:
+            raise _Unkeepable("integers must fit in 64 bits (-2^63 to 2^63-1)")
+        return int(text)
+
+    def no_constants(name: str) -> float:
+        raise _Unkeepable(f"{name} is not a JSON number")
+
+    try:
+        value = json.loads(body, parse_int=checked_int, parse_constant=no_constants)
+    except _Unkeepable as exc:
+        return str(exc)
+    except RecursionError:
+        return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+    except ValueError:
+        return None
+    if nesting(value) > MAX_JSON_DEPTH:
+        return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
+class _Unkeepable(ValueError):
+    pass
+
+
+def nesting(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iterative: no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest

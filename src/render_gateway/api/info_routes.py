@@ -1,0 +1,52 @@
+"""Catalog, health, readiness and metrics (assets: asset_routes.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from render_gateway.api.api_models import ReadyBody
+from render_gateway.api.deps import services
+from render_gateway.api.http import json_response
+
+router = APIRouter()
+
+
+@router.get("/models", summary="The capability matrix")
+async def models(request: Request) -> dict[str, Any]:
+    return services(request).catalog.matrix()
+
+
+@router.get("/models/aliases", summary="Hugging Face ids → family/model")
+async def aliases(request: Request) -> dict[str, Any]:
+    return services(request).catalog.aliases()
+
+
+@router.get("/health", summary="Liveness")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    response_model=None,
+    responses={
+        200: {"model": ReadyBody, "description": "ready"},
+        503: {"model": ReadyBody, "description": "not ready: no backend passed its probe"},
+    },
+    summary="Readiness: stores open and at least one backend reachable",
+)
+async def ready(request: Request) -> Response:
+    svc = services(request)
+    backends = {b.spec.id: b.healthy for b in svc.pool.backends.values()}
+    is_ready = any(backends.values())
+    return json_response({"ready": is_ready, "backends": backends}, 200 if is_ready else 503)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
+    )

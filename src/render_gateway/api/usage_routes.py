@@ -1,0 +1,130 @@
+"""GET /usage: the caller's own usage and cost (admins: any customer's), with budget state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from render_gateway.api.api_models import (
+    ERROR_RESPONSES,
+    GROUP_BY_PATTERN,
+    INSTANT,
+    UsageResponse,
+)
+from render_gateway.api.deps import caller, require_admin, services
+from render_gateway.api.http import ApiError
+from render_gateway.auth.principal import Principal
+from render_gateway.core.months import month_of
+from render_gateway.core.usage_records import NANOS
+from render_gateway.metering.queries import (
+    QueryError,
+    TimeRange,
+    latency_quantiles,
+    operator_hourly,
+    parse_group_by,
+    per_minute,
+)
+from render_gateway.metering.report import usage_report
+from render_gateway.metering.store import UsageStoreError
+
+router = APIRouter()
+
+
+@router.get(
+    "/usage",
+    response_model=UsageResponse,
+    responses=ERROR_RESPONSES,
+    summary="Usage and cost by model and day",
+)
+async def get_usage(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    from_: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+    ] = None,
+    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    group_by: Annotated[
+        # The pattern is for the document; parse_group_by checks it, naming an unknown grouping.
+        str | None, Query(max_length=40, json_schema_extra={"pattern": GROUP_BY_PATTERN})
+    ] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> dict[str, Any]:
+    svc = services(request)
+    customer = customer_id or principal.customer_id
+    if customer != principal.customer_id:
+        require_admin(request, principal, "only an admin may read another customer's usage")
+    try:
+        time_range = TimeRange.parse(from_, to, datetime.now(UTC))
+        grouping = parse_group_by(group_by)
+    except QueryError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from exc
+    store = svc.usage_writer.store
+    if store is None:
+        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
+    try:
+        report = await asyncio.to_thread(
+            usage_report, store, customer, time_range, grouping, svc.config.currency
+        )
+    except UsageStoreError as exc:
+        raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+    month = month_of(time.time())
+    budget = svc.meter.ledger.state(customer, principal.plan, month)
+    report["budget"] = {
+        "month": month,
+        "limit_gpu_seconds": budget.limit.gpu_seconds,
+        "limit_cost": None if budget.limit.cost_nanos is None else budget.limit.cost_nanos / NANOS,
+        "spent_gpu_seconds": round(budget.spent.gpu_seconds, 6),
+        "spent_cost": budget.spent.cost_nanos / NANOS,
+        "reserved_gpu_seconds": round(budget.reserved.gpu_seconds, 6),
+    }
+    stats = await asyncio.to_thread(svc.usage_writer.refresh_stats)
+    report["pending_records"] = stats.backlog  # finished but not yet in the hot path
+    report["lag_seconds"] = round(stats.lag_seconds, 3)
+    return report
+
+
+@router.get(
+    "/usage/dashboard",
+    responses=ERROR_RESPONSES,
+    summary="Operators' view: per-minute series, latency quantiles, device hours (admins)",
+)
+async def get_dashboard(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    from_: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+    ] = None,
+    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
+    """From the rollups: requests, errors, GPU-seconds and latency per minute; p50/p90/p95/p99
+    latency per model (t-digests); GPU-seconds, requests, customers and utilisation per device
+    and hour. Defaults to the last 24 hours."""
+    svc = services(request)
+    require_admin(request, principal, "the dashboard is for admins")
+    try:
+        time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
+    except QueryError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from exc
+    store = svc.usage_writer.store
+    if store is None:
+        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
+
+    def read() -> dict[str, Any]:
+        return {
+            "per_minute": [asdict(r) for r in per_minute(store, time_range, customer_id, model)],
+            "latency": [asdict(r) for r in latency_quantiles(store, time_range, model)],
+            "operators": [asdict(r) for r in operator_hourly(store, time_range)],
+        }
+
+    try:
+        body = await asyncio.to_thread(read)
+    except UsageStoreError as exc:
+        raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+    return {"from": time_range.start.isoformat(), "to": time_range.end.isoformat(), **body}

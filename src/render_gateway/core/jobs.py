@@ -1,0 +1,54 @@
+"""Jobs as the gateway sees them: pure types, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from render_gateway.core.lanes import Lane
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    complete = "complete"
+    error = "error"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.complete, JobStatus.error, JobStatus.cancelled)
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+    retriable: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    """One asynchronous generation. Times are seconds since the epoch (UTC)."""
+
+    id: str
+    customer_id: str
+    lane: Lane
+    request: dict[str, Any]  # routing (modality, family, model, task, …) + generation fields
+    created_at: float
+    status: JobStatus = JobStatus.queued
+    started_at: float | None = None
+    completed_at: float | None = None
+    retries: int = 0
+    seed: int | None = None
+    outputs: tuple[str, ...] = ()
+    error: JobError | None = None
+    idempotency_key: str | None = None
+    request_digest: str | None = None  # tells "same key, same body" from "same key, new body"
+    expires_at: float | None = None  # ttl: auto-cancel if still queued then
+    webhook: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> Job:
+        return replace(self, **changes)

@@ -1,0 +1,120 @@
+"""Usage records: status, billing and cost rules; the Arrow batch they become."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from render_gateway.core.pricing import PlanPrices, PriceTable
+from render_gateway.core.usage_records import UsageRecord, build_record, cost_nanos
+from render_gateway.metering.columns import ARROW_SCHEMA, records_to_table
+
+
+def record(**overrides: Any) -> UsageRecord:
+    values: dict[str, Any] = dict(
+        request_id="r1", customer_id="c1", plan="default", tier="async", modality="image",
+        family="sd", model="tiny", created_at=100.0, started_at=101.0, ended_at=103.5,
+        outcome="success", unit_price=0.002, currency="USD", job_id="j_1", backend="b1",
+        parameters={"gpu_seconds": 2.25, "device_uuid": "GPU-1", "device_kind": "cuda",
+                    "steps_completed": 8, "width": 64, "height": 48, "usage_claim": "claim"},
+    )  # fmt: skip
+    values.update(overrides)
+    return build_record(**values)
+
+
+def test_a_successful_run_is_billed_for_its_reported_gpu_seconds() -> None:
+    usage = record()
+    assert usage.status == "success" and usage.billable and usage.metered
+    assert usage.gpu_seconds == 2.25
+    assert usage.cost_nanos == 4_500_000  # 2.25 s × 0.002 per s = 0.0045
+    assert (usage.queue_time_us, usage.inference_time_us, usage.total_time_us) == (
+        1_000_000, 2_500_000, 3_500_000,
+    )  # fmt: skip
+    assert usage.input_dims == (64, 48) and usage.num_steps == 8
+    assert usage.model_name == "image/sd/tiny" and usage.model_type == "other"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code", "status", "billed"),
+    [
+        ("error", "backend_error", "error", False),
+        ("error", "timeout", "timeout", False),
+        ("cancelled", None, "cancelled", True),  # cancelled after it started: GPU time was spent
+    ],
+)
+def test_statuses_and_what_is_billable(
+    outcome: str, code: str | None, status: str, billed: bool
+) -> None:
+    usage = record(outcome=outcome, error_code=code)
+    assert usage.status == status
+    assert usage.billable is billed
+    assert (usage.cost_nanos > 0) is billed
+
+
+def test_an_unmetered_backend_is_billed_by_wall_time_and_an_unmetered_error_is_free() -> None:
+    wall = record(parameters={})
+    assert not wall.metered and wall.gpu_seconds == 2.5
+    failed = record(parameters={}, outcome="error", error_code="backend_error")
+    assert failed.gpu_seconds == 0.0 and failed.cost_nanos == 0
+
+
+def test_cost_rounds_once_per_record() -> None:
+    assert cost_nanos(1.0, 0.0000000015) == 2  # 1.5 nanos → 2
+    assert cost_nanos(0.0, 5.0) == 0
+
+
+def test_family_prices_override_the_plan_and_unknown_plans_pay_default() -> None:
+    prices = PriceTable(
+        {"default": PlanPrices(0.001, {}), "pro": PlanPrices(0.0005, {"flux": 0.003})}
+    )
+    assert prices.unit_price("pro", "flux") == 0.003
+    assert prices.unit_price("pro", "sd") == 0.0005
+    assert prices.unit_price("gone", "flux") == 0.001
+
+
+def test_round_trip_through_a_dict() -> None:
+    usage = record()
+    assert UsageRecord.from_dict(usage.to_dict()) == usage
+
+
+def test_records_become_one_arrow_batch_in_the_table_order() -> None:
+    rows = [record(request_id=f"r{i}").to_dict() for i in range(3)]
+    rows[1]["device_uuid"] = None
+    table = records_to_table(rows)
+    assert table.schema == ARROW_SCHEMA and table.num_rows == 3
+    assert table.column("device_uuid").to_pylist() == ["GPU-1", "", "GPU-1"]
+    assert table.column("timestamp").to_pylist()[0].timestamp() == 103.5
+    assert table.column("model_type").to_pylist() == ["other"] * 3
+
+
+def test_the_bulk_json_path_builds_the_same_table() -> None:
+    import orjson
+
+    from render_gateway.metering.columns import records_json_to_table
+
+    rows = []
+    for index, (family, outcome, code) in enumerate(
+        [("sd", "success", None), ("FLUX", "error", "timeout"), ("sd3", "cancelled", None)]
+    ):
+        usage = record(family=family, outcome=outcome, error_code=code, request_id=f"r{index}")
+        rows.append(usage.to_dict())
+    rows[2]["device_uuid"] = rows[2]["job_id"] = rows[2]["backend"] = None
+    rows[1]["input_dims"] = []
+    blobs = [orjson.dumps({k: v for k, v in r.items() if k != "usage_claim"}) for r in rows]
+    bulk = records_json_to_table(blobs)
+    assert bulk.equals(records_to_table(rows))
+    assert bulk.column("model_type").to_pylist() == ["other", "rectified_flow", "rectified_flow"]
+    assert bulk.column("error_code").to_pylist() == [None, "timeout", None]
+
+
+def test_the_bulk_json_path_refuses_a_record_missing_a_required_field() -> None:
+    import orjson
+    import pyarrow as pa
+
+    from render_gateway.metering.columns import records_json_to_table
+
+    broken = record().to_dict()
+    del broken["customer_id"]
+    with pytest.raises(pa.ArrowInvalid, match="customer_id"):
+        records_json_to_table([orjson.dumps(broken)])
