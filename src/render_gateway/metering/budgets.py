@@ -1,15 +1,15 @@
-"""Monthly budgets with reservations: a request is admitted only if what the customer has
-spent this month, plus what their admitted-but-unfinished requests hold, plus this request's own
-estimate, stays within the limit. The check and the reservation are one step with no await in
-between, so concurrent requests in one process cannot both take the last of a budget.
+"""Monthly budgets: the pure value types (limits, amounts, reservations, the refusal) that the
+budget store (``stores/budgets.py``: a Protocol, ``memory://`` in ``stores/memory_budgets.py``)
+and its callers share.
 
-While a run goes on, ``charge`` raises what it holds to what it will have used after its next
-step; when that no longer fits the caller stops the run, so the month ends above its budget by at
-most one step per run in flight. When the request ends, its hold is replaced by what it actually
-cost.
+A request is admitted only if what the customer has spent this month, plus what their
+admitted-but-unfinished requests hold, plus this request's own estimate, stays within the limit.
+While a run goes on, its hold is raised to what it will have used after its next step; when that
+no longer fits the caller stops the run, so the month ends above its budget by at most one step
+per run in flight. When the request ends, its hold is replaced by what it actually cost.
 
-The ledger lives in one gateway process (rebuilt from the durable usage log at start); a
-shared ledger for several replicas (Redis) is not built yet.
+``BudgetLedger`` is the synchronous in-process ledger the Meter still uses; it goes once the Meter
+is switched to ``BudgetStore`` (``MemoryBudgetStore`` keeps its arithmetic).
 """
 
 from __future__ import annotations
