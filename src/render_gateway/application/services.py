@@ -57,8 +57,9 @@ from render_gateway.scheduling.breaker import BreakerConfig
 from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
 from render_gateway.scheduling.token_bucket import BucketConfig, RateLimiter
 from render_gateway.signing_keys import key_id as node_key_id
-from render_gateway.stores.assets import LocalAssetStore
+from render_gateway.stores.assets import AssetStore
 from render_gateway.stores.jobs import RecoveryPolicy
+from render_gateway.stores.object_assets import open_asset_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.stores.usage_log import UsageLog
 
@@ -151,7 +152,7 @@ def _start_batcher(config: GatewayConfig, data: Path, usage_log: UsageLog) -> Au
 class GatewayServices:
     config: GatewayConfig
     store: SqliteJobStore
-    assets: LocalAssetStore
+    assets: AssetStore
     asset_urls: AssetUrlSigner  # signs the expiring URLs through which others read assets
     api_keys: SqliteApiKeyStore
     authenticator: Authenticator
@@ -260,7 +261,7 @@ class GatewayServices:
             pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump())
         )
         events = JobEventHub()
-        assets = LocalAssetStore(data / "assets")
+        assets = open_asset_store(config.stores.assets or (data / "assets").absolute().as_uri())
         asset_urls = await asyncio.to_thread(
             AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds
         )

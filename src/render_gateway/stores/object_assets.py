@@ -1,0 +1,156 @@
+"""The asset store on an :class:`ObjectStore`: ``file:///abs/dir`` or ``s3://bucket/prefix``.
+
+Keys are those of the directory earlier versions wrote, so an existing ``<data_dir>/assets``
+opened as ``file://<data_dir>/assets`` reads as before:
+
+* ``ab/cd/abcd…`` — the bytes, under their BLAKE3 hex (two levels of fan-out);
+* ``records/XY/a_?XY….json`` — one record per asset (owner, type, size, hash), fanned out on
+  the id's first two characters;
+* ``ab/cd/abcd….json`` — the record of a legacy asset (id ``a_`` + the hex), no owner.
+
+Every write is create-only (the object store never overwrites), and every read re-hashes the
+bytes. Object store calls block, so each operation runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import blake3
+import orjson
+
+from render_gateway.audit.objects import ObjectExists, ObjectMissing, ObjectStore, open_object_store
+from render_gateway.core.ids import new_asset_id
+from render_gateway.stores.assets import (
+    ASSET_ID,
+    LEGACY_ASSET_ID,
+    Asset,
+    AssetNotFound,
+    AssetStore,
+    CorruptAsset,
+)
+from render_gateway.stores.fsynced_objects import FsyncedLocalObjects
+from render_gateway.stores.urls import parse_store_url
+
+SETTING = "gateway.stores.assets"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def open_asset_store(url: str, **options: str | bool) -> AssetStore:
+    """The asset store at ``url`` (``file:///abs/dir``, created if absent, or
+    ``s3://bucket/prefix``). ``options`` go to the S3 client as for ``audit.cas_url``
+    (``endpoint``, ``region``, credentials; by default obstore reads ``AWS_*``)."""
+    parsed = parse_store_url("assets", url, ("file", "s3"))
+    objects = open_object_store(url, setting_name=SETTING, create=True, **options)
+    if parsed.scheme == "file":  # make each write durable before it is relied on
+        # Decoded as obstore decodes it (StoreUrl.path keeps %20 and the like as written).
+        objects = FsyncedLocalObjects(objects, Path(unquote(urlsplit(url).path)))
+    return ObjectAssetStore(objects)
+
+
+def blob_key(digest: str) -> str:
+    return f"{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+def record_key(asset_id: str) -> str:
+    return f"records/{asset_id[2:4]}/{asset_id}.json"
+
+
+def legacy_record_key(digest: str) -> str:
+    return f"{blob_key(digest)}.json"
+
+
+class ObjectAssetStore:
+    """:class:`AssetStore` over ``objects``; the bytes of equal outputs are stored once."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    async def put(self, data: bytes, content_type: str, owner: str) -> Asset:
+        return await asyncio.to_thread(self._put, data, content_type, owner)
+
+    async def get(self, asset_id: str) -> tuple[Asset, bytes]:
+        return await asyncio.to_thread(self._get, asset_id)
+
+    async def describe(self, asset_id: str) -> Asset:
+        return await asyncio.to_thread(self._describe, asset_id)
+
+    def _put(self, data: bytes, content_type: str, owner: str) -> Asset:
+        digest = blake3.blake3(data).hexdigest()
+        try:
+            # False when the same bytes are already stored: the key is their hash.
+            self.objects.put_new(blob_key(digest), data)
+        except ObjectExists:
+            # Different bytes under our hash: the stored copy was altered. Refuse rather than
+            # hand out an id whose every read would fail.
+            raise CorruptAsset(
+                f"the stored bytes of BLAKE3 {digest} in {self.objects.url} do not hash to it"
+            ) from None
+        while True:
+            asset = Asset(new_asset_id(), content_type, len(data), owner, digest)
+            record = orjson.dumps(
+                {"owner": owner, "content_type": content_type, "size": len(data),
+                 "blake3": digest, "created_at": time.time()}
+            )  # fmt: skip
+            try:
+                self.objects.put_new(record_key(asset.id), record)
+            except ObjectExists:
+                continue  # an id drawn twice (about 2^-100): draw again, never overwrite
+            return asset
+
+    def _describe(self, asset_id: str) -> Asset:
+        # Only well-formed ids become keys: nothing a caller sends can name another object.
+        if ASSET_ID.fullmatch(asset_id):
+            return _asset(asset_id, self._record(asset_id, record_key(asset_id)))
+        if LEGACY_ASSET_ID.fullmatch(asset_id):
+            digest = asset_id[2:]
+            meta = self._record(asset_id, legacy_record_key(digest))
+            return _asset(asset_id, {**meta, "owner": None, "blake3": digest})
+        raise AssetNotFound(asset_id)
+
+    def _record(self, asset_id: str, key: str) -> dict[str, Any]:
+        try:
+            raw = self.objects.get(key)
+        except ObjectMissing:
+            raise AssetNotFound(asset_id) from None
+        try:
+            meta = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CorruptAsset(f"asset {asset_id} has an unreadable record") from None
+        if not isinstance(meta, dict):
+            raise CorruptAsset(f"asset {asset_id} has an unreadable record")
+        return meta
+
+    def _get(self, asset_id: str) -> tuple[Asset, bytes]:
+        asset = self._describe(asset_id)
+        try:
+            data = self.objects.get(blob_key(asset.blake3))
+        except ObjectMissing:
+            raise CorruptAsset(f"asset {asset_id} has a record but no bytes") from None
+        if blake3.blake3(data).hexdigest() != asset.blake3:
+            raise CorruptAsset(f"asset {asset_id} does not match its bytes")
+        return asset, data
+
+    def __repr__(self) -> str:
+        return f"ObjectAssetStore({self.objects!r})"
+
+
+def _asset(asset_id: str, meta: dict[str, Any]) -> Asset:
+    """The record's fields, checked: a digest that is not 64 hex digits never becomes a key."""
+    unreadable = CorruptAsset(f"asset {asset_id} has an unreadable record")
+    try:
+        owner = meta["owner"]
+        asset = Asset(
+            asset_id, str(meta["content_type"]), int(meta["size"]),
+            None if owner is None else str(owner), str(meta["blake3"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        raise unreadable from None
+    if not _DIGEST.fullmatch(asset.blake3):
+        raise unreadable
+    return asset
