@@ -1,11 +1,13 @@
-"""Request-scoped helpers for routes: the services, the caller, and rate limiting."""
+"""Request-scoped helpers for routes: the services, the caller, and the admin check.
+
+Rate limiting is a use-case step (application/admission.py), not an HTTP concern.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
-from fastapi import Request, Response, Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from render_gateway.api.http import ApiError
@@ -38,36 +40,6 @@ async def caller(
         raise ApiError(
             401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="render"'}
         ) from exc
-
-
-def charge_rate_limit(request: Request, response: Response, principal: Principal) -> None:
-    """Take a token from the caller's bucket; set the X-RateLimit headers; 429 when empty."""
-    decision = services(request).limiter.take(rate_limit_key(principal))
-    plan = (
-        services(request).config.plans.get(principal.plan)
-        or services(request).config.plans["default"]
-    )
-    headers = {
-        "X-RateLimit-Limit": str(int(plan.rate_capacity)),
-        "X-RateLimit-Remaining": str(max(0, math.floor(decision.remaining))),
-        "X-RateLimit-Reset": str(math.ceil(decision.reset_after_seconds)),
-    }
-    if not decision.allowed:
-        retry = decision.retry_after_seconds
-        headers["Retry-After"] = str(math.ceil(retry)) if math.isfinite(retry) else "3600"
-        raise ApiError(429, "rate_limited", "too many requests for this plan", headers=headers)
-    response.headers.update(headers)
-
-
-def rate_limit_key(principal: Principal) -> tuple[str, str]:
-    # A pair, not "plan:customer": a plan named "admin:x" must not read as plan "admin".
-    return (principal.plan, principal.customer_id)
-
-
-def refund_rate_limit(request: Request, principal: Principal) -> None:
-    """Give the token back for a request the gateway could not serve at all (503
-    ``no_capacity``): being turned away is not using the service."""
-    services(request).limiter.refund(rate_limit_key(principal))
 
 
 def is_admin(request: Request, principal: Principal) -> bool:

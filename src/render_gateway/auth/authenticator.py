@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from render_gateway.auth.api_keys import API_KEY_PREFIX, SqliteApiKeyStore
+from render_gateway.auth.api_keys import API_KEY_PREFIX
 from render_gateway.auth.jwt_verifier import JwtVerifier
 from render_gateway.auth.names import check_name
 from render_gateway.auth.principal import AuthError, Principal
+from render_gateway.stores.keys import ApiKeyStore
 
 ANONYMOUS_CUSTOMER = "anonymous"
 
@@ -24,7 +25,7 @@ def bearer_token(authorization_header: str) -> str:
 class Authenticator:
     def __init__(
         self,
-        api_keys: SqliteApiKeyStore,
+        api_keys: ApiKeyStore,
         jwt: JwtVerifier | None,
         anonymous_plan: str | None = None,
     ) -> None:

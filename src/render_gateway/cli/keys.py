@@ -12,15 +12,20 @@ from render_gateway.cli.common import ConfigOption, DataDirOption, fail, gateway
 from render_gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
-    from render_gateway.auth.api_keys import ApiKey, SqliteApiKeyStore
+    from render_gateway.auth.api_keys import ApiKey
+    from render_gateway.stores.keys import ApiKeyStore
 
 keys_app = typer.Typer(help="API keys (stored as hashes; shown once).", no_args_is_help=True)
 
 
-def key_store(gateway: GatewayConfig) -> SqliteApiKeyStore:
-    from render_gateway.auth.api_keys import SqliteApiKeyStore
+def key_store(gateway: GatewayConfig) -> ApiKeyStore:
+    # The store the gateway opens ([gateway.stores] keys, else keys.db in the data dir), without
+    # importing the composition root for it.
+    from render_gateway.stores.keys import open_key_store
+    from render_gateway.stores.urls import default_store_urls
 
-    return SqliteApiKeyStore(Path(gateway.data_dir) / "keys.db")
+    url = gateway.stores.keys or default_store_urls(Path(gateway.data_dir))["keys"]
+    return open_key_store(url)
 
 
 async def first_admin_key(gateway: GatewayConfig) -> str | None:

@@ -1,0 +1,59 @@
+"""The API key store: keys by the digest of their secret, revocable, every check fresh.
+
+Stores keep only ``secret_digest`` of a secret (auth/api_keys.py), never the secret. Every
+``authenticate`` reads the store, so a revocation made anywhere (the CLI, another replica) takes
+effect on the next request.
+
+``sqlite:///abs/keys.db`` is the embedded default (one file, mode 0600, shared by the gateway and
+the CLI); ``memory://`` is this process only, for tests and throwaway gateways. The next issue
+adds ``redis://`` behind the same Protocol and contract tests.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from render_gateway.auth.api_keys import ApiKey
+from render_gateway.stores.urls import parse_store_url
+
+
+class ApiKeyStore(Protocol):
+    async def create(self, customer_id: str, plan: str) -> tuple[ApiKey, str]:
+        """A new key and its secret. The secret is not kept anywhere: show it once.
+        ValueError naming a bad customer id or plan."""
+        ...
+
+    async def authenticate(self, secret: str) -> ApiKey:
+        """The active key whose secret this is; AuthError (invalid_api_key or
+        revoked_api_key) otherwise."""
+        ...
+
+    async def list(self) -> builtins.list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key; False if there is no such key or it was revoked already."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; every later call raises RuntimeError."""
+        ...
+
+
+def open_key_store(url: str, clock: Callable[[], float] = time.time) -> ApiKeyStore:
+    """The store ``[gateway.stores] keys`` names; ``clock`` stamps created_at and revoked_at."""
+    parsed = parse_store_url("keys", url, ("sqlite", "memory"))
+    # Imported here, so that importing the Protocol (as api/ does) loads no implementation.
+    if parsed.scheme == "sqlite":
+        from render_gateway.stores.sqlite_keys import SqliteApiKeyStore
+
+        return SqliteApiKeyStore(parsed.sqlite_path(), clock)
+    if parsed.scheme == "memory":
+        from render_gateway.stores.memory_keys import MemoryApiKeyStore
+
+        return MemoryApiKeyStore(clock)
+    raise AssertionError(f"unhandled scheme {parsed.scheme}")  # parse_store_url checked it
