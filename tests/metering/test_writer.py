@@ -1,5 +1,6 @@
-"""The hot-path writer on a real SQLite usage log and a real chDB store: batches, an outage
-that spools and replays, and a restart that would otherwise insert a batch twice."""
+"""The hot-path writer on a real SQLite usage stream and a real chDB store: batches acked as
+they land, an outage that spools and replays, and a restart that would otherwise insert a batch
+twice."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import pytest
 
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
-from render_gateway.metering.writer import CONSUMER, UsageWriter
-from render_gateway.stores.jobs import RecoveryPolicy
-from render_gateway.stores.sqlite_jobs import SqliteJobStore
+from render_gateway.metering.writer import GROUP, UsageWriter
+from render_gateway.stores.jobs import JobStore, open_job_store
 
 
 def usage(index: int) -> UsageRecord:
@@ -29,11 +29,13 @@ def usage(index: int) -> UsageRecord:
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.db")
-    await store.open(RecoveryPolicy.requeue)
+async def jobs(tmp_path: Path) -> AsyncIterator[JobStore]:
+    store = open_job_store(f"sqlite://{tmp_path / 'jobs.db'}")
+    await store.open()
     yield store
-    store.usage_log.close_thread_connection()
+    close = getattr(store.usage_log, "close_thread_connection", None)  # the test thread's reader
+    if close is not None:
+        close()
     await store.close()
 
 
@@ -55,15 +57,15 @@ async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def append(jobs: SqliteJobStore, writer: UsageWriter, indexes: range) -> float:
+async def append(jobs: JobStore, writer: UsageWriter, indexes: range) -> float:
     records = [usage(i) for i in indexes]
     await asyncio.gather(*(jobs.usage_log.append_usage(r) for r in records))
     writer.notify(len(records))
     return sum(r.gpu_seconds for r in records)
 
 
-async def test_records_flow_in_batches_and_the_cursor_follows(
-    jobs: SqliteJobStore, tmp_path: Path
+async def test_records_flow_in_batches_and_are_acked_as_they_land(
+    jobs: JobStore, tmp_path: Path
 ) -> None:
     writer = UsageWriter(
         jobs.usage_log, opener(tmp_path / "ch"), batch_rows=20, flush_interval=0.05
@@ -78,13 +80,14 @@ async def test_records_flow_in_batches_and_the_cursor_follows(
         assert stored_gpu == pytest.approx(gpu, abs=1e-9)
         assert writer.stats.batches >= 3  # 55 records in batches of at most 20
         assert writer.stats.dropped == 0 and writer.stats.backlog == 0
-        assert jobs.usage_log.usage_cursor(CONSUMER) == 55
+        assert jobs.usage_log.acked(GROUP) == 55 == writer.stats.acked
+        assert jobs.usage_log.lag(GROUP) == (0, None)
     finally:
         await asyncio.to_thread(writer.stop, 5.0)
 
 
 async def test_an_outage_keeps_records_on_disk_and_replays_them_once(
-    jobs: SqliteJobStore, tmp_path: Path
+    jobs: JobStore, tmp_path: Path
 ) -> None:
     writer = UsageWriter(
         jobs.usage_log, opener(tmp_path / "ch"), batch_rows=7, flush_interval=0.05,
@@ -100,7 +103,8 @@ async def test_an_outage_keeps_records_on_disk_and_replays_them_once(
         store.rows("DETACH TABLE inference_events")  # the store fails every insert now
         gpu += await append(jobs, writer, range(10, 40))
         await until(lambda: writer.stats.store_errors >= 2)
-        assert writer.stats.backlog == 30  # spooled: on disk in the log, nowhere lost
+        assert writer.stats.backlog == 30  # spooled: in the stream, unacked, nowhere lost
+        assert jobs.usage_log.acked(GROUP) == 10
         await until(lambda: writer.stats.lag_seconds > 0.1)
         gpu += await append(jobs, writer, range(40, 45))  # more arrive during the outage
         store.rows("ATTACH TABLE inference_events")
@@ -114,17 +118,18 @@ async def test_an_outage_keeps_records_on_disk_and_replays_them_once(
         await asyncio.to_thread(writer.stop, 5.0)
 
 
-async def test_a_restart_after_an_insert_whose_cursor_was_lost_inserts_nothing_twice(
-    jobs: SqliteJobStore, tmp_path: Path
+async def test_a_restart_after_an_insert_whose_ack_was_lost_inserts_nothing_twice(
+    jobs: JobStore, tmp_path: Path
 ) -> None:
     first = UsageWriter(jobs.usage_log, opener(tmp_path / "ch"), batch_rows=50, flush_interval=0.05)
     first.start()
     await append(jobs, first, range(40))
     assert await asyncio.to_thread(first.wait_caught_up, 20.0)
     await asyncio.to_thread(first.stop, 0)
-    # A kill -9 between the insert and the cursor's commit leaves exactly this state behind.
+    # A kill -9 between the insert and the ack's commit leaves exactly this state behind (an
+    # ack never moves back, so the SQLite file is rewritten behind the stream's back).
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
-        conn.execute("UPDATE usage_cursors SET seq = 15 WHERE consumer = ?", (CONSUMER,))
+        conn.execute("UPDATE usage_cursors SET seq = 15 WHERE consumer = ?", (GROUP,))
     second = UsageWriter(
         jobs.usage_log, opener(tmp_path / "ch"), batch_rows=50, flush_interval=0.05
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,10 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from render_gateway.api.api_models import ERROR_RESPONSES, INSTANT_OR_NULL
 from render_gateway.api.deps import caller, require_admin, services
 from render_gateway.api.http import ApiError
-from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
 from render_gateway.metering.queries import QueryError, TimeRange
-from render_gateway.metering.store import UsageStoreError
+from render_gateway.metering.read_side import UsageStoreError
 
 router = APIRouter()
 
@@ -43,11 +41,8 @@ async def list_runs(
 ) -> dict[str, Any]:
     svc = services(request)
     require_admin(request, principal, "reconciliation is for admins")
-    store = svc.usage_writer.store
-    if store is None:
-        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
     try:
-        runs = await asyncio.to_thread(recent_runs, store, limit)
+        runs = await svc.usage_queries.reconciliation_runs(limit)
     except UsageStoreError as exc:
         raise ApiError(503, "usage_unavailable", str(exc)) from exc
     state = svc.reconciler.state

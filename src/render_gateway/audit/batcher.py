@@ -1,11 +1,12 @@
-"""The cold-path batcher: usage records from the durable usage log into attestation batches.
+"""The cold-path batcher: usage records from the durable usage stream into attestation batches.
 
-A thread tails the usage log from its own cursor (``audit``) and seals a batch when
-``batch_records`` are waiting or the oldest waiting record is ``batch_seconds`` old. Exactly
-once: a batch holds a contiguous run of usage-log records and its leaf names that run, so on
-start the cursor is the later of the stored cursor and the log's last leaf — a crash between
-the leaf and the cursor write never batches a record twice, and the records themselves are
-on disk before any request is answered, so none is lost.
+A thread reads the usage stream as consumer group ``audit`` and seals a batch when
+``batch_records`` are waiting or the oldest waiting record is ``batch_seconds`` old, acking the
+batch's records once its leaf is in the audit log. Exactly once: a batch holds a contiguous run
+of the stream's records and its leaf names that run, so the group's position is the later of
+its ack and the log's last leaf (the batcher acks up to the leaf when the ack is behind) — a
+crash between the leaf and the ack never batches a record twice, and the records themselves
+are durable before any request is answered, so none is lost.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 from render_gateway.audit.attestations import attestation
 from render_gateway.audit.leaves import BatchLeaf
 from render_gateway.audit.log import AuditLog
-from render_gateway.stores.usage_log import UsageLog
+from render_gateway.stores.usage_log import COLD_PATH_GROUP, UsageStream
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "audit"
+GROUP = COLD_PATH_GROUP  # its consumer group in the usage stream
+CONSUMER = GROUP  # the name tests and older callers import
 
 
 @dataclass
@@ -32,7 +34,7 @@ class BatcherStats:
     batches: int = 0
     attested: int = 0
     log_size: int = 0
-    cursor: int = 0
+    acked: int = 0  # the group's position: every record up to it is in the audit log
     backlog: int = 0
     errors: int = 0
     last_error: str | None = None
@@ -41,7 +43,7 @@ class BatcherStats:
 class AttestationBatcher:
     def __init__(
         self,
-        usage_log: UsageLog,
+        usage_stream: UsageStream,
         open_log: Callable[[], AuditLog],
         batch_records: int = 10_000,
         batch_seconds: float = 5.0,
@@ -54,7 +56,7 @@ class AttestationBatcher:
         """``on_open`` runs once the log is open, ``on_append`` after each batch is in it (both
         on the batcher's thread; e.g. the proof index catching up and growing). A failing
         ``on_append`` is logged and never stops sealing: what it maintains is derived data."""
-        self._usage_log, self._open_log = usage_log, open_log
+        self._stream, self._open_log = usage_stream, open_log
         self._on_open, self._on_append = on_open, on_append
         self._batch_records, self._batch_seconds, self._clock = batch_records, batch_seconds, clock
         self._wake = threading.Event()
@@ -74,13 +76,13 @@ class AttestationBatcher:
         self._wake.set()
 
     def seal(self, timeout: float) -> bool:
-        """Batch everything in the usage log now, however few; True once it is in the log."""
-        target = self._usage_log.usage_head()
+        """Batch everything in the usage stream now, however few; True once it is in the log."""
+        target = self._stream.head()
         deadline = time.monotonic() + timeout
         self._seal_now = True
         self._wake.set()
         with self._progress:
-            while self.stats.cursor < target:
+            while self.stats.acked < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -129,16 +131,19 @@ class AttestationBatcher:
                     backoff = min(30.0, max(0.5, backoff * 2))
                     log.exception("attestation batching failed (retrying in %.1f s)", backoff)
         finally:
-            close = getattr(self._usage_log, "close_thread_connection", None)
+            close = getattr(self._stream, "close_thread_connection", None)
             if close is not None:
                 close()
 
     def _batch_what_is_due(self, audit_log: AuditLog) -> None:
-        cursor = max(self._usage_log.usage_cursor(CONSUMER), audit_log.last_usage_seq)
+        if audit_log.last_usage_seq > self._stream.acked(GROUP):
+            # The log is ahead of the ack (a crash between a leaf and its ack): what the log
+            # holds is done, so the group's position is moved up to it before any read.
+            self._stream.ack(GROUP, audit_log.last_usage_seq)
         while True:
             seal_now, self._seal_now = self._seal_now, False
-            rows = self._usage_log.usage_after(cursor, self._batch_records)
-            self._observe(cursor)
+            rows = self._stream.read_group(GROUP, self._batch_records)
+            self._observe()
             if not rows:
                 return
             full = len(rows) == self._batch_records
@@ -151,17 +156,16 @@ class AttestationBatcher:
                 self._on_append(audit_log, leaf, batch)
             except Exception:
                 log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
-            cursor = leaf.last_usage_seq
-            self._usage_log.set_usage_cursor(CONSUMER, cursor)
+            self._stream.ack(GROUP, leaf.last_usage_seq)
             self.stats.batches += 1
             self.stats.attested += leaf.count
             self.stats.log_size = audit_log.size
-            self._observe(cursor)
+            self._observe()
             if not full:
                 return
 
-    def _observe(self, cursor: int) -> None:
-        self.stats.cursor = cursor
-        self.stats.backlog = max(0, self._usage_log.usage_head() - cursor)
+    def _observe(self) -> None:
+        self.stats.acked = self._stream.acked(GROUP)
+        self.stats.backlog, _ = self._stream.lag(GROUP)
         with self._progress:
             self._progress.notify_all()

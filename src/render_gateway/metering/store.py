@@ -64,8 +64,8 @@ class UsageStore(Protocol):
 
 
 class ClickHouseUsageStore:
-    """A :class:`UsageStore` on one clickhouse-connect client, shared by the writer thread and
-    request handlers under one lock."""
+    """A :class:`UsageStore` on one clickhouse-connect client under one lock. The writer and
+    the read side each open their own, so a slow query never waits in front of an insert."""
 
     def __init__(
         self, client: Client, url: str, retention_days: int, secret: str | None = None
@@ -279,9 +279,11 @@ def open_usage_store(
     retention_days: int = 400,
     password: str | None = None,
     setting_name: str = "gateway.metering.url",
+    migrate: bool = True,
 ) -> ClickHouseUsageStore:
-    """The store at ``url``, its schema migrated and its retention set to ``retention_days``.
-    ``password`` (from a secret) overrides one in the URL."""
+    """The store at ``url``, its schema migrated and its retention set to ``retention_days``
+    (``migrate=False``: as it is — for a second client, such as the read side's, that must not
+    race the writer's migration). ``password`` (from a secret) overrides one in the URL."""
     parsed = parse_usage_url(url, setting_name)
     check_retention_days(retention_days)
     if password is not None:
@@ -292,6 +294,8 @@ def open_usage_store(
     else:
         client = _connect_http(parsed, shown)
     store = ClickHouseUsageStore(client, shown, retention_days, secret=parsed.password)
+    if not migrate:
+        return store
     try:
         store.migrate()
     except BaseException:

@@ -1,15 +1,19 @@
-"""The hot-path writer: usage records from the durable usage log into ClickHouse.
+"""The hot-path writer: usage records from the durable usage stream into ClickHouse.
 
-One thread tails the usage log from its cursor and inserts columnar (Arrow) batches of up to
-``batch_rows`` records, every ``flush_interval`` seconds or as soon as a full batch is waiting.
-Requests never wait for it: the metering hook only appends to the log (in the job's own
-commit) and calls ``notify``, which counts and, at most, sets an event.
+One thread reads the stream as consumer group ``clickhouse`` and inserts columnar (Arrow)
+batches of up to ``batch_rows`` records, every ``flush_interval`` seconds or as soon as a full
+batch is waiting, acking each batch once it is in the store. Requests never wait for it: the
+metering hook only appends to the stream (in the job's own commit) and calls ``notify``, which
+counts and, at most, sets an event.
 
-When the store is down or slow, records stay on disk in the log (append-only, in order) and the
-cursor stays put; the writer retries with backoff and replays from the cursor when the store is
-back. Exactly once: every batch carries an insert deduplication token derived from its event
-ids, and the first batch after a failure or a restart (which may already have been inserted
-before the cursor moved) is first filtered against the event ids the store already has.
+When the store is down or slow, records stay in the stream (append-only, in order) unacked; the
+writer retries with backoff and reads them again when the store is back. Exactly once: every
+batch carries an insert deduplication token derived from its event ids, and the first batch
+after a failure or a restart (which may already have been inserted before its ack) is first
+filtered against the event ids the store already has.
+
+The writer's store is its own client: the read side (metering/read_side.py) has another, so
+no query waits in front of an insert.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ import pyarrow.compute as pc
 
 from render_gateway.metering.columns import records_json_to_table, records_to_table
 from render_gateway.metering.store import UsageStore, UsageStoreError
-from render_gateway.stores.usage_log import UsageLog
+from render_gateway.stores.usage_log import HOT_PATH_GROUP, UsageStream
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "clickhouse"
+GROUP = HOT_PATH_GROUP  # its consumer group in the usage stream
 
 
 @dataclass
@@ -42,28 +46,28 @@ class WriterStats:
     store_errors: int = 0
     last_error: str | None = None
     in_flight: int = 0  # records in the batch being inserted now
-    backlog: int = 0  # records in the log not yet in the store
+    backlog: int = 0  # records in the stream not yet in the store (not acked)
     lag_seconds: float = 0.0  # age of the oldest record not yet in the store
-    cursor: int = 0
+    acked: int = 0  # the group's position: every record up to it is in the store
 
 
 class UsageWriter:
     def __init__(
         self,
-        usage_log: UsageLog,
+        usage_stream: UsageStream,
         open_store: Callable[[], UsageStore],
         batch_rows: int = 20_000,
         flush_interval: float = 1.0,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._log, self._open_store = usage_log, open_store
+        self._stream, self._open_store = usage_stream, open_store
         self._batch_rows, self._flush_interval = batch_rows, flush_interval
         self._max_backoff, self._clock = max_backoff, clock
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._caught_up = threading.Condition()
-        self._pending = 0  # notified since the last read (a hint; the log is the truth)
+        self._pending = 0  # notified since the last read (a hint; the stream is the truth)
         self._thread: threading.Thread | None = None
         self.store: UsageStore | None = None
         self.stats = WriterStats()
@@ -75,7 +79,7 @@ class UsageWriter:
         self._thread.start()
 
     def notify(self, records: int = 1) -> None:
-        """A record was appended to the log. Cheap and non-blocking: safe on the event loop."""
+        """A record was appended to the stream. Cheap and non-blocking: safe on the event loop."""
         self._pending += records
         if self._pending >= self._batch_rows:
             self._wake.set()
@@ -85,12 +89,13 @@ class UsageWriter:
         self._wake.set()
 
     def wait_caught_up(self, timeout: float) -> bool:
-        """Block until every record in the log at call time is in the store (tests, shutdown)."""
-        target = self._log.usage_head()
+        """Block until every record in the stream at call time is in the store (tests,
+        shutdown)."""
+        target = self._stream.head()
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._caught_up:
-            while self.stats.cursor < target:
+            while self.stats.acked < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -99,13 +104,13 @@ class UsageWriter:
         return True
 
     def refresh_stats(self) -> WriterStats:
-        """The stats with backlog and lag read now (two indexed reads of the log)."""
-        self._observe(self.stats.cursor)
+        """The stats with backlog and lag read now (a few indexed reads of the stream)."""
+        self._observe()
         return self.stats
 
     def stop(self, drain_seconds: float = 5.0) -> None:
         """Deliver what is waiting (up to ``drain_seconds``), then stop. Whatever is left stays
-        in the log and is delivered after the next start."""
+        in the stream, unacked, and is delivered after the next start."""
         if self._thread is None:
             return
         if self.store is not None and drain_seconds > 0:
@@ -123,17 +128,15 @@ class UsageWriter:
     def _run(self) -> None:
         try:
             self._loop()
-        except Exception:  # the thread must say why it died; the records stay in the log
+        except Exception:  # the thread must say why it died; the records stay in the stream
             log.exception("usage writer stopped unexpectedly")
             self.stats.last_error = "writer thread died; see the log"
         finally:
-            close = getattr(self._log, "close_thread_connection", None)
+            close = getattr(self._stream, "close_thread_connection", None)
             if close is not None:
                 close()
 
     def _loop(self) -> None:
-        cursor = self._log.usage_cursor(CONSUMER)
-        self.stats.cursor = cursor
         suspect = True  # the first batch after a start may be in the store already
         backoff = 0.0
         while not self._stopping.is_set():
@@ -148,9 +151,9 @@ class UsageWriter:
                 if self.store is None:
                     self.store = self._open_store()
                     log.info("usage store open: %s", self.store.url)
-                cursor = self._drain(self.store, cursor, suspect)
+                self._drain(self.store, suspect)
                 suspect, backoff = False, 0.0
-            except Exception as exc:  # the store, or the log's cursor write: retry from the cursor
+            except Exception as exc:  # the store, or the ack: read the unacked records again
                 suspect = True
                 self.stats.store_errors += 1
                 self.stats.last_error = str(exc)
@@ -161,37 +164,36 @@ class UsageWriter:
                     log.exception("usage writer failed (retrying in %.1f s)", backoff)
             finally:
                 self.stats.in_flight = 0
-                self._observe(cursor)
+                self._observe()
 
-    def _drain(self, store: UsageStore, cursor: int, suspect: bool) -> int:
-        """Insert everything after ``cursor``; returns the new cursor."""
+    def _drain(self, store: UsageStore, suspect: bool) -> None:
+        """Insert and ack everything the group has not acked."""
         while True:
             self._pending = 0
-            seqs, blobs = self._log.usage_json_after(cursor, self._batch_rows)
+            seqs, blobs = self._stream.read_group_json(GROUP, self._batch_rows)
             if not seqs:
-                return cursor
+                return
             self.stats.in_flight = len(seqs)
-            table = self._table(cursor, seqs, blobs)
+            table = self._table(seqs, blobs)
             if suspect and table.num_rows:
                 table = self._without_present(store, table)
             if table.num_rows:
                 store.insert(table, dedup_token=_token(table))
                 self.stats.written += table.num_rows
                 self.stats.batches += 1
-            cursor = seqs[-1]
-            self._log.set_usage_cursor(CONSUMER, cursor)
-            self._observe(cursor)
+            self._stream.ack(GROUP, seqs[-1])
+            self._observe()
             suspect = False
             if len(seqs) < self._batch_rows:
-                return cursor
+                return
 
-    def _table(self, cursor: int, seqs: Sequence[int], blobs: Sequence[bytes]) -> pa.Table:
+    def _table(self, seqs: Sequence[int], blobs: Sequence[bytes]) -> pa.Table:
         try:
             return records_json_to_table(blobs)
         except (pa.ArrowException, KeyError, TypeError, ValueError):
             # One malformed record must not stop the others forever: convert one by one.
             good = []
-            for row in self._log.usage_after(cursor, len(seqs)):
+            for row in self._stream.read_group(GROUP, len(seqs)):  # the same, unacked
                 try:
                     records_to_table([row.record])
                 except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
@@ -213,11 +215,9 @@ class UsageWriter:
         keep = pa.array([event_id not in present for event_id in ids])
         return table.filter(keep)
 
-    def _observe(self, cursor: int) -> None:
-        self.stats.cursor = cursor
-        head = self._log.usage_head()
-        self.stats.backlog = max(0, head - cursor)
-        oldest = self._log.oldest_after(cursor) if self.stats.backlog else None
+    def _observe(self) -> None:
+        self.stats.acked = self._stream.acked(GROUP)
+        self.stats.backlog, oldest = self._stream.lag(GROUP)
         self.stats.lag_seconds = max(0.0, self._clock() - oldest) if oldest else 0.0
         with self._caught_up:
             self._caught_up.notify_all()

@@ -1,6 +1,6 @@
-"""The usage log in the job store's SQLite file (same writer thread, so a job's record commits
-with its final status). Sequence numbers are SQLite row ids: one writer assigns them in commit
-order, so a reader that sees record n has seen every record before it."""
+"""The usage stream in the job store's SQLite file (same writer thread, so a job's record
+commits with its final status). Sequence numbers are SQLite row ids: one writer assigns them in
+commit order, so a reader that sees record n has seen every record before it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import orjson
 
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.usage_log import LoggedUsage, MonthUsage
+from render_gateway.stores.usage_log import LoggedUsage, MonthUsage, UsageAlreadyLogged
 
 USAGE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_log (
@@ -37,6 +37,20 @@ CREATE TABLE IF NOT EXISTS usage_cursors (
     seq INTEGER NOT NULL
 );
 """
+
+# A group's position is a scalar subquery on its name (0 before its first ack): evaluated once,
+# so a group's read is one range scan of the row ids.
+_POSITION_SQL = "SELECT COALESCE((SELECT seq FROM usage_cursors WHERE consumer = ?), 0)"
+_READ_GROUP_SQL = (
+    "SELECT seq, record, claim FROM usage_log"
+    " WHERE seq > COALESCE((SELECT seq FROM usage_cursors WHERE consumer = ?), 0)"
+    " ORDER BY seq LIMIT ?"
+)
+_READ_GROUP_JSON_SQL = (
+    "SELECT seq, record FROM usage_log"
+    " WHERE seq > COALESCE((SELECT seq FROM usage_cursors WHERE consumer = ?), 0)"
+    " ORDER BY seq LIMIT ?"
+)
 
 
 def append_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> int:
@@ -63,7 +77,12 @@ def append_usage_row(conn: sqlite3.Connection, record: UsageRecord) -> int:
     return cursor.lastrowid
 
 
-class SqliteUsageLog:
+class SqliteUsageStream:
+    """A :class:`UsageStream` on the job store's SQLite file. Groups' positions are the rows of
+    ``usage_cursors`` (the table data dirs already have: an old consumer's cursor is its
+    group's position). Acks go through the job store's writer thread; reads use a connection
+    per consumer thread."""
+
     def __init__(
         self, path: Path, submit: Callable[[Callable[[sqlite3.Connection], Any]], Future[Any]]
     ):
@@ -88,58 +107,56 @@ class SqliteUsageLog:
             self._local.conn = None
 
     async def append_usage(self, record: UsageRecord) -> int:
-        seq: int = await asyncio.wrap_future(
-            self._submit(lambda conn: append_usage_row(conn, record))
-        )
+        try:
+            seq: int = await asyncio.wrap_future(
+                self._submit(lambda conn: append_usage_row(conn, record))
+            )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise UsageAlreadyLogged(
+                f"usage record {record.event_id} is in the stream already"
+            ) from exc
         return seq
 
-    def usage_after(self, after: int, limit: int) -> list[LoggedUsage]:
-        rows = self._conn().execute(
-            "SELECT seq, record, claim FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
+    def read_group(self, group: str, count: int) -> list[LoggedUsage]:
+        rows = self._conn().execute(_READ_GROUP_SQL, (group, count))
         return [LoggedUsage(seq, _with_claim(record, claim)) for seq, record, claim in rows]
 
-    def usage_json_after(self, after: int, limit: int) -> tuple[list[int], list[bytes]]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT seq, record FROM usage_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            )
-            .fetchall()
-        )
+    def read_group_json(self, group: str, count: int) -> tuple[list[int], list[bytes]]:
+        rows = self._conn().execute(_READ_GROUP_JSON_SQL, (group, count)).fetchall()
         return [seq for seq, _ in rows], [record for _, record in rows]
 
-    def usage_head(self) -> int:
-        (head,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM usage_log").fetchone()
-        return int(head)
-
-    def usage_cursor(self, consumer: str) -> int:
-        row = (
-            self._conn()
-            .execute("SELECT seq FROM usage_cursors WHERE consumer = ?", (consumer,))
-            .fetchone()
-        )
-        return int(row[0]) if row else 0
-
-    def set_usage_cursor(self, consumer: str, seq: int) -> None:
+    def ack(self, group: str, seq: int) -> None:
         def advance(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO usage_cursors (consumer, seq) VALUES (?, ?) "
                 "ON CONFLICT (consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                (consumer, seq),
+                (group, seq),
             )
 
         self._submit(advance).result()
 
-    def oldest_after(self, seq: int) -> float | None:
-        row = (
-            self._conn()
-            .execute("SELECT timestamp FROM usage_log WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
-            .fetchone()
-        )
-        return float(row[0]) if row else None
+    def acked(self, group: str) -> int:
+        (seq,) = self._conn().execute(_POSITION_SQL, (group,)).fetchone()
+        return int(seq)
+
+    def head(self) -> int:
+        (head,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM usage_log").fetchone()
+        return int(head)
+
+    def lag(self, group: str) -> tuple[int, float | None]:
+        # Sequence numbers are dense (one writer; a failed append rolls its row id back with
+        # it; nothing is deleted), so the count is a subtraction, not a scan of the backlog.
+        conn = self._conn()
+        position = self.acked(group)
+        waiting = max(0, self.head() - position)
+        if not waiting:
+            return 0, None
+        row = conn.execute(
+            "SELECT timestamp FROM usage_log WHERE seq > ? ORDER BY seq LIMIT 1", (position,)
+        ).fetchone()
+        return waiting, float(row[0]) if row else None
 
     async def month_usage(self, month: str) -> list[MonthUsage]:
         def totals(conn: sqlite3.Connection) -> list[MonthUsage]:

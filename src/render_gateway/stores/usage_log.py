@@ -1,11 +1,17 @@
-"""The usage log: every finished request's usage record, durable and in order.
+"""The usage stream: every finished request's usage record, durable and in order.
 
 It is the outbox of the metering hook. A job's record is appended in the same commit as the
 job's final status (a sync request's before its response is sent), so a record exists if and
-only if the request ended. Consumers (the hot path into ClickHouse, the cold path into the
-audit log) each keep a cursor: the sequence number of the last record they have safely
-delivered. A consumer that is behind — its store down, or the process killed before a flush —
-reads on from its cursor, so nothing is lost and everything replays in order.
+only if the request ended. Consumers read it as consumer groups with explicit acks, the shape
+of Redis Streams (XADD / XREADGROUP / XACK / XPENDING): the hot path into ClickHouse is group
+``clickhouse``, the cold path into the audit log group ``audit``. A group reads the entries
+after its last ack and acks once they are safely delivered; a consumer that is behind — its
+store down, or the process killed before an ack — reads the same unacked entries again, so
+nothing is lost and everything replays in order.
+
+Sequence numbers are ints, increasing in commit order: a reader that sees entry n has seen
+every entry before it. Each group has one consumer at a time (the singleton role that owns
+it), so a group's position is one number rather than a per-consumer pending list.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from render_gateway.core.usage_records import UsageRecord
+
+# The consumer groups: the hot path (metering/writer.py) and the cold path (audit/batcher.py).
+HOT_PATH_GROUP = "clickhouse"
+COLD_PATH_GROUP = "audit"
 
 
 @dataclass(frozen=True)
@@ -29,33 +39,49 @@ class MonthUsage:
     cost_nanos: int
 
 
-class UsageLog(Protocol):
+class UsageAlreadyLogged(ValueError):
+    """A record with this event id is in the stream already (each is appended at most once)."""
+
+
+class UsageStream(Protocol):
     async def append_usage(self, record: UsageRecord) -> int:
-        """Append durably (returns once committed); the record's sequence number."""
+        """Append durably (returns once committed); the record's sequence number.
+        UsageAlreadyLogged if its event id was appended before."""
         ...
 
     # Blocking calls for consumer threads (never the event loop).
-    def usage_after(self, after: int, limit: int) -> list[LoggedUsage]: ...
-
-    def usage_json_after(self, after: int, limit: int) -> tuple[list[int], list[bytes]]:
-        """Sequence numbers and the records' stored JSON (without the signed claim): the hot
-        path parses these in bulk."""
+    def read_group(self, group: str, count: int) -> list[LoggedUsage]:
+        """Up to ``count`` entries after the group's last ack, in order. Until they are acked
+        a read returns them again (a consumer restarted after a crash gets them back)."""
         ...
 
-    def usage_head(self) -> int:
-        """The highest sequence number written (0 when empty)."""
+    def read_group_json(self, group: str, count: int) -> tuple[list[int], list[bytes]]:
+        """As ``read_group``: sequence numbers and the records' stored JSON (without the
+        signed claim), which the hot path parses in bulk."""
         ...
 
-    def oldest_after(self, seq: int) -> float | None:
-        """When the first record after ``seq`` was made (None if there is none)."""
+    def ack(self, group: str, seq: int) -> None:
+        """Everything up to ``seq`` is done for the group. Durable on return; the position
+        never moves back (an older ack is a no-op)."""
         ...
 
-    def usage_cursor(self, consumer: str) -> int: ...
+    def acked(self, group: str) -> int:
+        """The group's position: the highest acked sequence number (0: nothing acked)."""
+        ...
 
-    def set_usage_cursor(self, consumer: str, seq: int) -> None:
-        """Durable on return. A cursor never moves backwards."""
+    def head(self) -> int:
+        """The highest sequence number appended (0 when empty)."""
+        ...
+
+    def lag(self, group: str) -> tuple[int, float | None]:
+        """(entries not yet acked by the group, when the oldest of them was made — None when
+        there is none)."""
         ...
 
     async def month_usage(self, month: str) -> list[MonthUsage]:
         """Billable usage per customer in a month (``YYYY-MM``), for budgets after a restart."""
         ...
+
+
+# The older name, which application/services.py still imports.
+UsageLog = UsageStream

@@ -1,0 +1,234 @@
+"""One contract for the usage stream, run against every implementation (the SQLite stream inside
+the job store, and memory; the next issue adds Redis Streams to the same parameters). Only the
+Protocol's operations are used.
+
+The stream is read as consumer groups with explicit acks: a group gets the entries after its
+last ack, again and again until it acks them, and an ack never moves back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import orjson
+import pytest
+
+from render_gateway.core.months import month_of
+from render_gateway.core.usage_records import UsageRecord, build_record
+from render_gateway.stores.jobs import open_job_store
+from render_gateway.stores.memory_usage_log import MemoryUsageStream
+from render_gateway.stores.usage_log import UsageAlreadyLogged, UsageStream
+
+OpenStream = Callable[[], AbstractAsyncContextManager[UsageStream]]
+
+
+def usage(
+    customer: str = "c1", gpu: float = 1.5, outcome: Literal["success", "error"] = "success"
+) -> UsageRecord:
+    now = time.time()
+    return build_record(
+        request_id="r", customer_id=customer, plan="default", tier="sync", modality="image",
+        family="sd", model="tiny", created_at=now - 2, started_at=now - 1, ended_at=now,
+        outcome=outcome, parameters={"gpu_seconds": gpu}, unit_price=0.01, currency="USD",
+        error_code="backend_error" if outcome == "error" else None,
+    )  # fmt: skip
+
+
+def _close_reader(stream: UsageStream) -> None:
+    # The SQLite stream keeps a read connection per consumer thread (here: the test's own);
+    # closing it is cleanup, not behaviour, so it is looked up rather than required.
+    close = getattr(stream, "close_thread_connection", None)
+    if close is not None:
+        close()
+
+
+def _sqlite(path: Path) -> OpenStream:
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[UsageStream]:
+        jobs = open_job_store(f"sqlite://{path}")
+        await jobs.open()
+        try:
+            yield jobs.usage_log
+        finally:
+            _close_reader(jobs.usage_log)
+            await jobs.close()
+
+    return opened
+
+
+def _memory() -> OpenStream:
+    stream = MemoryUsageStream()  # one per test; "reopening" it finds the same object
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[UsageStream]:
+        yield stream
+
+    return opened
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def open_stream(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStream:
+    if request.param == "sqlite":
+        return _sqlite(tmp_path / "jobs.db")
+    return _memory()
+
+
+# The implementations whose entries and acks outlive the process.
+@pytest.fixture(params=["sqlite"])
+def open_durable_stream(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStream:
+    return _sqlite(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+async def stream(open_stream: OpenStream) -> AsyncIterator[UsageStream]:
+    async with open_stream() as opened:
+        yield opened
+
+
+async def append_all(stream: UsageStream, records: list[UsageRecord]) -> list[int]:
+    return list(await asyncio.gather(*(stream.append_usage(r) for r in records)))
+
+
+# The usage stream contract.
+
+
+async def test_an_empty_stream_has_nothing_to_read(stream: UsageStream) -> None:
+    assert stream.head() == 0
+    assert stream.acked("clickhouse") == 0
+    assert stream.read_group("clickhouse", 10) == []
+    assert stream.read_group_json("clickhouse", 10) == ([], [])
+    assert stream.lag("clickhouse") == (0, None)
+
+
+async def test_sequence_numbers_follow_append_order(stream: UsageStream) -> None:
+    records = [usage(gpu=float(i)) for i in range(25)]
+    seqs = await append_all(stream, records)
+    assert sorted(seqs) == list(range(1, 26))
+    assert stream.head() == 25
+    by_seq = dict(zip(seqs, records, strict=True))
+    read = stream.read_group("g", 100)
+    assert [entry.seq for entry in read] == list(range(1, 26))
+    assert [UsageRecord.from_dict(entry.record) for entry in read] == [
+        by_seq[s] for s in sorted(seqs)
+    ]
+
+
+async def test_a_record_reads_back_whole_with_its_claim(stream: UsageStream) -> None:
+    record = usage()
+    await stream.append_usage(record)
+    (entry,) = stream.read_group("audit", 10)
+    assert entry.record == orjson.loads(orjson.dumps(record.to_dict()))
+    assert UsageRecord.from_dict(entry.record) == record
+
+
+async def test_the_bulk_form_is_the_same_entries_without_the_claim(stream: UsageStream) -> None:
+    records = [usage(gpu=float(i)) for i in range(5)]
+    for record in records:
+        await stream.append_usage(record)
+    seqs, blobs = stream.read_group_json("clickhouse", 3)
+    assert seqs == [1, 2, 3]
+    full = stream.read_group("clickhouse", 3)
+    assert [orjson.loads(b) for b in blobs] == [
+        {k: v for k, v in e.record.items() if k != "usage_claim"} for e in full
+    ]
+
+
+async def test_a_group_reads_the_same_entries_until_it_acks_them(stream: UsageStream) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(10)])
+    first = stream.read_group("g", 4)
+    assert [e.seq for e in first] == [1, 2, 3, 4]
+    # A consumer that died before its ack gets the same entries back.
+    assert [e.seq for e in stream.read_group("g", 4)] == [1, 2, 3, 4]
+    stream.ack("g", first[-1].seq)
+    assert stream.acked("g") == 4
+    assert [e.seq for e in stream.read_group("g", 4)] == [5, 6, 7, 8]
+    assert stream.read_group_json("g", 100)[0] == [5, 6, 7, 8, 9, 10]
+
+
+async def test_paging_by_acks_reads_everything_once(stream: UsageStream) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(23)])
+    seen: list[int] = []
+    while batch := stream.read_group("g", 5):
+        seen += [e.seq for e in batch]
+        stream.ack("g", batch[-1].seq)
+    assert seen == list(range(1, 24))
+    assert stream.lag("g") == (0, None)
+
+
+async def test_groups_are_independent(stream: UsageStream) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(6)])
+    stream.ack("clickhouse", 6)
+    stream.ack("audit", 2)
+    assert stream.read_group("clickhouse", 10) == []
+    assert [e.seq for e in stream.read_group("audit", 10)] == [3, 4, 5, 6]
+    assert [e.seq for e in stream.read_group("new", 10)] == [1, 2, 3, 4, 5, 6]
+    assert stream.lag("clickhouse")[0] == 0
+    assert stream.lag("audit")[0] == 4
+    assert stream.lag("new")[0] == 6
+
+
+async def test_an_ack_never_moves_back(stream: UsageStream) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(8)])
+    stream.ack("g", 7)
+    stream.ack("g", 3)
+    assert stream.acked("g") == 7
+    assert [e.seq for e in stream.read_group("g", 10)] == [8]
+
+
+async def test_lag_counts_the_unacked_and_dates_the_oldest(stream: UsageStream) -> None:
+    records = [usage(gpu=float(i)) for i in range(5)]
+    for record in records:  # one at a time: sequence n is records[n - 1]
+        await stream.append_usage(record)
+    waiting, oldest = stream.lag("g")
+    assert waiting == 5
+    assert oldest == pytest.approx(records[0].timestamp)
+    stream.ack("g", 3)
+    waiting, oldest = stream.lag("g")
+    assert waiting == 2
+    assert oldest == pytest.approx(records[3].timestamp)
+    stream.ack("g", 5)
+    assert stream.lag("g") == (0, None)
+
+
+async def test_appends_after_an_ack_are_read_next(stream: UsageStream) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(3)])
+    stream.ack("g", 3)
+    assert stream.read_group("g", 10) == []
+    await stream.append_usage(usage(gpu=9.0))
+    (entry,) = stream.read_group("g", 10)
+    assert entry.seq == 4 and entry.record["gpu_seconds"] == 9.0
+
+
+async def test_an_event_id_is_appended_once(stream: UsageStream) -> None:
+    record = usage()
+    assert await stream.append_usage(record) == 1
+    with pytest.raises(UsageAlreadyLogged):
+        await stream.append_usage(record)
+    assert stream.head() == 1
+
+
+async def test_month_usage_sums_billable_records_per_customer(stream: UsageStream) -> None:
+    for record in (usage("a", 1.0), usage("a", 2.0), usage("b", 4.0), usage("a", 8.0, "error")):
+        await stream.append_usage(record)
+    totals = {m.customer_id: m for m in await stream.month_usage(month_of(time.time()))}
+    assert set(totals) == {"a", "b"}
+    assert totals["a"].gpu_seconds == 3.0 and totals["a"].cost_nanos == 30_000_000
+    assert totals["b"].gpu_seconds == 4.0 and totals["b"].cost_nanos == 40_000_000
+    assert await stream.month_usage("1999-01") == []
+
+
+async def test_entries_and_acks_survive_a_reopen(open_durable_stream: OpenStream) -> None:
+    async with open_durable_stream() as stream:
+        await append_all(stream, [usage(gpu=float(i)) for i in range(6)])
+        stream.ack("clickhouse", 4)
+    async with open_durable_stream() as again:
+        assert again.head() == 6
+        assert again.acked("clickhouse") == 4
+        assert again.acked("audit") == 0
+        assert [e.seq for e in again.read_group("clickhouse", 10)] == [5, 6]
+        assert await again.append_usage(usage()) == 7
