@@ -5,6 +5,10 @@ fake clock forward by it, so every retry carries a later ``webhook-timestamp``.
 
 The receivers are on 127.0.0.1 over http, so delivery tests opt in with ``LOCAL`` (the default
 policy refuses both); the policy tests refuse before connecting and send nothing anywhere.
+
+Senders keep their deliveries in ``memory://`` unless a test gives them a store; the durability
+tests share one SQLite file between a sender that stops and one that starts after it, as a
+restarted gateway does.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from render_gateway.application.webhooks import WebhookSecret, WebhookSender, sign, verify
+from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store
 from render_gateway.url_policy import UrlPolicy, UrlRefused, check_url
 
 from support.clock import FakeClock
@@ -158,10 +163,16 @@ def fake() -> FakeTime:
 
 @pytest_asyncio.fixture
 async def make_sender(fake: FakeTime) -> AsyncIterator[Callable[..., WebhookSender]]:
+    """Senders on the fake time; ``store_url=`` opens a store for one (closed after it, as the
+    gateway closes its stores after the sender)."""
     made: list[WebhookSender] = []
+    stores: list[WebhookDeliveries] = []
 
     def make(policy: UrlPolicy = LOCAL, **options: Any) -> WebhookSender:
         defaults: dict[str, Any] = {"sleep": fake.sleep, "clock": fake.clock}
+        if "store_url" in options:
+            stores.append(open_webhook_store(options.pop("store_url"), fake.clock))
+            options["store"] = stores[-1]
         sender = WebhookSender(SECRET, policy, **{**defaults, **options})
         made.append(sender)
         return sender
@@ -169,6 +180,8 @@ async def make_sender(fake: FakeTime) -> AsyncIterator[Callable[..., WebhookSend
     yield make
     for sender in made:
         await sender.close()
+    for store in stores:
+        await store.close()
 
 
 def assert_signed(request: Received, now: float) -> None:
@@ -321,8 +334,9 @@ async def test_delivery_is_signed_json_with_the_given_event_id(
     receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender()
-    assert sender.send(f"{receiver.url}/ok", JOB, event_id="j_123.succeeded")
-    assert sender.pending == 1
+    accepted = sender.send(f"{receiver.url}/ok", JOB, event_id="j_123.succeeded")
+    assert sender.pending == 1 and not accepted.done()  # returned at once; stored soon after
+    assert await accepted  # now durable
     assert await sender.drain(5)
     [request] = receiver.at("/ok")
     assert request.body == orjson.dumps(JOB)
@@ -339,7 +353,7 @@ async def test_5xx_is_retried_with_backoff_and_the_same_id(
 ) -> None:
     # base 4 s: each jittered delay is at least 2 s, so every retry has a new timestamp.
     sender = make_sender(base_delay_seconds=4.0, rng=random.Random(7))
-    assert sender.send(f"{receiver.url}/flaky", JOB)
+    assert await sender.send(f"{receiver.url}/flaky", JOB)
     assert await sender.drain(5)
 
     replay = random.Random(7)
@@ -364,7 +378,7 @@ async def test_gives_up_after_max_attempts_with_capped_delays(
     receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender(max_attempts=2, base_delay_seconds=1.0, max_delay_seconds=1.0)
-    assert sender.send(f"{receiver.url}/flaky", JOB)
+    assert await sender.send(f"{receiver.url}/flaky", JOB)
     assert await sender.drain(5)
     assert len(receiver.at("/flaky")) == 2
     assert len(fake.sleeps) == 1 and 0.5 <= fake.sleeps[0] <= 1.0
@@ -375,7 +389,7 @@ async def test_410_is_final(
     receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender()
-    assert sender.send(f"{receiver.url}/gone", JOB)
+    assert await sender.send(f"{receiver.url}/gone", JOB)
     assert await sender.drain(5)
     assert len(receiver.at("/gone")) == 1
     assert fake.sleeps == []
@@ -391,7 +405,7 @@ async def test_429_honours_retry_after_capped_at_max_delay(
     expected: float,
 ) -> None:
     sender = make_sender(base_delay_seconds=0.1, max_delay_seconds=max_delay)
-    assert sender.send(f"{receiver.url}/busy", JOB)
+    assert await sender.send(f"{receiver.url}/busy", JOB)
     assert await sender.drain(5)
     assert fake.sleeps == [expected]
     assert len(receiver.at("/busy")) == 2
@@ -402,7 +416,7 @@ async def test_connection_errors_are_retried(
     make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender(max_attempts=3)
-    assert sender.send(f"http://127.0.0.1:{free_port()}/nobody", JOB)
+    assert await sender.send(f"http://127.0.0.1:{free_port()}/nobody", JOB)
     assert await sender.drain(5)
     assert len(fake.sleeps) == 2
     assert (sender.delivered, sender.failed) == (0, 1)
@@ -412,7 +426,7 @@ async def test_a_hanging_receiver_times_out_per_attempt(
     receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender(max_attempts=2, timeout_seconds=0.2)
-    assert sender.send(f"{receiver.url}/hang", JOB)
+    assert await sender.send(f"{receiver.url}/hang", JOB)
     assert await sender.drain(5)
     assert len(receiver.at("/hang")) == 2
     assert len(fake.sleeps) == 1
@@ -423,14 +437,14 @@ async def test_a_slow_receiver_does_not_delay_another_delivery(
     receiver: Receiver, make_sender: Callable[..., WebhookSender]
 ) -> None:
     sender = make_sender(timeout_seconds=30)
-    assert sender.send(f"{receiver.url}/hang", JOB)
+    assert await sender.send(f"{receiver.url}/hang", JOB)
     await asyncio.wait_for(receiver.arrival("/hang").wait(), 2)
-    assert sender.send(f"{receiver.url}/ok", JOB)
+    assert await sender.send(f"{receiver.url}/ok", JOB)
     await asyncio.wait_for(receiver.arrival("/ok").wait(), 2)
     assert not await sender.drain(0.1)  # the slow one is still out
     assert (sender.pending, sender.delivered) == (1, 1)
     await sender.close()
-    assert sender.pending == 0
+    assert sender.pending == 1  # handed back to the store, not lost (see the restart tests)
     assert sender.failed == 0
 
 
@@ -439,7 +453,7 @@ async def test_max_concurrent_bounds_requests_in_flight(
 ) -> None:
     sender = make_sender(max_concurrent=2)
     for _ in range(6):
-        assert sender.send(f"{receiver.url}/slow_ok", JOB)
+        assert await sender.send(f"{receiver.url}/slow_ok", JOB)
     assert await sender.drain(5)
     assert receiver.max_in_flight == 2
     assert sender.delivered == 6
@@ -449,16 +463,18 @@ async def test_send_drops_beyond_max_pending_and_after_close(
     receiver: Receiver, make_sender: Callable[..., WebhookSender]
 ) -> None:
     sender = make_sender(max_pending=2)
-    results = [sender.send(f"{receiver.url}/ok", {"n": n}) for n in range(3)]
-    assert results == [True, True, False]
-    assert (sender.dropped, sender.pending) == (1, 2)
+    accepted = [sender.send(f"{receiver.url}/ok", {"n": n}) for n in range(3)]
+    assert (sender.dropped, sender.pending) == (1, 2)  # counted at once, before any write
+    assert [await future for future in accepted] == [True, True, False]
     assert await sender.drain(5)
     assert sender.delivered == 2
     assert sorted(r.body for r in receiver.at("/ok")) == [b'{"n":0}', b'{"n":1}']
-    assert sender.send(f"{receiver.url}/ok", JOB)  # room again once delivered
+    sender.send(f"{receiver.url}/ok", JOB)  # room again once delivered; fire and forget
+    assert await sender.drain(5)
+    assert sender.delivered == 3  # an ignored future is still stored and delivered
 
     await sender.close()
-    assert not sender.send(f"{receiver.url}/ok", JOB)
+    assert not await sender.send(f"{receiver.url}/ok", JOB)
     assert sender.dropped == 2
 
 
@@ -532,7 +548,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_delivery_and_not_retri
     # send() does not resolve: the refusal comes from the connector's resolver, before connect.
     sender = make_sender(UrlPolicy(allow_http=True))
     port = URL(receiver.url).port
-    assert sender.send(f"http://localhost:{port}/ok", JOB)
+    assert await sender.send(f"http://localhost:{port}/ok", JOB)
     assert await sender.drain(5)
     assert receiver.requests == []
     assert (sender.delivered, sender.failed) == (0, 1)
@@ -565,7 +581,7 @@ async def test_a_name_that_rebinds_after_the_check_is_refused_at_delivery(
     sender = make_sender(UrlPolicy(allow_http=True), resolver=dns)
     url = f"http://hooks.example.com:{URL(receiver.url).port}/ok"
     await sender.check(url)  # passes: the name is public now
-    assert sender.send(url, JOB)
+    assert await sender.send(url, JOB)
     assert await sender.drain(5)
     assert dns.asked == ["hooks.example.com", "hooks.example.com"]
     assert receiver.requests == []
@@ -578,7 +594,7 @@ async def test_the_scripted_dns_is_what_delivery_connects_to(
     # The control for the test above: allowed, the same kind of name reaches the receiver.
     dns = ScriptedDns(["127.0.0.1"])
     sender = make_sender(LOCAL, resolver=dns)
-    assert sender.send(f"http://hooks.example.com:{URL(receiver.url).port}/ok", JOB)
+    assert await sender.send(f"http://hooks.example.com:{URL(receiver.url).port}/ok", JOB)
     assert await sender.drain(5)
     assert len(receiver.at("/ok")) == 1 and sender.delivered == 1
 
@@ -587,7 +603,7 @@ async def test_redirects_are_not_followed(
     receiver: Receiver, make_sender: Callable[..., WebhookSender], fake: FakeTime
 ) -> None:
     sender = make_sender()
-    assert sender.send(f"{receiver.url}/moved", JOB)
+    assert await sender.send(f"{receiver.url}/moved", JOB)
     assert await sender.drain(5)
     assert len(receiver.at("/moved")) == 1
     assert receiver.at("/ok") == []
@@ -609,3 +625,145 @@ async def test_allowed_hosts_refuse_every_other_host_before_any_lookup() -> None
             await check_url(url, policy, NoLookups())
     assert policy.host_listed("hooks.example.com") and policy.host_listed("a.corp.example")
     assert policy.host_listed("HOOKS.example.com.")
+
+
+# --- durability: deliveries live in the store, not in the sender -----------------------------
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'webhooks.db'}"
+
+
+async def _pending_in(store_url: str) -> int:
+    store = open_webhook_store(store_url)
+    try:
+        return await store.pending()
+    finally:
+        await store.close()
+
+
+async def test_an_awaited_send_returns_once_the_delivery_is_durable(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], store_url: str
+) -> None:
+    sender = make_sender(store_url=store_url, timeout_seconds=30)
+    assert await sender.send(f"{receiver.url}/hang", JOB, event_id="j_1.complete")
+    # Another connection to the file sees it: it is on disk, not in this sender's memory.
+    assert await _pending_in(store_url) == 1
+    await asyncio.wait_for(receiver.arrival("/hang").wait(), 2)
+
+
+async def test_close_hands_an_unfinished_delivery_to_the_next_start(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], store_url: str
+) -> None:
+    first = make_sender(store_url=store_url, timeout_seconds=30)
+    assert await first.send(f"{receiver.url}/hang", JOB, event_id="j_1.complete")
+    await asyncio.wait_for(receiver.arrival("/hang").wait(), 2)
+    await first.close()  # mid-attempt: cancelled, and due again at once (not after the lease)
+    receiver.arrival("/hang").clear()
+
+    second = make_sender(store_url=store_url, timeout_seconds=30)
+    await second.start()
+    assert second.pending == 1
+    await asyncio.wait_for(receiver.arrival("/hang").wait(), 2)
+    assert len(receiver.at("/hang")) == 2
+    assert {r.headers["webhook-id"] for r in receiver.at("/hang")} == {"j_1.complete"}
+    assert first.delivered == second.delivered == 0
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "requests", "delivered"),
+    [(3, 3, True), (2, 2, False)],  # the attempt made before the restart counts towards the limit
+)
+async def test_a_restart_resumes_retries_where_they_stopped(
+    receiver: Receiver,
+    make_sender: Callable[..., WebhookSender],
+    fake: FakeTime,
+    store_url: str,
+    max_attempts: int,
+    requests: int,
+    delivered: bool,
+) -> None:
+    backoffs: list[float] = []
+    backing_off = asyncio.Event()
+
+    async def never(seconds: float) -> None:  # the first process dies during its first backoff
+        backoffs.append(seconds)
+        backing_off.set()
+        await asyncio.Event().wait()
+
+    first = make_sender(store_url=store_url, sleep=never)
+    assert await first.send(f"{receiver.url}/flaky", JOB, event_id="j_1.complete")
+    await asyncio.wait_for(backing_off.wait(), 5)  # attempt 1 got a 500; its retry is stored
+    await first.close()
+    assert len(receiver.at("/flaky")) == 1
+    fake.clock.advance(backoffs[0])  # the retry is due when the next process starts
+
+    second = make_sender(store_url=store_url, max_attempts=max_attempts)
+    await second.start()
+    assert await second.drain(5)
+    hits = receiver.at("/flaky")
+    assert len(hits) == requests
+    assert {r.headers["webhook-id"] for r in hits} == {"j_1.complete"}
+    for hit in hits:
+        assert_signed(hit, now=int(hit.headers["webhook-timestamp"]))
+    assert (second.delivered, second.failed) == (int(delivered), int(not delivered))
+    assert len(fake.sleeps) == requests - 2  # only the second process's own backoffs
+    assert await _pending_in(store_url) == 0
+
+
+async def test_an_event_is_sent_once_however_often_it_is_sent(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], store_url: str
+) -> None:
+    url = f"{receiver.url}/ok"
+    first = make_sender(store_url=store_url)
+    assert await first.send(url, JOB, event_id="j_1.complete")
+    assert await first.send(url, JOB, event_id="j_1.complete")  # pending: already there
+    assert await first.drain(5)
+    assert await first.send(url, JOB, event_id="j_1.complete")  # finished: remembered
+    assert await first.drain(5)
+    await first.close()
+    second = make_sender(store_url=store_url)  # a restart remembers it too
+    assert await second.send(url, JOB, event_id="j_1.complete")
+    assert await second.drain(5)
+    assert len(receiver.at("/ok")) == 1
+    assert (first.delivered, second.delivered, first.dropped, second.dropped) == (1, 0, 0, 0)
+
+
+async def test_two_senders_sharing_a_store_deliver_each_event_once(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender], store_url: str
+) -> None:
+    # Two replicas: one takes the sends, both claim from the shared file (the other by polling).
+    taking = make_sender(store_url=store_url, max_concurrent=2, poll_seconds=0.02)
+    helping = make_sender(store_url=store_url, max_concurrent=2, poll_seconds=0.02)
+    await helping.start()
+    ids = [f"j_{n}.complete" for n in range(12)]
+    for event_id in ids:
+        assert await taking.send(f"{receiver.url}/slow_ok", JOB, event_id=event_id)
+    assert await taking.drain(10)
+    assert await helping.drain(10)
+    assert sorted(r.headers["webhook-id"] for r in receiver.at("/slow_ok")) == sorted(ids)
+    assert taking.delivered + helping.delivered == len(ids)
+    assert await _pending_in(store_url) == 0
+
+
+async def test_start_fails_when_the_store_cannot_be_opened(
+    make_sender: Callable[..., WebhookSender], tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    sender = make_sender(store_url=f"sqlite://{tmp_path / 'a-file' / 'w.db'}")
+    with pytest.raises(OSError):
+        await sender.start()
+
+
+async def test_a_store_that_refuses_the_write_is_a_drop(
+    receiver: Receiver, make_sender: Callable[..., WebhookSender]
+) -> None:
+    store = open_webhook_store("memory://")
+    await store.close()  # every operation now raises
+    sender = make_sender(store=store)
+    accepted = [sender.send(f"{receiver.url}/ok", JOB) for _ in range(2)]  # at once
+    assert [await future for future in accepted] == [False, False]  # the writes failed
+    assert sender.dropped == 2
+    assert not await sender.drain(0.1)  # a store that cannot be read is never "nothing left"
+    assert receiver.requests == [] and sender.pending == 0

@@ -5,10 +5,18 @@ retry, so receivers can deduplicate), ``webhook-timestamp`` (unix seconds, fresh
 and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` over ``f"{id}.{timestamp}.{body}"``,
 keyed with the base64-decoded part of a ``whsec_…`` secret).
 
-``WebhookSender.send`` never waits: it schedules a background task and returns. Retries back off
-exponentially with jitter; a semaphore bounds the HTTP requests in flight across all deliveries,
-and ``max_pending`` bounds how many deliveries may wait, so a slow or dead receiver costs other
-jobs neither time nor connections.
+Deliveries are durable: each is kept in a ``WebhookDeliveries`` store (``[gateway.stores]
+webhooks``; SQLite under the data dir by default) until it is delivered or given up on, so a
+restart, even a kill -9, resumes every pending delivery and its retries. The event id is the
+store's key: an event sent twice goes out once. ``WebhookSender.send`` never waits: a
+background task stores the delivery, and the future ``send`` returns resolves once it is
+durable (settle awaits it; a caller that need not know ignores it). A delivery loop
+(``start``) claims due deliveries from the store, leasing them so that no other process sharing
+the store takes them while they are in flight, attempts them, and records each outcome there:
+delivered, given up on, or due again after a backoff. Retries back off exponentially with
+jitter (or as a 429/5xx's ``Retry-After`` says); at most ``max_concurrent`` attempts are in
+flight across all deliveries, and ``max_pending`` bounds how many deliveries may wait, so a slow
+or dead receiver costs other jobs neither time nor connections.
 
 Where a webhook may go is ``url_policy``'s rule (the worker's remote images follow the same):
 https only unless ``allow_http``, and only to public addresses unless
@@ -23,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -44,6 +54,7 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from render_gateway.core.ids import random_base62
+from render_gateway.stores.webhooks import PendingDelivery, WebhookDeliveries, open_webhook_store
 from render_gateway.url_policy import (
     UrlPolicy,
     UrlRefused,
@@ -64,6 +75,9 @@ SIGNATURE_VERSION = "v1"
 _MIN_KEY_BYTES, _MAX_KEY_BYTES, _GENERATED_KEY_BYTES = 24, 64, 32
 # A webhook-id travels in a header and in the signed text: no spaces, no control characters.
 _EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+# How much longer than an attempt's timeout a claim's lease lasts (the time to record the
+# outcome): past it, the delivery is due again, for another process if this one died mid-attempt.
+_LEASE_MARGIN_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -201,13 +215,16 @@ def _redacted(url: str) -> str:
 
 
 class WebhookSender:
-    """Delivers signed webhooks in the background, with retries; see the module docstring."""
+    """Delivers signed webhooks from a durable store, with retries; see the module docstring."""
 
     def __init__(
         self,
         secret: WebhookSecret,
         policy: UrlPolicy | None = None,
         *,
+        # Whoever opened a store closes it; when none is given, the sender opens (and closes)
+        # a memory:// one, which lives only as long as this process.
+        store: WebhookDeliveries | None = None,
         resolver: AbstractResolver | None = None,  # DNS for tests; aiohttp's default otherwise
         max_attempts: int = 6,
         base_delay_seconds: float = 1.0,
@@ -215,6 +232,8 @@ class WebhookSender:
         timeout_seconds: float = 10.0,
         max_concurrent: int = 16,
         max_pending: int = 10_000,
+        lease_seconds: float | None = None,  # timeout + _LEASE_MARGIN_SECONDS when not given
+        poll_seconds: float = 1.0,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.time,
         rng: random.Random | None = None,
@@ -223,8 +242,13 @@ class WebhookSender:
             raise ValueError("max_attempts, max_concurrent and max_pending must be at least 1")
         if not (0 <= base_delay_seconds <= max_delay_seconds) or timeout_seconds <= 0:
             raise ValueError("need 0 <= base_delay <= max_delay and a positive timeout")
+        lease = timeout_seconds + _LEASE_MARGIN_SECONDS if lease_seconds is None else lease_seconds
+        if not lease > timeout_seconds or not poll_seconds > 0:
+            raise ValueError("need lease_seconds > timeout_seconds and a positive poll_seconds")
         self._secret = secret
         self._policy = policy or UrlPolicy()
+        self._owns_store = store is None
+        self._store = store if store is not None else open_webhook_store("memory://", clock)
         self._resolver = resolver
         # Its own session: the policy lives in the connector, and the gateway's other session
         # talks to backends on private addresses. Made on first use, inside the event loop.
@@ -232,13 +256,28 @@ class WebhookSender:
         self._max_attempts = max_attempts
         self._base_delay, self._max_delay = base_delay_seconds, max_delay_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._max_concurrent = max_concurrent
         self._requests = asyncio.Semaphore(max_concurrent)
         self._max_pending = max_pending
+        self._lease, self._poll = lease, poll_seconds
         self._sleep, self._clock = sleep, clock
         self._rng = rng or random.Random()
-        # Strong references: the event loop keeps only weak ones to tasks.
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
+        # What this process has in hand. Strong references to tasks: the event loop keeps only
+        # weak ones.
+        self._storing: set[asyncio.Task[bool]] = set()  # accepted sends being enqueued
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # claimed, being attempted
+        self._scheduled: dict[str, float] = {}  # enqueued or rescheduled here → when due
+        self._more_due = False  # the last claim was cut short by max_concurrent (or failed)
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # the delivery loop has something new to look at
+        self._changed = asyncio.Event()  # what drain waits on: something above changed
+        self._first_pass = asyncio.Event()
+        self._store_failing = False
+        # The store's pending count as last read; the sequence keeps a slow, older read from
+        # overwriting a newer one.
+        self._stored_pending = 0
+        self._count_started = self._count_applied = 0
+        self._closed = self._close_done = False
         self._delivered = self._failed = self._dropped = 0
 
     @property
@@ -252,12 +291,15 @@ class WebhookSender:
 
     @property
     def dropped(self) -> int:
-        """Deliveries refused by ``send`` (``max_pending`` reached, or the sender closed)."""
+        """Deliveries refused by ``send`` (``max_pending`` reached, the sender closed, or the
+        store failed to take them)."""
         return self._dropped
 
     @property
     def pending(self) -> int:
-        return sum(not task.done() for task in self._tasks)
+        """Deliveries in the store (as last counted: due, in flight or waiting for a retry, of
+        every process sharing it), plus accepted sends not stored yet."""
+        return self._stored_pending + len(self._storing)
 
     @property
     def policy(self) -> UrlPolicy:
@@ -268,12 +310,91 @@ class WebhookSender:
         host now; a submit calls it so that the customer hears at once."""
         await check_url(url, self._policy, self._resolver)
 
-    def send(self, url: str, payload: dict[str, Any], event_id: str | None = None) -> bool:
-        """Schedule a delivery and return at once; False (a drop) if too many are pending.
-        A URL the policy refuses by its form alone (scheme, an IP literal) raises UrlRefused.
+    async def start(self) -> None:
+        """Open the store (a store that cannot be opened fails here, at start) and start the
+        delivery loop; deliveries left pending by an earlier process that are due now are
+        claimed before this returns. ``send`` starts the loop too, if this was not called."""
+        if self._closed:
+            raise RuntimeError("the webhook sender is closed")
+        if self._loop is not None:
+            return
+        self._stored_pending = await self._store.pending()
+        self._ensure_loop()
+        await self._first_pass.wait()
 
-        Must be called from the event loop's thread, inside a running loop.
+    def send(
+        self, url: str, payload: dict[str, Any], event_id: str | None = None
+    ) -> asyncio.Future[bool]:
+        """Accept a delivery and return at once; a background task stores it. The future it
+        returns resolves once the delivery is durable: True when it is in the store (stored now,
+        or its event id was stored before: an event is sent once), False when it was dropped
+        (``max_pending`` reached, the sender closed, or the store refused the write). Callers
+        that must know it is durable await it (settle does); others may ignore it. Cancelling
+        the await does not stop the store write.
+
+        A URL the policy refuses by its form alone (scheme, an IP literal) raises UrlRefused, and
+        a malformed event id ValueError, at once. Must be called from the event loop's thread,
+        inside a running loop.
         """
+        delivery = self._prepare(url, payload, event_id)
+        loop = asyncio.get_running_loop()
+        if not self._admit(delivery):
+            dropped = loop.create_future()
+            dropped.set_result(False)
+            return dropped
+        task = loop.create_task(self._store_delivery(delivery))
+        self._storing.add(task)
+        task.add_done_callback(self._stored)
+        # Shielded: an awaiting caller that is cancelled must not cancel the write.
+        return asyncio.shield(task)
+
+    # A plain timeout argument (ASYNC109): shutdown code calls drain(5) without a scope of its own.
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait up to ``timeout`` seconds for the deliveries in this process's hands (being
+        stored, due now, in flight, or waiting for a retry scheduled here); True if none is
+        left. Whatever is left stays pending in the store, for the next start (or another
+        process sharing the store) to resume."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._changed.clear()  # before the check: a change after it wakes the wait below
+            if self._idle():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def close(self) -> None:
+        """Stop delivering; later ``send`` calls are dropped. Accepted sends are stored first;
+        attempts in flight are cancelled and handed back to the store, due at once, so nothing
+        pending is lost: the next start resumes it. A store given to the constructor stays open
+        (its opener closes it, after this)."""
+        self._closed = True
+        if self._close_done:
+            return
+        self._close_done = True
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        await asyncio.gather(*self._storing, return_exceptions=True)
+        attempts = list(self._in_flight.values())
+        for task in attempts:
+            task.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
+        self._scheduled.clear()
+        self._more_due = False
+        try:
+            if self._owns_store:
+                await self._store.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+    # --- accepting a delivery ------------------------------------------------------------
+
+    def _prepare(self, url: str, payload: dict[str, Any], event_id: str | None) -> _Delivery:
         try:
             check_literal(url, self._policy)
         except UrlRefused as exc:
@@ -282,83 +403,193 @@ class WebhookSender:
         if not _EVENT_ID.fullmatch(msg_id):
             raise ValueError(f"invalid webhook event id {msg_id[:200]!r}")
         # Serialised now, so that an unserialisable payload fails the caller, not a task.
-        body = orjson.dumps(payload)
+        return _Delivery(url, msg_id, orjson.dumps(payload))
+
+    def _admit(self, delivery: _Delivery) -> bool:
         if self._closed or self.pending >= self._max_pending:
             self._dropped += 1
-            log.warning("webhook to %s dropped (%d pending)", _redacted(url), self.pending)
+            log.warning("webhook to %s dropped (%d pending)", _redacted(delivery.url), self.pending)
             return False
-        task = asyncio.get_running_loop().create_task(self._deliver(_Delivery(url, msg_id, body)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._ensure_loop()
         return True
 
-    # A plain timeout argument (ASYNC109): shutdown code calls drain(5) without a scope of its own.
-    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait up to ``timeout`` seconds for pending deliveries; True if none are left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while waiting := {task for task in self._tasks if not task.done()}:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            await asyncio.wait(waiting, timeout=remaining)
+    def _stored(self, task: asyncio.Task[bool]) -> None:
+        self._storing.discard(task)
+        self._changed.set()
+
+    async def _store_delivery(self, delivery: _Delivery) -> bool:
+        now = self._clock()
+        try:
+            created = await self._store.enqueue(delivery.msg_id, delivery.url, delivery.body, now)
+        except Exception:
+            # Never an unretrieved task exception: a store that refuses a write is a drop.
+            self._dropped += 1
+            log.exception("webhook %s to %s dropped: the store refused it", delivery.msg_id,
+                          _redacted(delivery.url))  # fmt: skip
+            return False
+        if created:
+            self._scheduled[delivery.msg_id] = now
+            self._wake.set()
+            await self._refresh_pending()
+        else:
+            log.info("webhook %s is already pending or was sent: not sent again", delivery.msg_id)
         return True
 
-    async def close(self) -> None:
-        """Cancel every pending delivery; later ``send`` calls are dropped."""
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+    # --- the delivery loop ---------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None and not self._closed:
+            self._loop = asyncio.get_running_loop().create_task(self._deliver_forever())
+
+    def _idle(self) -> bool:
+        return not (self._storing or self._in_flight or self._scheduled or self._more_due)
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            self._wake.clear()  # before the pass: a wake during it makes the wait return at once
+            try:
+                await self._claim_pass()
+                if self._store_failing:
+                    log.warning("webhook store: claiming works again")
+                self._store_failing = False
+            except Exception:
+                self._more_due = True  # unknown: drain must not report nothing left
+                if not self._store_failing:  # logged once per outage, not every poll
+                    log.exception("webhook store: could not claim due deliveries; retrying")
+                self._store_failing = True
+            self._first_pass.set()
+            self._changed.set()
+            await self._wait_for_work()
+
+    async def _claim_pass(self) -> None:
+        free = self._max_concurrent - len(self._in_flight)
+        if free <= 0:
+            return  # a finishing attempt wakes the loop
+        before = dict(self._scheduled)
+        now = self._clock()
+        claimed = await self._store.claim_due(now, free, self._lease)
+        self._more_due = len(claimed) == free
+        for delivery in claimed:
+            self._scheduled.pop(delivery.id, None)
+            # Still being attempted here: only a clock that jumped past the lease returns it.
+            if delivery.id not in self._in_flight:
+                self._start_attempt(delivery)
+        if not self._more_due:
+            # What was due, known here before this claim and not handed back, was taken by
+            # another process (or finished): stop waiting for it.
+            for delivery_id, due in before.items():
+                if due <= now and self._scheduled.get(delivery_id) == due:
+                    del self._scheduled[delivery_id]
+        await self._refresh_pending()
+
+    async def _wait_for_work(self) -> None:
+        """Until something is enqueued or finishes, a retry scheduled here comes due (through
+        the injected sleep, which tests replace), or the poll interval passes (for what other
+        processes, or an earlier one, left in the store)."""
+        waits: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._wake.wait()),
+            asyncio.create_task(asyncio.sleep(self._poll)),
+        ]
+        if self._scheduled and len(self._in_flight) < self._max_concurrent:
+            delay = min(self._scheduled.values()) - self._clock()
+            if delay <= 0:
+                waits[0].cancel()
+                waits[1].cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+                return
+            waits.append(asyncio.ensure_future(self._sleep(delay)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _refresh_pending(self) -> None:
+        self._count_started += 1
+        started = self._count_started
+        try:
+            count = await self._store.pending()
+        except Exception:
+            return  # a gauge: the next successful read corrects it
+        if started > self._count_applied:
+            self._count_applied, self._stored_pending = started, count
+
+    # --- one attempt -----------------------------------------------------------------------
+
+    def _start_attempt(self, delivery: PendingDelivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._attempt_and_record(delivery))
+        self._in_flight[delivery.id] = task
+        task.add_done_callback(functools.partial(self._attempt_done, delivery.id))
+
+    def _attempt_done(self, delivery_id: str, task: asyncio.Task[None]) -> None:
+        if self._in_flight.get(delivery_id) is task:
+            del self._in_flight[delivery_id]
+        self._wake.set()
+        self._changed.set()
+
+    async def _attempt_and_record(self, delivery: PendingDelivery) -> None:
+        attempt = delivery.attempts + 1
+        try:
+            outcome = await self._attempt(delivery)
+        except asyncio.CancelledError:
+            await self._hand_back(delivery)
+            raise
+        except Exception as exc:
+            # A bug here must not retry forever: counted as a final failure, as before.
+            log.exception("webhook %s to %s failed", delivery.id, _redacted(delivery.url))
+            outcome = _Outcome(False, False, f"{type(exc).__name__}: {exc}")
+        try:
+            await self._record(delivery, attempt, outcome)
+        except Exception:
+            # Not recorded: the delivery stays leased and comes due again when the lease ends
+            # (delivered at least once; receivers deduplicate on webhook-id).
+            log.exception("webhook %s: could not record attempt %d in the store; it is retried "
+                          "when its lease ends", delivery.id, attempt)  # fmt: skip
+
+    async def _hand_back(self, delivery: PendingDelivery) -> None:
+        """The sender is closing mid-attempt: due again at once (the attempt is not counted), so
+        the next start resumes it without waiting for the lease to end."""
+        try:
+            await self._store.reschedule(
+                delivery.id, delivery.attempts, self._clock(), "interrupted: the sender closed"
+            )
+        except Exception:
+            log.warning("webhook %s: not handed back; due again when its lease ends",
+                        delivery.id)  # fmt: skip
+
+    async def _record(self, delivery: PendingDelivery, attempt: int, outcome: _Outcome) -> None:
+        if outcome.delivered:
+            await self._store.finish(delivery.id, True, attempt, outcome.detail)
+            self._delivered += 1
+        elif not outcome.retryable or attempt >= self._max_attempts:
+            await self._store.finish(delivery.id, False, attempt, outcome.detail)
+            self._failed += 1
+            log.warning("webhook %s to %s given up after attempt %d: %s", delivery.id,
+                        _redacted(delivery.url), attempt, outcome.detail)  # fmt: skip
+        else:
+            delay = self._backoff(attempt)
+            if outcome.retry_after is not None:
+                delay = min(self._max_delay, outcome.retry_after)
+            due = self._clock() + delay
+            await self._store.reschedule(delivery.id, attempt, due, outcome.detail)
+            self._scheduled[delivery.id] = due
+            log.info("webhook %s to %s: %s; retry in %.1fs", delivery.id,
+                     _redacted(delivery.url), outcome.detail, delay)  # fmt: skip
+        await self._refresh_pending()
 
     def _backoff(self, attempt: int) -> float:
         """Delay after failed attempt ``attempt`` (1-based): exponential, 'equal jitter'."""
         ceiling = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
         return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
 
-    async def _deliver(self, delivery: _Delivery) -> None:
-        try:
-            for attempt in range(1, self._max_attempts + 1):
-                outcome = await self._attempt(delivery)
-                if outcome.delivered:
-                    self._delivered += 1
-                    return
-                if not outcome.retryable or attempt == self._max_attempts:
-                    break
-                delay = self._backoff(attempt)
-                if outcome.retry_after is not None:
-                    delay = min(self._max_delay, outcome.retry_after)
-                log.info(
-                    "webhook %s to %s: %s; retry in %.1fs",
-                    delivery.msg_id,
-                    _redacted(delivery.url),
-                    outcome.detail,
-                    delay,
-                )
-                await self._sleep(delay)
-            self._failed += 1
-            log.warning(
-                "webhook %s to %s given up after attempt %d: %s",
-                delivery.msg_id,
-                _redacted(delivery.url),
-                attempt,
-                outcome.detail,
-            )
-        except Exception:
-            # A bug here must not become an unretrieved task exception; count it and move on.
-            self._failed += 1
-            log.exception("webhook %s to %s failed", delivery.msg_id, _redacted(delivery.url))
-
-    async def _attempt(self, delivery: _Delivery) -> _Outcome:
+    async def _attempt(self, delivery: PendingDelivery) -> _Outcome:
         timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
-            "webhook-id": delivery.msg_id,
+            "webhook-id": delivery.id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self._secret, delivery.msg_id, timestamp, delivery.body),
+            "webhook-signature": sign(self._secret, delivery.id, timestamp, delivery.body),
         }
         if self._session is None:
             connector = guarded_connector(self._policy, self._resolver)
