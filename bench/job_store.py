@@ -21,7 +21,6 @@ from pathlib import Path
 from render_gateway.core.ids import new_job_id
 from render_gateway.core.jobs import Job
 from render_gateway.core.lanes import Lane
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 LANES = (Lane.high, Lane.normal, Lane.low)
@@ -35,12 +34,13 @@ def make_job(n: int) -> Job:
 
 async def run(path: Path, jobs: int, concurrency: int, synchronous: str) -> tuple[float, int]:
     store = SqliteJobStore(path, synchronous=synchronous)
-    await store.open(RecoveryPolicy.requeue)
+    await store.open()
     counter = iter(range(jobs))
 
     async def submitter() -> None:
         for n in counter:
-            await store.submit(make_job(n))
+            # Limits that never refuse, still checked: their cost is part of every admission.
+            await store.submit(make_job(n), max_queued_for_customer=jobs, max_queued_total=jobs)
 
     start = time.perf_counter()
     await asyncio.gather(*(submitter() for _ in range(concurrency)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from render_gateway.core.lanes import Lane
+from render_gateway.core.routes import route_key_of
 
 
 class JobStatus(StrEnum):
@@ -49,6 +51,17 @@ class Job:
     expires_at: float | None = None  # ttl: auto-cancel if still queued then
     webhook: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set durably by a customer's cancel (JobStore.request_cancel): if the run is lost (its
+    # replica died, the gateway restarted), or a claim beat the settle of a queued job, the job
+    # that is claimed again is settled cancelled, not run.
+    cancel_requested: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)
+
+
+def route_key(request: Mapping[str, Any]) -> str:
+    """Which backends can run a request: ``family/model/backend`` (backend empty when any
+    backend serving the model will do). The queue compares a head's key with the keys that have
+    capacity, so it must be computed the same way everywhere."""
+    return route_key_of(request["family"], request["model"], request.get("backend"))

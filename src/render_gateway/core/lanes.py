@@ -2,9 +2,11 @@
 
 Three lanes run in strict priority (every ``high`` job before any ``normal``, every ``normal``
 before any ``low``) and first in, first out inside a lane. Jobs leave from the head (dispatch)
-or from anywhere (cancel, TTL expiry). A job's position is polled often, so it may not scan
-the queue: each lane numbers its jobs with increasing slots and keeps the live slots in a
-Fenwick tree, and a position is the sizes of the lanes ahead plus a prefix count.
+or from anywhere (cancel, TTL expiry), and a job taken out to run may come back to its own
+place (a run interrupted: it keeps its turn ahead of the jobs that came after it). A job's
+position is polled often, so it may not scan the queue: each lane numbers its jobs with
+increasing slots and keeps the live slots in a Fenwick tree, and a position is the sizes of the
+lanes ahead plus a prefix count.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class RankIndex:
 
     Slot ``s`` is stored at 1-based tree index ``s - base + 1``, so absolute slot numbers stay
     valid when the storage is rebuilt over a new ``base``. ``rank``, ``discard`` and ``first``
-    are O(log n); ``append`` is amortised O(1). Memory is proportional to the slots from the
-    oldest live one to the newest, not to how many were ever appended.
+    are O(log n); ``append`` is amortised O(1); ``insert`` (a discarded slot made present
+    again) is O(log n), or O(span) when the slot is older than the storage's base. Memory is
+    proportional to the slots from the oldest live one to the newest, not to how many were ever
+    appended.
     """
 
     def __init__(self) -> None:
@@ -77,6 +81,18 @@ class RankIndex:
         self._add(slot - self._base + 1, 1)
         self._count += 1
         return slot
+
+    def insert(self, slot: int) -> None:
+        """Make ``slot``, handed out by ``append`` and discarded since, present again."""
+        if not 0 <= slot < self._next:
+            raise ValueError(f"slot {slot} was never appended")
+        if slot in self:
+            raise ValueError(f"slot {slot} is present already")
+        if slot < self._base:  # rebased past it meanwhile: lay the storage out from it again
+            self._rebuild(slot)
+        self._present[slot - self._base] = 1
+        self._add(slot - self._base + 1, 1)
+        self._count += 1
 
     def discard(self, slot: int) -> bool:
         if slot not in self:
@@ -135,13 +151,16 @@ class RankIndex:
             index += index & -index
 
     def _rebuild(self, new_base: int) -> None:
-        """Lay the slots from ``new_base`` to the newest out afresh, in O(capacity)."""
-        if self._count == 0 and len(self._present) == _MIN_CAPACITY:
+        """Lay the slots from ``new_base`` to the newest out afresh, in O(capacity).
+        ``new_base`` may lie below the current base (``insert`` of an old slot)."""
+        span = self._next - new_base
+        if self._count == 0 and len(self._present) == _MIN_CAPACITY and span <= _MIN_CAPACITY:
             # Emptied at the smallest size (a lane that drains often): every count is already 0.
             self._base = new_base
             return
-        start = new_base - self._base
-        live = self._present[start : self._next - self._base]
+        start, end = new_base - self._base, self._next - self._base
+        # Slots below the old base (start < 0) are all absent.
+        live = self._present[start:end] if start >= 0 else bytearray(-start) + self._present[:end]
         capacity = _capacity_for(len(live))
         present = live + bytearray(capacity - len(live))
         # Linear-time Fenwick build: each node pushes its total up to its parent once.
@@ -154,18 +173,25 @@ class RankIndex:
 
 
 class LaneQueue:
-    """Job ids queued in three strict-priority lanes, FIFO inside each lane."""
+    """Job ids queued in three strict-priority lanes, FIFO inside each lane.
+
+    A job leaves for good with ``remove``, or with ``take`` when it starts to run: a taken job
+    keeps its slot, so ``put_back`` returns it to its own place in its lane (or ``drop``
+    forgets the slot once the run has ended for good).
+    """
 
     def __init__(self) -> None:
         self._indexes = tuple(RankIndex() for _ in Lane)
         self._where: dict[str, tuple[Lane, int]] = {}
-        # Per lane, slot -> job id. Slots are appended in increasing order and deletion keeps
-        # dict order, so iterating one gives that lane's jobs in FIFO order.
+        self._taken: dict[str, tuple[Lane, int]] = {}  # running jobs: the place to come back to
+        # Per lane, slot -> job id (in no particular order once a job has been put back).
         self._ids: tuple[dict[int, str], ...] = tuple({} for _ in Lane)
 
     def push(self, job_id: str, lane: Lane) -> None:
         if job_id in self._where:
             raise ValueError(f"job {job_id!r} is already queued")
+        if job_id in self._taken:
+            raise ValueError(f"job {job_id!r} is taken: put it back to its own place")
         lane = Lane(lane)
         slot = self._indexes[lane].append()
         self._where[job_id] = (lane, slot)
@@ -180,6 +206,36 @@ class LaneQueue:
         self._indexes[lane].discard(slot)
         del self._ids[lane][slot]
         return True
+
+    def take(self, job_id: str) -> bool:
+        """Take a queued job out to run, keeping its place for ``put_back``; False if not
+        queued."""
+        entry = self._where.pop(job_id, None)
+        if entry is None:
+            return False
+        lane, slot = entry
+        self._indexes[lane].discard(slot)
+        del self._ids[lane][slot]
+        self._taken[job_id] = entry
+        return True
+
+    def put_back(self, job_id: str) -> bool:
+        """A taken job back at its own place in its lane; False if it is not taken."""
+        entry = self._taken.pop(job_id, None)
+        if entry is None:
+            return False
+        lane, slot = entry
+        self._indexes[lane].insert(slot)
+        self._ids[lane][slot] = job_id
+        self._where[job_id] = entry
+        return True
+
+    def drop(self, job_id: str) -> bool:
+        """Forget a taken job's place (its run ended for good); False if it is not taken."""
+        return self._taken.pop(job_id, None) is not None
+
+    def is_taken(self, job_id: str) -> bool:
+        return job_id in self._taken
 
     def position(self, job_id: str) -> int | None:
         """How many queued jobs run before this one (0: next to run); None if not queued."""
@@ -213,5 +269,5 @@ class LaneQueue:
         return job_id in self._where
 
     def ids_in_order(self) -> list[str]:
-        """Every queued id in run order, O(n): for tests and for rebuilding a queue."""
-        return [job_id for ids in self._ids for job_id in ids.values()]
+        """Every queued id in run order, O(n log n): for tests and for rebuilding a queue."""
+        return [ids[slot] for ids in self._ids for slot in sorted(ids)]

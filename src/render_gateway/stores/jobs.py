@@ -1,18 +1,29 @@
-"""The job store protocol: durable jobs plus the priority queue over them.
+"""The job store protocol: durable jobs, the priority queue over them, and run leases.
 
-``submit`` returns only once the job is durable (a 202 may then be sent); positions are exact
-and come from an in-memory order-statistic index kept in step with what is committed.
+The operations are the ones a store shared by many gateway replicas needs (Redis is next), not
+the ones SQLite makes easy: every decision that two replicas could race on is one atomic store
+operation — admission with its depth limits (``submit``), taking the head of the queue
+(``claim``), ending a job exactly once (``finish``, guarded by ``expect``) — and a running job is
+held by a lease its replica renews (``heartbeat``), so a replica that dies leaves runs that
+``expired_runs`` finds. Policy stays with the caller: the store never decides to requeue or fail
+a job, it only reports which ones need a decision (``Opened.orphaned``, ``expired_runs``,
+``expired_queued``).
+
+Order: three lanes in strict priority, first in, first out inside a lane (by admission order,
+which a requeued job keeps); positions are exact.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.usage_log import UsageLog
+from render_gateway.stores.urls import parse_store_url
+from render_gateway.stores.usage_log import UsageStream
 
 
 class IdempotencyConflict(Exception):
@@ -23,84 +34,150 @@ class IdempotencyConflict(Exception):
         self.existing = existing
 
 
+class QueueFull(Exception):
+    """Admitting the job would take the customer's queued jobs (``customer``) or all queued jobs
+    (``total``) past ``limit``; nothing was stored."""
+
+    def __init__(self, kind: Literal["customer", "total"], limit: int) -> None:
+        super().__init__(f"the {kind} queue limit of {limit} queued jobs is reached")
+        self.kind: Literal["customer", "total"] = kind
+        self.limit = limit
+
+
 class CancelResult(StrEnum):
-    cancelled = "cancelled"  # it was queued; it is now cancelled
-    running = "running"  # it is running: the caller must abort the backend call
+    queued = "queued"  # it is queued: the caller settles it cancelled (finish, expect={queued})
+    running = "running"  # it is running: marked cancel_requested; the caller signals the run
     terminal = "terminal"  # already finished (a 409)
     not_found = "not_found"  # unknown, or another customer's (a 404)
 
 
-class RecoveryPolicy(StrEnum):
-    requeue = "requeue"  # a job that was running when the process died runs again (retries + 1)
-    fail = "fail"  # it ends as a retriable error
-
-
 @dataclass(frozen=True)
-class Recovery:
-    requeued: tuple[str, ...]
-    failed: tuple[str, ...]
+class Opened:
+    # Jobs left 'running' by a process that is gone, oldest first (for the embedded store, which
+    # one process owns: every job running at open). They stay running until the caller requeues
+    # or fails them through its settle code; the store does not decide.
+    orphaned: tuple[Job, ...]
     queued: int
 
 
 class JobStore(Protocol):
     @property
-    def usage_log(self) -> UsageLog:
+    def usage_log(self) -> UsageStream:
         """Where finished requests' usage records go (in the same commits as the jobs)."""
         ...
 
-    async def open(self, policy: RecoveryPolicy, max_retries: int) -> Recovery: ...
+    async def open(self) -> Opened: ...
 
     async def close(self) -> None: ...
 
-    async def submit(self, job: Job) -> tuple[Job, bool]:
-        """Store a new queued job durably; returns (job, created). A repeated idempotency key
-        with the same digest returns the existing job and False."""
+    async def submit(
+        self, job: Job, *, max_queued_for_customer: int, max_queued_total: int
+    ) -> tuple[Job, bool]:
+        """Store a new queued job durably; returns (job, created). Atomic with the depth
+        checks: QueueFull if the customer's queued jobs or all queued jobs would exceed their
+        limit. A repeated idempotency key with the same digest returns (existing, False) and is
+        not counted against the limits; with another digest, IdempotencyConflict."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    def position(self, job_id: str) -> int | None: ...
-
-    def peek(self) -> str | None:
-        """The id of the job that would be claimed next."""
+    async def position(self, job_id: str) -> int | None:
+        """How many queued jobs run before this one (0: next); None if it is not queued."""
         ...
 
-    def depth(self) -> dict[str, int]: ...
-
-    async def claim_next(self, now: float) -> Job | None:
-        """The head of the highest lane, marked running (or None when nothing is queued)."""
+    async def depth(self) -> dict[str, int]:
+        """Queued jobs per lane name (every lane, zeros included)."""
         ...
 
-    async def cancel(self, job_id: str, customer_id: str, now: float) -> CancelResult: ...
+    async def queued_for(self, customer_id: str) -> int:
+        """How many of this customer's jobs are queued."""
+        ...
+
+    async def claim(
+        self,
+        now: float,
+        *,
+        runnable: frozenset[str],
+        served: frozenset[str],
+        holder: str,
+        lease_seconds: float,
+    ) -> Job | None:
+        """One atomic step on the head of the highest non-empty lane: if its
+        ``route_key(request)`` is in ``runnable``, or not in ``served`` (its backend left: the
+        caller fails it), mark it running, held by ``holder`` until ``now + lease_seconds``,
+        and return it. Otherwise None: the head waits for capacity on its own route and is
+        never overtaken. None when nothing is queued."""
+        ...
+
+    async def heartbeat(
+        self, job_ids: Collection[str], holder: str, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend to ``now + lease_seconds`` the leases ``holder`` still holds (running, its
+        own, not lapsed before ``now``); returns those ids. A run whose id is missing was lost:
+        stop it and do not settle it."""
+        ...
+
+    async def expired_runs(self, now: float) -> list[Job]:
+        """Running jobs whose lease lapsed before ``now`` (their replica died), oldest first:
+        the caller requeues or fails each."""
+        ...
+
+    async def request_cancel(self, job_id: str, customer_id: str) -> CancelResult:
+        """Classify a customer's cancel. For a queued or running job, marks it
+        ``cancel_requested`` durably (so a run that is lost and claimed again is cancelled, not
+        run again, and a claim that races the caller's settle of a queued job returns it
+        marked); the status itself is changed only by ``finish``."""
+        ...
 
     async def finish(
         self,
         job_id: str,
         status: JobStatus,
         now: float,
+        *,
+        expect: frozenset[JobStatus],
         outputs: tuple[str, ...] = (),
         error: JobError | None = None,
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
-    ) -> Job:
-        """Settle a running job; ``extra`` is merged into the job's extra fields and ``usage``
-        is appended to the usage log, both in the same commit as the status."""
+    ) -> Job | None:
+        """The one way to a terminal ``status``, from a status in ``expect`` only (queued for a
+        cancel or a ttl, running for a run's end): takes a queued job out of the queue, ends a
+        running job's lease, merges ``extra`` into the job's extra fields and appends ``usage``
+        to the usage log, all in one commit. None, changing nothing, when the job is in no
+        expected status (another path settled it: exactly once). KeyError for an unknown id."""
         ...
 
-    async def requeue(self, job_id: str, extra: dict[str, Any] | None = None) -> Job | None:
-        """Put a running job back at its place in the queue with its retries unchanged (a clean
-        stop interrupted it; it did not fail), merging ``extra``; None if it is not running."""
+    async def requeue(
+        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+    ) -> Job | None:
+        """Put a running job back at its own place in its lane (admission order, ahead of the
+        jobs admitted after it), ending its lease and merging ``extra``; retries + 1 when
+        ``count_retry`` (a lost run), unchanged otherwise (a clean stop). None if not running."""
         ...
 
     async def unsettled(self) -> list[Job]:
         """Jobs admitted but not finished (queued or running), oldest first."""
         ...
 
-    async def expire(self, now: float) -> list[str]:
-        """Cancel queued jobs whose ttl has passed; returns their ids."""
+    async def expired_queued(self, now: float) -> list[str]:
+        """Ids of queued jobs whose ttl passed by ``now``; the caller settles each (finish with
+        expect={queued})."""
         ...
 
-    def queued_for(self, customer_id: str) -> int:
-        """How many of this customer's jobs are queued (for per-customer depth limits)."""
-        ...
+
+def open_job_store(url: str, *, synchronous: str = "FULL") -> JobStore:
+    """The job store ``[gateway.stores] jobs`` names: ``sqlite:///abs/path/jobs.db`` (embedded,
+    durable; ``synchronous`` is its fsync level) or ``memory://`` (this process only, for
+    in-process tests; its usage log is its own, in memory too). Not opened yet: call
+    ``open()``."""
+    parsed = parse_store_url("jobs", url, ("sqlite", "memory"))
+    # Imported here: the implementations import this module for the shared types.
+    if parsed.scheme == "memory":
+        from render_gateway.stores.memory_jobs import MemoryJobStore
+
+        return MemoryJobStore()
+    from render_gateway.stores.sqlite_jobs import SqliteJobStore
+
+    return SqliteJobStore(parsed.sqlite_path(), synchronous=synchronous)

@@ -3,9 +3,19 @@
 Every change goes through one thread that owns the connection. It takes whatever operations
 are waiting (up to ``max_batch``), runs each inside its own savepoint, commits them together
 and only then resolves their futures: many concurrent submissions share one fsync, and a
-submission is acknowledged only once it is on disk. Queue order and positions live in an
-in-memory ``LaneQueue`` that is changed only after the commit it mirrors, and rebuilt from
-the table on open.
+submission is acknowledged only once it is on disk.
+
+Queue order and positions live in an in-memory ``LaneQueue`` (the mirror) on the event loop.
+It changes only through each operation's ``after_commit`` step, which the writer hands to the
+loop right after the commit, in commit order and before the operation's caller resumes. So the
+mirror is always the committed state after some prefix of commits, whether or not the caller
+is still waiting (a cancelled request cannot leave a committed job out of the queue), and it is
+rebuilt from the table on open.
+
+Depth limits are checked in the writer, inside the submit's own savepoint, against counters in
+the file (``queue_depths``, ``queue_total``) that triggers keep equal to the queued rows: the
+check and the insert are one step of one thread, so concurrent submissions can never overshoot
+a limit, and a rolled-back operation rolls its count back with it.
 """
 
 from __future__ import annotations
@@ -16,24 +26,31 @@ import queue
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from render_gateway.core.jobs import Job, JobError, JobStatus
+from render_gateway.core.jobs import Job, JobError, JobStatus, route_key
 from render_gateway.core.lanes import Lane, LaneQueue
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Recovery, RecoveryPolicy
-from render_gateway.stores.sqlite_usage_log import USAGE_SCHEMA, SqliteUsageLog, append_usage_row
+from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Opened, QueueFull
+from render_gateway.stores.sqlite_usage_log import (
+    USAGE_SCHEMA,
+    SqliteUsageStream,
+    append_usage_row,
+)
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+# 1: jobs and the usage log. 2: cancel_requested, run leases (lease_holder, lease_until), the
+# queued counters behind the depth limits, an index for ttl sweeps.
+SCHEMA_VERSION = 2
+TABLES = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL UNIQUE,
@@ -52,21 +69,69 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at REAL,
     webhook TEXT,
     request TEXT NOT NULL,
-    extra TEXT NOT NULL DEFAULT '{}'
+    extra TEXT NOT NULL DEFAULT '{}',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_until REAL
 );
+"""
+# Columns schema 2 added, as ALTER TABLE clauses for a schema 1 file.
+ADDED_COLUMNS = {
+    "cancel_requested": "cancel_requested INTEGER NOT NULL DEFAULT 0",
+    "lease_holder": "lease_holder TEXT",
+    "lease_until": "lease_until REAL",
+}
+INDEXES_AND_TRIGGERS = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (customer_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, lane, seq);
+CREATE INDEX IF NOT EXISTS jobs_queued_expiry
+    ON jobs (expires_at) WHERE status = 'queued' AND expires_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS queue_depths (
+    customer_id TEXT PRIMARY KEY,
+    queued INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_total (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    queued INTEGER NOT NULL
+);
+-- Triggers, not code in each operation, keep the counters equal to the queued rows: every
+-- statement that moves a job into or out of 'queued' counts, including ones added later.
+CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs
+WHEN NEW.status = 'queued' BEGIN
+    INSERT INTO queue_depths (customer_id, queued) VALUES (NEW.customer_id, 1)
+        ON CONFLICT (customer_id) DO UPDATE SET queued = queued + 1;
+    UPDATE queue_total SET queued = queued + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_enter AFTER UPDATE OF status ON jobs
+WHEN NEW.status = 'queued' AND OLD.status != 'queued' BEGIN
+    INSERT INTO queue_depths (customer_id, queued) VALUES (NEW.customer_id, 1)
+        ON CONFLICT (customer_id) DO UPDATE SET queued = queued + 1;
+    UPDATE queue_total SET queued = queued + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_leave AFTER UPDATE OF status ON jobs
+WHEN OLD.status = 'queued' AND NEW.status != 'queued' BEGIN
+    UPDATE queue_depths SET queued = queued - 1 WHERE customer_id = OLD.customer_id;
+    UPDATE queue_total SET queued = queued - 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs
+WHEN OLD.status = 'queued' BEGIN
+    UPDATE queue_depths SET queued = queued - 1 WHERE customer_id = OLD.customer_id;
+    UPDATE queue_total SET queued = queued - 1;
+END;
 """
 COLUMNS = (
     "id, seq, customer_id, lane, status, created_at, started_at, completed_at, retries, seed, "
-    "outputs, error, idempotency_key, request_digest, expires_at, webhook, request, extra"
+    "outputs, error, idempotency_key, request_digest, expires_at, webhook, request, extra, "
+    "cancel_requested"
 )
+_INSERT_COLUMNS = COLUMNS.count(",") + 1
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (job_id, _seq, customer, lane, status, created, started, completed, retries, seed,
-     outputs, error, key, digest, expires, webhook, request, extra) = row  # fmt: skip
+     outputs, error, key, digest, expires, webhook, request, extra, cancel) = row  # fmt: skip
     error_fields = orjson.loads(error) if error else None
     return Job(
         id=job_id,
@@ -86,6 +151,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         expires_at=expires,
         webhook=webhook,
         extra=orjson.loads(extra),
+        cancel_requested=bool(cancel),
     )
 
 
@@ -94,19 +160,75 @@ def _select(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return _row_to_job(row) if row else None
 
 
+def _error_json(error: JobError | None) -> str | None:
+    if error is None:
+        return None
+    fields = {"code": error.code, "message": error.message, "retriable": error.retriable}
+    return orjson.dumps(fields).decode()
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a new, schema 1 or schema 2 file to schema 2. Each step is idempotent (IF NOT
+    EXISTS, a column added only if missing), so a migration cut short resumes on the next open;
+    a file from a newer build is refused rather than written to."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the job store file has schema {version}; this build reads up to {SCHEMA_VERSION}"
+        )
+    conn.executescript(TABLES + USAGE_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, definition in ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {definition}")
+    conn.executescript(INDEXES_AND_TRIGGERS)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    """Set the queued counters from the rows (inside a batch's transaction). Done at every open:
+    a schema 1 file has none, and it costs what the queue rebuild costs anyway."""
+    conn.execute("DELETE FROM queue_depths")
+    conn.execute(
+        "INSERT INTO queue_depths (customer_id, queued) "
+        "SELECT customer_id, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY customer_id"
+    )
+    conn.execute(
+        "INSERT INTO queue_total (id, queued) "
+        "VALUES (0, (SELECT COUNT(*) FROM jobs WHERE status = 'queued')) "
+        "ON CONFLICT (id) DO UPDATE SET queued = excluded.queued"
+    )
+
+
+@dataclass
+class _Pending:
+    operation: Operation
+    future: Future[Any]
+    after_commit: Callable[[Any], None] | None
+    loop: asyncio.AbstractEventLoop | None
+
+
 class _Writer(threading.Thread):
     """Owns the connection; runs operations in batches, one commit per batch."""
 
     def __init__(self, path: Path, synchronous: str, max_batch: int) -> None:
         super().__init__(name="sqlite-jobs-writer", daemon=True)
         self._path, self._synchronous, self._max_batch = path, synchronous, max_batch
-        self._inbox: queue.SimpleQueue[tuple[Operation, Future[Any]] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self.ready: Future[None] = Future()
         self.commits = 0
 
-    def submit(self, operation: Operation) -> Future[Any]:
+    def submit(
+        self,
+        operation: Operation,
+        after_commit: Callable[[Any], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Future[Any]:
+        """Queue ``operation``; its future resolves once its batch is committed. If given,
+        ``after_commit(result)`` runs on ``loop`` after the commit and before the future's
+        awaiter resumes (both go through the loop's FIFO of callbacks, in that order)."""
         future: Future[Any] = Future()
-        self._inbox.put((operation, future))
+        self._inbox.put(_Pending(operation, future, after_commit, loop))
         return future
 
     def stop(self) -> None:
@@ -119,8 +241,7 @@ class _Writer(threading.Thread):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 5000")
-            conn.executescript(SCHEMA + USAGE_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(conn)
         except Exception as exc:
             self.ready.set_exception(exc)
             return
@@ -140,42 +261,47 @@ class _Writer(threading.Thread):
                         self._inbox.put(None)  # finish this batch, then stop
                         break
                     batch.append(item)
-                self._run_batch(conn, batch)
+                # An operation whose caller gave up before it started is not run at all; once
+                # running, its future cannot be cancelled, so its outcome is always delivered.
+                live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+                if live:
+                    self._run_batch(conn, live)
 
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[Operation, Future[Any]]]
-    ) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
+            for pending in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    result = operation(conn)
+                    result = pending.operation(conn)
                 except Exception as exc:  # this operation only: roll back its own changes
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((pending, None, exc))
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
+                    outcomes.append((pending, result, None))
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # the commit itself failed: nothing of this batch is durable
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            for _, future in batch:
-                future.set_exception(exc)
+            for pending in batch:
+                pending.future.set_exception(exc)
             return
-        for future, result, error in outcomes:
+        for pending, result, error in outcomes:
             if error is None:
-                future.set_result(result)
+                if pending.after_commit is not None and pending.loop is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop has closed: no mirror
+                        pending.loop.call_soon_threadsafe(pending.after_commit, result)
+                pending.future.set_result(result)
             else:
-                future.set_exception(error)
+                pending.future.set_exception(error)
 
 
 class SqliteJobStore:
-    """``sqlite:///path/to/jobs.db``: the embedded default."""
+    """``sqlite:///path/to/jobs.db``: the embedded default, owned by one process."""
 
     def __init__(self, path: Path, synchronous: str = "FULL", max_batch: int = 512) -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -183,13 +309,14 @@ class SqliteJobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._writer = _Writer(path, synchronous, max_batch)
-        self.usage_log = SqliteUsageLog(path, self._writer.submit)
+        self.usage_log = SqliteUsageStream(path, self._writer.submit)
         # Reads use their own connection on their own thread: in WAL mode they see every
         # committed change and never wait behind the writer's commits.
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs-reader")
         self._read_conn: sqlite3.Connection | None = None
+        # The mirror (changed only by after_commit steps, on the loop).
         self._queue = LaneQueue()
-        self._queued_customer: dict[str, str] = {}
+        self._queued: dict[str, tuple[str, str]] = {}  # queued job id -> (customer, route key)
         self._queued_per_customer: Counter[str] = Counter()
         self._next_seq = 0
 
@@ -197,69 +324,74 @@ class SqliteJobStore:
     def commits(self) -> int:
         return self._writer.commits
 
-    async def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await asyncio.wrap_future(self._writer.submit(operation))
+    async def _call(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        after_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        result: T = await asyncio.wrap_future(self._writer.submit(operation, after_commit, loop))
         return result
 
-    # ------------------------------------------------------------------ queue mirror
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._run_read, query)
 
-    def _enqueued(self, job: Job) -> None:
-        self._queue.push(job.id, job.lane)
-        self._queued_customer[job.id] = job.customer_id
+    def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._read_conn is None:  # opened on the reader thread, used only there
+            self._read_conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False
+            )
+            self._read_conn.execute("PRAGMA query_only = ON")
+        return query(self._read_conn)
+
+    # ------------------------------------------------------------------ the mirror
+
+    def _enqueued(self, job: Job, *, put_back: bool = False) -> None:
+        if not (put_back and self._queue.put_back(job.id)):
+            # A requeued job always has its place kept here (every running job was taken from
+            # this queue or reserved at open); a plain push is only the fallback.
+            self._queue.push(job.id, job.lane)
+        self._queued[job.id] = (job.customer_id, route_key(job.request))
         self._queued_per_customer[job.customer_id] += 1
 
-    def _dequeued(self, job_id: str) -> None:
-        self._queue.remove(job_id)
-        customer = self._queued_customer.pop(job_id, None)
-        if customer is not None:
+    def _left_queue(self, job_id: str, *, to_run: bool) -> None:
+        if to_run:
+            self._queue.take(job_id)
+        else:
+            self._queue.remove(job_id)
+        entry = self._queued.pop(job_id, None)
+        if entry is not None:
+            customer = entry[0]
             self._queued_per_customer[customer] -= 1
             if not self._queued_per_customer[customer]:
                 del self._queued_per_customer[customer]
 
     # ---------------------------------------------------------------------- protocol
 
-    async def open(self, policy: RecoveryPolicy, max_retries: int = 2) -> Recovery:
+    async def open(self) -> Opened:
         self._writer.start()
         await asyncio.wrap_future(self._writer.ready)
 
-        def recover(conn: sqlite3.Connection) -> tuple[list[str], list[str], list[Job], int]:
-            requeued, failed = [], []
-            running = conn.execute(
-                "SELECT id, retries FROM jobs WHERE status = 'running' ORDER BY seq"
-            ).fetchall()
-            for job_id, retries in running:
-                if policy is RecoveryPolicy.requeue and retries < max_retries:
-                    conn.execute(
-                        "UPDATE jobs SET status = 'queued', started_at = NULL, "
-                        "retries = retries + 1 WHERE id = ?",
-                        (job_id,),
-                    )
-                    requeued.append(job_id)
-                else:
-                    error = orjson.dumps(
-                        {
-                            "code": "interrupted",
-                            "retriable": True,
-                            "message": "the gateway stopped while the job was running",
-                        }
-                    ).decode()
-                    conn.execute(
-                        "UPDATE jobs SET status = 'error', error = ?, "
-                        "completed_at = strftime('%s', 'now') + 0.0 WHERE id = ?",
-                        (error, job_id),
-                    )
-                    failed.append(job_id)
+        def load(conn: sqlite3.Connection) -> tuple[list[tuple[int, Job]], int]:
+            _recount(conn)
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY lane, seq"  # noqa: S608
+                f"SELECT {COLUMNS} FROM jobs WHERE status IN ('queued', 'running') "  # noqa: S608
+                "ORDER BY lane, seq"
             ).fetchall()
             (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
-            return requeued, failed, [_row_to_job(r) for r in rows], int(top) + 1
+            return [(row[1], _row_to_job(row)) for row in rows], int(top) + 1
 
-        requeued, failed, queued, next_seq = await self._call(recover)
-        self._next_seq = next_seq
-        for job in queued:  # in (lane, seq) order: every lane keeps its FIFO order
+        unsettled, self._next_seq = await self._call(load)
+        orphaned = []
+        for seq, job in unsettled:  # in (lane, seq) order: every lane keeps its FIFO order
             self._enqueued(job)
-        return Recovery(tuple(requeued), tuple(failed), len(queued))
+            if job.status is JobStatus.running:
+                # Its run died with the last process; it keeps its place in its lane, so a
+                # requeue puts it back ahead of the jobs admitted after it.
+                self._left_queue(job.id, to_run=True)
+                orphaned.append((seq, job))
+        orphaned.sort(key=lambda entry: entry[0])
+        return Opened(tuple(job for _seq, job in orphaned), len(self._queue))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
@@ -271,17 +403,13 @@ class SqliteJobStore:
             self._read_conn.close()
             self._read_conn = None
 
-    def _read_job(self, job_id: str) -> Job | None:
-        if self._read_conn is None:  # opened on the reader thread, used only there
-            self._read_conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False
-            )
-            self._read_conn.execute("PRAGMA query_only = ON")
-        return _select(self._read_conn, job_id)
-
-    async def submit(self, job: Job) -> tuple[Job, bool]:
+    async def submit(
+        self, job: Job, *, max_queued_for_customer: int, max_queued_total: int
+    ) -> tuple[Job, bool]:
         if job.status is not JobStatus.queued:
             raise ValueError("a new job must be queued")
+        route_key(job.request)  # a job the queue could not route is refused before it is stored
+        # Taken before the operation is queued, so seq order is inbox order is commit order.
         seq = self._next_seq
         self._next_seq += 1
 
@@ -296,8 +424,18 @@ class SqliteJobStore:
                     if existing.request_digest != job.request_digest:
                         raise IdempotencyConflict(existing)
                     return existing, False
+            # The limits are read and the row written by this one thread in one savepoint:
+            # no other admission can come between the check and the insert.
+            customer_row = conn.execute(
+                "SELECT queued FROM queue_depths WHERE customer_id = ?", (job.customer_id,)
+            ).fetchone()
+            if (customer_row[0] if customer_row else 0) >= max_queued_for_customer:
+                raise QueueFull("customer", max_queued_for_customer)
+            (total,) = conn.execute("SELECT queued FROM queue_total").fetchone()
+            if total >= max_queued_total:
+                raise QueueFull("total", max_queued_total)
             conn.execute(
-                f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * 18)})",  # noqa: S608
+                f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * _INSERT_COLUMNS)})",  # noqa: S608
                 (
                     job.id,
                     seq,
@@ -317,99 +455,148 @@ class SqliteJobStore:
                     job.webhook,
                     orjson.dumps(job.request).decode(),
                     orjson.dumps(job.extra).decode(),
+                    int(job.cancel_requested),
                 ),
             )
             return job, True
 
-        stored, created = await self._call(insert)
-        if created:
-            self._enqueued(stored)
-        return stored, created
+        def mirror(outcome: tuple[Job, bool]) -> None:
+            stored, created = outcome
+            if created:
+                self._enqueued(stored)
+
+        return await self._call(insert, mirror)
 
     async def get(self, job_id: str) -> Job | None:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader, self._read_job, job_id
-        )
+        return await self._read(lambda conn: _select(conn, job_id))
 
-    def position(self, job_id: str) -> int | None:
+    async def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
 
-    def peek(self) -> str | None:
-        return self._queue.peek()
-
-    def depth(self) -> dict[str, int]:
+    async def depth(self) -> dict[str, int]:
         return {lane.name: self._queue.depth(lane) for lane in Lane}
 
-    def queued_for(self, customer_id: str) -> int:
+    async def queued_for(self, customer_id: str) -> int:
         return self._queued_per_customer.get(customer_id, 0)
 
-    async def claim_next(self, now: float) -> Job | None:
-        while (job_id := self._queue.pop()) is not None:
-            self._dequeued(job_id)
+    async def claim(
+        self,
+        now: float,
+        *,
+        runnable: frozenset[str],
+        served: frozenset[str],
+        holder: str,
+        lease_seconds: float,
+    ) -> Job | None:
+        # The head and its route are read from the mirror, so a head that must wait costs no
+        # trip to the writer. The write is conditional on that job still being the head of the
+        # table's queue, which the writer checks and changes in one step (it is the only thread
+        # that writes): the claim is atomic. If another commit changed the head meanwhile (a
+        # cancel, a ttl, a requeue ahead of it, a higher-priority admission), its after_commit
+        # step has reached the mirror before this coroutine resumes, so the retry sees it.
+        lease_until = now + lease_seconds
+        while (head := self._queue.peek()) is not None:
+            _customer, route = self._queued[head]
+            if route not in runnable and route in served:
+                return None  # head of line: it waits for its own route; nothing overtakes it
 
-            def start(conn: sqlite3.Connection, job_id: str = job_id) -> Job | None:
+            def start(conn: sqlite3.Connection, job_id: str = head) -> Job | None:
                 changed = conn.execute(
-                    "UPDATE jobs SET status = 'running', started_at = ? "
-                    "WHERE id = ? AND status = 'queued'",
-                    (now, job_id),
+                    "UPDATE jobs SET status = 'running', started_at = ?, lease_holder = ?, "
+                    "lease_until = ? WHERE id = ? AND id = (SELECT id FROM jobs "
+                    "WHERE status = 'queued' ORDER BY lane, seq LIMIT 1)",
+                    (now, holder, lease_until, job_id),
                 ).rowcount
                 return _select(conn, job_id) if changed else None
 
-            job = await self._call(start)
-            if job is not None:
-                return job
-            # Cancelled or expired between the pop and the write: take the next one.
+            def mirror(job: Job | None) -> None:
+                if job is not None:
+                    self._left_queue(job.id, to_run=True)
+
+            claimed = await self._call(start, mirror)
+            if claimed is not None:
+                return claimed
+            if self._queue.peek() == head:  # only a mirror out of step could do this: never spin
+                raise RuntimeError(f"the queue mirror disagrees with the table about {head}")
         return None
 
-    async def cancel(self, job_id: str, customer_id: str, now: float) -> CancelResult:
-        def cancel(conn: sqlite3.Connection) -> CancelResult:
+    async def heartbeat(
+        self, job_ids: Collection[str], holder: str, now: float, lease_seconds: float
+    ) -> set[str]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return set()
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            held = set()
+            for job_id in ids:
+                changed = conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running' "
+                    "AND lease_holder = ? AND lease_until >= ?",
+                    (now + lease_seconds, job_id, holder, now),
+                ).rowcount
+                if changed:
+                    held.add(job_id)
+            return held
+
+        return await self._call(renew)
+
+    async def expired_runs(self, now: float) -> list[Job]:
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE status = 'running' AND lease_until < ? "  # noqa: S608
+                "ORDER BY seq",
+                (now,),
+            )
+            return [_row_to_job(r) for r in rows]
+
+        return await self._read(select)
+
+    async def request_cancel(self, job_id: str, customer_id: str) -> CancelResult:
+        def mark(conn: sqlite3.Connection) -> CancelResult:
             row = conn.execute(
                 "SELECT status, customer_id FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None or row[1] != customer_id:
                 return CancelResult.not_found
             status = JobStatus(row[0])
-            if status is JobStatus.queued:
-                conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
-                    (now, job_id),
-                )
-                return CancelResult.cancelled
-            if status is JobStatus.running:
-                return CancelResult.running
-            return CancelResult.terminal
+            if status.terminal:
+                return CancelResult.terminal
+            conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return CancelResult.queued if status is JobStatus.queued else CancelResult.running
 
-        result = await self._call(cancel)
-        if result is CancelResult.cancelled:
-            self._dequeued(job_id)
-        return result
+        return await self._call(mark)
 
     async def finish(
         self,
         job_id: str,
         status: JobStatus,
         now: float,
+        *,
+        expect: frozenset[JobStatus],
         outputs: tuple[str, ...] = (),
         error: JobError | None = None,
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
-    ) -> Job:
+    ) -> Job | None:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status}")
-        error_text = (
-            orjson.dumps(
-                {"code": error.code, "message": error.message, "retriable": error.retriable}
-            ).decode()
-            if error
-            else None
-        )
+        if any(expected.terminal for expected in expect):
+            raise ValueError("a settled job is never settled again: expect only queued/running")
+        error_text = _error_json(error)
 
-        def settle(conn: sqlite3.Connection) -> Job:
-            changed = conn.execute(
+        def settle(conn: sqlite3.Connection) -> tuple[JobStatus, Job] | None:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            before = JobStatus(row[0])
+            if before not in expect:
+                return None  # settled, claimed or requeued by another path first
+            conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, outputs = ?, error = ?, "
-                "seed = COALESCE(?, seed), extra = json_patch(extra, ?) "
-                "WHERE id = ? AND status = 'running'",
+                "seed = COALESCE(?, seed), extra = json_patch(extra, ?), lease_holder = NULL, "
+                "lease_until = NULL WHERE id = ?",
                 (
                     status.value,
                     now,
@@ -419,68 +606,58 @@ class SqliteJobStore:
                     orjson.dumps(extra or {}).decode(),
                     job_id,
                 ),
-            ).rowcount
-            job = _select(conn, job_id)
-            if job is None:
-                raise KeyError(job_id)
-            if not changed:
-                raise ValueError(f"job {job_id} is {job.status}, not running")
+            )
             if usage is not None:
                 append_usage_row(conn, usage)
-            return job
+            job = _select(conn, job_id)
+            assert job is not None
+            return before, job
 
-        return await self._call(settle)
+        def mirror(outcome: tuple[JobStatus, Job] | None) -> None:
+            if outcome is None:
+                return
+            before, _job = outcome
+            if before is JobStatus.queued:
+                self._left_queue(job_id, to_run=False)
+            else:
+                self._queue.drop(job_id)  # its run ended for good: no place to come back to
 
-    async def requeue(self, job_id: str, extra: dict[str, Any] | None = None) -> Job | None:
+        outcome = await self._call(settle, mirror)
+        return None if outcome is None else outcome[1]
+
+    async def requeue(
+        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+    ) -> Job | None:
         def put_back(conn: sqlite3.Connection) -> Job | None:
             changed = conn.execute(
-                "UPDATE jobs SET status = 'queued', started_at = NULL, "
-                "extra = json_patch(extra, ?) WHERE id = ? AND status = 'running'",
-                (orjson.dumps(extra or {}).decode(), job_id),
+                "UPDATE jobs SET status = 'queued', started_at = NULL, lease_holder = NULL, "
+                "lease_until = NULL, retries = retries + ?, extra = json_patch(extra, ?) "
+                "WHERE id = ? AND status = 'running'",
+                (int(count_retry), orjson.dumps(extra or {}).decode(), job_id),
             ).rowcount
             return _select(conn, job_id) if changed else None
 
-        job = await self._call(put_back)
-        if job is not None:
-            # Here it joins its lane's tail; its seq is unchanged, so the next start (which
-            # rebuilds the queue by seq) puts it back ahead of the jobs that came after it.
-            self._enqueued(job)
-        return job
+        def mirror(job: Job | None) -> None:
+            if job is not None:
+                self._enqueued(job, put_back=True)
+
+        return await self._call(put_back, mirror)
 
     async def unsettled(self) -> list[Job]:
-        """Jobs admitted but not finished (queued or running), oldest first."""
-
         def select(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"  # noqa: S608
             )
             return [_row_to_job(r) for r in rows]
 
-        return await self._call(select)
+        return await self._read(select)
 
-    async def expire(self, now: float) -> list[str]:
-        def sweep(conn: sqlite3.Connection) -> list[str]:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM jobs WHERE status = 'queued' AND expires_at <= ?", (now,)
-                )
-            ]
-            error = orjson.dumps(
-                {
-                    "code": "ttl_expired",
-                    "message": "the job's ttl passed while it was queued",
-                    "retriable": False,
-                }
-            ).decode()
-            conn.executemany(
-                "UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ? "
-                "WHERE id = ? AND status = 'queued'",
-                [(now, error, job_id) for job_id in ids],
+    async def expired_queued(self, now: float) -> list[str]:
+        def select(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' AND expires_at <= ? ORDER BY seq",
+                (now,),
             )
-            return ids
+            return [row[0] for row in rows]
 
-        expired = await self._call(sweep)
-        for job_id in expired:
-            self._dequeued(job_id)
-        return expired
+        return await self._read(select)
