@@ -10,7 +10,7 @@ WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run worker demo-model test lint format bench openapi clean
+.PHONY: install run worker demo-model test test-fast lint format bench openapi clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ worker: install demo-model
 
 test: install
 	$(PY) -m pytest -q
+
+# Unit, contract and in-process application tests: no worker or gateway process is started.
+test-fast: install
+	$(PY) -m pytest -q -m "not processes"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -39,7 +39,6 @@ from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.verify import verify_log
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record
@@ -49,7 +48,7 @@ ORIGIN = "render-gateway/bench"
 
 async def prefill(data: Path, records: int) -> SqliteJobStore:
     jobs = SqliteJobStore(data / "jobs.db", synchronous="NORMAL")
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     chunk = 500
     for start in range(0, records, chunk):
         batch = [signed_record(i) for i in range(start, min(records, start + chunk))]

@@ -36,7 +36,6 @@ from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.proofs import ProofNotFound, bundle_from_log, bundle_from_store
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record
@@ -46,7 +45,7 @@ ORIGIN = "render-gateway/bench"
 
 async def build(data: Path, batches: int, batch_records: int) -> None:
     jobs = SqliteJobStore(data / "jobs.db", synchronous="NORMAL")
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     records = batches * batch_records
     for start in range(0, records, 500):
         chunk = [signed_record(i) for i in range(start, min(records, start + 500))]

@@ -62,7 +62,6 @@ from render_gateway.metering.columns import records_json_to_table
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import UsageWriter, _token
 from render_gateway.signing_keys import key_id
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.stores.sqlite_usage_log import append_usage_row
 from render_gateway.usage_claim import UsageClaim, sign_claim
@@ -342,7 +341,7 @@ async def paced(
     path: Path, url: str, args: argparse.Namespace, claims: list[str], in_process: bool
 ) -> Paced:
     jobs = SqliteJobStore(path)
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     writer = UsageWriter(
         jobs.usage_log, lambda: open_usage_store(url), args.batch_rows, args.flush_interval
     )
@@ -445,7 +444,7 @@ def verdict(ok: bool) -> str:
 
 async def open_jobs(path: Path) -> SqliteJobStore:
     jobs = SqliteJobStore(path)
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     return jobs
 
 

@@ -37,3 +37,26 @@ def worker(
     process = start_worker(tmp_path, ["--model", f"demo={demo_model_dir}"])
     yield process
     stop_worker(process)
+
+
+# ``make test-fast`` runs what needs no server process: unit, contract and in-process tests. A
+# module that starts workers or gateways imports one of these helpers, and is marked
+# ``processes`` for it (``-m "not processes"`` leaves it out).
+PROCESS_HELPERS = ("support.processes", "support.gateway", "support.audit_store", "subprocess")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    starts_processes: dict[str, bool] = {}
+    for item in items:
+        path = str(item.path)
+        if path not in starts_processes:
+            source = item.path.read_text(encoding="utf-8")
+            starts_processes[path] = (
+                any(
+                    f"from {name} import" in source or f"import {name}" in source
+                    for name in PROCESS_HELPERS
+                )
+                or "_e2e" in item.path.name
+            )
+        if starts_processes[path]:
+            item.add_marker(pytest.mark.processes)

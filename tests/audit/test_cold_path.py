@@ -30,7 +30,6 @@ from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.proofs import BundleError, ProofNotFound, bundle_from_store, verify_bundle
 from render_gateway.audit.signed_note import NoteSigner, parse_verifier_key
 from render_gateway.audit.verify import verify_log
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record
@@ -44,7 +43,7 @@ DRIVER = Path(__file__).resolve().parents[1] / "support" / "audit_driver.py"
 @pytest.fixture
 async def jobs(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
     store = SqliteJobStore(tmp_path / "jobs.db")
-    await store.open(RecoveryPolicy.requeue)
+    await store.open()
     yield store
     store.usage_log.close_thread_connection()
     await store.close()

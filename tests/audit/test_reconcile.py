@@ -29,7 +29,6 @@ from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import UsageWriter
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.url_policy import UrlPolicy
 
@@ -56,7 +55,7 @@ class Paths:
 async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
     """N requests (two customers) through both real writers into both real stores."""
     jobs = SqliteJobStore(tmp_path / "jobs.db")
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
 

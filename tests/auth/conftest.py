@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from render_gateway.auth.api_keys import SqliteApiKeyStore
+from render_gateway.stores.sqlite_keys import SqliteApiKeyStore
 
 
 @pytest_asyncio.fixture

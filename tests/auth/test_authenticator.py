@@ -7,10 +7,10 @@ import time
 import jwt
 import pytest
 
-from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
 from render_gateway.auth.principal import AuthError, Principal
+from render_gateway.stores.sqlite_keys import SqliteApiKeyStore
 
 SECRET = b"authenticator-test-secret-0123456789"
 VERIFIER = JwtVerifier(JwtSettings("https://issuer.example", "render", ("HS256",), SECRET))

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from render_gateway.core.budgets import Amount, BudgetExceeded, BudgetLimit
 from render_gateway.core.usage_records import NANOS
-from render_gateway.metering.budgets import Amount, BudgetExceeded, BudgetLimit
 from render_gateway.stores.budgets import BudgetStore, open_budget_store
 from render_gateway.stores.urls import StoreUrlError
 

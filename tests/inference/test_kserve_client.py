@@ -14,13 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from PIL import Image
 
-from render_gateway.inference.kserve_client import (
-    BackendError,
-    BackendResult,
-    Cancelled,
-    KServeClient,
-    Progress,
-)
+from render_gateway.inference.backend import BackendError, BackendResult, Cancelled, Progress
+from render_gateway.inference.kserve_client import KServeClient
 from render_gateway.usage_claim import SignedClaim, verify_claim
 
 from support.processes import WorkerProcess, free_port

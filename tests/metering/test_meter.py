@@ -3,24 +3,26 @@ end the month more than one step per run in flight above it."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from render_gateway.core.budgets import BudgetExceeded, BudgetLimit
 from render_gateway.core.pricing import PlanPrices, PriceTable
-from render_gateway.metering.budgets import BudgetExceeded, BudgetLedger, BudgetLimit
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.work import Work
+from render_gateway.stores.budgets import open_budget_store
 
 MONTH_START = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 
 
 def meter(limit: float, floor: float = 0.2) -> Meter:
-    ledger = BudgetLedger(lambda customer, plan: BudgetLimit(limit))
     prices = PriceTable({"default": PlanPrices(0.001, {})})
-    return Meter(prices, ledger, CostEstimator(floor))
+    budgets = open_budget_store("memory://")
+    return Meter(prices, budgets, lambda customer, plan: BudgetLimit(limit), CostEstimator(floor))
 
 
 def record(key: str, gpu_seconds: float, steps: int, status: str = "success") -> dict[str, object]:
@@ -50,6 +52,24 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
     measured: bool,
     late: bool,
 ) -> None:
+    asyncio.run(
+        simulate(
+            seed, step_cost, fixed, concurrency, limit, warm=warm, measured=measured, late=late
+        )
+    )
+
+
+async def simulate(
+    seed: int,
+    step_cost: float,
+    fixed: float,
+    concurrency: int,
+    limit: float,
+    *,
+    warm: bool,
+    measured: bool,
+    late: bool,
+) -> None:
     rng = random.Random(seed)
     m = meter(limit)
     if warm:  # the model's cost is known from earlier runs (other customers', other sizes)
@@ -63,7 +83,9 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
             key = f"r{round_}-{len(running)}-{started}"
             steps = rng.choice((8, 20, 40, 200))
             try:
-                m.admit(key, "c", "default", Work("sd", "tiny", "t2i", steps, 1.0), MONTH_START)
+                await m.admit(
+                    key, "c", "default", Work("sd", "tiny", "t2i", steps, 1.0), MONTH_START
+                )
             except BudgetExceeded:
                 break
             running[key] = {"steps": steps, "done": 0, "stop_after": 0}
@@ -75,7 +97,7 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
         run["done"] += 1
         used = fixed + step_cost * run["done"]
         last = run["done"] == run["steps"] or run["done"] == run["stop_after"]
-        charged = last or m.progress(
+        charged = last or await m.progress(
             key, int(run["done"]), int(run["steps"]), 3 * used, used if measured else None
         )
         if not charged and not run["stop_after"]:
@@ -83,13 +105,13 @@ def test_month_ends_at_most_one_step_per_run_in_flight_above_the_budget(
             run["stop_after"] = run["done"] + (2 if late else 1)
         if last:
             status = "success" if run["done"] == run["steps"] else "cancelled"
-            m.settled(key, record(key, used, int(run["done"]), status))
+            await m.settled(key, record(key, used, int(run["done"]), status))
             spent += used
             del running[key]
             ended += 1
     for key, run in running.items():  # what is still running finishes its current step
         used = fixed + step_cost * (run["done"] + 1)
-        m.settled(key, record(key, used, int(run["done"]) + 1, "cancelled"))
+        await m.settled(key, record(key, used, int(run["done"]) + 1, "cancelled"))
         spent += used
     # Each run in flight ends at most one step past the budget, a late cancel included; while
     # the model is unknown, a run's first step (with the fixed part) is not charged before it

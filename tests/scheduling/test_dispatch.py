@@ -15,7 +15,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from render_gateway.inference.kserve_client import BackendError, Cancelled, KServeClient, Progress
+from render_gateway.inference.backend import BackendError, Cancelled, Progress
+from render_gateway.inference.kserve_client import KServeClient
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from render_gateway.scheduling.dispatch import Dispatcher, NoCapacity, RetryPolicy
@@ -87,8 +88,12 @@ async def test_stream_success_reports_progress_and_frees_the_slot(
 ) -> None:
     pool = BackendPool([spec("w", worker.url)])
     steps: list[int] = []
+
+    async def record(event: Progress) -> None:
+        steps.append(event.step)
+
     outcome = await dispatcher(pool, session).run(
-        "sd", "tiny", gen(steps=4, seed=1), "req_d1", lambda p: steps.append(p.step)
+        "sd", "tiny", gen(steps=4, seed=1), "req_d1", record
     )
     assert not outcome.cancelled and outcome.attempts == 1 and outcome.backend_id == "w"
     assert steps == [1, 2, 3, 4]
@@ -175,7 +180,7 @@ async def test_cancel_returns_the_backends_signed_claim(
     pool = BackendPool([spec("w", worker.url)])
     cancel = asyncio.Event()
 
-    def progress(event: Progress) -> None:
+    async def progress(event: Progress) -> None:
         if event.step == 2:
             cancel.set()
 
@@ -193,10 +198,12 @@ async def test_slot_released_when_the_caller_is_cancelled(
     pool = BackendPool([spec("w", worker.url)])
     before = stats(worker)
     started = asyncio.Event()
+
+    async def note_start(_event: Progress) -> None:
+        started.set()
+
     task = asyncio.create_task(
-        dispatcher(pool, session).run(
-            "sd", "tiny", gen(steps=500), "req_d8", lambda _p: started.set()
-        )
+        dispatcher(pool, session).run("sd", "tiny", gen(steps=500), "req_d8", note_start)
     )
     await asyncio.wait_for(started.wait(), 30)
     task.cancel()
@@ -212,7 +219,7 @@ async def test_slot_released_when_progress_handler_raises(
 ) -> None:
     pool = BackendPool([spec("w", worker.url)])
 
-    def explode(_: Progress) -> None:
+    async def explode(_: Progress) -> None:
         raise RuntimeError("observer bug")
 
     with pytest.raises(RuntimeError, match="observer bug"):

@@ -18,7 +18,6 @@ from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +28,7 @@ ORIGIN = "render-gateway/test"
 
 async def main(data: Path, start: int, count: int) -> None:
     jobs = SqliteJobStore(data / "jobs.db")
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     objects = open_object_store((data / "cas").as_uri())
     signer = load_signer(data, ORIGIN)
 

@@ -14,7 +14,6 @@ from render_gateway.audit.keys import load_signer, public_key_line
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.objects import open_object_store
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.jobs import RecoveryPolicy
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record
@@ -35,7 +34,7 @@ async def build_log_of(data: Path, records: Iterable[UsageRecord], batch_records
     """``records`` appended to a usage log and sealed into the log at ``data``/cas; the log's
     verifier key in ``data``/pubkey.txt."""
     jobs = SqliteJobStore(data / "jobs.db")
-    await jobs.open(RecoveryPolicy.requeue)
+    await jobs.open()
     objects = open_object_store((data / "cas").as_uri())
     signer = load_signer(data, ORIGIN)
     open_log = functools.partial(open_audit_log, objects, signer, ORIGIN)

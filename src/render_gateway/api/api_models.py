@@ -96,6 +96,14 @@ QueueBody = QueueT2I | QueueI2I | QueueEdit | QueueT2V | QueueI2V
 QueueRequest = Annotated[QueueBody, Field(discriminator="task")]
 
 
+class CancelRecorded(BaseModel):
+    """DELETE /jobs/{id} when no run answered the cancel."""
+
+    id: str
+    status: Literal["running"]
+    cancel: Literal["recorded"]
+
+
 class QueuedResponse(BaseModel):
     id: str
     status: Literal["queued", "running", "complete", "error", "cancelled"]

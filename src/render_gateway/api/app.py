@@ -26,10 +26,12 @@ from render_gateway.api.http import (
     RequestIdMiddleware,
     api_error_handler,
     http_error_handler,
+    refused_handler,
     unexpected_error_handler,
     validation_error_handler,
 )
 from render_gateway.api.metrics import LatencyMiddleware, make_registry
+from render_gateway.application.refusals import Refused
 from render_gateway.application.services import GatewayServices
 from render_gateway.config import GatewayConfig
 
@@ -57,15 +59,15 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
-    app.include_router(job_routes.router)
-    app.include_router(sync_routes.router)
-    app.include_router(info_routes.router)
-    app.include_router(asset_routes.router)
-    app.include_router(usage_routes.router)
-    app.include_router(audit_routes.router)
-    app.include_router(reconcile_routes.router)
+    serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
+    for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
+                   reconcile_routes):  # fmt: skip
+        # Health, readiness and metrics on every process; the rest with the api role.
+        if serves_customers or routes is info_routes:
+            app.include_router(routes.router)
     exact_pass_through_bounds(app)
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Refused, refused_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -34,8 +34,9 @@ async def get_proof(
     audit = svc.audit
     if not request_id.startswith("req_") or len(request_id) > 64:
         raise ApiError(404, "proof_not_found", f"no attestation for request {request_id!r}")
-    audit_log = audit.batcher.audit_log
-    if audit_log is None:  # the batcher opens the log (and catches the index up) at start
+    audit_log = audit.batcher.audit_log if audit.batcher is not None else None
+    if audit_log is None:  # the batcher opens the log (and catches the index up) at start;
+        # a replica that does not hold the audit role has none (another replica serves it).
         raise ApiError(
             503, "audit_unavailable", "the audit log is not open yet", headers={"Retry-After": "5"}
         )

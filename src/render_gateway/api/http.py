@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.core.ids import new_request_id
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,44 @@ def error_response(request: Request, error: ApiError) -> Response:
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(request, exc)
+
+
+REFUSAL_STATUS = {
+    RefusalKind.invalid: 400,
+    RefusalKind.payment: 402,
+    RefusalKind.forbidden: 403,
+    RefusalKind.not_found: 404,
+    RefusalKind.conflict: 409,
+    RefusalKind.too_many: 429,
+    RefusalKind.upstream: 502,
+    RefusalKind.unavailable: 503,
+}
+
+
+def rate_headers(rate: RateInfo) -> dict[str, str]:
+    headers = {
+        "X-RateLimit-Limit": str(rate.limit),
+        "X-RateLimit-Remaining": str(rate.remaining),
+        "X-RateLimit-Reset": str(rate.reset_seconds),
+    }
+    if rate.retry_after_seconds is not None:
+        headers["Retry-After"] = str(rate.retry_after_seconds)
+    return headers
+
+
+def api_error_of(refused: Refused) -> ApiError:
+    """A use case's refusal as the HTTP answer: its kind's status, its code and message."""
+    headers = rate_headers(refused.rate) if refused.rate is not None else {}
+    if refused.retry_after_seconds is not None:
+        headers["Retry-After"] = str(refused.retry_after_seconds)
+    return ApiError(
+        REFUSAL_STATUS[refused.kind], refused.code, refused.message, refused.details, headers
+    )
+
+
+async def refused_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refused)
+    return error_response(request, api_error_of(exc))
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> Response:

@@ -47,6 +47,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
+    await services(request).refresh_gauges()  # what lives in a store is read before the scrape
     return Response(
         generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from render_gateway.application.reconciler import ReconcileState
 from render_gateway.application.services import GatewayServices
+from render_gateway.audit.batcher import BatcherStats
 from render_gateway.metering.writer import WriterStats
 from render_gateway.scheduling.breaker import BreakerState
 
@@ -26,7 +27,7 @@ class GatewayCollector(Collector):
         if svc is None:
             return
         depth = GaugeMetricFamily("render_queue_depth", "Jobs queued, by lane", labels=["lane"])
-        for lane, count in svc.store.depth().items():
+        for lane, count in svc.queue_depth.items():  # refreshed by the /metrics route
             depth.add_metric([lane], count)
         yield depth
         running = GaugeMetricFamily("render_jobs_running", "Jobs being dispatched now")
@@ -36,7 +37,7 @@ class GatewayCollector(Collector):
             "render_jobs", "Jobs by status: queued and running now, others settled since start",
             labels=["status"],
         )  # fmt: skip
-        jobs.add_metric(["queued"], sum(svc.store.depth().values()))
+        jobs.add_metric(["queued"], sum(svc.queue_depth.values()))
         jobs.add_metric(["running"], svc.runner.running)
         for status in ("complete", "error", "cancelled"):
             jobs.add_metric([status], svc.finished_jobs[status])
@@ -84,20 +85,25 @@ class GatewayCollector(Collector):
         for outcome, count in counts.items():
             webhooks.add_metric([outcome], count)
         yield webhooks
-        yield from usage_writer_metrics(svc.usage_writer.refresh_stats())
-        stats = svc.audit.batcher.stats
-        audit = {
-            "render_audit_log_size": ("Batches (leaves) in the audit log", stats.log_size),
-            "render_audit_attested_total": ("Records attested since start", stats.attested),
-            "render_audit_pending_records": (
-                "Usage records not yet in an attestation batch", stats.backlog),
-            "render_audit_errors_total": ("Failed batching attempts since start", stats.errors),
-        }  # fmt: skip
-        for name, (help_text, value) in audit.items():
-            gauge = GaugeMetricFamily(name, help_text)
-            gauge.add_metric([], float(value))
-            yield gauge
+        if svc.usage_writer is not None:  # this process runs the metering role
+            yield from usage_writer_metrics(svc.usage_writer.refresh_stats())
+        if svc.audit.batcher is not None:  # and the audit role
+            yield from audit_metrics(svc.audit.batcher.stats)
         yield from reconcile_metrics(svc.reconciler.state)
+
+
+def audit_metrics(stats: BatcherStats) -> Iterator[GaugeMetricFamily]:
+    audit = {
+        "render_audit_log_size": ("Batches (leaves) in the audit log", stats.log_size),
+        "render_audit_attested_total": ("Records attested since start", stats.attested),
+        "render_audit_pending_records": (
+            "Usage records not yet in an attestation batch", stats.backlog),
+        "render_audit_errors_total": ("Failed batching attempts since start", stats.errors),
+    }  # fmt: skip
+    for name, (help_text, value) in audit.items():
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], float(value))
+        yield gauge
 
 
 def reconcile_metrics(state: ReconcileState) -> Iterator[GaugeMetricFamily]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,16 +20,8 @@ from render_gateway.api.http import ApiError
 from render_gateway.auth.principal import Principal
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import NANOS
-from render_gateway.metering.queries import (
-    QueryError,
-    TimeRange,
-    latency_quantiles,
-    operator_hourly,
-    parse_group_by,
-    per_minute,
-)
-from render_gateway.metering.report import usage_report
-from render_gateway.metering.store import UsageStoreError
+from render_gateway.metering.queries import QueryError, TimeRange, parse_group_by
+from render_gateway.metering.read_side import UsageStoreError
 
 router = APIRouter()
 
@@ -63,17 +54,13 @@ async def get_usage(
         grouping = parse_group_by(group_by)
     except QueryError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from exc
-    store = svc.usage_writer.store
-    if store is None:
-        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
     try:
-        report = await asyncio.to_thread(
-            usage_report, store, customer, time_range, grouping, svc.config.currency
-        )
+        # The read side's own client: a slow report never holds up the writer's inserts.
+        report = await svc.usage_queries.report(customer, time_range, grouping, svc.config.currency)
     except UsageStoreError as exc:
         raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
     month = month_of(time.time())
-    budget = svc.meter.ledger.state(customer, principal.plan, month)
+    budget = await svc.meter.state(customer, principal.plan, month)
     report["budget"] = {
         "month": month,
         "limit_gpu_seconds": budget.limit.gpu_seconds,
@@ -82,9 +69,10 @@ async def get_usage(
         "spent_cost": budget.spent.cost_nanos / NANOS,
         "reserved_gpu_seconds": round(budget.reserved.gpu_seconds, 6),
     }
-    stats = await asyncio.to_thread(svc.usage_writer.refresh_stats)
-    report["pending_records"] = stats.backlog  # finished but not yet in the hot path
-    report["lag_seconds"] = round(stats.lag_seconds, 3)
+    # Finished but not yet in the hot path, as the usage stream's clickhouse group sees it.
+    pending, lag_seconds = await asyncio.to_thread(svc.usage_lag)
+    report["pending_records"] = pending
+    report["lag_seconds"] = round(lag_seconds, 3)
     return report
 
 
@@ -112,19 +100,8 @@ async def get_dashboard(
         time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
     except QueryError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from exc
-    store = svc.usage_writer.store
-    if store is None:
-        raise ApiError(503, "usage_unavailable", "the usage store is not reachable yet")
-
-    def read() -> dict[str, Any]:
-        return {
-            "per_minute": [asdict(r) for r in per_minute(store, time_range, customer_id, model)],
-            "latency": [asdict(r) for r in latency_quantiles(store, time_range, model)],
-            "operators": [asdict(r) for r in operator_hourly(store, time_range)],
-        }
-
     try:
-        body = await asyncio.to_thread(read)
+        body = await svc.usage_queries.dashboard(time_range, customer_id, model)
     except UsageStoreError as exc:
         raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
     return {"from": time_range.start.isoformat(), "to": time_range.end.isoformat(), **body}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from render_gateway.inference.kserve_client import BackendError
+from render_gateway.inference.backend import BackendError
 from render_gateway.stores.assets import AssetNotFound, AssetStore, CorruptAsset, is_asset_id
 
 INPUT_FIELDS = ("image", "mask")

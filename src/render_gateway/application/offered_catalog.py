@@ -12,7 +12,7 @@ import logging
 
 from render_gateway.catalog import Catalog
 from render_gateway.catalog_check import ModelCapabilities, check_catalog
-from render_gateway.inference.kserve_client import KServeClient
+from render_gateway.inference.backend import InferenceBackend
 from render_gateway.scheduling.backend_pool import BackendSpec
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class OfferedCatalog:
     def knows(self, backend_id: str) -> bool:
         return backend_id in self._read
 
-    async def read_backend(self, spec: BackendSpec, client: KServeClient) -> bool:
+    async def read_backend(self, spec: BackendSpec, client: InferenceBackend) -> bool:
         """Read the metadata of every model ``spec`` serves; True when the offer changed. A
         backend that does not answer is asked again the next time it is seen healthy."""
         found: dict[tuple[str, str], ModelCapabilities] = {}

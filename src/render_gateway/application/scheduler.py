@@ -1,9 +1,12 @@
-"""The scheduler loop: take the next queued job when a backend can run it, dispatch it, store
-its outputs, settle it, and publish its events.
+"""The scheduler loop: claim the next queued job when a backend can run it, dispatch it, store
+its outputs, and hand its end to ``Settlement`` (settle.py), the one place a job ends.
 
 Strict priority, FIFO within a lane: the head of the queue waits for capacity on its own model
-(head-of-line) rather than being overtaken. Every settled job carries its usage record, written
-in the same commit as its final status.
+(head-of-line) rather than being overtaken; the job store's ``claim`` decides that atomically
+from the routes that have a slot free. A claimed job holds a run lease, renewed by a heartbeat;
+a run whose lease lapsed (its process died) is recovered like a run found at start: requeued
+(spending a retry) or failed, as ``recovery`` says. A cancel reaches the run over the event
+bus, wherever the DELETE arrived.
 
 A clean stop drains (``drain``): no job is claimed once the stop begins, running jobs get a
 grace period to settle normally (billed as usual), and what is still running then is stopped on
@@ -17,21 +20,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 from render_gateway.application.asset_inputs import inline_asset_inputs
-from render_gateway.application.events import JobEventHub
+from render_gateway.application.settle import QUEUED, RUNNING, Ending, Settlement
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.inference.kserve_client import BackendError, BackendResult, Progress
+from render_gateway.inference.backend import BackendError, BackendResult, Progress
 from render_gateway.metering.meter import BUDGET_EXHAUSTED, Meter
 from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.scheduling.dispatch import Dispatcher, DispatchOutcome, NoCapacity
 from render_gateway.stores.assets import AssetStore
+from render_gateway.stores.events import EventBus
 from render_gateway.stores.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,18 @@ class ServiceTimes:
         return self._means.get((family, model))
 
 
+@dataclass(frozen=True)
+class RunLeases:
+    """How long a claimed run's lease lasts, how often it is renewed, who holds it."""
+
+    holder: str
+    seconds: float = 30.0
+
+    @property
+    def renew_every(self) -> float:
+        return self.seconds / 3
+
+
 class JobRunner:
     def __init__(
         self,
@@ -73,31 +89,64 @@ class JobRunner:
         pool: BackendPool,
         dispatcher: Dispatcher,
         assets: AssetStore,
-        events: JobEventHub,
+        events: EventBus,
         meter: Meter,
+        settlement: Settlement,
+        leases: RunLeases,
+        *,
+        requeue_lost_runs: bool = True,
+        max_retries: int = 2,
         clock: Callable[[], float] = time.time,
-        on_settled: Callable[[Job], None] = lambda _job: None,
         asset_url: Callable[[str], str] = lambda asset_id: f"/assets/{asset_id}",
     ) -> None:
         self._store, self._pool, self._dispatcher = store, pool, dispatcher
         self._asset_url = asset_url  # what the complete event hands out (a signed URL)
-        self._meter = meter
+        self._meter, self._settlement, self._leases = meter, settlement, leases
+        self._requeue_lost, self._max_retries = requeue_lost_runs, max_retries
         self._assets, self._events, self._clock = assets, events, clock
-        self._on_settled = on_settled  # e.g. the job's webhook
         self._wake = asyncio.Event()
-        self._cancels: dict[str, asyncio.Event] = {}
+        self._cancels: dict[str, asyncio.Event] = {}  # the runs of this process, by job id
         self._budget_stopped: set[str] = set()  # running jobs stopped as their budget ran out
+        self._lost: set[str] = set()  # runs whose lease another process took: not ours to end
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._stopping_since: float | None = None  # monotonic time the stop began
         self._drained: set[str] = set()  # jobs the drain stopped: requeued, not settled
         self.service_times = ServiceTimes()
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
-        self._sweeper = asyncio.create_task(self._sweep_expired(), name="ttl-sweeper")
+        self._loops = [
+            asyncio.create_task(self._loop(), name="job-runner"),
+            asyncio.create_task(self._sweep(), name="job-sweeper"),
+            asyncio.create_task(self._heartbeat(), name="run-heartbeat"),
+        ]
         self.wake()
+
+    async def recover(self, lost: Iterable[Job]) -> tuple[int, int]:
+        """Runs that ended with their process (found at start, or leases that lapsed): requeue
+        each (one retry spent) while it has retries left and ``recovery`` is ``requeue``;
+        otherwise fail it as ``interrupted`` (retriable), through the settlement like any end.
+        A run whose owner asked to cancel it is cancelled instead. Returns (requeued, failed)."""
+        requeued = failed = 0
+        for job in lost:
+            now = self._clock()
+            if job.cancel_requested:
+                await self._settlement.settle(job, Ending.cancelled(), now, expect=RUNNING)
+            elif self._requeue_lost and job.retries < self._max_retries:
+                if await self._store.requeue(job.id, count_retry=True) is not None:
+                    requeued += 1
+            else:
+                interrupted = JobError(
+                    "interrupted", "the gateway stopped while the job was running", True
+                )
+                usage = self._usage(job, job.started_at or now, now, "", {}, "error", "interrupted")
+                ended = await self._settlement.settle(
+                    job, Ending.failed(interrupted), now, expect=RUNNING, usage=usage
+                )
+                failed += ended is not None
+        if requeued:
+            self.wake()
+        return requeued, failed
 
     def stop_claiming(self) -> None:
         """Take no more jobs from the queue; running ones go on. Safe to call from a signal
@@ -132,19 +181,17 @@ class JobRunner:
         requeued = 0
         for job_id in stopped:  # put back any whose backend never answered the cancel
             with contextlib.suppress(Exception):
-                await self._store.requeue(job_id, {"requeued_by": "drain"})
+                await self._store.requeue(job_id, extra={"requeued_by": "drain"}, count_retry=False)
             job = await self._store.get(job_id)
             requeued += job is not None and job.status is JobStatus.queued
         return settled, requeued
 
     async def stop(self) -> None:
-        for task in (self._loop_task, self._sweeper, *self._tasks):
-            if task is not None:
-                task.cancel()
-        for task in (self._loop_task, self._sweeper, *self._tasks):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for task in (*self._loops, *self._tasks):
+            task.cancel()
+        for task in (*self._loops, *self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def wake(self) -> None:
         self._wake.set()
@@ -152,14 +199,6 @@ class JobRunner:
     @property
     def running(self) -> int:
         return len(self._tasks)
-
-    def cancel(self, job_id: str) -> bool:
-        """Abort a running job's backend call; False if it is not running here."""
-        event = self._cancels.get(job_id)
-        if event is None:
-            return False
-        event.set()
-        return True
 
     async def _loop(self) -> None:
         while True:
@@ -173,25 +212,37 @@ class JobRunner:
                 self.wake()
 
     async def _start_what_fits(self) -> None:
-        while self._stopping_since is None and (head := self._store.peek()) is not None:
-            job = await self._store.get(head)
-            if job is None:
-                return
-            request = job.request
-            family, model, backend = request["family"], request["model"], request.get("backend")
-            served = bool(self._pool.serving(family, model, backend))
-            if served and not self._pool.free_slots(family, model, backend):
-                return  # head-of-line: wait for a slot (runs ending, probes and a timer wake us)
-            claimed = await self._store.claim_next(self._clock())
+        while self._stopping_since is None:
+            runnable, served = self._pool.route_keys()
+            claimed = await self._store.claim(
+                self._clock(),
+                runnable=runnable,
+                served=served,
+                holder=self._leases.holder,
+                lease_seconds=self._leases.seconds,
+            )
             if claimed is None:
+                return  # empty, or head-of-line: runs ending, probes and a timer wake us
+            request = claimed.request
+            family, model, backend = request["family"], request["model"], request.get("backend")
+            if claimed.cancel_requested:  # cancelled while its earlier run was being recovered
+                await self._settlement.settle(
+                    claimed, Ending.cancelled(), self._clock(), expect=RUNNING
+                )
                 continue
-            if not served:  # its backend left the configuration: fail it, do not block the queue
+            if not self._pool.serving(family, model, backend):
+                # Its backend left the configuration: fail it, do not block the queue.
                 message = f"no backend serves {family}/{model} any more"
-                await self._settle_error(
+                await self._end_with_error(
                     claimed, self._clock(), JobError("backend_not_found", message, False)
                 )
                 continue
-            self._cancels[claimed.id] = asyncio.Event()
+            cancel = self._cancels[claimed.id] = self._events.listen_cancel(claimed.id)
+            # A DELETE that came between the claim and the listening above found no run: it
+            # is on the job (request_cancel records it), so look once more.
+            fresh = await self._store.get(claimed.id)
+            if fresh is not None and fresh.cancel_requested:
+                cancel.set()
             task = asyncio.create_task(self._run(claimed), name=f"job-{claimed.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -199,14 +250,14 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         request_id = str(job.extra.get("request_id", job.id))
         started = self._clock()
-        self._events.publish(job.id, "started", {})
+        await self._events.publish(job.id, "started", {})
 
-        def progress(event: Progress) -> None:
-            self._events.publish(
+        async def progress(event: Progress) -> None:
+            await self._events.publish(
                 job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
             )
             elapsed = self._clock() - started
-            if not self._meter.progress(
+            if not await self._meter.progress(
                 job.id, event.step, event.steps, elapsed, event.gpu_seconds
             ):
                 self._budget_stopped.add(job.id)  # its next step would cross the budget
@@ -216,25 +267,36 @@ class JobRunner:
             try:
                 outcome = await self._dispatch_when_possible(job, request_id, progress)
             except BackendError as exc:
-                await self._settle_error(job, started, JobError(exc.code, str(exc), exc.retriable))
+                await self._end_with_error(
+                    job, started, JobError(exc.code, str(exc), exc.retriable)
+                )
             except Exception:
                 log.exception("job %s failed in the gateway", job.id)
                 # The customer gets a code; the exception (maybe with paths) is in the log.
                 internal = JobError("internal", "internal error; see the gateway log", True)
-                await self._settle_error(job, started, internal)
+                await self._end_with_error(job, started, internal)
             else:
                 drained = job.id in self._drained and job.id not in self._budget_stopped
-                if outcome.cancelled and drained:
+                if job.id in self._lost:
+                    log.warning(
+                        "job %s: its run lease was lost; another process recovers it", job.id
+                    )
+                elif outcome.cancelled and drained:
                     await self._put_back(job, outcome)
                 else:
-                    await self._settle(job, started, outcome)
+                    await self._end(job, started, outcome)
         finally:
             self._cancels.pop(job.id, None)
+            self._events.stop_listening(job.id)
             self._budget_stopped.discard(job.id)
+            self._lost.discard(job.id)
             self.wake()
 
     async def _dispatch_when_possible(
-        self, job: Job, request_id: str, progress: Callable[[Progress], None]
+        self,
+        job: Job,
+        request_id: str,
+        progress: Callable[[Progress], Any],
     ) -> DispatchOutcome:
         """Dispatch; if every slot went elsewhere meanwhile (the sync tier, a breaker probe),
         wait for one instead of failing the job."""
@@ -269,10 +331,11 @@ class JobRunner:
             "usage_claim": claim.get("usage_claim"),
         }
         runs = [*job.extra.get("drained_runs", []), run]
-        await self._store.requeue(job.id, {"drained_runs": runs, "requeued_by": "drain"})
+        extra = {"drained_runs": runs, "requeued_by": "drain"}
+        await self._store.requeue(job.id, extra=extra, count_retry=False)
         log.info("job %s stopped by the drain and requeued (%s)", job.id, run["gpu_seconds"])
 
-    async def _settle(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
+    async def _end(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
         now = self._clock()
         result = outcome.result
         if not isinstance(result, BackendResult):
@@ -287,15 +350,9 @@ class JobRunner:
                 job, started, now, outcome.backend_id, result.parameters, "cancelled",
                 error.code if error else None,
             )  # fmt: skip
-            settled = await self._store.finish(
-                job.id, JobStatus.cancelled, now, error=error,
-                extra={"usage": usage.to_dict()}, usage=usage,
-            )  # fmt: skip
-            code, message = (
-                (error.code, error.message) if error else ("cancelled", "the job was cancelled")
+            await self._settlement.settle(
+                job, Ending.cancelled(error), now, expect=RUNNING, usage=usage
             )
-            self._events.publish(job.id, "error", {"code": code, "message": message})
-            self._on_settled(settled)
             return
         assets = [
             await self._assets.put(data, result.content_type, job.customer_id)
@@ -303,30 +360,21 @@ class JobRunner:
         ]
         seed = result.parameters.get("seed")
         usage = self._usage(job, started, now, outcome.backend_id, result.parameters, "success")
-        settled = await self._store.finish(
-            job.id,
+        urls = [self._asset_url(a.id) for a in assets]
+        ending = Ending(
             JobStatus.complete,
-            now,
+            "complete",
+            {"output": urls[0] if urls else None, "outputs": urls},
             outputs=tuple(a.id for a in assets),
             seed=seed if isinstance(seed, int) else None,
-            extra={"usage": usage.to_dict()},
-            usage=usage,
         )
+        await self._settlement.settle(job, ending, now, expect=RUNNING, usage=usage)
         self.service_times.observe(job.request["family"], job.request["model"], now - started)
-        urls = [self._asset_url(a.id) for a in assets]
-        self._events.publish(
-            job.id, "complete", {"output": urls[0] if urls else None, "outputs": urls}
-        )
-        self._on_settled(settled)
 
-    async def _settle_error(self, job: Job, started: float, error: JobError) -> None:
+    async def _end_with_error(self, job: Job, started: float, error: JobError) -> None:
         now = self._clock()
         usage = self._usage(job, started, now, "", {}, "error", error.code)
-        settled = await self._store.finish(
-            job.id, JobStatus.error, now, error=error, extra={"usage": usage.to_dict()}, usage=usage
-        )
-        self._events.publish(job.id, "error", {"code": error.code, "message": error.message})
-        self._on_settled(settled)
+        await self._settlement.settle(job, Ending.failed(error), now, expect=RUNNING, usage=usage)
 
     def _usage(
         self,
@@ -358,18 +406,49 @@ class JobRunner:
             job_id=job.id,
         )
 
-    async def _sweep_expired(self) -> None:
+    async def _sweep(self) -> None:
+        """Every second: queued jobs past their ttl end; runs whose lease lapsed (a process
+        that died) are recovered; and time alone may free capacity (a half-open breaker)."""
         while True:
             await asyncio.sleep(1.0)
-            self.wake()  # time alone can free capacity (a breaker turning half-open)
+            self.wake()
             try:
-                for job_id in await self._store.expire(self._clock()):
-                    self._events.publish(
-                        job_id,
-                        "error",
-                        {"code": "ttl_expired", "message": "the ttl passed while queued"},
-                    )
-                    if (expired := await self._store.get(job_id)) is not None:
-                        self._on_settled(expired)
+                now = self._clock()
+                for job_id in await self._store.expired_queued(now):
+                    if (job := await self._store.get(job_id)) is not None:
+                        ending = Ending(
+                            JobStatus.cancelled,
+                            "error",
+                            {"code": "ttl_expired", "message": "the ttl passed while queued"},
+                            JobError(
+                                "ttl_expired", "the job's ttl passed while it was queued", False
+                            ),
+                        )
+                        await self._settlement.settle(job, ending, now, expect=QUEUED)
+                lapsed = [
+                    j for j in await self._store.expired_runs(now) if j.id not in self._cancels
+                ]
+                if lapsed:
+                    await self.recover(lapsed)
             except Exception:
-                log.exception("ttl sweep failed")
+                log.exception("sweep failed")
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of this process's runs; a run whose lease was lost (this process
+        stalled past it and another recovered the job) is stopped, and not settled here."""
+        while True:
+            await asyncio.sleep(self._leases.renew_every)
+            ours = list(self._cancels)
+            if not ours:
+                continue
+            try:
+                held = await self._store.heartbeat(
+                    ours, self._leases.holder, self._clock(), self._leases.seconds
+                )
+            except Exception:
+                log.exception("run heartbeat failed")
+                continue
+            for job_id in ours:
+                if job_id not in held and job_id in self._cancels:
+                    self._lost.add(job_id)
+                    self._cancels[job_id].set()

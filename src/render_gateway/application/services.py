@@ -1,4 +1,10 @@
-"""Everything the gateway's routes use, built from the configuration in one place."""
+"""The composition root: every store opened from its URL, every use case built on them, and the
+roles this process runs (``serve --roles``).
+
+Nothing here decides anything about a request: that is the use cases' (admission, job_cases,
+sync_run, settle) and the scheduler's. This module only connects them, starts what runs in the
+background, and stops it again in order.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,22 @@ import contextlib
 import functools
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from render_gateway.application.admission import Admission
 from render_gateway.application.asset_urls import AssetUrlSigner
-from render_gateway.application.events import JobEventHub
-from render_gateway.application.job_views import job_view
+from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
 from render_gateway.application.offered_catalog import OfferedCatalog
 from render_gateway.application.reconciler import Reconciler
-from render_gateway.application.scheduler import JobRunner
+from render_gateway.application.scheduler import JobRunner, RunLeases
+from render_gateway.application.settle import Settlement
+from render_gateway.application.singleton import SingletonRole, process_holder_id
+from render_gateway.application.sync_run import RunNow
 from render_gateway.application.webhooks import WebhookSecret, WebhookSender
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
@@ -30,20 +37,20 @@ from render_gateway.audit.objects import ObjectStore, default_cas_url, open_obje
 from render_gateway.audit.proof_index import INDEX_FILE as PROOF_INDEX_FILE
 from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import NoteSigner
-from render_gateway.auth.api_keys import SqliteApiKeyStore
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
 from render_gateway.auth.private_file import read_private_text
 from render_gateway.catalog import Catalog, CatalogModel
 from render_gateway.config import GatewayConfig, JwtConfig
-from render_gateway.core.jobs import Job
+from render_gateway.core.budgets import Amount
 from render_gateway.core.months import month_of
+from render_gateway.inference.backend import InferenceBackend
 from render_gateway.inference.kserve_client import KServeClient
-from render_gateway.metering.budgets import Amount, BudgetLedger
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.estimates_file import EstimatesFile
 from render_gateway.metering.from_config import budget_limits, price_table
 from render_gateway.metering.meter import Meter
+from render_gateway.metering.read_side import UsageQueries
 from render_gateway.metering.store import (
     UsageStore,
     UsageStoreError,
@@ -51,17 +58,24 @@ from render_gateway.metering.store import (
     default_usage_url,
     open_usage_store,
 )
+from render_gateway.metering.writer import GROUP as USAGE_GROUP
 from render_gateway.metering.writer import UsageWriter
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec
 from render_gateway.scheduling.breaker import BreakerConfig
 from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
-from render_gateway.scheduling.token_bucket import BucketConfig, RateLimiter
+from render_gateway.scheduling.token_bucket import BucketConfig
 from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.stores.assets import AssetStore
-from render_gateway.stores.jobs import RecoveryPolicy
+from render_gateway.stores.budgets import BudgetStore, open_budget_store
+from render_gateway.stores.events import EventBus, open_event_bus
+from render_gateway.stores.jobs import JobStore, open_job_store
+from render_gateway.stores.keys import ApiKeyStore, open_key_store
+from render_gateway.stores.leases import LeaseStore, open_lease_store
+from render_gateway.stores.limits import RateLimits, open_rate_limits
 from render_gateway.stores.object_assets import open_asset_store
-from render_gateway.stores.sqlite_jobs import SqliteJobStore
-from render_gateway.stores.usage_log import UsageLog
+from render_gateway.stores.urls import StoreUrlError, default_store_urls
+from render_gateway.stores.usage_log import UsageStream
+from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +84,8 @@ DEMO_CATALOG = CatalogModel(
     "image", "sd", "tiny", ("t2i", "i2i", "edit"), aliases=("render/tiny-sd-demo",),
     default_format="512",
 )  # fmt: skip
+# How long a singleton role's lease lasts without renewal (renewed every third of it).
+ROLE_LEASE_SECONDS = 15.0
 
 
 def jwt_settings(config: JwtConfig) -> JwtSettings:
@@ -87,24 +103,71 @@ def jwt_settings(config: JwtConfig) -> JwtSettings:
     )
 
 
-async def _restore_budgets(store: SqliteJobStore, meter: Meter) -> None:
+def store_urls(config: GatewayConfig) -> dict[str, str]:
+    """Each concern's URL: the configured one, or the embedded default under the data dir."""
+    defaults = default_store_urls(Path(config.data_dir))
+    configured = config.stores.model_dump()
+    urls = {name: configured.get(name) or default for name, default in defaults.items()}
+    if configured.get("usage") and configured["usage"] != urls["jobs"]:
+        raise StoreUrlError(
+            "gateway.stores.usage: the usage stream commits with the jobs (a record exists iff "
+            f"its request ended), so it must be the jobs store ({urls['jobs']!r}) or unset"
+        )
+    return urls
+
+
+@dataclass
+class Stores:
+    """Every stateful concern, each behind its Protocol, opened from its URL."""
+
+    jobs: JobStore
+    limits: RateLimits
+    budgets: BudgetStore
+    events: EventBus
+    keys: ApiKeyStore
+    webhooks: WebhookDeliveries
+    assets: AssetStore
+    leases: LeaseStore
+
+    @classmethod
+    def open(cls, config: GatewayConfig) -> Stores:
+        urls = store_urls(config)
+        return cls(
+            jobs=open_job_store(urls["jobs"], synchronous=config.sqlite_synchronous),
+            limits=open_rate_limits(urls["limits"]),
+            budgets=open_budget_store(urls["budgets"]),
+            events=open_event_bus(urls["events"]),
+            keys=open_key_store(urls["keys"]),
+            webhooks=open_webhook_store(urls["webhooks"]),
+            assets=open_asset_store(urls["assets"]),
+            leases=open_lease_store(urls["leases"]),
+        )
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        for closing in (self.limits, self.budgets, self.events, self.keys, self.webhooks,
+                        self.leases):  # fmt: skip
+            with contextlib.suppress(Exception):
+                await closing.close()
+
+
+async def restore_budgets(jobs: JobStore, meter: Meter) -> None:
     """After a restart: this month's billable usage so far, and the reservations of every job
     that was admitted but has not finished."""
     month = month_of(time.time())  # once: a restart at a month's edge must not mix two
-    for usage in await store.usage_log.month_usage(month):
-        meter.ledger.add_spent(
-            usage.customer_id, month, Amount(usage.gpu_seconds, usage.cost_nanos)
-        )
-    for job in await store.unsettled():
+    for usage in await jobs.usage_log.month_usage(month):
+        await meter.add_spent(usage.customer_id, month, Amount(usage.gpu_seconds, usage.cost_nanos))
+    for job in await jobs.unsettled():
         if isinstance(reservation := job.extra.get("reservation"), dict):
-            meter.restore(job.id, job.customer_id, {"plan": job.extra.get("plan"), **reservation})
+            plan = job.extra.get("plan")
+            await meter.restore(job.id, job.customer_id, {"plan": plan, **reservation})
 
 
-async def _start_usage_writer(
-    config: GatewayConfig, data: Path, usage_log: UsageLog
-) -> UsageWriter:
+async def start_usage_writer(config: GatewayConfig, usage_log: UsageStream) -> UsageWriter:
+    """The hot path's writer, started; UsageStoreLocked when another process owns the
+    embedded store (a refusal at start, saying so)."""
     metering = config.metering
-    url = metering.url or default_usage_url(data)
+    url = metering.url or default_usage_url(Path(config.data_dir))
     password = read_private_text(metering.password_file) if metering.password_file else None
 
     def open_store() -> UsageStore:
@@ -116,63 +179,96 @@ async def _start_usage_writer(
     try:
         writer.store = await asyncio.to_thread(open_store)
     except UsageStoreLocked:
-        raise  # another process owns the embedded store: refuse to start, saying so
+        raise
     except UsageStoreError as exc:  # a server that is down: records wait in the log
         log.warning("usage store %s unavailable at start, will retry: %s", url, exc)
     writer.start()
     return writer
 
 
-@dataclass(frozen=True)
+@dataclass
 class AuditParts:
+    """The cold path: the CAS and the log's key always; the batcher while this process holds
+    the ``audit`` role."""
+
     objects: ObjectStore
     signer: NoteSigner
-    batcher: AttestationBatcher
     proof_index: ProofIndex
+    batcher: AttestationBatcher | None = None
+
+    def new_batcher(self, config: GatewayConfig, usage_log: UsageStream) -> AttestationBatcher:
+        """Records carry the node key their claim was verified with when the request settled,
+        so the batcher needs no keys of its own and may seal at once."""
+        audit = config.audit
+        open_log = functools.partial(open_audit_log, self.objects, self.signer, audit.origin)
+        return AttestationBatcher(
+            usage_log, open_log, audit.batch_records, audit.batch_seconds,
+            on_open=self.proof_index.catch_up, on_append=self.proof_index.add,
+        )  # fmt: skip
 
 
-def _start_batcher(config: GatewayConfig, data: Path, usage_log: UsageLog) -> AuditParts:
-    """The cold path. Records carry the node key their claim was verified with when the
-    request settled, so the batcher needs no keys of its own and may seal at once."""
+def open_audit_parts(config: GatewayConfig, data: Path) -> AuditParts:
     audit = config.audit
-    objects = open_object_store(audit.cas_url or default_cas_url(data))
-    signer = load_signer(data, audit.origin)
-    proof_index = ProofIndex(data / PROOF_INDEX_FILE)
+    return AuditParts(
+        open_object_store(audit.cas_url or default_cas_url(data)),
+        load_signer(data, audit.origin),
+        ProofIndex(data / PROOF_INDEX_FILE),
+    )
 
-    open_log = functools.partial(open_audit_log, objects, signer, audit.origin)
-    batcher = AttestationBatcher(
-        usage_log, open_log, audit.batch_records, audit.batch_seconds,
-        on_open=proof_index.catch_up, on_append=proof_index.add,
-    )  # fmt: skip
-    batcher.start()
-    return AuditParts(objects, signer, batcher, proof_index)
+
+def backends_of(config: GatewayConfig, local_worker: LocalWorker | None) -> list[BackendSpec]:
+    if local_worker is not None:
+        return [BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})]
+    return [
+        BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming)
+        for b in config.backends
+    ]
+
+
+def catalog_of(config: GatewayConfig, local_worker: LocalWorker | None) -> Catalog:
+    entries = [
+        CatalogModel(
+            m.modality,
+            m.family,
+            m.model,
+            tuple(m.tasks),
+            m.status,
+            tuple(m.aliases),
+            m.backend_type,
+            m.default_format,
+        )
+        for m in config.models
+    ]
+    if local_worker is not None:
+        entries = entries or [DEMO_CATALOG]
+    return Catalog(entries)
 
 
 @dataclass
 class GatewayServices:
     config: GatewayConfig
-    store: SqliteJobStore
-    assets: AssetStore
-    asset_urls: AssetUrlSigner  # signs the expiring URLs through which others read assets
-    api_keys: SqliteApiKeyStore
-    authenticator: Authenticator
-    catalog: Catalog
+    stores: Stores
     pool: BackendPool
-    limiter: RateLimiter[tuple[str, str]]
-    events: JobEventHub
     session: aiohttp.ClientSession
-    dispatcher: Dispatcher
-    runner: JobRunner
-    webhooks: WebhookSender
-    notify_settled: Callable[[Job], None]
-    finished_jobs: Counter[str]  # jobs settled since start, by status
+    authenticator: Authenticator
+    asset_urls: AssetUrlSigner  # signs the expiring URLs through which others read assets
     meter: Meter
-    usage_writer: UsageWriter
+    webhooks: WebhookSender
+    settlement: Settlement
+    runner: JobRunner
+    job_cases: JobCases
+    run_now: RunNow
+    usage_queries: UsageQueries  # the read side: its own ClickHouse client
     audit: AuditParts
-    node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     reconciler: Reconciler
+    clients: dict[str, InferenceBackend]
+    node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     local_worker: LocalWorker | None = None
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
+    usage_writer: UsageWriter | None = None  # while this process holds the metering role
+    queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
+    _roles: list[SingletonRole] = field(default_factory=list, repr=False)
+    _role_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
     # The configured catalog narrowed to what the backends report they serve: ``catalog``
@@ -180,10 +276,37 @@ class GatewayServices:
     _offered: OfferedCatalog | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
+    # Read by routes and metrics under their old names.
+    @property
+    def store(self) -> JobStore:
+        return self.stores.jobs
+
+    @property
+    def assets(self) -> AssetStore:
+        return self.stores.assets
+
+    @property
+    def limits(self) -> RateLimits:
+        return self.stores.limits
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self._offered is not None
+        return self._offered.current
+
+    @property
+    def finished_jobs(self) -> dict[str, int]:
+        return self.settlement.finished
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return frozenset(self.config.roles)
+
     @classmethod
     async def start(cls, config: GatewayConfig) -> GatewayServices:
-        """Open every store and start every loop; with no backend configured, start the demo
-        worker first. A start that fails after that stops the worker again (no orphan)."""
+        """Open every store and start every loop of this process's roles; with no backend
+        configured, start the demo worker first. A start that fails after that stops the
+        worker again (no orphan)."""
         data = Path(config.data_dir)
         await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
         local_worker = None
@@ -200,122 +323,148 @@ class GatewayServices:
     async def _start(
         cls, config: GatewayConfig, data: Path, local_worker: LocalWorker | None
     ) -> GatewayServices:
-        backends = [
-            BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming)
-            for b in config.backends
-        ]
-        catalog_entries = [
-            CatalogModel(
-                m.modality,
-                m.family,
-                m.model,
-                tuple(m.tasks),
-                m.status,
-                tuple(m.aliases),
-                m.backend_type,
-                m.default_format,
-            )
-            for m in config.models
-        ]
-        if local_worker is not None:
-            backends = [
-                BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})
-            ]
-            catalog_entries = catalog_entries or [DEMO_CATALOG]
-        catalog = Catalog(catalog_entries)
+        backends = backends_of(config, local_worker)
+        catalog = catalog_of(config, local_worker)
         for plan in config.plans.values():
             BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)  # validates early
-        store = SqliteJobStore(data / "jobs.db", synchronous=config.sqlite_synchronous)
-        recovery = await store.open(RecoveryPolicy(config.recovery), config.max_job_retries)
+        stores = Stores.open(config)
+        opened = await stores.jobs.open()
         log.info(
-            "job store open: %d queued, %d requeued, %d failed after a restart",
-            recovery.queued, len(recovery.requeued), len(recovery.failed),
+            "job store open: %d queued, %d runs found unfinished", opened.queued,
+            len(opened.orphaned),
         )  # fmt: skip
         estimator = CostEstimator(config.reservation_gpu_seconds)
         estimates = EstimatesFile(data / "estimates.json", estimator)
         await asyncio.to_thread(estimates.load)
         meter = Meter(
             price_table(config),
-            BudgetLedger(budget_limits(config)),
+            stores.budgets,
+            budget_limits(config),
             estimator,
             on_learned=estimates.learned,
         )
-        await _restore_budgets(store, meter)
-        usage_writer = await _start_usage_writer(config, data, store.usage_log)
+        await restore_budgets(stores.jobs, meter)
         node_keys: dict[str, bytes] = {}
         meter.node_keys = node_keys  # claims are checked with them as each request settles
-        audit = await asyncio.to_thread(_start_batcher, config, data, store.usage_log)
-
-        def on_record() -> None:
-            usage_writer.notify()
-            audit.batcher.notify()
-
-        meter.on_record = on_record
-        api_keys = SqliteApiKeyStore(data / "keys.db")
+        audit = await asyncio.to_thread(open_audit_parts, config, data)
         jwt = JwtVerifier(jwt_settings(config.jwt)) if config.jwt else None
-        authenticator = Authenticator(api_keys, jwt, config.anonymous_plan)
+        authenticator = Authenticator(stores.keys, jwt, config.anonymous_plan)
         pool = BackendPool(backends, BreakerConfig(**config.breaker.model_dump()))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        clients = {spec.id: KServeClient(session, spec.endpoint) for spec in backends}
+        clients: dict[str, InferenceBackend] = {
+            spec.id: KServeClient(session, spec.endpoint) for spec in backends
+        }
         dispatcher = Dispatcher(
             pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump())
         )
-        events = JobEventHub()
-        assets = open_asset_store(config.stores.assets or (data / "assets").absolute().as_uri())
         asset_urls = await asyncio.to_thread(
             AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds
         )
         webhook_secret = await asyncio.to_thread(
             WebhookSecret.load_or_create, data / "webhook_secret"
         )
-        webhooks = WebhookSender(
-            webhook_secret,
-            config.webhooks.policy(),
-        )
-
-        finished: Counter[str] = Counter()
-
-        def notify(job: Job) -> None:
-            """Count the settled job, settle its budget reservation, wake the usage writer, send
-            its webhook (signed; never waits for the receiver)."""
-            finished[job.status.value] += 1
-            meter.settled(job.id, job.extra.get("usage"))
-            if job.webhook:
-                progress, _ = events.progress(job.id)
-                webhooks.send(
-                    job.webhook,
-                    job_view(job, None, progress, None, asset_url=asset_urls.url),
-                    event_id=f"{job.id}.{job.status.value}",
-                )
-
+        webhooks = WebhookSender(webhook_secret, config.webhooks.policy(), store=stores.webhooks)
+        settlement = Settlement(stores.jobs, stores.events, meter, webhooks, asset_urls.url)
         runner = JobRunner(
-            store, pool, dispatcher, assets, events, meter, on_settled=notify,
-            asset_url=asset_urls.url,
+            stores.jobs, pool, dispatcher, stores.assets, stores.events, meter, settlement,
+            RunLeases(process_holder_id()), requeue_lost_runs=config.recovery == "requeue",
+            max_retries=config.max_job_retries, asset_url=asset_urls.url,
         )  # fmt: skip
+        usage_queries = UsageQueries.for_config(config.metering, data)
         reconciler = Reconciler(
-            config.reconcile, lambda: usage_writer.store, audit.objects, audit.signer, webhooks
+            config.reconcile, usage_queries.store_or_none, audit.objects, audit.signer, webhooks
         )
-        plans = config.plans
-
-        def bucket_for(key: tuple[str, str]) -> BucketConfig:
-            # Limiter keys are (plan, customer), so a customer's bucket follows its plan.
-            plan = plans.get(key[0]) or plans["default"]
-            return BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)
-
-        services = cls(
-            config, store, assets, asset_urls, api_keys, authenticator, catalog, pool,
-            RateLimiter(bucket_for), events, session, dispatcher, runner, webhooks, notify,
-            finished, meter, usage_writer, audit, node_keys, reconciler, local_worker,
-            estimates,
+        offered = OfferedCatalog(catalog)
+        admission = Admission(config, lambda: offered.current, pool, stores.limits, meter)
+        job_cases = JobCases(
+            config, admission, stores.jobs, stores.events, settlement, runner, pool, webhooks,
+            asset_urls.url,
         )  # fmt: skip
-        services._offered = OfferedCatalog(catalog)
-        await services._probe_once(clients)  # know who is up before the first dispatch
-        runner.start()
-        reconciler.start()
-        services._probe = asyncio.create_task(services._probe_backends(clients))
+        run_now = RunNow(admission, dispatcher, stores.assets, meter, settlement, asset_urls.url)
+        services = cls(
+            config, stores, pool, session, authenticator, asset_urls, meter, webhooks,
+            settlement, runner, job_cases, run_now, usage_queries, audit, reconciler, clients,
+            node_keys, local_worker, estimates,
+        )  # fmt: skip
+        services._offered = offered
+        meter.on_record = services._on_record
+        await services._probe_once()  # know who is up before the first dispatch
+        await webhooks.start()
+        if "scheduler" in services.roles:
+            requeued, failed = await runner.recover(opened.orphaned)
+            if opened.orphaned:
+                log.info("after a restart: %d runs requeued, %d failed", requeued, failed)
+            runner.start()
+        await services._start_roles()
+        services._probe = asyncio.create_task(services._probe_backends())
         return services
 
-    async def _probe_once(self, clients: dict[str, KServeClient]) -> None:
+    def _on_record(self) -> None:
+        """A usage record was committed: wake the consumers this process runs."""
+        if self.usage_writer is not None:
+            self.usage_writer.notify()
+        if self.audit.batcher is not None:
+            self.audit.batcher.notify()
+
+    async def _start_roles(self) -> None:
+        """The singletons: each runs only while this process holds its lease, so that with
+        shared stores exactly one replica runs it (another takes over when its lease lapses)."""
+        holder = process_holder_id()
+        usage_log = self.stores.jobs.usage_log
+
+        async def start_metering() -> None:
+            self.usage_writer = await start_usage_writer(self.config, usage_log)
+
+        async def stop_metering() -> None:
+            writer, self.usage_writer = self.usage_writer, None
+            if writer is not None:
+                await asyncio.to_thread(writer.stop, 5.0)
+
+        async def start_audit() -> None:
+            batcher = self.audit.new_batcher(self.config, usage_log)
+            await asyncio.to_thread(batcher.start)
+            self.audit.batcher = batcher
+
+        async def stop_audit() -> None:
+            batcher, self.audit.batcher = self.audit.batcher, None
+            if batcher is not None:
+                await asyncio.to_thread(batcher.stop, 5.0)
+
+        async def start_reconciler() -> None:
+            self.reconciler.start()
+
+        async def stop_reconciler() -> None:
+            await self.reconciler.stop()
+
+        wanted = {
+            "metering": (start_metering, stop_metering),
+            "audit": (start_audit, stop_audit),
+            "reconciler": (start_reconciler, stop_reconciler),
+        }
+        for name, (start, stop) in wanted.items():
+            if name not in self.roles:
+                continue
+            role = SingletonRole(self.stores.leases, name, holder, ROLE_LEASE_SECONDS, start, stop)
+            self._roles.append(role)
+            # The first try is made now, so that a lone process starts with its roles running
+            # (the embedded chDB refuses a second process at start, as before).
+            await role.try_once()
+            self._role_tasks.append(asyncio.create_task(role.run(), name=f"role-{name}"))
+
+    def usage_lag(self) -> tuple[int, float]:
+        """(records not yet in ClickHouse, age of the oldest in seconds). Blocking."""
+        if self.usage_writer is not None:
+            stats = self.usage_writer.refresh_stats()
+            return stats.backlog, stats.lag_seconds
+        pending, oldest = self.stores.jobs.usage_log.lag(USAGE_GROUP)
+        return pending, 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    async def refresh_gauges(self) -> None:
+        """What /metrics reads that lives in a store (and so must be awaited)."""
+        self.queue_depth = await self.stores.jobs.depth()
+
+    async def _probe_once(self) -> None:
+        clients = self.clients
         results = await asyncio.gather(*(client.ready() for client in clients.values()))
         for backend_id, healthy in zip(clients, results, strict=True):
             backend = self.pool.backends[backend_id]
@@ -325,14 +474,13 @@ class GatewayServices:
                 await self._learn_node_key(backend_id, clients[backend_id])
             if healthy and self._offered and not self._offered.knows(backend_id):
                 await self._offered.read_backend(backend.spec, clients[backend_id])
-                self.catalog = self._offered.current
             if healthy != backend.healthy:
                 log.warning("backend %s is now %s", backend_id, "healthy" if healthy else "down")
                 backend.healthy = healthy
                 if healthy:
                     self.runner.wake()
 
-    async def _learn_node_key(self, backend_id: str, client: KServeClient) -> None:
+    async def _learn_node_key(self, backend_id: str, client: InferenceBackend) -> None:
         """Remember the backend's node key so its signed claims can be checked when each
         request settles (the record carries the key that verified it, and the audit log seals
         that); a key whose id is not its hash is refused. Asked again at the next probe until
@@ -351,10 +499,10 @@ class GatewayServices:
             return
         self.node_keys[claimed_id] = raw
 
-    async def _probe_backends(self, clients: dict[str, KServeClient], every: float = 5.0) -> None:
+    async def _probe_backends(self, every: float = 5.0) -> None:
         while True:
             await asyncio.sleep(every)
-            await self._probe_once(clients)
+            await self._probe_once()
 
     def begin_stop(self) -> None:
         """The stop has begun (SIGTERM): claim no more jobs from now on. Signal-handler safe."""
@@ -375,13 +523,17 @@ class GatewayServices:
         await self.runner.stop()
         if self.estimates is not None:
             await asyncio.to_thread(self.estimates.save)
-        await self.reconciler.stop()
-        await asyncio.to_thread(self.usage_writer.stop, 5.0)  # before the log's store closes
-        await asyncio.to_thread(self.audit.batcher.stop, 5.0)
+        for task in self._role_tasks:
+            task.cancel()
+        for task in self._role_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for role in reversed(self._roles):  # the writer before the log's store closes
+            await role.close()
+        await asyncio.to_thread(self.usage_queries.close)
         await self.webhooks.drain(5.0)
         await self.webhooks.close()
         await self.session.close()
-        await self.store.close()
-        await self.api_keys.close()
+        await self.stores.close()
         if self.local_worker is not None:
             await self.local_worker.stop()

@@ -71,6 +71,22 @@ class SingletonRole:
             # Paced from the start of the last try, so a slow start() does not delay renewal.
             await asyncio.sleep(max(0.0, began + self.interval - time.monotonic()))
 
+    async def try_once(self) -> bool:
+        """One try for the lease now, starting the role if it is won (``run`` then keeps it).
+        Unlike ``run``, an exception from ``start`` propagates, the lease handed back: a
+        process that cannot run its role at start (another owns the embedded usage store)
+        refuses to start, saying why."""
+        if self._closed or not await self._try_lease():
+            return False
+        self.active = True
+        try:
+            await self._start()
+        except BaseException:
+            self.active = False
+            await self._release()
+            raise
+        return True
+
     async def _try_lease(self) -> bool:
         try:
             # A renewal slower than a third of the ttl counts as lost: waiting longer could

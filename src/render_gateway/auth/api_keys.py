@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from render_gateway.auth.names import check_name
 from render_gateway.auth.principal import AuthError
@@ -61,18 +60,3 @@ def active_key(found: ApiKey | None) -> ApiKey:
     if found.revoked_at is not None:
         raise AuthError("revoked_api_key", f"the API key {found.key_id} has been revoked")
     return found
-
-
-# Transitional, until tests/auth/conftest.py and tests/auth/test_authenticator.py import it
-# from stores.sqlite_keys (or open a store with stores.keys.open_key_store); then delete this.
-# Served lazily, since stores.sqlite_keys imports this module.
-if TYPE_CHECKING:
-    from render_gateway.stores.sqlite_keys import SqliteApiKeyStore as SqliteApiKeyStore
-
-
-def __getattr__(name: str) -> object:
-    if name == "SqliteApiKeyStore":
-        from render_gateway.stores.sqlite_keys import SqliteApiKeyStore
-
-        return SqliteApiKeyStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

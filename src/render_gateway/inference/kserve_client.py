@@ -17,104 +17,28 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+from render_gateway.inference.backend import (
+    BackendError,
+    BackendResult,
+    Cancelled,
+    Progress,
+    StreamEvent,
+    public_code,
+    public_message,
+)
 from render_gateway.kserve import codec
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_INPUT = "request"
 
 log = logging.getLogger(__name__)
-
-# What a code of the backend's must look like to be passed on (Triton puts its whole message
-# in "error").
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-# A backend's message is passed on only when short, one line, and free of what an operator
-# would not show: tracebacks, source locations, absolute paths, object addresses.
-_MAX_PUBLIC_MESSAGE = 300
-_NOT_PUBLIC = re.compile(
-    r"Traceback|File \"|line \d+, in|(?:^|[\s'\"(=:])/[\w.~-]+/|[A-Za-z]:\\|0x[0-9a-f]{6,}"
-)
-
-
-class BackendError(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str = "backend_error",
-        retriable: bool,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retriable = retriable
-        self.retry_after = retry_after
-
-
-def public_code(value: object, fallback: str = "backend_error") -> str:
-    text = str(value) if value is not None else ""
-    return text if _CODE.fullmatch(text) else fallback
-
-
-def public_message(status: int | None, code: str, message: str) -> str:
-    """The backend's message when it is fit for a customer and the request was refused (4xx,
-    or an ``invalid_request`` event); otherwise a fixed line naming the status."""
-    refused = (status is not None and 400 <= status < 500) or code == "invalid_request"
-    text = message.strip()
-    fit = text and len(text) <= _MAX_PUBLIC_MESSAGE and "\n" not in text
-    if refused and fit and not _NOT_PUBLIC.search(text):
-        return text
-    if refused:
-        return f"the backend refused the request ({code})"
-    answered = f" (HTTP {status})" if status is not None else ""
-    return f"the backend failed to run the request{answered}"
-
-
-@dataclass(frozen=True)
-class BackendResult:
-    request_id: str
-    outputs: list[bytes]
-    content_type: str
-    parameters: Mapping[str, codec.Scalar]
-
-    @property
-    def gpu_seconds(self) -> float | None:
-        value = self.parameters.get("gpu_seconds")
-        return float(value) if isinstance(value, int | float) else None
-
-    @property
-    def usage_claim(self) -> str | None:
-        value = self.parameters.get("usage_claim")
-        return value if isinstance(value, str) else None
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    steps: int
-    progress: float
-    gpu_seconds: float | None = None  # the run's device time so far, where the backend says
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """The backend stopped the run on request; its parameters carry the signed claim."""
-
-    request_id: str
-    parameters: Mapping[str, codec.Scalar]
-
-
-StreamEvent = Progress | BackendResult | Cancelled
 
 
 def _result(response: codec.InferResponse, request_id: str) -> BackendResult:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from render_gateway.config import GatewayConfig
+from render_gateway.core.budgets import BudgetLimit
 from render_gateway.core.pricing import PlanPrices, PriceTable
 from render_gateway.core.usage_records import NANOS
-from render_gateway.metering.budgets import BudgetLimit
 
 
 def price_table(config: GatewayConfig) -> PriceTable:

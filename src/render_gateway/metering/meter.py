@@ -2,8 +2,10 @@
 against budgets, charges runs as they progress, and settles their reservations with what they
 actually used.
 
-No I/O: the caller persists the record (with the job, or before a sync response) and then
-calls ``settled``, which updates the ledger and tells the hot-path writer there is more.
+The caller persists the record (with the job, or before a sync response) and then calls
+``settled``, which settles the budget store and tells the hot-path writer there is more. The
+budget store may be shared by many replicas (``gateway.stores.budgets``): every call that
+touches it is awaited, and each is idempotent by request id.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from render_gateway.core.budgets import Amount, BudgetLimit, BudgetState, Reservation
 from render_gateway.core.months import month_of
 from render_gateway.core.pricing import PriceTable
 from render_gateway.core.usage_records import UsageRecord, build_record, cost_nanos
-from render_gateway.metering.budgets import Amount, BudgetLedger, Reservation
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.work import Work
+from render_gateway.stores.budgets import BudgetStore
 
 # The code a run stopped because its customer's budget ran out ends with (job error, record
 # error code and the sync tier's 402).
@@ -30,40 +33,56 @@ class Meter:
     def __init__(
         self,
         prices: PriceTable,
-        ledger: BudgetLedger,
+        budgets: BudgetStore,
+        limit_for: Callable[[str, str], BudgetLimit],
         estimator: CostEstimator,
         on_record: Callable[[], None] = lambda: None,
         on_learned: Callable[[bool], None] = lambda _first: None,
     ) -> None:
-        self.prices, self.ledger, self.estimator = prices, ledger, estimator
+        self.prices, self.budgets, self.estimator = prices, budgets, estimator
+        self.limit_for = limit_for  # (customer id, plan) → its monthly limit, from the config
         self.on_record = on_record  # e.g. UsageWriter.notify
         # Backend node keys (key id → raw Ed25519 key, learned from /v2/node): each record's
         # signed claim is checked with them as it is built (the audit trail seals that result).
         self.node_keys: Mapping[str, bytes] = {}
         self.on_learned = on_learned  # e.g. save the estimates (True: a model's first run)
-        self._work: dict[str, tuple[Work, str]] = {}  # key → (its work, its plan)
+        # key → (its work, its customer, its plan), for the runs of this process
+        self._work: dict[str, tuple[Work, str, str]] = {}
         self.budget_stops = 0  # runs stopped at a step because their budget ran out
         self.unverified_claims = 0  # records whose backend claim did not verify at settle
 
     def _amount(self, gpu_seconds: float, plan: str, family: str) -> Amount:
         return Amount(gpu_seconds, cost_nanos(gpu_seconds, self.prices.unit_price(plan, family)))
 
-    def admit(self, key: str, customer_id: str, plan: str, work: Work, now: float) -> Reservation:
+    async def admit(
+        self, key: str, customer_id: str, plan: str, work: Work, now: float
+    ) -> Reservation:
         """Reserve this request's estimated usage, or raise BudgetExceeded (nothing held)."""
         amount = self._amount(self.estimator.reservation(work), plan, work.family)
-        reservation = self.ledger.reserve(key, customer_id, plan, month_of(now), amount)
-        self._work[key] = (work, plan)
+        limit = self.limit_for(customer_id, plan)
+        reservation = await self.budgets.reserve(
+            key, customer_id, plan, month_of(now), amount, limit
+        )
+        self._work[key] = (work, customer_id, plan)
         return reservation
 
-    def restore(self, key: str, customer_id: str, reservation: Mapping[str, Any]) -> None:
+    async def restore(self, key: str, customer_id: str, reservation: Mapping[str, Any]) -> None:
         """Hold again what an admitted job had reserved before a restart."""
         amount = Amount(float(reservation["gpu_seconds"]), int(reservation["cost_nanos"]))
         month, plan = str(reservation["month"]), str(reservation.get("plan", ""))
-        self.ledger.reserve(key, customer_id, plan, month, amount, force=True)
+        limit = self.limit_for(customer_id, plan)
+        await self.budgets.reserve(key, customer_id, plan, month, amount, limit, force=True)
         if isinstance(work := reservation.get("work"), Mapping):
-            self._work[key] = (Work.from_dict(work), plan)
+            self._work[key] = (Work.from_dict(work), customer_id, plan)
 
-    def progress(
+    async def add_spent(self, customer_id: str, month: str, amount: Amount) -> None:
+        await self.budgets.add_spent(customer_id, month, amount)
+
+    async def state(self, customer_id: str, plan: str, month: str) -> BudgetState:
+        limit = self.limit_for(customer_id, plan)
+        return await self.budgets.state(customer_id, plan, month, limit)
+
+    async def progress(
         self, key: str, step: int, steps: int, elapsed_seconds: float,
         gpu_seconds: float | None = None,
     ) -> bool:  # fmt: skip
@@ -76,7 +95,7 @@ class Meter:
         known = self._work.get(key)
         if known is None or step <= 0:
             return True
-        work, plan = known
+        work, customer_id, plan = known
         next_step = min(step + STOP_LOOKAHEAD, max(steps, step))
         model = self.estimator.cost_after(work, next_step)
         if gpu_seconds:  # measured: never charge less than this run is on course to use
@@ -85,7 +104,8 @@ class Meter:
             estimate = model
         else:  # a model never seen, a backend that measures nothing: its wall pace (higher)
             estimate = elapsed_seconds * next_step / step
-        return self.ledger.charge(key, self._amount(estimate, plan, work.family))
+        needed = self._amount(estimate, plan, work.family)
+        return await self.budgets.charge(key, needed, self.limit_for(customer_id, plan))
 
     def record(
         self,
@@ -127,11 +147,11 @@ class Meter:
             node_keys=self.node_keys,
         )
 
-    def settled(self, key: str, record: Mapping[str, Any] | None) -> None:
+    async def settled(self, key: str, record: Mapping[str, Any] | None) -> None:
         """A request ended (``record`` as persisted), or was dropped before running (None)."""
         known = self._work.pop(key, None)
         if record is None:
-            self.ledger.release(key)
+            await self.budgets.release(key)
             return
         if record.get("claim_error") is not None:
             self.unverified_claims += 1
@@ -139,7 +159,8 @@ class Meter:
             self.budget_stops += 1
         billable = bool(record["billable"])
         actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
-        self.ledger.settle(key, record["customer_id"], month_of(record["timestamp"]), actual)
+        month = month_of(record["timestamp"])
+        await self.budgets.settle(key, record["customer_id"], month, actual)
         # Runs stopped early teach the cost per step as well as finished ones (their claims
         # say how many steps ran), so a budget that stops every run still learns its model.
         steps, status = int(record.get("num_steps") or 0), record["status"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from render_gateway.core.routes import route_key_of
 from render_gateway.scheduling.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
 
@@ -165,3 +166,18 @@ class BackendPool:
             for b in self.serving(family, model, backend_type)
             if b.healthy and b.breaker.state is not BreakerState.open
         )
+
+    def route_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(runnable, served) route keys (``core.jobs.route_key``): the routes with a slot free
+        now, and every route some backend serves, for the job store's atomic claim."""
+        runnable: set[str] = set()
+        served: set[str] = set()
+        for backend in self.backends.values():
+            spec = backend.spec
+            for model in spec.models:
+                for backend_type in (None, spec.type):
+                    key = route_key_of(spec.family, model, backend_type)
+                    served.add(key)
+                    if key not in runnable and self.free_slots(spec.family, model, backend_type):
+                        runnable.add(key)
+        return frozenset(runnable), frozenset(served)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from render_gateway.inference.kserve_client import (
+from render_gateway.inference.backend import (
     BackendError,
     BackendResult,
     Cancelled,
-    KServeClient,
+    InferenceBackend,
     Progress,
 )
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec, Lease
@@ -59,7 +59,13 @@ class DispatchOutcome:
         return isinstance(self.result, Cancelled)
 
 
-ClientFor = Callable[[BackendSpec], KServeClient]
+ClientFor = Callable[[BackendSpec], InferenceBackend]
+# Awaited for each progress event: charging a budget or publishing an event may cross a network.
+OnProgress = Callable[[Progress], Awaitable[None]]
+
+
+async def _ignore_progress(_event: Progress) -> None:
+    return None
 
 
 class Dispatcher:
@@ -81,7 +87,7 @@ class Dispatcher:
         model: str,
         generation: bytes,
         request_id: str,
-        on_progress: Callable[[Progress], None] = lambda _p: None,
+        on_progress: OnProgress = _ignore_progress,
         cancel: asyncio.Event | None = None,
         backend_type: str | None = None,
     ) -> DispatchOutcome:
@@ -127,7 +133,7 @@ class Dispatcher:
         lease: Lease,
         generation: bytes,
         request_id: str,
-        on_progress: Callable[[Progress], None],
+        on_progress: OnProgress,
         cancel: asyncio.Event,
     ) -> BackendResult | Cancelled:
         client = self._client_for(lease.backend.spec)
@@ -138,7 +144,7 @@ class Dispatcher:
                 return await client.infer(lease.model, generation, request_id, timeout)
             async for event in client.generate_stream(lease.model, generation, request_id, timeout):
                 if isinstance(event, Progress):
-                    on_progress(event)
+                    await on_progress(event)
                 else:
                     return event
             raise BackendError("the stream ended without a result", retriable=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from render_gateway.metering.budgets import Amount, BudgetLimit, BudgetState, Reservation
+from render_gateway.core.budgets import Amount, BudgetLimit, BudgetState, Reservation
 from render_gateway.stores.urls import parse_store_url
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-from render_gateway.core.usage_records import NANOS
-from render_gateway.metering.budgets import (
+from render_gateway.core.budgets import (
     Amount,
     BudgetExceeded,
     BudgetLimit,
     BudgetState,
     Reservation,
 )
+from render_gateway.core.usage_records import NANOS
 
 
 def crosses(limit: BudgetLimit, total: Amount) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 CONCERNS = ("jobs", "limits", "budgets", "events", "keys", "webhooks", "assets", "usage", "leases")
 
@@ -43,22 +43,26 @@ def parse_store_url(setting: str, url: str, accepted: tuple[str, ...]) -> StoreU
             raise StoreUrlError(
                 f"gateway.stores.{setting}: {url!r} needs an absolute path ({scheme}:///abs/path)"
             )
-        path = Path(parts.path)
+        path = Path(unquote(parts.path))  # %-escapes (a space in a path) decoded
     return StoreUrl(scheme, path, url)
 
 
 def default_store_urls(data_dir: Path) -> dict[str, str]:
     """The embedded default of each concern under ``data_dir`` (one process)."""
     data = data_dir.resolve()
-    jobs = f"sqlite://{data / 'jobs.db'}"
+
+    def url(scheme: str, name: str) -> str:
+        return f"{scheme}://{quote(str(data / name))}"
+
+    jobs = url("sqlite", "jobs.db")
     return {
         "jobs": jobs,
         "limits": "memory://",
         "budgets": "memory://",
         "events": "memory://",
-        "keys": f"sqlite://{data / 'keys.db'}",
-        "webhooks": f"sqlite://{data / 'webhooks.db'}",
-        "assets": f"file://{data / 'assets'}",
+        "keys": url("sqlite", "keys.db"),
+        "webhooks": url("sqlite", "webhooks.db"),
+        "assets": url("file", "assets"),
         "usage": jobs,
-        "leases": f"sqlite://{data / 'leases.db'}",
+        "leases": url("sqlite", "leases.db"),
     }

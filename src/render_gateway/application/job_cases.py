@@ -1,0 +1,259 @@
+"""The async tier's use cases: submit a job, cancel it, read it (state, events, output)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from render_gateway.application.admission import Admission
+from render_gateway.application.job_views import job_view
+from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
+from render_gateway.application.scheduler import JobRunner
+from render_gateway.application.settle import QUEUED, Ending, Settlement
+from render_gateway.application.webhooks import WebhookSender
+from render_gateway.auth.principal import Principal
+from render_gateway.config import GatewayConfig
+from render_gateway.core.ids import new_job_id
+from render_gateway.core.jobs import Job, JobStatus
+from render_gateway.core.lanes import Lane
+from render_gateway.metering.work import work_of
+from render_gateway.scheduling.backend_pool import BackendPool
+from render_gateway.stores.events import EventBus, JobEvent
+from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, JobStore, QueueFull
+from render_gateway.url_policy import UrlRefused
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A validated POST /queue body, as the use case needs it."""
+
+    modality: str
+    family: str
+    model: str
+    task: str
+    format: str | None
+    backend: str | None
+    priority: str
+    webhook: str | None
+    ttl: float | None
+    idempotency_key: str | None
+    generation: dict[str, Any]  # the generation fields (asset inputs already admitted)
+    digest_source: dict[str, Any]  # the whole body, for "same key, same body?"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    position: int | None
+    eta_seconds: float | None
+    rate: RateInfo
+
+
+class CancelOutcome(StrEnum):
+    """What a DELETE achieved."""
+
+    cancelled = "cancelled"  # it was queued: it is now cancelled
+    stopping = "stopping"  # its run got the cancel and will settle as cancelled
+    # Running, but no run answered (its process may have died): the cancel is kept on the job,
+    # which is cancelled instead of run again when its run is recovered.
+    recorded = "recorded"
+
+
+class JobCases:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        admission: Admission,
+        jobs: JobStore,
+        events: EventBus,
+        settlement: Settlement,
+        runner: JobRunner,
+        pool: BackendPool,
+        webhooks: WebhookSender,
+        asset_url: Callable[[str], str],
+    ) -> None:
+        self._config, self._admission, self._jobs = config, admission, jobs
+        self._events, self._settlement, self._runner = events, settlement, runner
+        self._pool, self._webhooks, self._asset_url = pool, webhooks, asset_url
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, body: SubmitRequest, principal: Principal, request_id: str) -> Submitted:
+        admission = self._admission
+        entry = admission.route(body.modality, body.family, body.model, body.task)
+        family, model = entry.family, entry.model
+        generation = admission.generation(body.task, body.generation)
+        format_name = admission.format(entry, body.task, body.format)
+        admission.backend(family, model, body.backend)
+        if body.webhook is not None:
+            try:  # the customer hears now, not when the webhook would fail
+                await self._webhooks.check(body.webhook)
+            except UrlRefused as exc:
+                raise Refused(
+                    RefusalKind.invalid, "invalid_request", f"webhook: {exc}", {"field": "webhook"}
+                ) from None
+        plan = admission.plan(principal)
+        if body.priority == "high" and not plan.allow_high_priority:
+            raise Refused(
+                RefusalKind.forbidden,
+                "priority_not_allowed",
+                f"plan {principal.plan!r} cannot use priority 'high'",
+            )
+        rate = await admission.rate(principal)
+        routing = {
+            "modality": body.modality,
+            "family": family,
+            "model": model,
+            "task": body.task,
+            "format": format_name,
+            "backend": body.backend,
+            "generation": generation,
+        }
+        now = time.time()
+        digest = hashlib.sha256(
+            orjson.dumps(body.digest_source, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+        job_id = new_job_id()
+        work = work_of(body.modality, family, model, body.task, format_name, generation)
+        reservation = await admission.budget(job_id, principal, work, now)
+        job = Job(
+            id=job_id,
+            customer_id=principal.customer_id,
+            lane=Lane.parse(body.priority),
+            request=routing,
+            created_at=now,
+            idempotency_key=body.idempotency_key,
+            request_digest=digest,
+            expires_at=now + body.ttl if body.ttl else None,
+            webhook=body.webhook,
+            extra={
+                "request_id": request_id,
+                "plan": principal.plan,
+                "reservation": {
+                    "gpu_seconds": reservation.amount.gpu_seconds,
+                    "cost_nanos": reservation.amount.cost_nanos,
+                    "month": reservation.month,
+                    "work": work.to_dict(),
+                },
+            },
+        )
+        try:
+            stored, created = await self._jobs.submit(
+                job,
+                max_queued_for_customer=plan.max_queued_jobs,
+                max_queued_total=self._config.max_queued_jobs,
+            )
+        except QueueFull as exc:
+            await self._settlement.dropped(job_id)
+            if exc.kind == "customer":
+                quota = f"at most {plan.max_queued_jobs} queued jobs per customer"
+                raise Refused(
+                    RefusalKind.too_many, "queue_quota", quota, retry_after_seconds=5
+                ) from exc
+            raise Refused(
+                RefusalKind.too_many, "queue_full", "the queue is full", retry_after_seconds=5
+            ) from exc
+        except IdempotencyConflict as exc:
+            await self._settlement.dropped(job_id)
+            raise Refused(
+                RefusalKind.conflict, "idempotency_conflict", str(exc), {"job_id": exc.existing.id}
+            ) from exc
+        except BaseException:
+            await self._settlement.dropped(job_id)
+            raise
+        if not created:  # the same request again: the first job holds the reservation
+            await self._settlement.dropped(job_id)
+        self._runner.wake()
+        position = await self._jobs.position(stored.id)
+        return Submitted(stored, position, self.eta_seconds(stored, position), rate)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel(self, job_id: str, principal: Principal) -> CancelOutcome:
+        """Cancel the caller's job; not_found / conflict refusals for what cannot be."""
+        for _ in range(3):  # a queued job claimed at this very moment is cancelled as running
+            result = await self._jobs.request_cancel(job_id, principal.customer_id)
+            if result is CancelResult.not_found:
+                raise Refused(RefusalKind.not_found, "job_not_found", f"no job {job_id!r}")
+            if result is CancelResult.terminal:
+                raise Refused(
+                    RefusalKind.conflict, "job_finished", f"job {job_id} has already finished"
+                )
+            if result is CancelResult.queued:
+                job = await self._jobs.get(job_id)
+                if job is not None and await self._settlement.settle(
+                    job, Ending.cancelled(), time.time(), expect=QUEUED
+                ):
+                    return CancelOutcome.cancelled
+                continue  # claimed or ended meanwhile: ask again
+            # Running: the store has recorded the cancel; tell the run, wherever it is.
+            stopped = await self._events.request_cancel(job_id)
+            return CancelOutcome.stopping if stopped else CancelOutcome.recorded
+        raise Refused(RefusalKind.conflict, "job_busy", f"job {job_id} is changing state; retry")
+
+    # ------------------------------------------------------------------ reads
+
+    async def owned(self, job_id: str, principal: Principal) -> Job:
+        job = (
+            await self._jobs.get(job_id) if job_id.startswith("j_") and len(job_id) <= 64 else None
+        )
+        if job is None or job.customer_id != principal.customer_id:
+            # Others' jobs look absent.
+            raise Refused(RefusalKind.not_found, "job_not_found", f"no job {job_id!r}")
+        return job
+
+    def eta_seconds(self, job: Job, position: int | None) -> float | None:
+        if position is None:
+            return None
+        family, model = job.request["family"], job.request["model"]
+        mean = self._runner.service_times.mean(family, model)
+        capacity = sum(
+            b.spec.capacity for b in self._pool.serving(family, model, job.request.get("backend"))
+        )
+        if mean is None or capacity == 0:
+            return None
+        return round(mean * (position + 1) / capacity, 3)
+
+    async def position(self, job: Job) -> int | None:
+        return await self._jobs.position(job.id) if job.status is JobStatus.queued else None
+
+    async def view(self, job: Job) -> dict[str, Any]:
+        position = await self.position(job)
+        progress, _ = await self._events.progress(job.id)
+        return job_view(
+            job, position, progress, self.eta_seconds(job, position), asset_url=self._asset_url
+        )
+
+    def output_url(self, job: Job) -> str:
+        if job.status is not JobStatus.complete or not job.outputs:
+            raise Refused(
+                RefusalKind.conflict, "not_complete", f"job {job.id} is {job.status.value}"
+            )
+        return self._asset_url(job.outputs[0])
+
+    async def refreshed(self, job: Job) -> Job:
+        return await self._jobs.get(job.id) or job
+
+    async def has_events(self, job_id: str) -> bool:
+        return await self._events.has_log(job_id)
+
+    def follow(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
+        return self._events.follow(job_id, after)
+
+    def terminal_event(self, job: Job) -> list[tuple[str, dict[str, Any]]]:
+        """The terminal event of a job that ended before this process knew of it (a restart,
+        another replica), rebuilt from the job store."""
+        if job.status is JobStatus.complete:
+            urls = [self._asset_url(a) for a in job.outputs]
+            return [("complete", {"output": urls[0] if urls else None, "outputs": urls})]
+        if job.error is not None:
+            return [("error", {"code": job.error.code, "message": job.error.message})]
+        if job.status is JobStatus.cancelled:
+            return [("error", {"code": "cancelled", "message": "the job was cancelled"})]
+        return []
