@@ -59,6 +59,9 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
+    if started is not None:  # usable at once (an in-process client runs no lifespan)
+        app.state.services = started
+        holder["services"] = started
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
                    reconcile_routes):  # fmt: skip

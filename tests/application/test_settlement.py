@@ -1,0 +1,207 @@
+"""The application layer in process: the real app and use cases on embedded and in-memory
+stores, driven through an ASGI test client (no server process, no worker). Its backend is a
+closed port on 127.0.0.1, so jobs stay queued until a test claims them itself.
+
+What is attacked here: one Settlement ends a job exactly once whichever paths race to end it;
+a cancel that reaches no run is not reported as done; runs lost with their process are
+recovered (requeued while retries last, else failed and billed) through the same settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from render_gateway.api.app import create_app
+from render_gateway.application.services import GatewayServices
+from render_gateway.application.settle import QUEUED, RUNNING, Ending
+from render_gateway.config import (
+    BackendConfig,
+    CatalogEntryConfig,
+    GatewayConfig,
+    ReconcileConfig,
+    StoresConfig,
+    WebhooksConfig,
+)
+from render_gateway.core.jobs import Job, JobStatus, route_key
+
+from support.processes import free_port
+
+BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox"}
+
+
+def config_for(tmp_path: Path, **overrides: Any) -> GatewayConfig:
+    # Only the API and the scheduler: no ClickHouse writer, batcher or reconciler here.
+    settings: dict[str, Any] = {"roles": ["api", "scheduler"], **overrides}
+    return GatewayConfig(
+        data_dir=tmp_path,
+        local_demo_worker=False,
+        anonymous_plan="default",
+        backends=[
+            BackendConfig(
+                id="gone",
+                endpoint=f"http://127.0.0.1:{free_port()}",
+                family="sd",
+                models={"tiny": "demo"},
+            )
+        ],
+        models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
+        reconcile=ReconcileConfig(enabled=False),
+        webhooks=WebhooksConfig(allow_http=True, allow_private_addresses=True),
+        stores=StoresConfig(
+            jobs="memory://",
+            limits="memory://",
+            budgets="memory://",
+            events="memory://",
+            keys="memory://",
+            webhooks="memory://",
+            leases="memory://",
+        ),
+        **settings,
+    )
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[GatewayServices, httpx.AsyncClient]]:
+    services = await GatewayServices.start(config_for(tmp_path))
+    app = create_app(services.config, started=services)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        yield services, client
+    await services.stop()
+
+
+async def submit(client: httpx.AsyncClient, **fields: Any) -> str:
+    response = await client.post("/queue", json={**BODY, **fields})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+async def claim_elsewhere(services: GatewayServices, job_id: str) -> Job:
+    """Claim the job as another process would (that process then dies, or runs it)."""
+    stored = await services.stores.jobs.get(job_id)
+    assert stored is not None
+    key = route_key(stored.request)
+    claimed = await services.stores.jobs.claim(
+        0.0, runnable=frozenset({key}), served=frozenset({key}), holder="other", lease_seconds=30
+    )
+    assert claimed is not None and claimed.id == job_id
+    return claimed
+
+
+async def test_a_queued_cancel_settles_once_with_its_webhook_and_budget(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    services, client = gateway
+    job_id = await submit(client, webhook="http://127.0.0.1:1/hook")
+    assert await services.stores.budgets.open_reservations() == 1
+    first, second = await asyncio.gather(
+        client.delete(f"/jobs/{job_id}"), client.delete(f"/jobs/{job_id}")
+    )
+    assert sorted([first.status_code, second.status_code]) == [204, 409]
+    assert services.settlement.finished["cancelled"] == 1
+    job = (await client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == "cancelled"
+    assert await services.stores.budgets.open_reservations() == 0  # the hold is released
+    assert await services.stores.webhooks.pending() == 1  # one delivery, stored
+    events = [e async for e in services.stores.events.follow(job_id)]
+    assert [(e.event, e.data["code"]) for e in events] == [("error", "cancelled")]
+
+
+async def test_two_paths_racing_to_end_a_job_settle_it_once(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    """A cancel and a ttl expiry (or any two ends) of the same queued job: one wins, the other
+    does nothing at all — no second event, webhook, count or budget settlement."""
+    services, client = gateway
+    job_id = await submit(client, webhook="http://127.0.0.1:1/hook")
+    job = await services.stores.jobs.get(job_id)
+    assert job is not None
+    settle = services.settlement.settle
+    results = await asyncio.gather(
+        *(settle(job, Ending.cancelled(), 1.0, expect=QUEUED) for _ in range(5))
+    )
+    assert sum(r is not None for r in results) == 1
+    assert services.settlement.finished["cancelled"] == 1
+    assert await services.stores.webhooks.pending() == 1
+    assert len([e async for e in services.stores.events.follow(job_id)]) == 1
+    # Once ended, a run's end (expect running) does nothing either.
+    assert await settle(job, Ending.cancelled(), 2.0, expect=RUNNING) is None
+
+
+async def test_a_cancel_that_reaches_no_run_is_accepted_not_done(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    """Running in a process that died: no run answers. The DELETE says so (202, not 204), the
+    cancel is kept on the job, and the recovery cancels the job instead of running it again."""
+    services, client = gateway
+    job_id = await submit(client)
+    await claim_elsewhere(services, job_id)
+    response = await client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 202, response.text
+    assert response.json() == {"id": job_id, "status": "running", "cancel": "recorded"}
+    assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "running"
+    lost = await services.stores.jobs.get(job_id)
+    assert lost is not None and lost.cancel_requested
+    assert await services.runner.recover([lost]) == (0, 0)
+    assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "cancelled"
+    assert (await client.delete(f"/jobs/{job_id}")).status_code == 409
+
+
+async def test_lost_runs_are_requeued_while_retries_last_then_fail_billed(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    services, client = gateway
+    job_id = await submit(client)
+    retries = services.config.max_job_retries
+    for attempt in range(retries):
+        lost = await claim_elsewhere(services, job_id)
+        assert await services.runner.recover([lost]) == (1, 0)
+        again = await services.stores.jobs.get(job_id)
+        assert again is not None and again.status is JobStatus.queued
+        assert again.retries == attempt + 1
+    head = services.stores.jobs.usage_log.head()
+    lost = await claim_elsewhere(services, job_id)
+    assert await services.runner.recover([lost]) == (0, 1)
+    job = (await client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == "error"
+    assert job["error"] == {
+        "code": "interrupted",
+        "message": "the gateway stopped while the job was running",
+        "retriable": True,
+    }
+    assert job["usage"]["status"] == "error"  # a usage record, committed with the status
+    assert services.stores.jobs.usage_log.head() == head + 1
+    assert await services.stores.budgets.open_reservations() == 0
+
+
+async def test_recovery_fail_policy_fails_a_lost_run_at_once(tmp_path: Path) -> None:
+    services = await GatewayServices.start(config_for(tmp_path, recovery="fail"))
+    app = create_app(services.config, started=services)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            job_id = await submit(client)
+            lost = await claim_elsewhere(services, job_id)
+            assert await services.runner.recover([lost]) == (0, 1)
+            assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "error"
+    finally:
+        await services.stop()
+
+
+async def test_a_process_without_the_api_role_serves_no_customer_route(tmp_path: Path) -> None:
+    services = await GatewayServices.start(config_for(tmp_path, roles=["scheduler"]))
+    app = create_app(services.config, started=services)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.post("/queue", json=BODY)).status_code == 404
+    finally:
+        await services.stop()
