@@ -37,8 +37,8 @@ from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.verify import verify_log
+from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record

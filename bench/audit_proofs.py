@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer, public_key_line
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.proofs import ProofNotFound, bundle_from_log, bundle_from_store
+from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record

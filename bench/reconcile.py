@@ -58,7 +58,6 @@ import pyarrow.parquet as pq
 from render_gateway.audit.attestations import SCHEMA
 from render_gateway.audit.cas import ContentStore, digest_of
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
-from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.reconcile import (
     _LISTS,
     Reconciliation,
@@ -75,6 +74,7 @@ from render_gateway.core.usage_records import model_type
 from render_gateway.metering.columns import ARROW_SCHEMA
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
+from render_gateway.stores.objects import ObjectStore, open_object_store
 
 TARGET_S = 10.0
 DAY_US = 86_400_000_000

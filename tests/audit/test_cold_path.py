@@ -26,10 +26,10 @@ from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer, public_key_line, rotate, trusted_verifiers
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import AuditLog, open_audit_log
-from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.proofs import BundleError, ProofNotFound, bundle_from_store, verify_bundle
 from render_gateway.audit.signed_note import NoteSigner, parse_verifier_key
 from render_gateway.audit.verify import verify_log
+from render_gateway.stores.objects import ObjectStore, open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record

@@ -20,7 +20,6 @@ from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import BatchLeaf, leaf_key
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import ObjectStore, open_object_store
 from render_gateway.audit.reconcile import reconcile
 from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
 from render_gateway.audit.verify import verify_log
@@ -29,6 +28,7 @@ from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import ClickHouseUsageStore, open_usage_store
 from render_gateway.metering.writer import UsageWriter
+from render_gateway.stores.objects import ObjectStore, open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 from render_gateway.url_policy import UrlPolicy
 

@@ -24,10 +24,10 @@ from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
 from render_gateway.audit.merkle import MerkleLog
 from render_gateway.audit.node_keys import NodeKey, note_key, sign_node_key_note
-from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.signed_note import Checkpoint, sign_note
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.signing_keys import key_id
+from render_gateway.stores.objects import open_object_store
 from render_gateway.usage_claim import SignedClaim, UsageClaim, sign_claim
 
 from support.audit_fixtures import NODE_KEY, NODE_KEYS, signed_record

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import public_key_line
 from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
-from render_gateway.audit.objects import open_object_store
 from render_gateway.audit.signed_note import NoteSigner, sign_note
+from render_gateway.stores.objects import open_object_store
 
 from support.audit_store import ORIGIN, build_log, verify
 from support.processes import CLI

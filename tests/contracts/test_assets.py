@@ -20,8 +20,7 @@ import pytest
 from render_gateway.stores.assets import ASSET_ID, Asset, AssetNotFound, AssetStore, CorruptAsset
 from render_gateway.stores.object_assets import open_asset_store
 
-# tests/contracts has no conftest of its own: the module-scoped moto server fixture, imported.
-from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto, moto  # noqa: F401
+from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto
 
 
 @dataclass

@@ -14,11 +14,11 @@ import blake3
 import orjson
 import pytest
 
-from render_gateway.audit.objects import open_object_store
 from render_gateway.stores import fsynced_objects
 from render_gateway.stores.assets import AssetNotFound, CorruptAsset
 from render_gateway.stores.fsynced_objects import FsyncedLocalObjects
 from render_gateway.stores.object_assets import open_asset_store
+from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.urls import StoreUrlError
 
 OWNED_ID = "a_" + "Xy" + "0" * 15  # a well-formed random id, fanned out under records/Xy/

@@ -17,7 +17,7 @@ from pathlib import Path
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import open_object_store
+from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -12,8 +12,8 @@ from pathlib import Path
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer, public_key_line
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import open_object_store
 from render_gateway.core.usage_records import UsageRecord
+from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
 from support.audit_fixtures import signed_record

@@ -11,9 +11,9 @@ from render_gateway.api.api_models import ERROR_RESPONSES, ProofBundle
 from render_gateway.api.deps import caller, services
 from render_gateway.api.http import ApiError
 from render_gateway.audit.keys import public_key_line
-from render_gateway.audit.objects import ObjectStoreError
 from render_gateway.audit.proofs import ProofNotFound, bundle_from_log
 from render_gateway.auth.principal import Principal
+from render_gateway.stores.objects import ObjectStoreError
 
 router = APIRouter()
 

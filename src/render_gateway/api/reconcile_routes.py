@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from render_gateway.api.api_models import ERROR_RESPONSES, INSTANT_OR_NULL
 from render_gateway.api.deps import caller, require_admin, services
 from render_gateway.api.http import ApiError
+from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
 from render_gateway.metering.queries import QueryError, TimeRange
 from render_gateway.metering.read_side import UsageStoreError
@@ -42,7 +44,8 @@ async def list_runs(
     svc = services(request)
     require_admin(request, principal, "reconciliation is for admins")
     try:
-        runs = await svc.usage_queries.reconciliation_runs(limit)
+        # The recorded runs live in ClickHouse: read on the read side's own client.
+        runs = await asyncio.to_thread(lambda: recent_runs(svc.usage_queries.store(), limit))
     except UsageStoreError as exc:
         raise ApiError(503, "usage_unavailable", str(exc)) from exc
     state = svc.reconciler.state

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from render_gateway.application.webhooks import WebhookSender
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.reconcile import Reconciliation, reconcile
 from render_gateway.audit.reconcile_runs import record_run
 from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.config import ReconcileConfig
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import UsageStore
+from render_gateway.stores.objects import ObjectStore
 from render_gateway.url_policy import UrlRefused
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ from render_gateway.application.webhooks import WebhookSecret, WebhookSender
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.log import open_audit_log
-from render_gateway.audit.objects import ObjectStore, default_cas_url, open_object_store
 from render_gateway.audit.proof_index import INDEX_FILE as PROOF_INDEX_FILE
 from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import NoteSigner
@@ -73,6 +72,7 @@ from render_gateway.stores.keys import ApiKeyStore, open_key_store
 from render_gateway.stores.leases import LeaseStore, open_lease_store
 from render_gateway.stores.limits import RateLimits, open_rate_limits
 from render_gateway.stores.object_assets import open_asset_store
+from render_gateway.stores.objects import ObjectStore, default_cas_url, open_object_store
 from render_gateway.stores.urls import StoreUrlError, default_store_urls
 from render_gateway.stores.usage_log import UsageStream
 from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store

@@ -11,7 +11,7 @@ import re
 
 from blake3 import blake3
 
-from render_gateway.audit.objects import ObjectExists, ObjectStore, ObjectStoreError
+from render_gateway.stores.objects import ObjectExists, ObjectStore, ObjectStoreError
 
 DEFAULT_PREFIX = "blobs/"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.signed_note import (
     NoteError,
     NoteSigner,
@@ -19,6 +18,7 @@ from render_gateway.audit.signed_note import (
     verifier_key,
 )
 from render_gateway.signing_keys import load_or_create_key, write_private_key
+from render_gateway.stores.objects import ObjectStore
 
 KEY_FILE = Path("audit") / "log.key"
 ROTATIONS_PREFIX = "log/keys/"

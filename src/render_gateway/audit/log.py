@@ -35,8 +35,8 @@ from render_gateway.audit.node_keys import (
     recorded_node_keys,
     sign_node_key_note,
 )
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.signed_note import Checkpoint, NoteSigner, open_note, sign_note
+from render_gateway.stores.objects import ObjectStore
 
 
 class AuditLogCorrupt(RuntimeError):

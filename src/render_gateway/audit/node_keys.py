@@ -18,7 +18,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.signed_note import (
     NoteError,
     NoteSigner,
@@ -27,6 +26,7 @@ from render_gateway.audit.signed_note import (
     sign_note,
 )
 from render_gateway.signing_keys import key_id as key_id_of
+from render_gateway.stores.objects import ObjectStore
 
 NODE_KEYS_PREFIX = "log/node-keys/"
 NOTE_HEADER = "render-gateway audit node key"

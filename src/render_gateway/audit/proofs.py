@@ -20,10 +20,10 @@ from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import CHECKPOINTS_PREFIX, LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import AuditLog
 from render_gateway.audit.merkle import MerkleLog, leaf_hash, verify_inclusion
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import Checkpoint, NoteVerifier, open_note
 from render_gateway.audit.verify import claim_problem
+from render_gateway.stores.objects import ObjectStore
 
 BUNDLE_VERSION = 1
 

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 from render_gateway.audit.attestations import SCHEMA
 from render_gateway.audit.cas import ContentStore, IntegrityError
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
-from render_gateway.audit.objects import ObjectMissing, ObjectStore
 from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import UsageStore
+from render_gateway.stores.objects import ObjectMissing, ObjectStore
 
 Status = Literal["reconciled", "discrepancies", "error"]
 # The totals need four columns; the ids are read again, only when some key differs.

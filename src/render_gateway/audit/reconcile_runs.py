@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from render_gateway.audit.objects import ObjectStore
 from render_gateway.audit.reconcile import Reconciliation
 from render_gateway.audit.signed_note import (
     NoteError,
@@ -22,6 +21,7 @@ from render_gateway.audit.signed_note import (
     sign_note,
 )
 from render_gateway.metering.store import UsageStore
+from render_gateway.stores.objects import ObjectStore
 
 RUNS_PREFIX = "log/reconciliations/"
 HEADER = "render-gateway reconciliation"

@@ -22,10 +22,10 @@ from render_gateway.audit.leaves import (
 )
 from render_gateway.audit.merkle import MerkleLog
 from render_gateway.audit.node_keys import NodeKey, recorded_node_keys
-from render_gateway.audit.objects import ObjectMissing, ObjectStore
 from render_gateway.audit.reconcile_runs import verify_runs
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
 from render_gateway.signing_keys import key_id as node_key_id
+from render_gateway.stores.objects import ObjectMissing, ObjectStore
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
 
 

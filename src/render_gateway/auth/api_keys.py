@@ -11,9 +11,11 @@ refusals (malformed, unknown, revoked) that every store gives alike.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from render_gateway.auth.names import check_name
 from render_gateway.auth.principal import AuthError
@@ -60,3 +62,27 @@ def active_key(found: ApiKey | None) -> ApiKey:
     if found.revoked_at is not None:
         raise AuthError("revoked_api_key", f"the API key {found.key_id} has been revoked")
     return found
+
+
+class ApiKeyStore(Protocol):
+    async def create(self, customer_id: str, plan: str) -> tuple[ApiKey, str]:
+        """A new key and its secret. The secret is not kept anywhere: show it once.
+        ValueError naming a bad customer id or plan."""
+        ...
+
+    async def authenticate(self, secret: str) -> ApiKey:
+        """The active key whose secret this is; AuthError (invalid_api_key or
+        revoked_api_key) otherwise."""
+        ...
+
+    async def list(self) -> builtins.list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key; False if there is no such key or it was revoked already."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; every later call raises RuntimeError."""
+        ...

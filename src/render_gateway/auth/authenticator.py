@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from render_gateway.auth.api_keys import API_KEY_PREFIX
+from render_gateway.auth.api_keys import API_KEY_PREFIX, ApiKeyStore
 from render_gateway.auth.jwt_verifier import JwtVerifier
 from render_gateway.auth.names import check_name
 from render_gateway.auth.principal import AuthError, Principal
-from render_gateway.stores.keys import ApiKeyStore
 
 ANONYMOUS_CUSTOMER = "anonymous"
 

@@ -12,7 +12,7 @@ import typer
 from render_gateway.config import ConfigError, GatewayConfig, Settings, load_settings
 
 if TYPE_CHECKING:
-    from render_gateway.audit.objects import ObjectStore
+    from render_gateway.stores.objects import ObjectStore
 
 ConfigOption = Annotated[Path | None, typer.Option(help="TOML config file.")]
 DataDirOption = Annotated[Path | None, typer.Option(help="Data directory.")]
@@ -63,7 +63,7 @@ def key_for_running_gateway(locked: Exception, api_key: str | None) -> str:
 
 def audit_objects(gateway: GatewayConfig, cas: str | None, create: bool = True) -> ObjectStore:
     """The audit store; readers pass ``create=False`` (a missing directory is an error)."""
-    from render_gateway.audit.objects import default_cas_url, open_object_store
+    from render_gateway.stores.objects import default_cas_url, open_object_store
 
     try:
         return open_object_store(

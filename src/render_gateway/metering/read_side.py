@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.private_file import read_private_text
 from render_gateway.config import MeteringConfig
 from render_gateway.metering.queries import (
@@ -117,7 +116,3 @@ class UsageQueries:
             }
 
         return await asyncio.to_thread(read)
-
-    async def reconciliation_runs(self, limit: int) -> list[dict[str, Any]]:
-        """The latest recorded reconciliation runs, newest first."""
-        return await asyncio.to_thread(lambda: recent_runs(self.store(), limit))

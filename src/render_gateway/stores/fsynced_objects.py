@@ -13,7 +13,7 @@ import builtins
 import os
 from pathlib import Path
 
-from render_gateway.audit.objects import ObjectStore
+from render_gateway.stores.objects import ObjectStore
 
 
 class FsyncedLocalObjects:

@@ -11,37 +11,13 @@ adds ``redis://`` behind the same Protocol and contract tests.
 
 from __future__ import annotations
 
-import builtins
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-from render_gateway.auth.api_keys import ApiKey
+from render_gateway.auth.api_keys import ApiKeyStore
+
+__all__ = ["ApiKeyStore", "open_key_store"]  # the Protocol lives with the key rules (auth)
 from render_gateway.stores.urls import parse_store_url
-
-
-class ApiKeyStore(Protocol):
-    async def create(self, customer_id: str, plan: str) -> tuple[ApiKey, str]:
-        """A new key and its secret. The secret is not kept anywhere: show it once.
-        ValueError naming a bad customer id or plan."""
-        ...
-
-    async def authenticate(self, secret: str) -> ApiKey:
-        """The active key whose secret this is; AuthError (invalid_api_key or
-        revoked_api_key) otherwise."""
-        ...
-
-    async def list(self) -> builtins.list[ApiKey]:
-        """Every key, revoked ones included, oldest first."""
-        ...
-
-    async def revoke(self, key_id: str) -> bool:
-        """Revoke a key; False if there is no such key or it was revoked already."""
-        ...
-
-    async def close(self) -> None:
-        """Release the store; every later call raises RuntimeError."""
-        ...
 
 
 def open_key_store(url: str, clock: Callable[[], float] = time.time) -> ApiKeyStore:

@@ -24,7 +24,6 @@ from urllib.parse import unquote, urlsplit
 import blake3
 import orjson
 
-from render_gateway.audit.objects import ObjectExists, ObjectMissing, ObjectStore, open_object_store
 from render_gateway.core.ids import new_asset_id
 from render_gateway.stores.assets import (
     ASSET_ID,
@@ -35,6 +34,12 @@ from render_gateway.stores.assets import (
     CorruptAsset,
 )
 from render_gateway.stores.fsynced_objects import FsyncedLocalObjects
+from render_gateway.stores.objects import (
+    ObjectExists,
+    ObjectMissing,
+    ObjectStore,
+    open_object_store,
+)
 from render_gateway.stores.urls import parse_store_url
 
 SETTING = "gateway.stores.assets"

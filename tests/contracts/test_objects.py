@@ -17,7 +17,7 @@ from blake3 import blake3
 from botocore.exceptions import ClientError
 
 from render_gateway.audit.cas import ContentStore, IntegrityError
-from render_gateway.audit.objects import (
+from render_gateway.stores.objects import (
     ObjectExists,
     ObjectMissing,
     ObjectStore,
