@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "render_gateway"
 STORAGE_LIBRARIES = ("sqlite3", "chdb", "duckdb", "pyarrow", "obstore", "clickhouse_connect")
-STORE_IMPLEMENTATIONS = ("sqlite_", "memory_", "object_assets", "fsynced_objects")
+STORE_IMPLEMENTATIONS = ("sqlite_", "memory_", "object_assets", "local_objects")
 # Packages in layer order: each may import those before it, never those after.
 LAYERS = ("core", "stores", "metering", "application", "api")
 

@@ -17,6 +17,7 @@ from blake3 import blake3
 from botocore.exceptions import ClientError
 
 from render_gateway.audit.cas import ContentStore, IntegrityError
+from render_gateway.stores.local_objects import LocalDirectoryObjects
 from render_gateway.stores.objects import (
     ObjectExists,
     ObjectMissing,
@@ -34,8 +35,11 @@ class Backend:
     # Writes bytes under a key behind the store's back, as tampering at rest would.
     overwrite: Callable[[str, bytes], None]
     options: dict[str, str | bool] = field(default_factory=dict)
+    directory: Path | None = None  # the plain-POSIX implementation, over this directory
 
     def open(self) -> ObjectStore:
+        if self.directory is not None:
+            return LocalDirectoryObjects(self.directory)
         return open_object_store(self.url, **self.options)
 
 
@@ -64,10 +68,13 @@ def _s3_backend(moto: Moto) -> Backend:
     return Backend(url=f"s3://{BUCKET}/{prefix}", overwrite=overwrite, options=options)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "directory", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
+    if request.param == "local":  # obstore's LocalStore (the audit CAS's file://)
         return _local_backend(tmp_path)
+    if request.param == "directory":  # LocalDirectoryObjects (the assets' file://)
+        local = _local_backend(tmp_path)
+        return Backend(local.url, local.overwrite, directory=tmp_path / "objects")
     return _s3_backend(request.getfixturevalue("moto"))
 
 

@@ -14,11 +14,10 @@ import blake3
 import orjson
 import pytest
 
-from render_gateway.stores import fsynced_objects
+from render_gateway.stores import local_objects
 from render_gateway.stores.assets import AssetNotFound, CorruptAsset
-from render_gateway.stores.fsynced_objects import FsyncedLocalObjects
+from render_gateway.stores.local_objects import LocalDirectoryObjects
 from render_gateway.stores.object_assets import open_asset_store
-from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.urls import StoreUrlError
 
 OWNED_ID = "a_" + "Xy" + "0" * 15  # a well-formed random id, fanned out under records/Xy/
@@ -117,25 +116,30 @@ async def test_an_unreadable_record_is_corrupt(tmp_path: Path, record: bytes) ->
 def test_every_put_syncs_the_object_and_its_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """obstore's LocalStore does not fsync; the wrapper must, or a power loss can lose bytes a
-    finished job names. A real fsync is still called: the spy only records the paths."""
+    """obstore's LocalStore does not fsync; the assets' directory store must, or a power loss
+    can lose bytes a finished job names: each object is fsynced through its open file, and
+    each new directory entry (the object's, and those of directories the put made) through its
+    directory. A real fsync is still called: the spy only records the directories."""
     root = tmp_path / "objects"
     synced: list[Path] = []
-    real_fsync_path = fsynced_objects.fsync_path
+    real_fsync_path = local_objects.fsync_path
 
     def recording_fsync_path(path: Path) -> None:
         synced.append(path)
         real_fsync_path(path)
 
-    monkeypatch.setattr(fsynced_objects, "fsync_path", recording_fsync_path)
-    objects = FsyncedLocalObjects(open_object_store(root.as_uri()), root)
-    assert objects.put_new("ab/cd/key", b"v") is True
-    assert synced == [root / "ab/cd/key", root / "ab/cd", root / "ab", root]
+    monkeypatch.setattr(local_objects, "fsync_path", recording_fsync_path)
+    objects = LocalDirectoryObjects(root)
+    assert objects.put_new("ab/cd/key", b"v") is True  # new directories: synced up to the root
+    assert synced == [root, root / "ab", root / "ab/cd"]
     synced.clear()
-    assert objects.put_new("ab/cd/key", b"v") is False  # a racing writer may not have synced
-    assert synced[0] == root / "ab/cd/key"
+    assert objects.put_new("ab/cd/other", b"w") is True  # a new entry in an existing directory
+    assert synced == [root / "ab/cd"]
+    synced.clear()
+    assert objects.put_new("ab/cd/key", b"v") is False  # already there, synced by its writer
+    assert synced == []
     assert objects.get("ab/cd/key") == b"v" and objects.exists("ab/cd/key")
-    assert objects.list("ab/") == ["ab/cd/key"]
+    assert sorted(objects.list("ab/")) == ["ab/cd/key", "ab/cd/other"]
 
 
 async def test_a_file_url_creates_its_directory(tmp_path: Path) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import blake3
 import orjson
@@ -33,7 +31,7 @@ from render_gateway.stores.assets import (
     AssetStore,
     CorruptAsset,
 )
-from render_gateway.stores.fsynced_objects import FsyncedLocalObjects
+from render_gateway.stores.local_objects import LocalDirectoryObjects
 from render_gateway.stores.objects import (
     ObjectExists,
     ObjectMissing,
@@ -51,11 +49,11 @@ def open_asset_store(url: str, **options: str | bool) -> AssetStore:
     ``s3://bucket/prefix``). ``options`` go to the S3 client as for ``audit.cas_url``
     (``endpoint``, ``region``, credentials; by default obstore reads ``AWS_*``)."""
     parsed = parse_store_url("assets", url, ("file", "s3"))
-    objects = open_object_store(url, setting_name=SETTING, create=True, **options)
-    if parsed.scheme == "file":  # make each write durable before it is relied on
-        # Decoded as obstore decodes it (StoreUrl.path keeps %20 and the like as written).
-        objects = FsyncedLocalObjects(objects, Path(unquote(urlsplit(url).path)))
-    return ObjectAssetStore(objects)
+    if parsed.scheme == "file":  # durable on return, and cheaper than obstore's LocalStore
+        if options:
+            raise ValueError(f"{SETTING}: file:// URLs take no options, got {sorted(options)}")
+        return ObjectAssetStore(LocalDirectoryObjects(parsed.sqlite_path(), url))
+    return ObjectAssetStore(open_object_store(url, setting_name=SETTING, create=True, **options))
 
 
 def blob_key(digest: str) -> str:

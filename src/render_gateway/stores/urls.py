@@ -25,6 +25,7 @@ class StoreUrl:
     url: str
 
     def sqlite_path(self) -> Path:
+        """The path of a ``sqlite://`` or ``file://`` URL."""
         assert self.path is not None
         return self.path
 
