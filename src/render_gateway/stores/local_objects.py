@@ -6,7 +6,8 @@ staging file, a hard link, then a separate open to fsync); here one write is: a 
 file in the key's directory, written and fsynced, hard-linked into place (``link`` fails if the
 key exists: create-only, and a reader never sees a partial object), then the directory fsynced
 so the new entry survives a power loss (and each directory the put had to create, in its
-parent). ``bench/gateway_overhead.py`` measured the difference (docs/BENCHMARKS.md).
+parent). A 1 KB put costs about half what obstore's store plus a separate fsync of every
+directory did (docs/BENCHMARKS.md, issue 11).
 
 The layout is the obstore one (a key is a relative path under the root), so a directory either
 wrote is read by the other; temporary files (``.tmp-…``, and obstore's ``key#N`` staging files)
