@@ -5,14 +5,13 @@ process can split. The blocking SQLite calls run in a thread, never on the event
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from render_gateway.stores.sqlite_database import SqliteDatabase
 from render_gateway.stores.webhooks import KEEP_FINISHED_SECONDS, PendingDelivery, check_claim
 
 T = TypeVar("T")
@@ -46,10 +45,8 @@ class SqliteWebhookDeliveries:
         clock: Callable[[], float] = time.time,
         keep_finished_seconds: float = KEEP_FINISHED_SECONDS,
     ) -> None:
-        self._path, self._clock, self._keep_finished = path, clock, keep_finished_seconds
-        self._lock = threading.Lock()  # one connection, used by one thread at a time
-        self._conn: sqlite3.Connection | None = None  # opened in a thread on first use
-        self._closed = False
+        self._clock, self._keep_finished = clock, keep_finished_seconds
+        self._db = SqliteDatabase(path, SCHEMA, "webhook store")
 
     async def enqueue(self, delivery_id: str, url: str, body: bytes, now: float) -> bool:
         def insert(conn: sqlite3.Connection) -> bool:
@@ -63,7 +60,7 @@ class SqliteWebhookDeliveries:
             )
             return cursor.rowcount == 1
 
-        return await self._call(insert, write=True)
+        return await self._db.call(insert, write=True)
 
     async def claim_due(
         self, now: float, limit: int, lease_seconds: float
@@ -86,7 +83,7 @@ class SqliteWebhookDeliveries:
                 for row in rows
             ]
 
-        return await self._call(claim, write=True)
+        return await self._db.call(claim, write=True)
 
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, last_error: str
@@ -98,7 +95,7 @@ class SqliteWebhookDeliveries:
                 (attempts, next_attempt_at, last_error, delivery_id),
             )
 
-        await self._call(update, write=True)
+        await self._db.call(update, write=True)
 
     async def finish(self, delivery_id: str, delivered: bool, attempts: int, detail: str) -> None:
         def move(conn: sqlite3.Connection) -> None:
@@ -110,65 +107,18 @@ class SqliteWebhookDeliveries:
             )
             self._forget_old_finished(conn)
 
-        await self._call(move, write=True)
+        await self._db.call(move, write=True)
 
     async def pending(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
 
-        return await self._call(count, write=False)
+        return await self._db.call(count, write=False)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close)
+        await self._db.close()
 
     def _forget_old_finished(self, conn: sqlite3.Connection) -> None:
         # Indexed by time: a cheap range delete inside the caller's transaction.
         horizon = self._clock() - self._keep_finished
         conn.execute("DELETE FROM finished WHERE finished_at < ?", (horizon,))
-
-    def _close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    async def _call(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        return await asyncio.to_thread(self._run, operation, write)
-
-    def _run(self, operation: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the webhook store is closed")
-            if self._conn is None:
-                self._conn = self._open()
-            conn = self._conn
-            # A write takes the database's write lock before it reads (IMMEDIATE): two
-            # claimers cannot both read a delivery as due and both lease it.
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = operation(conn)
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled it back itself already
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
-    def _open(self) -> sqlite3.Connection:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode, so the explicit BEGIN above is the only transaction; a busy
-        # timeout, so a process waits for another's short write rather than failing.
-        conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=5.0
-        )
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # A few writes per webhook, each worth keeping through a power cut: an enqueue
-            # acknowledged and then lost would be a webhook never sent.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
