@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.config import MeteringConfig
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.metering.queries import TimeRange
@@ -119,7 +120,8 @@ async def test_the_read_side_reads_what_the_writer_wrote(
     assert [row["model"] for row in report["rows"]] == [usage(0).model_name]
     board = await queries.dashboard(last_hour(), None, None)
     assert sum(minute["requests"] for minute in board["per_minute"]) == 6
-    assert await queries.reconciliation_runs(10) == []
+    # The recorded reconciliation runs, as GET /reconciliations reads them on this client.
+    assert await asyncio.to_thread(recent_runs, queries.store(), 10) == []
 
 
 async def test_an_unreachable_store_is_an_error_to_the_caller_and_none_to_the_reconciler(
