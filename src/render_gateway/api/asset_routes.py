@@ -12,13 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from render_gateway.api.api_models import ERROR_RESPONSES
 from render_gateway.api.deps import caller, is_admin, services
 from render_gateway.api.http import ApiError
-from render_gateway.application.asset_inputs import (
-    IMAGE_TYPES,
-    INPUT_FIELDS,
-    AssetReference,
-    NotAnAsset,
-    asset_reference,
-)
 from render_gateway.application.asset_urls import UrlCheck, is_signed
 from render_gateway.auth.principal import Principal
 from render_gateway.stores.assets import Asset, AssetNotFound, CorruptAsset, is_asset_id
@@ -69,65 +62,14 @@ def _own_hosts(request: Request) -> set[str]:
     return hosts
 
 
-async def _readable_input(
-    request: Request, principal: Principal, name: str, reference: AssetReference
-) -> Asset:
-    """The asset an input names, if the caller may read it: with a valid signed URL, or as
-    its owner (or an admin). 400 otherwise, naming the field."""
-    svc = services(request)
-    check = (
-        svc.asset_urls.check(reference.asset_id, reference.query)
-        if is_signed(reference.query)
-        else UrlCheck.invalid
-    )
-    details = {"field": name, "asset_id": reference.asset_id}
-    try:
-        found = await svc.assets.describe(reference.asset_id)
-    except AssetNotFound:
-        found = None
-    readable = found is not None and (
-        check is UrlCheck.valid
-        or found.owner == principal.customer_id
-        or is_admin(request, principal)
-    )
-    if found is None or not readable:
-        why = (
-            "its signed URL has expired" if check is UrlCheck.expired else "no such asset is yours"
-        )
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"{name}: cannot use asset {reference.asset_id} ({why})",
-            details,
-        )
-    if found.content_type not in IMAGE_TYPES:
-        raise ApiError(
-            400, "invalid_request",
-            f"{name}: asset {reference.asset_id} is {found.content_type}, not an image", details,
-        )  # fmt: skip
-    return found
-
-
 async def admit_asset_inputs(
     request: Request, principal: Principal, generation: dict[str, Any]
 ) -> dict[str, Any]:
-    """``image``/``mask`` naming an asset of this gateway, checked for the caller and stored as
-    the plain path (inlined as bytes before forwarding: asset_inputs.py); other values as
-    given."""
-    admitted = dict(generation)
-    hosts = _own_hosts(request)
-    for name in INPUT_FIELDS:
-        value = generation.get(name)
-        if not isinstance(value, str):
-            continue
-        try:
-            reference = asset_reference(value, hosts)
-        except NotAnAsset as exc:
-            raise ApiError(400, "invalid_request", f"{name}: {exc}", {"field": name}) from exc
-        if reference is not None:
-            await _readable_input(request, principal, name, reference)
-            admitted[name] = reference.path
-    return admitted
+    """``image``/``mask`` naming an asset of this gateway, checked for the caller
+    (application/asset_inputs.py); the request supplies the hosts its URLs may name."""
+    return await services(request).asset_inputs.admit(
+        principal, is_admin(request, principal), generation, _own_hosts(request)
+    )
 
 
 @router.get(

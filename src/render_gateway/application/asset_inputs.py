@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from render_gateway.application.asset_urls import AssetUrlSigner, UrlCheck, is_signed
+from render_gateway.application.refusals import RefusalKind, Refused
+from render_gateway.auth.principal import Principal
 from render_gateway.inference.backend import BackendError
-from render_gateway.stores.assets import AssetNotFound, AssetStore, CorruptAsset, is_asset_id
+from render_gateway.stores.assets import (
+    Asset,
+    AssetNotFound,
+    AssetStore,
+    CorruptAsset,
+    is_asset_id,
+)
 
 INPUT_FIELDS = ("image", "mask")
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -82,3 +91,64 @@ async def inline_asset_inputs(assets: AssetStore, request: Mapping[str, Any]) ->
             ) from None  # fmt: skip
         generation[name] = f"data:{found.content_type};base64,{base64.b64encode(data).decode()}"
     return {**request, "generation": generation}
+
+
+class AssetInputs:
+    """The submit-time rule: each input naming an asset of this gateway must be readable by the
+    caller (owner, admin, or a valid signed URL) and an image; it is kept as the plain path."""
+
+    def __init__(self, assets: AssetStore, urls: AssetUrlSigner) -> None:
+        self._assets, self._urls = assets, urls
+
+    async def admit(
+        self,
+        principal: Principal,
+        admin: bool,
+        generation: dict[str, Any],
+        own_hosts: Collection[str],
+    ) -> dict[str, Any]:
+        """``generation`` with its asset inputs admitted; invalid refusals naming the field."""
+        admitted = dict(generation)
+        for name in INPUT_FIELDS:
+            value = generation.get(name)
+            if not isinstance(value, str):
+                continue
+            try:
+                reference = asset_reference(value, own_hosts)
+            except NotAnAsset as exc:
+                raise Refused(
+                    RefusalKind.invalid, "invalid_request", f"{name}: {exc}", {"field": name}
+                ) from exc
+            if reference is not None:
+                await self._readable(principal, admin, name, reference)
+                admitted[name] = reference.path
+        return admitted
+
+    async def _readable(
+        self, principal: Principal, admin: bool, name: str, reference: AssetReference
+    ) -> Asset:
+        check = (
+            self._urls.check(reference.asset_id, reference.query)
+            if is_signed(reference.query)
+            else UrlCheck.invalid
+        )
+        details = {"field": name, "asset_id": reference.asset_id}
+        try:
+            found: Asset | None = await self._assets.describe(reference.asset_id)
+        except AssetNotFound:
+            found = None
+        readable = found is not None and (
+            check is UrlCheck.valid or found.owner == principal.customer_id or admin
+        )
+        if found is None or not readable:
+            why = (
+                "its signed URL has expired"
+                if check is UrlCheck.expired
+                else "no such asset is yours"
+            )
+            message = f"{name}: cannot use asset {reference.asset_id} ({why})"
+            raise Refused(RefusalKind.invalid, "invalid_request", message, details)
+        if found.content_type not in IMAGE_TYPES:
+            message = f"{name}: asset {reference.asset_id} is {found.content_type}, not an image"
+            raise Refused(RefusalKind.invalid, "invalid_request", message, details)
+        return found

@@ -20,6 +20,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from render_gateway.application.admission import Admission
+from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
 from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
@@ -259,6 +260,7 @@ class GatewayServices:
     job_cases: JobCases
     run_now: RunNow
     usage_queries: UsageQueries  # the read side: its own ClickHouse client
+    asset_inputs: AssetInputs
     audit: AuditParts
     reconciler: Reconciler
     clients: dict[str, InferenceBackend]
@@ -383,8 +385,9 @@ class GatewayServices:
         run_now = RunNow(admission, dispatcher, stores.assets, meter, settlement, asset_urls.url)
         services = cls(
             config, stores, pool, session, authenticator, asset_urls, meter, webhooks,
-            settlement, runner, job_cases, run_now, usage_queries, audit, reconciler, clients,
-            node_keys, local_worker, estimates,
+            settlement, runner, job_cases, run_now, usage_queries,
+            AssetInputs(stores.assets, asset_urls), audit, reconciler, clients, node_keys,
+            local_worker, estimates,
         )  # fmt: skip
         services._offered = offered
         meter.on_record = services._on_record
