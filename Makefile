@@ -10,7 +10,7 @@ WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install run worker demo-model test test-fast lint format bench openapi clean
+.PHONY: install system-deps run worker demo-model test test-fast lint format bench openapi clean
 
 install: $(STAMP)
 
@@ -39,11 +39,17 @@ worker: install demo-model
 	$(VENV)/bin/render-gateway worker --host $(HOST) --port $(WORKER_PORT) \
 		--data-dir $(DATA_DIR)/worker --model demo=$(DEMO_MODEL)
 
-test: install
+# Debian packages the tests start as real servers (redis-server on free ports, never 6379).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+		echo "installing Debian's redis-server (the tests start their own on free ports)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 # Unit, contract and in-process application tests: no worker or gateway process is started.
-test-fast: install
+test-fast: install system-deps
 	$(PY) -m pytest -q -m "not processes"
 
 lint: install
