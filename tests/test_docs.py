@@ -25,6 +25,7 @@ from render_gateway.config import (
     ReconcileConfig,
     RemoteImagesConfig,
     RetryConfig,
+    SharedConfig,
     StoresConfig,
     WebhooksConfig,
     WorkerConfig,
@@ -61,6 +62,7 @@ def _fields(model: type[BaseModel]) -> list[str]:
             ("[gateway.reconcile]", ReconcileConfig),
             ("[gateway.webhooks]", WebhooksConfig),
             ("[gateway.stores]", StoresConfig),
+            ("[gateway.shared]", SharedConfig),
         )
         for name in _fields(model)
     ],

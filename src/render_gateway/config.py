@@ -193,6 +193,14 @@ class StoresConfig(_Section):
     leases: str | None = Field(default=None, max_length=2048)  # sqlite:///path or memory://
 
 
+class SharedConfig(_Section):
+    """Where the concerns many replicas share live: one Redis. Setting ``url`` moves limits,
+    budgets, events and cancels, API keys, webhook deliveries and leases there; a per-concern
+    URL in ``[gateway.stores]`` still overrides it."""
+
+    url: str | None = Field(default=None, pattern=r"^rediss?://", max_length=2048)
+
+
 Role = Literal["api", "scheduler", "metering", "audit", "reconciler"]
 ROLES: tuple[Role, ...] = ("api", "scheduler", "metering", "audit", "reconciler")
 
@@ -244,6 +252,7 @@ class GatewayConfig(_Section):
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     stores: StoresConfig = Field(default_factory=StoresConfig)
+    shared: SharedConfig = Field(default_factory=SharedConfig)
     # What this process runs (serve --roles): the HTTP API, the scheduler loop, and the three
     # singletons, each of which runs only while this process holds its lease.
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)

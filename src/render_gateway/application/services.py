@@ -104,9 +104,16 @@ def jwt_settings(config: JwtConfig) -> JwtSettings:
     )
 
 
+# What ``[gateway.shared] url`` moves to Redis. The jobs store (and the usage stream that commits
+# with it) and the assets are not among them yet: the Redis job store is still to come.
+SHARED_CONCERNS = ("limits", "budgets", "events", "keys", "webhooks", "leases")
+
+
 def store_urls(config: GatewayConfig) -> dict[str, str]:
     """Each concern's URL: the configured one, or the embedded default under the data dir."""
     defaults = default_store_urls(Path(config.data_dir))
+    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
+        defaults.update({name: config.shared.url for name in SHARED_CONCERNS})
     configured = config.stores.model_dump()
     urls = {name: configured.get(name) or default for name, default in defaults.items()}
     if configured.get("usage") and configured["usage"] != urls["jobs"]:
@@ -345,7 +352,10 @@ class GatewayServices:
             estimator,
             on_learned=estimates.learned,
         )
-        await restore_budgets(stores.jobs, meter)
+        if store_urls(config)["budgets"].startswith("memory:"):
+            # An in-process ledger starts empty: rebuild it from this process's log. A shared,
+            # durable budget store already holds it (adding again would count it twice).
+            await restore_budgets(stores.jobs, meter)
         node_keys: dict[str, bytes] = {}
         meter.node_keys = node_keys  # claims are checked with them as each request settles
         audit = await asyncio.to_thread(open_audit_parts, config, data)
