@@ -28,11 +28,25 @@ def test_the_shared_redis_takes_the_shared_concerns_and_an_override_wins(tmp_pat
         stores=StoresConfig(events="memory://"),
     )
     urls = store_urls(config)
+    # Leases stay per process while the jobs (and their usage stream) do: a singleton must
+    # consume the stream of the process it runs in.
     assert {name for name in SHARED_CONCERNS if urls[name] == shared} == (
-        set(SHARED_CONCERNS) - {"events"}
+        set(SHARED_CONCERNS) - {"events", "leases"}
     )
     assert urls["events"] == "memory://"
-    assert urls["jobs"].startswith("sqlite://")  # the Redis job store is still to come
+    assert urls["leases"] == f"sqlite://{tmp_path.resolve() / 'leases.db'}"
+    assert urls["jobs"].startswith("sqlite://")
+
+
+def test_with_the_jobs_on_the_shared_redis_the_leases_follow(tmp_path: Path) -> None:
+    shared = "redis://127.0.0.1:7000/2"
+    config = GatewayConfig(
+        data_dir=tmp_path,
+        shared=SharedConfig(url=shared),
+        stores=StoresConfig(jobs=shared),
+    )
+    urls = store_urls(config)
+    assert all(urls[name] == shared for name in SHARED_CONCERNS)
 
 
 def test_a_usage_stream_apart_from_the_jobs_is_refused(tmp_path: Path) -> None:

@@ -112,9 +112,16 @@ SHARED_CONCERNS = ("limits", "budgets", "events", "keys", "webhooks", "leases")
 def store_urls(config: GatewayConfig) -> dict[str, str]:
     """Each concern's URL: the configured one, or the embedded default under the data dir."""
     defaults = default_store_urls(Path(config.data_dir))
-    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
-        defaults.update({name: config.shared.url for name in SHARED_CONCERNS})
     configured = config.stores.model_dump()
+    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
+        shared = set(SHARED_CONCERNS)
+        jobs = configured.get("jobs") or defaults["jobs"]
+        if not jobs.startswith(("redis:", "rediss:")):
+            # The singletons consume this process's own usage stream while the jobs are not
+            # shared: their leases stay per process, or a replica's records would never be
+            # written (another replica would hold the metering lease for a stream it cannot see).
+            shared.discard("leases")
+        defaults.update({name: config.shared.url for name in shared})
     urls = {name: configured.get(name) or default for name, default in defaults.items()}
     if configured.get("usage") and configured["usage"] != urls["jobs"]:
         raise StoreUrlError(
