@@ -74,7 +74,7 @@ from render_gateway.stores.leases import LeaseStore, open_lease_store
 from render_gateway.stores.limits import RateLimits, open_rate_limits
 from render_gateway.stores.object_assets import open_asset_store
 from render_gateway.stores.objects import ObjectStore, default_cas_url, open_object_store
-from render_gateway.stores.urls import StoreUrlError, default_store_urls
+from render_gateway.stores.urls import store_urls
 from render_gateway.stores.usage_log import UsageStream
 from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store
 
@@ -102,33 +102,6 @@ def jwt_settings(config: JwtConfig) -> JwtSettings:
         plan_claim=config.plan_claim,
         default_plan=config.default_plan,
     )
-
-
-# What ``[gateway.shared] url`` moves to Redis. The jobs store (and the usage stream that commits
-# with it) and the assets are not among them yet: the Redis job store is still to come.
-SHARED_CONCERNS = ("limits", "budgets", "events", "keys", "webhooks", "leases")
-
-
-def store_urls(config: GatewayConfig) -> dict[str, str]:
-    """Each concern's URL: the configured one, or the embedded default under the data dir."""
-    defaults = default_store_urls(Path(config.data_dir))
-    configured = config.stores.model_dump()
-    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
-        shared = set(SHARED_CONCERNS)
-        jobs = configured.get("jobs") or defaults["jobs"]
-        if not jobs.startswith(("redis:", "rediss:")):
-            # The singletons consume this process's own usage stream while the jobs are not
-            # shared: their leases stay per process, or a replica's records would never be
-            # written (another replica would hold the metering lease for a stream it cannot see).
-            shared.discard("leases")
-        defaults.update({name: config.shared.url for name in shared})
-    urls = {name: configured.get(name) or default for name, default in defaults.items()}
-    if configured.get("usage") and configured["usage"] != urls["jobs"]:
-        raise StoreUrlError(
-            "gateway.stores.usage: the usage stream commits with the jobs (a record exists iff "
-            f"its request ended), so it must be the jobs store ({urls['jobs']!r}) or unset"
-        )
-    return urls
 
 
 @dataclass

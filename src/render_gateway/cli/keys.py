@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,13 +18,12 @@ keys_app = typer.Typer(help="API keys (stored as hashes; shown once).", no_args_
 
 
 def key_store(gateway: GatewayConfig) -> ApiKeyStore:
-    # The store the gateway opens ([gateway.stores] keys, else keys.db in the data dir), without
-    # importing the composition root for it.
+    # The store the gateway opens ([gateway.stores] keys, else the shared Redis, else keys.db in
+    # the data dir).
     from render_gateway.stores.keys import open_key_store
-    from render_gateway.stores.urls import default_store_urls
+    from render_gateway.stores.urls import store_urls
 
-    url = gateway.stores.keys or default_store_urls(Path(gateway.data_dir))["keys"]
-    return open_key_store(url)
+    return open_key_store(store_urls(gateway)["keys"])
 
 
 async def first_admin_key(gateway: GatewayConfig) -> str | None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from render_gateway.config import GatewayConfig
+
 CONCERNS = ("jobs", "limits", "budgets", "events", "keys", "webhooks", "assets", "usage", "leases")
 
 
@@ -67,3 +69,30 @@ def default_store_urls(data_dir: Path) -> dict[str, str]:
         "usage": jobs,
         "leases": url("sqlite", "leases.db"),
     }
+
+
+# What ``[gateway.shared] url`` moves to Redis. The jobs store (and the usage stream that commits
+# with it) and the assets are not among them yet: the Redis job store is still to come.
+SHARED_CONCERNS = ("limits", "budgets", "events", "keys", "webhooks", "leases")
+
+
+def store_urls(config: GatewayConfig) -> dict[str, str]:
+    """Each concern's URL: the configured one, or the embedded default under the data dir."""
+    defaults = default_store_urls(Path(config.data_dir))
+    configured = config.stores.model_dump()
+    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
+        shared = set(SHARED_CONCERNS)
+        jobs = configured.get("jobs") or defaults["jobs"]
+        if not jobs.startswith(("redis:", "rediss:")):
+            # The singletons consume this process's own usage stream while the jobs are not
+            # shared: their leases stay per process, or a replica's records would never be
+            # written (another replica would hold the metering lease for a stream it cannot see).
+            shared.discard("leases")
+        defaults.update({name: config.shared.url for name in shared})
+    urls = {name: configured.get(name) or default for name, default in defaults.items()}
+    if configured.get("usage") and configured["usage"] != urls["jobs"]:
+        raise StoreUrlError(
+            "gateway.stores.usage: the usage stream commits with the jobs (a record exists iff "
+            f"its request ended), so it must be the jobs store ({urls['jobs']!r}) or unset"
+        )
+    return urls

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from render_gateway.application.services import SHARED_CONCERNS, store_urls
 from render_gateway.config import GatewayConfig, SharedConfig, StoresConfig
-from render_gateway.stores.urls import StoreUrlError
+from render_gateway.stores.urls import SHARED_CONCERNS, StoreUrlError, store_urls
 
 
 def test_unset_everything_is_embedded_under_the_data_dir(tmp_path: Path) -> None:
