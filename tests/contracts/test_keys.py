@@ -1,17 +1,20 @@
 """One contract for the API key store (stores/keys.py), run against every implementation.
 
-``sqlite`` is a real file under tmp_path, ``memory`` this process's store; the next issue adds
-Redis to ``BACKENDS``. The tests use the Protocol's operations only. ``replica`` is a second
-handle on the same keys, as the CLI or another gateway process opens it: for SQLite a second
-store on the same file, for memory (one process is the whole deployment) the same object.
-What only one implementation does (bytes on disk, file modes) is in tests/stores/.
+``sqlite`` is a real file under tmp_path, ``memory`` this process's store, ``redis`` a real
+redis-server (the module's ``redis_server``), each test under a fresh key namespace. The tests
+use the Protocol's operations only. ``replica`` is a second handle on the same keys, as the CLI
+or another gateway process opens it: for SQLite a second store on the same file, for Redis a
+second client on the same namespace, for memory (one process is the whole deployment) the same
+object. What only one implementation does (bytes on disk, file modes) is in tests/stores/.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,12 @@ import pytest
 from render_gateway.auth.api_keys import ApiKey
 from render_gateway.auth.principal import AuthError
 from render_gateway.stores.keys import ApiKeyStore, open_key_store
+from render_gateway.stores.redis_client import key as redis_key
+from render_gateway.stores.redis_client import open_redis
+from render_gateway.stores.redis_keys import RedisApiKeyStore
 from render_gateway.stores.urls import StoreUrlError
+
+from support.redis_server import RedisServer
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 Clock = Callable[[], float]
@@ -48,11 +56,21 @@ def _memory_backend(tmp_path: Path) -> Backend:
     )
 
 
+def _redis_backend(url: str) -> Backend:
+    namespace = redis_key("keys", uuid.uuid4().hex)  # this test's keys only: list() starts empty
+    return Backend(
+        open=lambda clock: RedisApiKeyStore(open_redis(url), clock, namespace),
+        replica=lambda _store: RedisApiKeyStore(open_redis(url), namespace=namespace),
+    )
+
+
 BACKENDS = {"sqlite": _sqlite_backend, "memory": _memory_backend}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "redis":
+        return _redis_backend(request.getfixturevalue("redis_server").url)
     return BACKENDS[request.param](tmp_path)
 
 
@@ -230,13 +248,37 @@ async def test_a_closed_store_refuses_work(store: ApiKeyStore) -> None:
         await store.revoke(key.key_id)
 
 
-@pytest.mark.parametrize("url", ["memroy://", "file:///tmp/keys", "redis://127.0.0.1"])
+@pytest.mark.parametrize("url", ["memroy://", "file:///tmp/keys", "postgres://127.0.0.1"])
 def test_an_unknown_scheme_names_the_setting(url: str) -> None:
-    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.keys.*sqlite://, memory://"):
+    with pytest.raises(
+        StoreUrlError, match=r"gateway\.stores\.keys.*sqlite://, memory://, redis://, rediss://"
+    ):
         open_key_store(url)
 
 
-@pytest.mark.parametrize("url", ["sqlite://keys.db", "sqlite:keys.db", "sqlite://host/keys.db"])
-def test_a_sqlite_url_needs_an_absolute_path(url: str) -> None:
-    with pytest.raises(StoreUrlError, match="absolute path"):
-        open_key_store(url)
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+async def test_a_redis_url_opens_the_redis_store(scheme: str) -> None:
+    store = open_key_store(f"{scheme}://127.0.0.1:1/0")  # opening does no I/O
+    assert isinstance(store, RedisApiKeyStore)
+    await store.close()
+
+
+async def test_the_redis_store_keeps_digests_never_secrets(redis_server: RedisServer) -> None:
+    namespace = redis_key("keys", uuid.uuid4().hex)
+    store = RedisApiKeyStore(open_redis(redis_server.url), namespace=namespace)
+    made, secret = await store.create("cust_1", "pro")
+    client = open_redis(redis_server.url)
+    try:
+        stored: list[bytes] = [name async for name in client.scan_iter(match=f"{namespace}:*")]
+        for name in list(stored):
+            kind = await client.type(name)
+            if kind == b"hash":
+                stored += (await client.hgetall(name)).values()
+            elif kind == b"string":
+                stored.append(await client.get(name))
+        assert not any(secret.encode() in value for value in stored)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        assert await client.get(f"{namespace}:digest:{digest}") == made.key_id.encode()
+    finally:
+        await client.aclose()
+        await store.close()
