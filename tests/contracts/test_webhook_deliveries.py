@@ -1,7 +1,8 @@
 """One contract for the webhook delivery store (``WebhookDeliveries``), run against every
-implementation (memory and SQLite; the next issue adds Redis to the same parameters). Only the
-Protocol's operations are used. (Named for the Protocol: ``tests/application/test_webhooks.py``
-holds the sender's tests, and two test modules may not share a name here.)
+implementation (memory, SQLite, and Redis: a real redis-server, the module's ``redis_server``,
+each test under a fresh key namespace). Only the Protocol's operations are used. (Named for the
+Protocol: ``tests/application/test_webhooks.py`` holds the sender's tests, and two test modules
+may not share a name here.)
 
 Times are the arguments the tests pass (``now``), and the store's own clock (when a finished id
 is forgotten) is a FakeClock, so nothing here sleeps.
@@ -10,12 +11,16 @@ is forgotten) is a FakeClock, so nothing here sleeps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from render_gateway.stores.redis_client import key as redis_key
+from render_gateway.stores.redis_client import open_redis
+from render_gateway.stores.redis_webhooks import RedisWebhookDeliveries
 from render_gateway.stores.urls import StoreUrlError
 from render_gateway.stores.webhooks import (
     KEEP_FINISHED_SECONDS,
@@ -24,6 +29,7 @@ from render_gateway.stores.webhooks import (
 )
 
 from support.clock import FakeClock
+from support.redis_server import RedisServer
 
 NOW = 1_700_000_000.0
 LEASE = 30.0
@@ -35,9 +41,14 @@ class Backend:
     url: str
     clock: FakeClock = field(default_factory=lambda: FakeClock(NOW))
     opened: list[WebhookDeliveries] = field(default_factory=list)
+    # Opens the store where the URL alone does not say enough (Redis: this test's namespace).
+    make: Callable[[FakeClock], WebhookDeliveries] | None = None
 
     def open(self) -> WebhookDeliveries:
-        store = open_webhook_store(self.url, self.clock)
+        if self.make is not None:
+            store = self.make(self.clock)
+        else:
+            store = open_webhook_store(self.url, self.clock)
         self.opened.append(store)
         return store
 
@@ -47,24 +58,33 @@ class Backend:
         return store if self.url == "memory://" else self.open()
 
 
-def _backend(kind: str, tmp_path: Path) -> Backend:
-    if kind == "memory":
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "memory":
         return Backend("memory://")
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        namespace = redis_key("webhooks", uuid.uuid4().hex)  # this test's deliveries only
+        return Backend(
+            url,
+            make=lambda clock: RedisWebhookDeliveries(
+                open_redis(url), clock, KEEP_FINISHED_SECONDS, namespace
+            ),
+        )
     return Backend(f"sqlite://{tmp_path / 'webhooks.db'}")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    made = _backend(request.param, tmp_path)
+    made = _backend(request, tmp_path)
     yield made
     for store in made.opened:
         await store.close()
 
 
 # The implementations that outlive the process (a restart resumes their deliveries).
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    made = _backend(request.param, tmp_path)
+    made = _backend(request, tmp_path)
     yield made
     for store in made.opened:
         await store.close()
@@ -257,10 +277,36 @@ async def test_unknown_or_finished_ids_are_left_alone(store: WebhookDeliveries) 
 
 
 def test_an_unknown_scheme_is_refused_naming_the_setting() -> None:
-    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.webhooks"):
-        open_webhook_store("redis://localhost/0")
+    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.webhooks.*redis://, rediss://"):
+        open_webhook_store("postgres://localhost/0")
     with pytest.raises(StoreUrlError, match="absolute path"):
         open_webhook_store("sqlite://relative.db")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+async def test_a_redis_url_opens_the_redis_store(scheme: str) -> None:
+    store = open_webhook_store(f"{scheme}://127.0.0.1:1/0")  # opening does no I/O
+    assert isinstance(store, RedisWebhookDeliveries)
+    await store.close()
+
+
+async def test_redis_finished_ids_carry_their_retention_as_an_expiry(
+    redis_server: RedisServer,
+) -> None:
+    # Besides the store clock's judgement, Redis drops a finished record when its retention
+    # ends, so the record stays small without any sweep (the expiry is checked, not waited for).
+    namespace = redis_key("webhooks", uuid.uuid4().hex)
+    store = RedisWebhookDeliveries(open_redis(redis_server.url), FakeClock(NOW), 600.0, namespace)
+    client = open_redis(redis_server.url)
+    try:
+        assert await store.enqueue("e_1", URL, body(1), NOW)
+        await store.finish("e_1", True, 1, "HTTP 204")
+        assert await client.hget(f"{namespace}:f:e_1", "detail") == b"HTTP 204"
+        assert 590_000 < await client.pttl(f"{namespace}:f:e_1") <= 600_000
+        assert not await store.enqueue("e_1", URL, body(1), NOW)
+    finally:
+        await client.aclose()
+        await store.close()
 
 
 # --- durable implementations ---------------------------------------------------------------

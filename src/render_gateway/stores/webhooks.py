@@ -9,7 +9,8 @@ lease) in the same atomic step: another claimer does not get them while they are
 a claimer that dies lets them come due again when the lease runs out.
 
 ``memory://`` serves one process (lost with it); ``sqlite:///abs/path.db`` is durable and safe
-across the processes of one machine. Finished ids are kept ``keep_finished_seconds`` (judged by
+across the processes of one machine; ``redis://`` (or ``rediss://``) is shared by every replica
+(stores/redis_webhooks.py). Finished ids are kept ``keep_finished_seconds`` (judged by
 the store's clock) and then forgotten, so the record stays small.
 """
 
@@ -86,7 +87,12 @@ def open_webhook_store(
     from render_gateway.stores.memory_webhooks import MemoryWebhookDeliveries
     from render_gateway.stores.sqlite_webhooks import SqliteWebhookDeliveries
 
-    parsed = parse_store_url("webhooks", url, ("sqlite", "memory"))
+    parsed = parse_store_url("webhooks", url, ("sqlite", "memory", "redis", "rediss"))
     if parsed.scheme == "memory":
         return MemoryWebhookDeliveries(clock, keep_finished_seconds)
+    if parsed.scheme in ("redis", "rediss"):
+        from render_gateway.stores.redis_client import open_redis
+        from render_gateway.stores.redis_webhooks import RedisWebhookDeliveries
+
+        return RedisWebhookDeliveries(open_redis(url), clock, keep_finished_seconds)
     return SqliteWebhookDeliveries(parsed.sqlite_path(), clock, keep_finished_seconds)
