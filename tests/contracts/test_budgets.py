@@ -1,5 +1,6 @@
-"""One contract for the budget store, run against every implementation (``memory://`` today; the
-next issue adds Redis to ``BACKENDS``). Only the Protocol's operations are used.
+"""One contract for the budget store, run against every implementation: ``memory://`` and
+``redis://`` (a real redis-server, each opened store under a fresh key prefix). Only the
+Protocol's operations are used.
 
 Admission is all-or-nothing, holds settle to actual usage, and every operation is idempotent by
 request id: a retried reserve holds nothing twice, a retried settle bills nothing twice.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -19,7 +21,11 @@ from hypothesis import strategies as st
 from render_gateway.core.budgets import Amount, BudgetExceeded, BudgetLimit
 from render_gateway.core.usage_records import NANOS
 from render_gateway.stores.budgets import BudgetStore, open_budget_store
+from render_gateway.stores.redis_budgets import RedisBudgetStore, settled_expiry
+from render_gateway.stores.redis_client import key, open_redis
 from render_gateway.stores.urls import StoreUrlError
+
+from support.redis_server import RedisServer
 
 MONTH = "2026-11"
 NONE = BudgetLimit()  # no limit
@@ -31,12 +37,26 @@ class Backend:
     open: Callable[[], BudgetStore]
 
 
-BACKENDS = {"memory": lambda: Backend(open=lambda: open_budget_store("memory://"))}
+def _memory_backend(request: pytest.FixtureRequest) -> Backend:
+    return Backend(open=lambda: open_budget_store("memory://"))
+
+
+def _redis_backend(request: pytest.FixtureRequest) -> Backend:
+    server: RedisServer = request.getfixturevalue("redis_server")
+
+    def open_store() -> BudgetStore:
+        prefix = key("budgets", f"test-{uuid.uuid4().hex}")
+        return RedisBudgetStore(open_redis(server.url), prefix=prefix)
+
+    return Backend(open=open_store)
+
+
+BACKENDS = {"memory": _memory_backend, "redis": _redis_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Backend:
-    return BACKENDS[request.param]()
+    return BACKENDS[request.param](request)
 
 
 @pytest.fixture
@@ -334,5 +354,22 @@ async def test_concurrent_charges_never_shrink_a_hold(book: BudgetStore) -> None
 
 
 def test_an_unknown_scheme_is_refused_naming_the_setting() -> None:
-    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.budgets"):
-        open_budget_store("sqlite:///tmp/budgets.db")  # no SQLite ledger: memory:// only
+    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.budgets.*memory://.*redis://"):
+        open_budget_store("sqlite:///tmp/budgets.db")  # no SQLite ledger
+
+
+async def test_opens_redis_from_its_url(redis_server: RedisServer) -> None:
+    book = open_budget_store(redis_server.url)
+    assert isinstance(book, RedisBudgetStore)
+    name = f"open-{uuid.uuid4().hex}"
+    assert await book.settle(name, name, MONTH, Amount(0.5, 7))
+    assert not await book.settle(name, name, MONTH, Amount(0.5, 7))
+    assert await spent(book, name) == Amount(0.5, 7)
+    await book.close()
+
+
+def test_a_redis_settlement_is_kept_into_the_next_month_and_at_least_a_day() -> None:
+    start_of_january = 1798761600  # 2027-01-01T00:00:00Z
+    assert settled_expiry("2026-11", 0.0) == start_of_january
+    assert settled_expiry("2026-12", 0.0) == start_of_january + 31 * 86_400
+    assert settled_expiry("2020-01", 1_800_000_000.0) == 1_800_000_000 + 86_400

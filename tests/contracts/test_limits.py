@@ -1,17 +1,19 @@
 """One contract for the rate-limit store (stores/limits.py), run against every implementation.
 
-Only ``memory://`` exists today; the next issue adds Redis to ``BACKENDS``. The tests use the
-Protocol's operations only, on a FakeClock handed to ``open_rate_limits``, so every retry and
+``memory://`` and ``redis://`` (a real redis-server, each test under a fresh key prefix). The
+tests use the Protocol's operations only, on a FakeClock handed to the store, so every retry and
 reset time is exact. ``replica`` is a second handle on the same buckets, as another gateway
-process would open it: for memory (one process is the whole deployment) the same object.
+process would open it: for memory (one process is the whole deployment) the same object, for
+Redis a second client on the same prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
@@ -19,9 +21,12 @@ from hypothesis import strategies as st
 
 from render_gateway.scheduling.token_bucket import BucketConfig, Decision
 from render_gateway.stores.limits import RateLimits, limit_key, open_rate_limits
+from render_gateway.stores.redis_client import key, open_redis
+from render_gateway.stores.redis_limits import RedisRateLimits
 from render_gateway.stores.urls import StoreUrlError
 
 from support.clock import FakeClock
+from support.redis_server import RedisServer
 
 
 @dataclass
@@ -29,9 +34,11 @@ class Backend:
     open: Callable[[FakeClock], RateLimits]
     # A second handle on the same buckets, as another replica has it.
     replica: Callable[[RateLimits], Awaitable[RateLimits]]
+    # Handles opened besides the one the fixture closes.
+    others: list[RateLimits] = field(default_factory=list)
 
 
-def _memory_backend() -> Backend:
+def _memory_backend(request: pytest.FixtureRequest) -> Backend:
     async def same_store(limits: RateLimits) -> RateLimits:
         return limits
 
@@ -40,12 +47,30 @@ def _memory_backend() -> Backend:
     )
 
 
-BACKENDS = {"memory": _memory_backend}
+def _redis_backend(request: pytest.FixtureRequest) -> Backend:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = key("limits", f"test-{uuid.uuid4().hex}")
+    clocks: list[FakeClock] = []
+
+    def open_store(clock: FakeClock) -> RateLimits:
+        clocks.append(clock)
+        return RedisRateLimits(open_redis(server.url), clock, prefix=prefix)
+
+    async def second_client(limits: RateLimits) -> RateLimits:
+        other = RedisRateLimits(open_redis(server.url), clocks[-1], prefix=prefix)
+        made.others.append(other)
+        return other
+
+    made = Backend(open=open_store, replica=second_client)
+    return made
+
+
+BACKENDS = {"memory": _memory_backend, "redis": _redis_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Backend:
-    return BACKENDS[request.param]()
+    return BACKENDS[request.param](request)
 
 
 @pytest.fixture
@@ -58,6 +83,8 @@ async def limits(backend: Backend, clock: FakeClock) -> AsyncIterator[RateLimits
     opened = backend.open(clock)
     yield opened
     await opened.close()
+    for other in backend.others:
+        await other.close()
 
 
 def bucket(capacity: float = 2.0, refill: float = 1.0) -> BucketConfig:
@@ -269,9 +296,17 @@ async def test_opens_with_the_default_clock() -> None:
     await limits.close()
 
 
-@pytest.mark.parametrize("url", ["memroy://", "sqlite:///tmp/limits.db", "redis://127.0.0.1"])
+async def test_opens_redis_from_its_url(redis_server: RedisServer) -> None:
+    limits = open_rate_limits(redis_server.url, clock=FakeClock())
+    assert isinstance(limits, RedisRateLimits)
+    name = f"open-{uuid.uuid4().hex}"
+    assert await limits.take(name, bucket(capacity=2, refill=1)) == Decision(True, 1.0, 0.0, 1.0)
+    await limits.close()
+
+
+@pytest.mark.parametrize("url", ["memroy://", "sqlite:///tmp/limits.db", "redi://127.0.0.1"])
 def test_an_unknown_scheme_names_the_setting(url: str) -> None:
-    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.limits.*memory://"):
+    with pytest.raises(StoreUrlError, match=r"gateway\.stores\.limits.*memory://.*redis://"):
         open_rate_limits(url)
 
 

@@ -13,7 +13,8 @@ retried settle bills nothing twice. A shared store has no configuration, so each
 checks a limit is given it (the caller's ``limit_for(customer, plan)``).
 
 ``memory://`` is this process only (rebuilt from the durable usage log at start with
-``add_spent`` and forced reserves); the next issue adds ``redis://``.
+``add_spent`` and forced reserves); ``redis://`` / ``rediss://`` (stores/redis_budgets.py) is
+one ledger shared by every replica, each operation one Lua script.
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ class BudgetStore(Protocol):
 
 def open_budget_store(url: str) -> BudgetStore:
     """The budget store ``[gateway.stores] budgets`` names."""
-    parsed = parse_store_url("budgets", url, ("memory",))
+    parsed = parse_store_url("budgets", url, ("memory", "redis", "rediss"))
     if parsed.scheme == "memory":
         from render_gateway.stores.memory_budgets import MemoryBudgetStore
 
         return MemoryBudgetStore()
+    if parsed.scheme in ("redis", "rediss"):
+        from render_gateway.stores.redis_budgets import RedisBudgetStore
+        from render_gateway.stores.redis_client import open_redis
+
+        return RedisBudgetStore(open_redis(url))
     raise AssertionError(f"unhandled scheme {parsed.scheme}")  # parse_store_url checked it

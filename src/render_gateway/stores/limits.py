@@ -5,8 +5,9 @@ The arithmetic is scheduling/token_bucket.py's pure ``take_from`` / ``refund_to`
 one key never both spend the same token. The bucket's config comes with every call (it follows
 the caller's plan), so a store holds no config of its own.
 
-``memory://`` is this process only (one replica). The next issue adds ``redis://``, where the
-same arithmetic runs as a Lua script, behind the same Protocol and contract tests.
+``memory://`` is this process only (one replica). ``redis://`` / ``rediss://`` (stores/
+redis_limits.py) shares the buckets among replicas: the same arithmetic runs as a Lua script,
+behind the same Protocol and contract tests.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ def limit_key(plan: str, customer_id: str) -> str:
 def open_rate_limits(url: str, clock: Callable[[], float] = time.time) -> RateLimits:
     """The store ``[gateway.stores] limits`` names. ``clock`` is wall-clock seconds: states
     shared by several processes must be counted on one clock that all of them read."""
-    parsed = parse_store_url("limits", url, ("memory",))
+    parsed = parse_store_url("limits", url, ("memory", "redis", "rediss"))
     if parsed.scheme == "memory":
         # Imported here, so that importing the Protocol (as api/ does) loads no implementation.
         from render_gateway.stores.memory_limits import MemoryRateLimits
 
         return MemoryRateLimits(clock)
+    if parsed.scheme in ("redis", "rediss"):
+        from render_gateway.stores.redis_client import open_redis
+        from render_gateway.stores.redis_limits import RedisRateLimits
+
+        return RedisRateLimits(open_redis(url), clock)
     raise AssertionError(f"unhandled scheme {parsed.scheme}")  # parse_store_url checked it
