@@ -217,3 +217,36 @@ def test_holder_ids_name_the_process_and_differ_per_call() -> None:
     assert (host, pid) == (socket.gethostname(), str(os.getpid()))
     assert len(random_part) >= 8
     assert first != second
+
+
+async def test_a_role_that_wins_the_lease_notes_its_fencing_token(
+    leases: LeaseStore, running: Running
+) -> None:
+    first, second = Role("first"), Role("second")
+    a = running.start(leases, "a", first)
+    await wait_until(lambda: a.active)
+    token = a.token
+    assert token is not None and token == await leases.token("metering", "a")
+    await asyncio.sleep(TTL)  # renewals keep the token
+    assert a.token == token
+
+    b = running.start(leases, "b", second)
+    await a.close()
+    assert a.token is None  # no longer running: no token to write with
+    await wait_until(lambda: b.active)
+    assert b.token is not None and b.token > token  # a's writes are now refusable
+
+
+async def test_a_lost_lease_forgets_its_token(
+    leases: LeaseStore, clock: FakeClock, running: Running
+) -> None:
+    a = running.start(leases, "a", Role("only"))
+    await wait_until(lambda: a.active)
+    first = a.token
+    clock.advance(TTL + 0.01)
+    assert await leases.acquire("metering", "intruder", 60.0)
+    await wait_until(lambda: not a.active)
+    assert a.token is None
+    await leases.release("metering", "intruder")
+    await wait_until(lambda: a.active)
+    assert first is not None and a.token is not None and a.token > first

@@ -5,6 +5,10 @@ The lease is tried every third of its time to live and, once held, renewed at th
 renewal that fails, errors or takes longer than that third means the lease may be lost: the role
 is stopped at once, before the lease can have expired for anyone else (two thirds of the ttl are
 still left then), and the loop goes back to trying.
+
+``token`` is the lease's fencing token from when this process won it (None while the role does
+not run): a later holder's token is higher, so what the role writes can be refused once it is
+stale.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class SingletonRole:
         # True from the moment start() is called until stop() is: ``stop`` must cope with a
         # start that was interrupted (by close) before it finished.
         self.active = False
+        # The lease's fencing token, noted when the lease was won; None while not active.
+        self.token: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -83,6 +89,7 @@ class SingletonRole:
             await self._start()
         except BaseException:
             self.active = False
+            self.token = None
             await self._release()
             raise
         return True
@@ -91,12 +98,20 @@ class SingletonRole:
         try:
             # A renewal slower than a third of the ttl counts as lost: waiting longer could
             # let the lease expire while this process still runs the role.
-            return await asyncio.wait_for(
-                self.leases.acquire(self.name, self.holder, self.ttl_seconds), self.interval
-            )
+            return await asyncio.wait_for(self._acquire(), self.interval)
         except Exception:  # the store is unreachable: the lease cannot be vouched for
             log.exception("lease %s: acquire by %s failed", self.name, self.holder)
             return False
+
+    async def _acquire(self) -> bool:
+        if not await self.leases.acquire(self.name, self.holder, self.ttl_seconds):
+            return False
+        if not self.active:  # won (not renewed): note this holding's fencing token
+            token = await self.leases.token(self.name, self.holder)
+            if token is None:  # lost again already: try later
+                return False
+            self.token = token
+        return True
 
     async def _start_role(self) -> None:
         self.active = True
@@ -109,6 +124,7 @@ class SingletonRole:
 
     async def _stop_role(self) -> None:
         self.active = False
+        self.token = None
         try:
             await self._stop()
         except Exception:  # the loop must go on trying for the lease
@@ -125,6 +141,7 @@ class SingletonRole:
         try:
             if self.active:
                 self.active = False
+                self.token = None
                 await self._stop()
         finally:
             await self._release()
