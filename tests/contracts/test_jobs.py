@@ -1,6 +1,7 @@
 """One contract for the job store (jobs, the priority queue, run leases), run against every
-implementation (SQLite and memory; the next issue adds Redis to the same parameters). Only the
-Protocol's operations are used, and time is the ``now`` each call is given (a fake clock).
+implementation (SQLite, memory, and Redis: a real redis-server, a fresh key namespace per
+store). Only the Protocol's operations are used, and time is the ``now`` each call is given
+(a fake clock).
 
 What a shared store must guarantee is pinned here: strict priority and FIFO with exact
 positions, one atomic claim that never lets a job overtake the head, depth limits that hold
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from render_gateway.stores.jobs import (
     QueueFull,
     open_job_store,
 )
+from render_gateway.stores.redis_client import key as redis_key
+from render_gateway.stores.redis_jobs import open_redis_job_store
 
 QUEUED = frozenset({JobStatus.queued})
 RUNNING = frozenset({JobStatus.running})
@@ -65,10 +69,22 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     return Backend(make)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+def _redis_backend(url: str) -> Backend:
+    def make() -> JobStore:
+        fresh = uuid.uuid4().hex  # each store its own namespace: it starts empty
+        return open_redis_job_store(
+            url, namespace=redis_key("jobs", fresh), usage_namespace=redis_key("usage", fresh)
+        )
+
+    return Backend(make)
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return _sqlite_backend(tmp_path)
+    if request.param == "redis":
+        return _redis_backend(request.getfixturevalue("redis_server").url)
     return Backend(lambda: open_job_store("memory://"))
 
 

@@ -1,6 +1,6 @@
 """One contract for the usage stream, run against every implementation (the SQLite stream inside
-the job store, and memory; the next issue adds Redis Streams to the same parameters). Only the
-Protocol's operations are used.
+the job store, memory, and the Redis Stream of the Redis job store on a real redis-server, a
+fresh namespace per test). Only the Protocol's operations are used.
 
 The stream is read as consumer groups with explicit acks: a group gets the entries after its
 last ack, again and again until it acks them, and an ack never moves back.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.stores.jobs import open_job_store
 from render_gateway.stores.memory_usage_log import MemoryUsageStream
+from render_gateway.stores.redis_client import key as redis_key
+from render_gateway.stores.redis_jobs import open_redis_job_store
 from render_gateway.stores.usage_log import UsageAlreadyLogged, UsageStream
 
 OpenStream = Callable[[], AbstractAsyncContextManager[UsageStream]]
@@ -71,16 +74,37 @@ def _memory() -> OpenStream:
     return opened
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+def _redis(url: str) -> OpenStream:
+    fresh = uuid.uuid4().hex  # this test's stream only: it starts empty; a reopen finds it
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[UsageStream]:
+        jobs = open_redis_job_store(
+            url, namespace=redis_key("jobs", fresh), usage_namespace=redis_key("usage", fresh)
+        )
+        await jobs.open()
+        try:
+            yield jobs.usage_log
+        finally:
+            await jobs.close()
+
+    return opened
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 def open_stream(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStream:
     if request.param == "sqlite":
         return _sqlite(tmp_path / "jobs.db")
+    if request.param == "redis":
+        return _redis(request.getfixturevalue("redis_server").url)
     return _memory()
 
 
 # The implementations whose entries and acks outlive the process.
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def open_durable_stream(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStream:
+    if request.param == "redis":
+        return _redis(request.getfixturevalue("redis_server").url)
     return _sqlite(tmp_path / "jobs.db")
 
 

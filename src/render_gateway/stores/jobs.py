@@ -169,11 +169,16 @@ class JobStore(Protocol):
 
 def open_job_store(url: str, *, synchronous: str = "FULL") -> JobStore:
     """The job store ``[gateway.stores] jobs`` names: ``sqlite:///abs/path/jobs.db`` (embedded,
-    durable; ``synchronous`` is its fsync level) or ``memory://`` (this process only, for
+    durable; ``synchronous`` is its fsync level), ``redis://`` / ``rediss://`` (shared by every
+    replica, with its usage stream on the same Redis) or ``memory://`` (this process only, for
     in-process tests; its usage log is its own, in memory too). Not opened yet: call
     ``open()``."""
-    parsed = parse_store_url("jobs", url, ("sqlite", "memory"))
+    parsed = parse_store_url("jobs", url, ("sqlite", "memory", "redis", "rediss"))
     # Imported here: the implementations import this module for the shared types.
+    if parsed.scheme in ("redis", "rediss"):
+        from render_gateway.stores.redis_jobs import open_redis_job_store
+
+        return open_redis_job_store(url)
     if parsed.scheme == "memory":
         from render_gateway.stores.memory_jobs import MemoryJobStore
 
