@@ -9,8 +9,8 @@ DELETE may arrive at any other. So both halves are a bus, not a process's dictio
 * cancellation: a run registers a listener where it runs; a cancel requested anywhere reaches
   it there.
 
-``memory://`` is this process only (one replica). The next issue adds ``redis://`` (streams
-for the logs, pub/sub for the cancels) behind the same Protocol and contract tests.
+``memory://`` is this process only (one replica). ``redis://`` / ``rediss://`` (streams for the
+logs, pub/sub for the cancels; stores/redis_events.py) is shared by every replica.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from render_gateway.stores.urls import parse_store_url
 TERMINAL_EVENTS = frozenset({"complete", "error"})
 
 DEFAULT_KEEP_FINISHED = 10_000
+
+DEFAULT_RETENTION_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,23 @@ class EventBus(Protocol):
         ...
 
 
-def open_event_bus(url: str, *, keep_finished: int = DEFAULT_KEEP_FINISHED) -> EventBus:
-    """The bus ``[gateway.stores] events`` names. ``keep_finished`` bounds how many finished
-    jobs' logs are kept for replay (active logs are never dropped)."""
-    parsed = parse_store_url("events", url, ("memory",))
+def open_event_bus(
+    url: str,
+    *,
+    keep_finished: int = DEFAULT_KEEP_FINISHED,
+    retention_s: float = DEFAULT_RETENTION_S,
+) -> EventBus:
+    """The bus ``[gateway.stores] events`` names. Finished jobs' logs are kept for replay, active
+    ones never dropped: ``memory://`` keeps the ``keep_finished`` most recently finished;
+    ``redis://`` keeps each for ``retention_s`` seconds after its terminal event."""
+    parsed = parse_store_url("events", url, ("memory", "redis", "rediss"))
     if parsed.scheme == "memory":
         # Imported here: the implementation imports JobEvent from this module.
         from render_gateway.stores.memory_events import MemoryEventBus
 
         return MemoryEventBus(keep_finished=keep_finished)
+    if parsed.scheme in ("redis", "rediss"):
+        from render_gateway.stores.redis_events import open_redis_event_bus
+
+        return open_redis_event_bus(url, retention_s=retention_s)
     raise AssertionError(f"unhandled scheme {parsed.scheme}")  # parse_store_url checked it
