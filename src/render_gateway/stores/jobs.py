@@ -167,6 +167,30 @@ class JobStore(Protocol):
         ...
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7396 JSON merge patch, as SQLite's json_patch applies ``extra`` (None deletes a key,
+    objects merge, anything else replaces)."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            current = merged.get(key)
+            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_finish(status: JobStatus, expect: frozenset[JobStatus]) -> None:
+    """``finish``'s arguments, refused alike by every implementation: it ends a job (a terminal
+    status) and only from a status it has not ended in."""
+    if not status.terminal:
+        raise ValueError(f"finish needs a terminal status, not {status}")
+    if any(expected.terminal for expected in expect):
+        raise ValueError("a settled job is never settled again: expect only queued/running")
+
+
 def open_job_store(url: str, *, synchronous: str = "FULL") -> JobStore:
     """The job store ``[gateway.stores] jobs`` names: ``sqlite:///abs/path/jobs.db`` (embedded,
     durable; ``synchronous`` is its fsync level), ``redis://`` / ``rediss://`` (shared by every

@@ -17,28 +17,20 @@ import orjson
 from render_gateway.core.jobs import Job, JobError, JobStatus, route_key
 from render_gateway.core.lanes import Lane, LaneQueue
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Opened, QueueFull
+from render_gateway.stores.jobs import (
+    CancelResult,
+    IdempotencyConflict,
+    Opened,
+    QueueFull,
+    check_finish,
+    merge_patch,
+)
 from render_gateway.stores.memory_usage_log import MemoryUsageStream
 
 
 def _as_stored(value: Any) -> Any:
     """The value after a round trip through JSON (a copy: callers cannot change what is held)."""
     return orjson.loads(orjson.dumps(value))
-
-
-def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7396 JSON merge patch, as SQLite's json_patch applies ``extra`` (None deletes a key,
-    objects merge, anything else replaces)."""
-    merged = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict):
-            current = merged.get(key)
-            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value)
-        else:
-            merged[key] = value
-    return merged
 
 
 class MemoryJobStore:
@@ -175,10 +167,7 @@ class MemoryJobStore:
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
     ) -> Job | None:
-        if not status.terminal:
-            raise ValueError(f"finish needs a terminal status, not {status}")
-        if any(expected.terminal for expected in expect):
-            raise ValueError("a settled job is never settled again: expect only queued/running")
+        check_finish(status, expect)
         job = self._jobs[job_id]  # KeyError for an unknown id
         if job.status not in expect:
             return None  # settled, claimed or requeued by another path first

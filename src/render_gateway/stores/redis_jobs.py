@@ -47,8 +47,14 @@ import redis.asyncio as aioredis
 from render_gateway.core.jobs import Job, JobError, JobStatus, route_key
 from render_gateway.core.lanes import Lane
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Opened, QueueFull
-from render_gateway.stores.memory_jobs import merge_patch
+from render_gateway.stores.jobs import (
+    CancelResult,
+    IdempotencyConflict,
+    Opened,
+    QueueFull,
+    check_finish,
+    merge_patch,
+)
 from render_gateway.stores.redis_client import key
 from render_gateway.stores.redis_client import open_redis as _open_async
 from render_gateway.stores.redis_usage_log import (
@@ -537,10 +543,7 @@ class RedisJobStore:
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
     ) -> Job | None:
-        if not status.terminal:
-            raise ValueError(f"finish needs a terminal status, not {status}")
-        if any(expected.terminal for expected in expect):
-            raise ValueError("a settled job is never settled again: expect only queued/running")
+        check_finish(status, expect)
         usage_part: list[str | bytes] = (
             ["", *[""] * 10] if usage is None else [self._usage.namespace, *usage_args(usage)]
         )

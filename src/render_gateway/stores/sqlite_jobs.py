@@ -37,7 +37,13 @@ import orjson
 from render_gateway.core.jobs import Job, JobError, JobStatus, route_key
 from render_gateway.core.lanes import Lane, LaneQueue
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, Opened, QueueFull
+from render_gateway.stores.jobs import (
+    CancelResult,
+    IdempotencyConflict,
+    Opened,
+    QueueFull,
+    check_finish,
+)
 from render_gateway.stores.sqlite_usage_log import (
     USAGE_SCHEMA,
     SqliteUsageStream,
@@ -580,10 +586,7 @@ class SqliteJobStore:
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
     ) -> Job | None:
-        if not status.terminal:
-            raise ValueError(f"finish needs a terminal status, not {status}")
-        if any(expected.terminal for expected in expect):
-            raise ValueError("a settled job is never settled again: expect only queued/running")
+        check_finish(status, expect)
         error_text = _error_json(error)
 
         def settle(conn: sqlite3.Connection) -> tuple[JobStatus, Job] | None:
