@@ -194,9 +194,11 @@ class StoresConfig(_Section):
 
 
 class SharedConfig(_Section):
-    """Where the concerns many replicas share live: one Redis. Setting ``url`` moves limits,
-    budgets, events and cancels, API keys, webhook deliveries and leases there; a per-concern
-    URL in ``[gateway.stores]`` still overrides it."""
+    """Where the concerns many replicas share live: one Redis. Setting ``url`` moves the jobs
+    and their queue (with the usage stream), limits, budgets, events and cancels, API keys,
+    webhook deliveries and leases there; a per-concern URL in ``[gateway.stores]`` still
+    overrides it. The assets and the audit CAS are objects: ``s3://`` or a shared
+    ``file://`` directory."""
 
     url: str | None = Field(default=None, pattern=r"^rediss?://", max_length=2048)
 

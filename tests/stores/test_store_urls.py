@@ -19,7 +19,9 @@ def test_unset_everything_is_embedded_under_the_data_dir(tmp_path: Path) -> None
     assert urls["assets"] == f"file://{tmp_path.resolve() / 'assets'}"
 
 
-def test_the_shared_redis_takes_the_shared_concerns_and_an_override_wins(tmp_path: Path) -> None:
+def test_the_shared_redis_takes_every_shared_concern_and_an_override_wins(
+    tmp_path: Path,
+) -> None:
     shared = "redis://127.0.0.1:7000/2"
     config = GatewayConfig(
         data_dir=tmp_path,
@@ -27,25 +29,27 @@ def test_the_shared_redis_takes_the_shared_concerns_and_an_override_wins(tmp_pat
         stores=StoresConfig(events="memory://"),
     )
     urls = store_urls(config)
-    # Leases stay per process while the jobs (and their usage stream) do: a singleton must
-    # consume the stream of the process it runs in.
     assert {name for name in SHARED_CONCERNS if urls[name] == shared} == (
-        set(SHARED_CONCERNS) - {"events", "leases"}
+        set(SHARED_CONCERNS) - {"events"}
     )
     assert urls["events"] == "memory://"
-    assert urls["leases"] == f"sqlite://{tmp_path.resolve() / 'leases.db'}"
-    assert urls["jobs"].startswith("sqlite://")
+    # The assets are objects: a shared directory or S3, never the Redis.
+    assert urls["assets"] == f"file://{tmp_path.resolve() / 'assets'}"
 
 
-def test_with_the_jobs_on_the_shared_redis_the_leases_follow(tmp_path: Path) -> None:
+def test_jobs_kept_embedded_keep_their_stream_and_leases_per_process(tmp_path: Path) -> None:
     shared = "redis://127.0.0.1:7000/2"
+    jobs = f"sqlite://{tmp_path.resolve() / 'mine.db'}"
     config = GatewayConfig(
         data_dir=tmp_path,
         shared=SharedConfig(url=shared),
-        stores=StoresConfig(jobs=shared),
+        stores=StoresConfig(jobs=jobs),
     )
     urls = store_urls(config)
-    assert all(urls[name] == shared for name in SHARED_CONCERNS)
+    # A singleton must consume the stream of the process it runs in.
+    assert urls["jobs"] == urls["usage"] == jobs
+    assert urls["leases"] == f"sqlite://{tmp_path.resolve() / 'leases.db'}"
+    assert urls["keys"] == urls["budgets"] == shared
 
 
 def test_a_usage_stream_apart_from_the_jobs_is_refused(tmp_path: Path) -> None:

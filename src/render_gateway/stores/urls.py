@@ -1,8 +1,9 @@
 """Store URLs: each stateful concern is chosen by one URL in ``[gateway.stores]``.
 
 ``memory://`` (this process only), ``sqlite:///abs/path.db`` (embedded, durable), and for assets
-``file:///abs/dir`` or ``s3://bucket/prefix``. The next issue adds ``redis://``. Unset settings
-fall back to the embedded store under the data dir (``default_store_urls``).
+``file:///abs/dir`` or ``s3://bucket/prefix``, and ``redis://`` / ``rediss://`` for every concern but
+the assets. ``[gateway.shared] url`` moves every shared concern to one Redis; unset settings fall
+back to the embedded store under the data dir (``default_store_urls``).
 """
 
 from __future__ import annotations
@@ -71,25 +72,27 @@ def default_store_urls(data_dir: Path) -> dict[str, str]:
     }
 
 
-# What ``[gateway.shared] url`` moves to Redis. The jobs store (and the usage stream that commits
-# with it) and the assets are not among them yet: the Redis job store is still to come.
-SHARED_CONCERNS = ("limits", "budgets", "events", "keys", "webhooks", "leases")
+# What ``[gateway.shared] url`` moves to Redis: everything but the assets (objects: a shared
+# ``file://`` directory or ``s3://``). The usage stream commits with the jobs, so it moves with
+# them; the leases follow the jobs (a singleton consumes the stream of the jobs it sees).
+SHARED_CONCERNS = ("jobs", "usage", "limits", "budgets", "events", "keys", "webhooks", "leases")
 
 
 def store_urls(config: GatewayConfig) -> dict[str, str]:
-    """Each concern's URL: the configured one, or the embedded default under the data dir."""
+    """Each concern's URL: the configured one, or the shared Redis for the shared concerns when
+    ``[gateway.shared] url`` is set, or the embedded default under the data dir."""
     defaults = default_store_urls(Path(config.data_dir))
     configured = config.stores.model_dump()
-    if config.shared.url:  # the concerns with a Redis implementation move to the shared Redis
-        shared = set(SHARED_CONCERNS)
-        jobs = configured.get("jobs") or defaults["jobs"]
-        if not jobs.startswith(("redis:", "rediss:")):
+    if config.shared.url:
+        defaults.update({name: config.shared.url for name in SHARED_CONCERNS})
+        jobs = configured.get("jobs") or config.shared.url
+        if not jobs.startswith(("redis:", "rediss:")) and not configured.get("leases"):
             # The singletons consume this process's own usage stream while the jobs are not
             # shared: their leases stay per process, or a replica's records would never be
             # written (another replica would hold the metering lease for a stream it cannot see).
-            shared.discard("leases")
-        defaults.update({name: config.shared.url for name in shared})
+            defaults["leases"] = default_store_urls(Path(config.data_dir))["leases"]
     urls = {name: configured.get(name) or default for name, default in defaults.items()}
+    urls["usage"] = configured.get("usage") or urls["jobs"]  # the stream is the jobs store's
     if configured.get("usage") and configured["usage"] != urls["jobs"]:
         raise StoreUrlError(
             "gateway.stores.usage: the usage stream commits with the jobs (a record exists iff "
