@@ -390,6 +390,39 @@ async def test_a_reclaimed_job_is_held_by_its_new_holder_only(store: JobStore) -
     assert await store.heartbeat([item.id], "b", 113.0, 10.0) == {item.id}
 
 
+async def test_a_late_holders_result_is_refused_once_another_holds_the_run(
+    store: JobStore,
+) -> None:
+    item = job()
+    await submit(store, item)
+    first = await claim(store, now=100.0, holder="a", lease_seconds=10.0)
+    assert first is not None and first.run_holder == "a"
+    (lapsed,) = await store.expired_runs(111.0)
+    assert lapsed.run_holder == "a"
+    # The recovery is fenced by the lapsed holder: it requeues a's run, once.
+    assert await store.requeue(lapsed.id, count_retry=True, holder="a") is not None
+    again = await claim(store, now=112.0, holder="b", lease_seconds=10.0)
+    assert again is not None and again.run_holder == "b"
+    # a wakes up (paused, partitioned) and reports its run: refused, nothing changes.
+    record = usage_record(item.id)
+    late = await store.finish(
+        item.id, JobStatus.complete, 113.0, expect=RUNNING, usage=record, holder="a"
+    )
+    assert late is None
+    assert await store.requeue(item.id, count_retry=True, holder="a") is None
+    # A second sweep that read the old lapsed run does not touch b's run either.
+    assert await store.requeue(lapsed.id, count_retry=True, holder=lapsed.run_holder) is None
+    stored = await store.get(item.id)
+    assert stored is not None and stored.status is JobStatus.running
+    assert stored.run_holder == "b" and stored.retries == 1
+    assert usage_head(store) == 0  # the late result billed nothing
+    done = await store.finish(
+        item.id, JobStatus.complete, 114.0, expect=RUNNING, usage=record, holder="b"
+    )
+    assert done is not None and done.run_holder is None
+    assert usage_head(store) == 1
+
+
 # ------------------------------------------------------------------------------ cancels
 
 

@@ -130,10 +130,15 @@ class JobRunner:
         requeued = failed = 0
         for job in lost:
             now = self._clock()
+            # Fenced by the holder whose run was lost: if another replica recovered and claimed
+            # the job meanwhile, its new run is not touched.
+            fence = job.run_holder
             if job.cancel_requested:
-                await self._settlement.settle(job, Ending.cancelled(), now, expect=RUNNING)
+                await self._settlement.settle(
+                    job, Ending.cancelled(), now, expect=RUNNING, holder=fence
+                )
             elif self._requeue_lost and job.retries < self._max_retries:
-                if await self._store.requeue(job.id, count_retry=True) is not None:
+                if await self._store.requeue(job.id, count_retry=True, holder=fence) is not None:
                     requeued += 1
             else:
                 interrupted = JobError(
@@ -141,8 +146,9 @@ class JobRunner:
                 )
                 usage = self._usage(job, job.started_at or now, now, "", {}, "error", "interrupted")
                 ended = await self._settlement.settle(
-                    job, Ending.failed(interrupted), now, expect=RUNNING, usage=usage
-                )
+                    job, Ending.failed(interrupted), now, expect=RUNNING, usage=usage,
+                    holder=fence,
+                )  # fmt: skip
                 failed += ended is not None
         if requeued:
             self.wake()
@@ -181,7 +187,10 @@ class JobRunner:
         requeued = 0
         for job_id in stopped:  # put back any whose backend never answered the cancel
             with contextlib.suppress(Exception):
-                await self._store.requeue(job_id, extra={"requeued_by": "drain"}, count_retry=False)
+                await self._store.requeue(
+                    job_id, extra={"requeued_by": "drain"}, count_retry=False,
+                    holder=self._leases.holder,
+                )  # fmt: skip
             job = await self._store.get(job_id)
             requeued += job is not None and job.status is JobStatus.queued
         return settled, requeued
@@ -227,8 +236,9 @@ class JobRunner:
             family, model, backend = request["family"], request["model"], request.get("backend")
             if claimed.cancel_requested:  # cancelled while its earlier run was being recovered
                 await self._settlement.settle(
-                    claimed, Ending.cancelled(), self._clock(), expect=RUNNING
-                )
+                    claimed, Ending.cancelled(), self._clock(), expect=RUNNING,
+                    holder=self._leases.holder,
+                )  # fmt: skip
                 continue
             if not self._pool.serving(family, model, backend):
                 # Its backend left the configuration: fail it, do not block the queue.
@@ -332,7 +342,9 @@ class JobRunner:
         }
         runs = [*job.extra.get("drained_runs", []), run]
         extra = {"drained_runs": runs, "requeued_by": "drain"}
-        await self._store.requeue(job.id, extra=extra, count_retry=False)
+        await self._store.requeue(
+            job.id, extra=extra, count_retry=False, holder=self._leases.holder
+        )
         log.info("job %s stopped by the drain and requeued (%s)", job.id, run["gpu_seconds"])
 
     async def _end(self, job: Job, started: float, outcome: DispatchOutcome) -> None:
@@ -351,8 +363,9 @@ class JobRunner:
                 error.code if error else None,
             )  # fmt: skip
             await self._settlement.settle(
-                job, Ending.cancelled(error), now, expect=RUNNING, usage=usage
-            )
+                job, Ending.cancelled(error), now, expect=RUNNING, usage=usage,
+                holder=self._leases.holder,
+            )  # fmt: skip
             return
         assets = [
             await self._assets.put(data, result.content_type, job.customer_id)
@@ -368,13 +381,18 @@ class JobRunner:
             outputs=tuple(a.id for a in assets),
             seed=seed if isinstance(seed, int) else None,
         )
-        await self._settlement.settle(job, ending, now, expect=RUNNING, usage=usage)
+        await self._settlement.settle(
+            job, ending, now, expect=RUNNING, usage=usage, holder=self._leases.holder
+        )
         self.service_times.observe(job.request["family"], job.request["model"], now - started)
 
     async def _end_with_error(self, job: Job, started: float, error: JobError) -> None:
         now = self._clock()
         usage = self._usage(job, started, now, "", {}, "error", error.code)
-        await self._settlement.settle(job, Ending.failed(error), now, expect=RUNNING, usage=usage)
+        await self._settlement.settle(
+            job, Ending.failed(error), now, expect=RUNNING, usage=usage,
+            holder=self._leases.holder,
+        )  # fmt: skip
 
     def _usage(
         self,

@@ -80,9 +80,11 @@ class Settlement:
         *,
         expect: frozenset[JobStatus],
         usage: UsageRecord | None = None,
+        holder: str | None = None,
     ) -> Job | None:
-        """End ``job`` as ``ending`` if it is still in a status of ``expect``; the settled job,
-        or None when another path ended it first (then nothing here happens at all)."""
+        """End ``job`` as ``ending`` if it is still in a status of ``expect`` (and, given
+        ``holder``, its run is still held by it: a late replica's result is refused); the
+        settled job, or None when another path ended it first (then nothing here happens)."""
         record = usage.to_dict() if usage is not None else None
         settled = await self._jobs.finish(
             job.id,
@@ -94,6 +96,7 @@ class Settlement:
             seed=ending.seed,
             extra={"usage": record} if record is not None else None,
             usage=usage,
+            holder=holder,
         )
         if settled is None:
             return None

@@ -55,6 +55,9 @@ class Job:
     # replica died, the gateway restarted), or a claim beat the settle of a queued job, the job
     # that is claimed again is settled cancelled, not run.
     cancel_requested: bool = False
+    # Who holds the run while it is running (the store's lease holder; None otherwise): the
+    # recovery of a lapsed run is fenced by it, so it never touches a later holder's run.
+    run_holder: str | None = None
 
     def evolve(self, **changes: Any) -> Job:
         return replace(self, **changes)

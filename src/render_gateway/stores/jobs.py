@@ -141,20 +141,33 @@ class JobStore(Protocol):
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         """The one way to a terminal ``status``, from a status in ``expect`` only (queued for a
         cancel or a ttl, running for a run's end): takes a queued job out of the queue, ends a
         running job's lease, merges ``extra`` into the job's extra fields and appends ``usage``
         to the usage log, all in one commit. None, changing nothing, when the job is in no
-        expected status (another path settled it: exactly once). KeyError for an unknown id."""
+        expected status (another path settled it: exactly once). KeyError for an unknown id.
+
+        ``holder`` fences a run's own end: a running job is ended only while its run is held
+        by ``holder``. A replica whose lease lapsed and whose job was requeued and claimed by
+        another replica has its late result refused (None), so one job never ends twice nor
+        bills two runs. None (no fence) is for paths that end a job not as its run's holder:
+        a cancel of a queued job, a ttl, the recovery of an expired run."""
         ...
 
     async def requeue(
-        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+        self,
+        job_id: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        count_retry: bool,
+        holder: str | None = None,
     ) -> Job | None:
         """Put a running job back at its own place in its lane (admission order, ahead of the
         jobs admitted after it), ending its lease and merging ``extra``; retries + 1 when
-        ``count_retry`` (a lost run), unchanged otherwise (a clean stop). None if not running."""
+        ``count_retry`` (a lost run), unchanged otherwise (a clean stop). None if not running,
+        or (``holder`` given) if its run is held by another holder (fenced as ``finish``)."""
         ...
 
     async def unsettled(self) -> list[Job]:

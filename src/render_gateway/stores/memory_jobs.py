@@ -53,7 +53,12 @@ class MemoryJobStore:
 
     def _copy(self, job_id: str) -> Job:
         job = self._jobs[job_id]
-        return job.evolve(request=_as_stored(job.request), extra=_as_stored(job.extra))
+        lease = self._leases.get(job_id) if job.status is JobStatus.running else None
+        return job.evolve(
+            request=_as_stored(job.request),
+            extra=_as_stored(job.extra),
+            run_holder=lease[0] if lease is not None else None,
+        )
 
     def _enqueue(self, job: Job, *, put_back: bool) -> None:
         if not (put_back and self._queue.put_back(job.id)):
@@ -166,11 +171,14 @@ class MemoryJobStore:
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         check_finish(status, expect)
         job = self._jobs[job_id]  # KeyError for an unknown id
         if job.status not in expect:
             return None  # settled, claimed or requeued by another path first
+        if not self._held_by(job, holder):
+            return None  # a late result of a run that another holder took over
         if usage is not None:
             # The memory stream's append never suspends, so nothing runs between it and the
             # change below; if it refuses the record, the job is left as it was.
@@ -190,11 +198,23 @@ class MemoryJobStore:
         )
         return self._copy(job_id)
 
+    def _held_by(self, job: Job, holder: str | None) -> bool:
+        """The fence of a run's own end: no holder given, or the running job's lease is its."""
+        if holder is None or job.status is not JobStatus.running:
+            return True
+        lease = self._leases.get(job.id)
+        return lease is not None and lease[0] == holder
+
     async def requeue(
-        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+        self,
+        job_id: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        count_retry: bool,
+        holder: str | None = None,
     ) -> Job | None:
         job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.running:
+        if job is None or job.status is not JobStatus.running or not self._held_by(job, holder):
             return None
         self._leases.pop(job_id, None)
         requeued = job.evolve(

@@ -246,12 +246,15 @@ _FINISH = (
     + """
 -- ARGV: ns, id, status, now, expect (comma-joined), outputs JSON, error JSON or '', seed or '',
 -- version read or '' (no extra), merged extra JSON, usage namespace or '' (no record), then
--- the 10 usage arguments
+-- the 10 usage arguments, then the holder that must hold the run or '' (no fence)
 local id = ARGV[2]
 local j = jkey(id)
 local status = redis.call('HGET', j, 'status')
 if not status then return {'missing'} end
 if not string.find(',' .. ARGV[5] .. ',', ',' .. status .. ',', 1, true) then return {'skip'} end
+if status == 'running' and ARGV[22] ~= '' and redis.call('HGET', j, 'holder') ~= ARGV[22] then
+  return {'skip'}  -- a late result of a run that another holder took over
+end
 if ARGV[9] ~= '' and redis.call('HGET', j, 'version') ~= ARGV[9] then return {'retry'} end
 local u = ARGV[11]
 if u ~= '' and usage_known(u, 12) then return {'logged'} end
@@ -278,10 +281,12 @@ return {'ok', redis.call('HGETALL', j)}
 _REQUEUE = (
     _COMMON
     + """
--- ARGV: ns, id, retries to add, version read or '' (no extra), merged extra JSON
+-- ARGV: ns, id, retries to add, version read or '' (no extra), merged extra JSON, the holder
+-- that must hold the run or '' (no fence)
 local id = ARGV[2]
 local j = jkey(id)
 if redis.call('HGET', j, 'status') ~= 'running' then return {'skip'} end
+if ARGV[6] ~= '' and redis.call('HGET', j, 'holder') ~= ARGV[6] then return {'skip'} end
 if ARGV[4] ~= '' and redis.call('HGET', j, 'version') ~= ARGV[4] then return {'retry'} end
 redis.call('ZREM', ns .. ':leases', id)
 redis.call('HDEL', j, 'holder', 'lease_until', 'started_at')
@@ -394,6 +399,7 @@ def _to_job(flat: Sequence[Any]) -> Job:
         webhook=static["webhook"],
         extra=orjson.loads(fields["extra"]),
         cancel_requested="cancel" in fields,
+        run_holder=_text(fields["holder"]) if "holder" in fields else None,
     )
 
 
@@ -542,6 +548,7 @@ class RedisJobStore:
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         check_finish(status, expect)
         usage_part: list[str | bytes] = (
@@ -553,7 +560,7 @@ class RedisJobStore:
                 self._finish, job_id, status.value, repr(float(now)),
                 ",".join(sorted(s.value for s in expect)),
                 orjson.dumps(list(outputs)).decode(), _error_json(error),
-                "" if seed is None else str(seed), version, merged, *usage_part,
+                "" if seed is None else str(seed), version, merged, *usage_part, holder or "",
             )  # fmt: skip
             outcome = _text(reply[0])
             if outcome == "retry":
@@ -568,11 +575,18 @@ class RedisJobStore:
             return _to_job(reply[1])
 
     async def requeue(
-        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+        self,
+        job_id: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        count_retry: bool,
+        holder: str | None = None,
     ) -> Job | None:
         while True:
             version, merged = await self._extra_patch(job_id, extra)
-            reply = await self._run(self._requeue, job_id, int(count_retry), version, merged)
+            reply = await self._run(
+                self._requeue, job_id, int(count_retry), version, merged, holder or ""
+            )
             outcome = _text(reply[0])
             if outcome == "retry":
                 continue

@@ -133,11 +133,13 @@ COLUMNS = (
     "cancel_requested"
 )
 _INSERT_COLUMNS = COLUMNS.count(",") + 1
+# What a read selects: the stored job, and who holds its run (Job.run_holder).
+COLS = COLUMNS + ", lease_holder"
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
-    (job_id, _seq, customer, lane, status, created, started, completed, retries, seed,
-     outputs, error, key, digest, expires, webhook, request, extra, cancel) = row  # fmt: skip
+    (job_id, _seq, customer, lane, status, created, started, completed, retries, seed, outputs,
+     error, key, digest, expires, webhook, request, extra, cancel, holder) = row  # fmt: skip
     error_fields = orjson.loads(error) if error else None
     return Job(
         id=job_id,
@@ -158,11 +160,12 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         webhook=webhook,
         extra=orjson.loads(extra),
         cancel_requested=bool(cancel),
+        run_holder=holder if status == "running" else None,
     )
 
 
 def _select(conn: sqlite3.Connection, job_id: str) -> Job | None:
-    row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT {COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
     return _row_to_job(row) if row else None
 
 
@@ -381,7 +384,7 @@ class SqliteJobStore:
         def load(conn: sqlite3.Connection) -> tuple[list[tuple[int, Job]], int]:
             _recount(conn)
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE status IN ('queued', 'running') "  # noqa: S608
+                f"SELECT {COLS} FROM jobs WHERE status IN ('queued', 'running') "  # noqa: S608
                 "ORDER BY lane, seq"
             ).fetchall()
             (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM jobs").fetchone()
@@ -422,7 +425,7 @@ class SqliteJobStore:
         def insert(conn: sqlite3.Connection) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
-                    f"SELECT {COLUMNS} FROM jobs WHERE customer_id = ? AND idempotency_key = ?",  # noqa: S608
+                    f"SELECT {COLS} FROM jobs WHERE customer_id = ? AND idempotency_key = ?",  # noqa: S608
                     (job.customer_id, job.idempotency_key),
                 ).fetchone()
                 if row is not None:
@@ -550,7 +553,7 @@ class SqliteJobStore:
     async def expired_runs(self, now: float) -> list[Job]:
         def select(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE status = 'running' AND lease_until < ? "  # noqa: S608
+                f"SELECT {COLS} FROM jobs WHERE status = 'running' AND lease_until < ? "  # noqa: S608
                 "ORDER BY seq",
                 (now,),
             )
@@ -585,17 +588,22 @@ class SqliteJobStore:
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
         usage: UsageRecord | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         check_finish(status, expect)
         error_text = _error_json(error)
 
         def settle(conn: sqlite3.Connection) -> tuple[JobStatus, Job] | None:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, lease_holder FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise KeyError(job_id)
             before = JobStatus(row[0])
             if before not in expect:
                 return None  # settled, claimed or requeued by another path first
+            if holder is not None and before is JobStatus.running and row[1] != holder:
+                return None  # a late result of a run that another holder took over
             conn.execute(
                 "UPDATE jobs SET status = ?, completed_at = ?, outputs = ?, error = ?, "
                 "seed = COALESCE(?, seed), extra = json_patch(extra, ?), lease_holder = NULL, "
@@ -629,14 +637,19 @@ class SqliteJobStore:
         return None if outcome is None else outcome[1]
 
     async def requeue(
-        self, job_id: str, *, extra: dict[str, Any] | None = None, count_retry: bool
+        self,
+        job_id: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        count_retry: bool,
+        holder: str | None = None,
     ) -> Job | None:
         def put_back(conn: sqlite3.Connection) -> Job | None:
             changed = conn.execute(
                 "UPDATE jobs SET status = 'queued', started_at = NULL, lease_holder = NULL, "
                 "lease_until = NULL, retries = retries + ?, extra = json_patch(extra, ?) "
-                "WHERE id = ? AND status = 'running'",
-                (int(count_retry), orjson.dumps(extra or {}).decode(), job_id),
+                "WHERE id = ? AND status = 'running' AND (? IS NULL OR lease_holder = ?)",
+                (int(count_retry), orjson.dumps(extra or {}).decode(), job_id, holder, holder),
             ).rowcount
             return _select(conn, job_id) if changed else None
 
@@ -649,7 +662,7 @@ class SqliteJobStore:
     async def unsettled(self) -> list[Job]:
         def select(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"  # noqa: S608
+                f"SELECT {COLS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"  # noqa: S608
             )
             return [_row_to_job(r) for r in rows]
 

@@ -1,9 +1,9 @@
 """Store URLs: each stateful concern is chosen by one URL in ``[gateway.stores]``.
 
-``memory://`` (this process only), ``sqlite:///abs/path.db`` (embedded, durable), and for assets
-``file:///abs/dir`` or ``s3://bucket/prefix``, and ``redis://`` / ``rediss://`` for every concern but
-the assets. ``[gateway.shared] url`` moves every shared concern to one Redis; unset settings fall
-back to the embedded store under the data dir (``default_store_urls``).
+``memory://`` (this process only), ``sqlite:///abs/path.db`` (embedded, durable), for assets
+``file:///abs/dir`` or ``s3://bucket/prefix``, and ``redis://`` / ``rediss://`` for every concern
+but the assets. ``[gateway.shared] url`` moves every shared concern to one Redis; unset settings
+fall back to the embedded store under the data dir (``default_store_urls``).
 """
 
 from __future__ import annotations
