@@ -83,6 +83,9 @@ class AuditConfig(_Section):
     origin: str = Field(default="render-gateway/audit", pattern=r"^[^\s+]+$", max_length=200)
     batch_records: int = Field(default=10_000, ge=1, le=1_000_000)
     batch_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # The log's Ed25519 key (PEM, mode 0600), read and never created: what replicas share.
+    # Unset: <data_dir>/audit/log.key, created on first start.
+    key_file: Path | None = None
 
 
 class ReconcileConfig(_Section):
@@ -104,6 +107,9 @@ class WebhooksConfig(_Section):
     # When not empty, the only hosts deliveries may go to (".example.com": its subdomains),
     # checked on the URL before any DNS lookup.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # The signing secret (``whsec_…``, mode 0600), read and never created: what replicas
+    # share. Unset: <data_dir>/webhook_secret, created on first start.
+    secret_file: Path | None = None
 
     def policy(self) -> UrlPolicy:
         return UrlPolicy(self.allow_http, self.allow_private_addresses, tuple(self.allowed_hosts))
@@ -201,6 +207,9 @@ class SharedConfig(_Section):
     ``file://`` directory."""
 
     url: str | None = Field(default=None, pattern=r"^rediss?://", max_length=2048)
+    # A file (mode 0600) with the Redis password (AUTH), used by every Redis client this process
+    # opens; a password in a URL (redis://:pw@host) takes precedence over it.
+    password_file: Path | None = None
 
 
 Role = Literal["api", "scheduler", "metering", "audit", "reconciler"]
@@ -222,6 +231,9 @@ class GatewayConfig(_Section):
     # How long the signed asset URLs handed out (job views, webhooks, Content-Location) work,
     # and the longest one POST /assets/{id}/url mints. 7 days, as S3's presigned URLs.
     asset_url_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=31 * 24 * 3600)
+    # The key of those URLs (base64, mode 0600), read and never created, so that a URL minted
+    # by one replica verifies on every other. Unset: <data_dir>/asset_url_secret.
+    asset_url_secret_file: Path | None = None
     recovery: Literal["requeue", "fail"] = "requeue"
     max_job_retries: int = Field(default=2, ge=0)
     # On SIGTERM running jobs get this long to finish (and be billed) before they are stopped

@@ -27,20 +27,24 @@ class RedisServer:
     process: subprocess.Popen[bytes]
 
 
-def start_redis(directory: Path, port: int | None = None) -> RedisServer:
+def start_redis(
+    directory: Path, port: int | None = None, password: str | None = None
+) -> RedisServer:
     """Start ``redis-server`` with ``appendonly yes`` (``appendfsync always``: an acknowledged
-    write survives a kill -9) and wait until it answers PING."""
+    write survives a kill -9) and wait until it answers PING. With ``password``, it requires
+    AUTH (``--requirepass``); ``url`` carries no password."""
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "redis.log"
     process = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-         "--logfile", str(log), "--daemonize", "no", "--protected-mode", "yes"],
+         "--logfile", str(log), "--daemonize", "no", "--protected-mode", "yes",
+         *(["--requirepass", password] if password else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     STARTED.append(process)
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     deadline = time.monotonic() + 20
     while True:
         if process.poll() is not None:

@@ -2,8 +2,9 @@
 
 ``/assets/{id}?expires=<unix seconds>&signature=<base64url HMAC-SHA256>``. The HMAC covers the
 asset id and the expiry, under a gateway secret kept in ``<data_dir>/asset_url_secret`` (mode
-0600, created on first start). Whoever holds the URL may read the bytes until it expires;
-changing the id or the expiry breaks the signature.
+0600, created on first start), or read from ``[gateway] asset_url_secret_file``, which every
+replica shares (base64 of at least 32 bytes on one line). Whoever holds the URL may read the
+bytes until it expires; changing the id or the expiry breaks the signature.
 
 Expiries are rounded up to a step (an hour for long lifetimes) so that the URL handed out for an
 asset stays the same for a while: a browser or a CDN caching it ``public, immutable`` gets hits.
@@ -55,9 +56,14 @@ class AssetUrlSigner:
             raise ValueError("asset URLs must live at least one second")
 
     @classmethod
-    def load_or_create(cls, path: Path, ttl_seconds: int) -> AssetUrlSigner:
-        """The key in ``path`` (refused if others can read it); a new one written there with
-        mode 0600 if the file is absent."""
+    def load_or_create(
+        cls, path: Path, ttl_seconds: int, shared: Path | None = None
+    ) -> AssetUrlSigner:
+        """The key in ``shared`` when given (it must exist: see ``load``); else the key in
+        ``path`` (refused if others can read it), a new one written there with mode 0600 if the
+        file is absent."""
+        if shared is not None:
+            return cls.load(shared, ttl_seconds)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             # O_EXCL + mode at creation: never readable by others, and two processes starting
@@ -71,6 +77,22 @@ class AssetUrlSigner:
             file.flush()
             os.fsync(file.fileno())
         return cls(key, ttl_seconds)
+
+    @classmethod
+    def load(cls, path: Path, ttl_seconds: int) -> AssetUrlSigner:
+        """The key in ``path`` (``[gateway] asset_url_secret_file``), which must exist: a URL
+        minted by one replica verifies on every other only if none creates its own."""
+        if not path.is_file():
+            raise ValueError(
+                f"gateway.asset_url_secret_file: {path} does not exist (copy a replica's "
+                "<data_dir>/asset_url_secret there)"
+            )
+        return cls(_read_key(path), ttl_seconds)
+
+    def fingerprint(self) -> str:
+        """An HMAC of a fixed text under the key: equal on two replicas iff their keys are,
+        and says nothing of the key itself."""
+        return hmac.new(self.key, _CONTEXT + b"fingerprint", hashlib.sha256).hexdigest()
 
     def _signature(self, asset_id: str, expires: int) -> str:
         message = _CONTEXT + f"{asset_id}\n{expires}".encode()

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.application.admission import Admission
 from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
+from render_gateway.application.cluster_agreement import enforce_agreement, use_shared_password
 from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
 from render_gateway.application.offered_catalog import OfferedCatalog
@@ -199,7 +200,7 @@ def open_audit_parts(config: GatewayConfig, data: Path) -> AuditParts:
     audit = config.audit
     return AuditParts(
         open_object_store(audit.cas_url or default_cas_url(data)),
-        load_signer(data, audit.origin),
+        load_signer(data, audit.origin, audit.key_file),
         ProofIndex(data / PROOF_INDEX_FILE),
     )
 
@@ -316,6 +317,7 @@ class GatewayServices:
         catalog = catalog_of(config, local_worker)
         for plan in config.plans.values():
             BucketConfig(plan.rate_capacity, plan.rate_refill_per_second)  # validates early
+        use_shared_password(config)  # before any Redis client is opened
         stores = Stores.open(config)
         opened = await stores.jobs.open()
         log.info(
@@ -349,11 +351,13 @@ class GatewayServices:
         dispatcher = Dispatcher(
             pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump())
         )
+        # A secret replicas share is read from its file (never created); else the data dir's.
         asset_urls = await asyncio.to_thread(
-            AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds
-        )
+            AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds,
+            config.asset_url_secret_file,
+        )  # fmt: skip
         webhook_secret = await asyncio.to_thread(
-            WebhookSecret.load_or_create, data / "webhook_secret"
+            WebhookSecret.load_or_create, data / "webhook_secret", config.webhooks.secret_file
         )
         webhooks = WebhookSender(webhook_secret, config.webhooks.policy(), store=stores.webhooks)
         settlement = Settlement(stores.jobs, stores.events, meter, webhooks, asset_urls.url)
@@ -380,6 +384,9 @@ class GatewayServices:
             local_worker, estimates,
         )  # fmt: skip
         services._offered = offered
+        # Replicas on one Redis must share their logs, usage store and keys: refused otherwise.
+        agreement = await enforce_agreement(config, data, audit.signer, webhook_secret, asset_urls)
+        services._role_tasks.extend([agreement] if agreement else [])  # cancelled by stop()
         meter.on_record = services._on_record
         await services._probe_once()  # know who is up before the first dispatch
         await webhooks.start()

@@ -112,9 +112,17 @@ class WebhookSecret:
     def text(self) -> str:
         return SECRET_PREFIX + base64.b64encode(self.key).decode("ascii")
 
+    def fingerprint(self) -> str:
+        """An HMAC of a fixed text under the secret: equal on two replicas iff their secrets
+        are, and says nothing of the secret itself."""
+        return hmac.new(self.key, b"render-webhook-secret.fingerprint", hashlib.sha256).hexdigest()
+
     @classmethod
-    def load_or_create(cls, path: Path) -> WebhookSecret:
-        """The secret in ``path``; a new one written there (mode 0600) if the file is absent."""
+    def load_or_create(cls, path: Path, shared: Path | None = None) -> WebhookSecret:
+        """The secret in ``shared`` when given (it must exist: see ``load``); else the secret
+        in ``path``, a new one written there (mode 0600) if the file is absent."""
+        if shared is not None:
+            return cls.load(shared)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             # O_EXCL + mode at creation: the file is never readable by others, and two
@@ -128,6 +136,17 @@ class WebhookSecret:
             file.flush()
             os.fsync(file.fileno())
         return created
+
+    @classmethod
+    def load(cls, path: Path) -> WebhookSecret:
+        """The secret in ``path`` (``[gateway.webhooks] secret_file``), which must exist: every
+        replica signs with this one, so none creates its own."""
+        if not path.is_file():
+            raise ValueError(
+                f"gateway.webhooks.secret_file: {path} does not exist (copy a replica's "
+                "<data_dir>/webhook_secret there)"
+            )
+        return cls._load(path)
 
     @classmethod
     def _load(cls, path: Path) -> WebhookSecret:

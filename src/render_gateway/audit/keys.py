@@ -17,7 +17,12 @@ from render_gateway.audit.signed_note import (
     sign_note,
     verifier_key,
 )
-from render_gateway.signing_keys import load_or_create_key, write_private_key
+from render_gateway.signing_keys import (
+    KeyFileError,
+    load_key,
+    load_or_create_key,
+    write_private_key,
+)
 from render_gateway.stores.objects import ObjectStore
 
 KEY_FILE = Path("audit") / "log.key"
@@ -25,8 +30,18 @@ ROTATIONS_PREFIX = "log/keys/"
 ROTATION_HEADER = "render-gateway audit log key rotation"
 
 
-def load_signer(data_dir: Path, origin: str) -> NoteSigner:
-    return NoteSigner(origin, load_or_create_key(Path(data_dir) / KEY_FILE))
+def load_signer(data_dir: Path, origin: str, key_file: Path | None = None) -> NoteSigner:
+    """The log's signer: the key in ``key_file`` (``[gateway.audit] key_file``; it must exist,
+    mode 0600: replicas share it, so none may create its own), else the data dir's own key,
+    created on first use."""
+    if key_file is None:
+        return NoteSigner(origin, load_or_create_key(Path(data_dir) / KEY_FILE))
+    if not key_file.is_file():
+        raise KeyFileError(
+            f"gateway.audit.key_file: {key_file} does not exist (copy a replica's "
+            f"<data_dir>/{KEY_FILE} there, or make one: openssl genpkey -algorithm ed25519)"
+        )
+    return NoteSigner(origin, load_key(key_file))
 
 
 def public_key_line(signer: NoteSigner) -> str:

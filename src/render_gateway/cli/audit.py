@@ -56,7 +56,8 @@ def audit_pubkey(
     from render_gateway.audit.keys import load_signer, public_key_line
 
     gateway = gateway_config(config, data_dir)
-    typer.echo(public_key_line(load_signer(Path(gateway.data_dir), gateway.audit.origin)))
+    signer = load_signer(Path(gateway.data_dir), gateway.audit.origin, gateway.audit.key_file)
+    typer.echo(public_key_line(signer))
 
 
 @audit_app.command("rotate-key")

@@ -20,9 +20,11 @@ keys_app = typer.Typer(help="API keys (stored as hashes; shown once).", no_args_
 def key_store(gateway: GatewayConfig) -> ApiKeyStore:
     # The store the gateway opens ([gateway.stores] keys, else the shared Redis, else keys.db in
     # the data dir).
+    from render_gateway.application.cluster_agreement import use_shared_password
     from render_gateway.stores.keys import open_key_store
     from render_gateway.stores.urls import store_urls
 
+    use_shared_password(gateway)  # [gateway.shared] password_file, as serve uses it
     return open_key_store(store_urls(gateway)["keys"])
 
 

@@ -84,7 +84,10 @@ def serve(
         sock = listen(gateway.host, gateway.port)
     except (DataDirBusy, StartRefused, OSError) as exc:
         fail(str(exc), 1)
-    secret = asyncio.run(first_admin_key(gateway))
+    try:
+        secret = asyncio.run(first_admin_key(gateway))
+    except Exception as exc:  # the key store unreachable, a Redis refusing our AUTH: one line
+        fail(f"the gateway cannot start: the API key store: {type(exc).__name__}: {exc}", 1)
     if secret is not None:
         typer.echo("Created the first API key (customer 'admin', plan 'admin'). It is shown once:")
         typer.echo(secret)

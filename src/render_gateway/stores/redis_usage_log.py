@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.redis_client import key
+from render_gateway.stores.redis_client import client_password, key
 from render_gateway.stores.usage_log import LoggedUsage, MonthUsage, UsageAlreadyLogged
 
 # Lua helpers shared with the job store's finish script. ``u`` is the namespace; ``a`` the index
@@ -120,7 +120,7 @@ def already_logged(record: UsageRecord) -> UsageAlreadyLogged:
 def open_sync_redis(url: str) -> redis.Redis:
     """A blocking client for the consumer threads (bytes in, bytes out; thread-safe pool)."""
     client: redis.Redis = redis.Redis.from_url(
-        url, decode_responses=False, health_check_interval=30
+        url, password=client_password(), decode_responses=False, health_check_interval=30
     )
     return client
 
