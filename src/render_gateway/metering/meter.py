@@ -147,6 +147,15 @@ class Meter:
             node_keys=self.node_keys,
         )
 
+    async def settle_budget(self, key: str, record: Mapping[str, Any]) -> bool:
+        """Replace the hold of ``key`` with what ``record`` bills, once (False: it was settled
+        already). Called as each request settles, and again from the usage stream by the
+        budget settler (application/budget_settler.py) for a settle a killed process missed."""
+        billable = bool(record["billable"])
+        actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
+        month = month_of(record["timestamp"])
+        return await self.budgets.settle(key, record["customer_id"], month, actual)
+
     async def settled(self, key: str, record: Mapping[str, Any] | None) -> None:
         """A request ended (``record`` as persisted), or was dropped before running (None)."""
         known = self._work.pop(key, None)
@@ -157,10 +166,7 @@ class Meter:
             self.unverified_claims += 1
         if record.get("error_code") == BUDGET_EXHAUSTED:
             self.budget_stops += 1
-        billable = bool(record["billable"])
-        actual = Amount(record["gpu_seconds"] if billable else 0.0, int(record["cost_nanos"]))
-        month = month_of(record["timestamp"])
-        await self.budgets.settle(key, record["customer_id"], month, actual)
+        await self.settle_budget(key, record)
         # Runs stopped early teach the cost per step as well as finished ones (their claims
         # say how many steps ran), so a budget that stops every run still learns its model.
         steps, status = int(record.get("num_steps") or 0), record["status"]

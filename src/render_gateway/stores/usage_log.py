@@ -4,7 +4,8 @@ It is the outbox of the metering hook. A job's record is appended in the same co
 job's final status (a sync request's before its response is sent), so a record exists if and
 only if the request ended. Consumers read it as consumer groups with explicit acks, the shape
 of Redis Streams (XADD / XREADGROUP / XACK / XPENDING): the hot path into ClickHouse is group
-``clickhouse``, the cold path into the audit log group ``audit``. A group reads the entries
+``clickhouse``, the cold path into the audit log group ``audit``, and the budgets' backstop
+group ``budgets``. A group reads the entries
 after its last ack and acks once they are safely delivered; a consumer that is behind — its
 store down, or the process killed before an ack — reads the same unacked entries again, so
 nothing is lost and everything replays in order.
@@ -24,6 +25,9 @@ from render_gateway.core.usage_records import UsageRecord
 # The consumer groups: the hot path (metering/writer.py) and the cold path (audit/batcher.py).
 HOT_PATH_GROUP = "clickhouse"
 COLD_PATH_GROUP = "audit"
+# The budgets' backstop (application/budget_settler.py): each record's budget settle, replayed
+# for the requests whose process died between the record's commit and its in-line settle.
+BUDGET_GROUP = "budgets"
 
 
 @dataclass(frozen=True)
