@@ -92,6 +92,9 @@ _SUBMIT = (
 -- ARGV: ns, id, customer, lane, idempotency field or '', max customer, max total, expires_at
 -- or '', then the job hash's field/value pairs
 local id, customer, lane, idem = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- The same submit run again (its reply was lost with the connection and the client retried;
+-- ids are random, so no other submit has this one): created once, counted once.
+if redis.call('EXISTS', jkey(id)) == 1 then return {'created', redis.call('HGETALL', jkey(id))} end
 if idem ~= '' then
   local existing = redis.call('HGET', ns .. ':idempotency', idem)
   if existing then return {'existing', redis.call('HGETALL', jkey(existing))} end
