@@ -19,6 +19,7 @@ record and settles its budget the same way, before the response is sent.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from render_gateway.core.usage_records import UsageRecord
 from render_gateway.metering.meter import Meter
 from render_gateway.stores.events import EventBus
 from render_gateway.stores.jobs import JobStore
+from render_gateway.stores.usage_log import UsageAlreadyLogged
 
 QUEUED = frozenset({JobStatus.queued})
 RUNNING = frozenset({JobStatus.running})
@@ -116,7 +118,10 @@ class Settlement:
         """A sync request ended: its record is durable before this returns (the response goes
         out after it), then its budget is settled with it."""
         try:
-            await self._jobs.usage_log.append_usage(usage)
+            # Already logged: this very append ran and its reply was lost (a dropped
+            # connection, retried): event ids are unique, so the record is in, once.
+            with contextlib.suppress(UsageAlreadyLogged):
+                await self._jobs.usage_log.append_usage(usage)
         finally:
             await self._meter.settled(request_id, usage.to_dict())
 
