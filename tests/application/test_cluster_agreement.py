@@ -161,7 +161,7 @@ async def test_the_password_file_reaches_every_client(
 ) -> None:
     bare = open_redis(locked_redis.url)
     # An AuthenticationError (a ConnectionError), maybe wrapped as the stores' "unavailable".
-    with pytest.raises(redis.exceptions.ConnectionError, match="(?i)authenticat"):
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)authenticat"):
         await bare.ping()
     await bare.aclose()
     password_file = private(tmp_path / "redis_password", PASSWORD + "\n")
