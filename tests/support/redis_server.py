@@ -28,11 +28,15 @@ class RedisServer:
 
 
 def start_redis(
-    directory: Path, port: int | None = None, password: str | None = None
+    directory: Path,
+    port: int | None = None,
+    password: str | None = None,
+    replica_of: int | None = None,
 ) -> RedisServer:
     """Start ``redis-server`` with ``appendonly yes`` (``appendfsync always``: an acknowledged
     write survives a kill -9) and wait until it answers PING. With ``password``, it requires
-    AUTH (``--requirepass``); ``url`` carries no password."""
+    AUTH (``--requirepass``); ``url`` carries no password. With ``replica_of`` (a port on
+    127.0.0.1), it is a replica of that server."""
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "redis.log"
@@ -40,7 +44,8 @@ def start_redis(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--appendonly", "yes", "--appendfsync", "always", "--save", "",
          "--logfile", str(log), "--daemonize", "no", "--protected-mode", "yes",
-         *(["--requirepass", password] if password else [])],
+         *(["--requirepass", password] if password else []),
+         *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     STARTED.append(process)

@@ -204,18 +204,23 @@ def check_finish(status: JobStatus, expect: frozenset[JobStatus]) -> None:
         raise ValueError("a settled job is never settled again: expect only queued/running")
 
 
-def open_job_store(url: str, *, synchronous: str = "FULL") -> JobStore:
+def open_job_store(
+    url: str, *, synchronous: str = "FULL", wait_replicas: int = 0, wait_timeout_ms: int = 1000
+) -> JobStore:
     """The job store ``[gateway.stores] jobs`` names: ``sqlite:///abs/path/jobs.db`` (embedded,
     durable; ``synchronous`` is its fsync level), ``redis://`` / ``rediss://`` (shared by every
-    replica, with its usage stream on the same Redis) or ``memory://`` (this process only, for
-    in-process tests; its usage log is its own, in memory too). Not opened yet: call
+    replica, with its usage stream on the same Redis; ``wait_replicas`` > 0 acknowledges an
+    admission or an end only once that many Redis replicas have it: redis_jobs.ReplicaWait)
+    or ``memory://`` (this process only, for in-process tests; its usage log is its own, in
+    memory too). Not opened yet: call
     ``open()``."""
     parsed = parse_store_url("jobs", url, ("sqlite", "memory", "redis", "rediss"))
     # Imported here: the implementations import this module for the shared types.
     if parsed.scheme in ("redis", "rediss"):
-        from render_gateway.stores.redis_jobs import open_redis_job_store
+        from render_gateway.stores.redis_jobs import ReplicaWait, open_redis_job_store
 
-        return open_redis_job_store(url)
+        wait = ReplicaWait(wait_replicas, wait_timeout_ms) if wait_replicas else None
+        return open_redis_job_store(url, wait=wait)
     if parsed.scheme == "memory":
         from render_gateway.stores.memory_jobs import MemoryJobStore
 

@@ -39,6 +39,7 @@ the other Redis stores do.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -64,6 +65,7 @@ from render_gateway.stores.redis_usage_log import (
     open_sync_redis,
     usage_args,
 )
+from render_gateway.stores.unavailable import StoreUnavailable
 
 LANES = tuple(lane.name for lane in sorted(Lane))  # high, normal, low: strict priority order
 
@@ -406,11 +408,26 @@ def _to_job(flat: Sequence[Any]) -> Job:
     )
 
 
+@dataclass(frozen=True)
+class ReplicaWait:
+    """Redis ``WAIT``: an admission or an end is acknowledged only once ``replicas`` Redis
+    replicas have it too, waiting at most ``timeout_ms``. Fewer in time: StoreUnavailable —
+    the write is on the primary (the job exists and will run), but not as durable as asked, so
+    the caller is told it was not accepted (a resubmit with the same Idempotency-Key is safe)."""
+
+    replicas: int
+    timeout_ms: int = 1000
+
+
 class RedisJobStore:
     def __init__(
-        self, client: aioredis.Redis, usage_log: RedisUsageStream, namespace: str = key("jobs")
+        self,
+        client: aioredis.Redis,
+        usage_log: RedisUsageStream,
+        namespace: str = key("jobs"),
+        wait: ReplicaWait | None = None,
     ) -> None:
-        self._client, self._ns = client, namespace
+        self._client, self._ns, self._wait = client, namespace, wait
         self._usage = usage_log
         self._closed = False
         script = client.register_script
@@ -443,13 +460,35 @@ class RedisJobStore:
             raise RuntimeError("the job store is closed")
         return await script(keys=[], args=[self._ns, *args])
 
+    async def _run_replicated(self, script: Any, *args: Any) -> tuple[Any, int | None]:
+        """``_run`` followed by ``WAIT`` on the same connection (WAIT counts the replicas that
+        have this connection's writes, so both go in one pipeline): (reply, replicas that
+        acknowledged), or (reply, None) without a ReplicaWait."""
+        if self._wait is None:
+            return await self._run(script, *args), None
+        if self._closed:
+            raise RuntimeError("the job store is closed")
+        async with self._client.pipeline(transaction=False) as pipe:
+            await script(keys=[], args=[self._ns, *args], client=pipe)
+            pipe.execute_command("WAIT", self._wait.replicas, self._wait.timeout_ms)
+            reply, acknowledged = await pipe.execute()
+        return reply, int(acknowledged)
+
+    def _check_replicated(self, acknowledged: int | None) -> None:
+        wait = self._wait
+        if wait is not None and acknowledged is not None and acknowledged < wait.replicas:
+            raise StoreUnavailable(
+                f"the write reached {acknowledged} of {wait.replicas} Redis replicas "
+                f"within {wait.timeout_ms} ms"
+            )
+
     async def submit(
         self, job: Job, *, max_queued_for_customer: int, max_queued_total: int
     ) -> tuple[Job, bool]:
         if job.status is not JobStatus.queued:
             raise ValueError("a new job must be queued")
         route_key(job.request)  # a job the queue could not route is refused before it is stored
-        reply = await self._run(
+        reply, acknowledged = await self._run_replicated(
             self._submit,
             job.id,
             job.customer_id,
@@ -470,6 +509,7 @@ class RedisJobStore:
             if stored.request_digest != job.request_digest:
                 raise IdempotencyConflict(stored)
             return stored, False
+        self._check_replicated(acknowledged)
         return stored, True
 
     async def get(self, job_id: str) -> Job | None:
@@ -559,7 +599,7 @@ class RedisJobStore:
         )
         while True:
             version, merged = await self._extra_patch(job_id, extra)
-            reply = await self._run(
+            reply, acknowledged = await self._run_replicated(
                 self._finish, job_id, status.value, repr(float(now)),
                 ",".join(sorted(s.value for s in expect)),
                 orjson.dumps(list(outputs)).decode(), _error_json(error),
@@ -575,6 +615,7 @@ class RedisJobStore:
             if outcome == "logged":
                 assert usage is not None
                 raise already_logged(usage)
+            self._check_replicated(acknowledged)
             return _to_job(reply[1])
 
     async def requeue(
@@ -607,10 +648,14 @@ class RedisJobStore:
 
 
 def open_redis_job_store(
-    url: str, *, namespace: str = key("jobs"), usage_namespace: str = key("usage")
+    url: str,
+    *,
+    namespace: str = key("jobs"),
+    usage_namespace: str = key("usage"),
+    wait: ReplicaWait | None = None,
 ) -> RedisJobStore:
     """A job store on the Redis at ``url`` with its usage stream (asyncio client for the store
     and appends, a blocking one for the consumers' threads). No I/O until the first call."""
     client = _open_async(url)
     stream = RedisUsageStream(client, open_sync_redis(url), usage_namespace)
-    return RedisJobStore(client, stream, namespace)
+    return RedisJobStore(client, stream, namespace, wait)
