@@ -200,6 +200,9 @@ class RunService:
             slots.executor, self._execute, slots.model, run, images, on_step, release_slot
         )
         self._runs[request_id] = run
+        # Start and end of every run in the worker's own log: what an operator (and the chaos
+        # test) reads to see that one request never ran on two workers at once.
+        log.info("run %s started", request_id)
         run.future.add_done_callback(lambda _f: self._finished(slots, run))
         return run
 
@@ -213,6 +216,7 @@ class RunService:
         self._release_slot(slots, run)
         slots.active -= 1
         self._runs.pop(run.request_id, None)
+        log.info("run %s ended", run.request_id)
         run.events.put_nowait(None)
         if run.future.cancelled():
             slots.failed += 1
