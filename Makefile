@@ -10,7 +10,7 @@ WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install system-deps run worker demo-model test test-fast lint format bench openapi clean
+.PHONY: install system-deps run worker cluster demo-model test test-fast lint format bench openapi clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ run: install demo-model
 worker: install demo-model
 	$(VENV)/bin/render-gateway worker --host $(HOST) --port $(WORKER_PORT) \
 		--data-dir $(DATA_DIR)/worker --model demo=$(DEMO_MODEL)
+
+# Three gateway replicas on one local redis-server (never 6379) with two workers, all on
+# 127.0.0.1 under $(DATA_DIR)/cluster (reused on the next run); Ctrl-C stops them in order.
+# Flags through ARGS, e.g. make cluster ARGS="--replicas 2 --workers 1".
+cluster: install demo-model system-deps
+	$(PY) scripts/cluster.py --data-dir $(DATA_DIR)/cluster --model $(DEMO_MODEL) $(ARGS)
 
 # Debian packages the tests start as real servers (redis-server on free ports, never 6379).
 system-deps:
