@@ -67,10 +67,12 @@ format: install
 	$(VENV)/bin/ruff format src tests bench
 	$(VENV)/bin/ruff check --fix src tests bench
 
-bench: install
+bench: install system-deps
 	$(PY) bench/worker_overhead.py
 	$(PY) bench/job_store.py
 	$(PY) bench/queue_positions.py
+	$(PY) bench/replicas.py
+	$(PY) bench/chaos.py
 
 # Regenerate docs/openapi.json from the app (a test fails when it is stale).
 openapi: install
