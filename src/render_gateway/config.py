@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -216,9 +225,35 @@ Role = Literal["api", "scheduler", "metering", "audit", "reconciler"]
 ROLES: tuple[Role, ...] = ("api", "scheduler", "metering", "audit", "reconciler")
 
 
+def check_advertise_url(url: str) -> str:
+    """``url`` without a trailing slash when it is a plain http(s) base URL (a host, maybe a
+    port and a path; no user, query or fragment: other replicas send callers' keys to it)."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number or out of range
+        port_ok = False
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+        or not port_ok
+        or any(c.isspace() for c in url)
+    ):
+        raise ValueError(
+            f"gateway.advertise_url = {url!r}: expected a plain http(s)://host[:port] URL"
+        )
+    return url.rstrip("/")
+
+
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # The base URL the other replicas reach this one at (they relay usage reads to the one
+    # holding the metering lease). Unset: http://<host>:<port> as serve binds them.
+    advertise_url: str | None = Field(default=None, max_length=2048)
     data_dir: Path = DEFAULT_DATA_DIR
     # When no backend is configured, serve starts a local reference worker on the demo model.
     local_demo_worker: bool = True
@@ -270,6 +305,11 @@ class GatewayConfig(_Section):
     # What this process runs (serve --roles): the HTTP API, the scheduler loop, and the three
     # singletons, each of which runs only while this process holds its lease.
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url_is_plain(cls, url: str | None) -> str | None:
+        return None if url is None else check_advertise_url(url)
 
     @model_validator(mode="after")
     def _alert_webhook_is_allowed(self) -> GatewayConfig:

@@ -1,12 +1,20 @@
 """Two gateway processes, each with its own data dir, on one real redis-server through
-``[gateway.shared] url``: what they share today is attacked from outside — an API key made
-through one is accepted by the other, one rate-limit bucket spans both, a revocation through one
-is refused by the other at once, and budget holds made on one are seen by the other."""
+``[gateway.shared] url``, sharing the embedded usage store, the audit CAS and the assets
+directory: what they share is attacked from outside — an API key made through one is accepted
+by the other, one rate-limit bucket spans both, a revocation through one is refused by the
+other at once, and ``/usage`` answers the same on both though only the metering lease's holder
+can open the embedded store (the other relays to it; when the holder is gone, a replica that
+may not take metering over answers a 503 that names no path)."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,16 +27,24 @@ from support.gateway import (
     stop_gateway,
     wait_done,
 )
-from support.processes import WorkerProcess
-from support.redis_server import RedisServer, redis_server
-
-__all__ = ["redis_server"]
+from support.processes import WorkerProcess, stop_process
+from support.redis_server import RedisServer, start_redis
 
 SHARED = """
 drain_seconds = 1
 
 [gateway.shared]
 url = "{redis}"
+
+[gateway.metering]
+url = "chdb://{shared}/usage.chdb"
+flush_interval_seconds = 0.2
+
+[gateway.audit]
+cas_url = "file://{shared}/cas"
+
+[gateway.stores]
+assets = "file://{shared}/assets"
 
 [gateway.plans.default]
 rate_capacity = 3
@@ -43,39 +59,96 @@ allow_high_priority = true
 """
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
         "steps": 2, "width": 64, "height": 64}  # fmt: skip
+# What each data dir would otherwise make its own: the second replica gets the first's.
+SECRETS = ("asset_url_secret", "webhook_secret", "audit/log.key")
 
 
-def config(worker: WorkerProcess, redis: RedisServer) -> str:
+def config(worker: WorkerProcess, redis: RedisServer, shared: Path) -> str:
     base = ONE_WORKER_CONFIG.format(worker=worker.url)
     head, rest = base.split("\n[[gateway.backends]]", 1)
-    return head + SHARED.format(redis=redis.url) + "\n[[gateway.backends]]" + rest
+    return head + SHARED.format(redis=redis.url, shared=shared) + "\n[[gateway.backends]]" + rest
+
+
+def copy_secrets(source: Path, target: Path) -> None:
+    for name in SECRETS:
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target / name)
+
+
+@contextlib.contextmanager
+def two_gateways(
+    worker: WorkerProcess, tmp_path: Path, second_roles: str = ""
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """a, then b (with ``second_roles`` as its ``roles`` when given), on a Redis of their own:
+    what the first replica records there (the keys, the shared settings of
+    cluster_agreement.py, the leases) belongs to this pair alone."""
+    redis = start_redis(tmp_path / "redis")
+    try:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        text = config(worker, redis, shared)
+        first = start_gateway(tmp_path / "a", text)
+        try:
+            copy_secrets(first.data_dir, tmp_path / "b")
+            head, rest = text.split("\n[gateway.shared]", 1)
+            roles = f"roles = {second_roles}\n" if second_roles else ""
+            second = start_gateway(tmp_path / "b", head + roles + "\n[gateway.shared]" + rest)
+        except BaseException:
+            stop_gateway(first)
+            raise
+        try:
+            yield first, second
+        finally:
+            stop_gateway(second)
+            stop_gateway(first)
+    finally:
+        stop_process(redis.process)
 
 
 @pytest.fixture
 def gateways(
-    worker: WorkerProcess, redis_server: RedisServer, tmp_path: Path
+    worker: WorkerProcess, tmp_path: Path
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    text = config(worker, redis_server)
-    first = start_gateway(tmp_path / "a", text)
-    try:
-        second = start_gateway(tmp_path / "b", text)
-    except BaseException:
-        stop_gateway(first)
-        raise
-    try:
-        yield first, second
-    finally:
-        stop_gateway(second)
-        stop_gateway(first)
+    with two_gateways(worker, tmp_path) as pair:
+        yield pair
 
 
-def test_two_gateways_share_keys_one_bucket_and_revocations(
+def usage_of(gateway: GatewayProcess, key: str, params: dict[str, str]) -> httpx.Response:
+    return httpx.get(gateway.url + "/usage", params=params, headers=bearer(key), timeout=30)
+
+
+def settled_usage(
+    gateway: GatewayProcess, key: str, params: dict[str, str], requests: int
+) -> dict[str, Any]:
+    """The report once ``requests`` records are in the usage store and none is pending."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = usage_of(gateway, key, params)
+        body: dict[str, Any] = response.json()
+        settled = response.status_code == 200 and body["pending_records"] == 0
+        if settled and body["totals"]["requests"] == requests:
+            return body
+        assert response.status_code in (200, 503), body  # not yet: no other refusal
+        time.sleep(0.2)
+    raise AssertionError(f"usage never showed {requests} requests: {body}")
+
+
+def assert_no_path(body: dict[str, Any], *paths: Path) -> None:
+    text = str(body)
+    for path in paths:
+        assert str(path) not in text
+    assert "/tmp" not in text and "chdb" not in text and "Traceback" not in text
+
+
+def test_two_gateways_share_keys_one_bucket_revocations_and_usage_reads(
     gateways: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
     a, b = gateways
     assert a.admin_key.startswith("rk_")
     assert b.admin_key == ""  # the keys already existed in the shared store: none printed
-    assert httpx.get(b.url + "/usage", headers=bearer(a.admin_key)).status_code == 200
+    # b does not hold metering (a started first): its /usage is a's, relayed.
+    assert usage_of(b, a.admin_key, {}).status_code == 200
     created = a.cli("keys", "create", "--customer", "shared-customer").strip().splitlines()
     key_id, key = created[-2].split()[1], created[-1]  # "key <id> for customer …", the secret
     headers = bearer(key)
@@ -89,7 +162,58 @@ def test_two_gateways_share_keys_one_bucket_and_revocations(
     assert codes == [202, 202, 202, 429]  # capacity 3, one bucket across both gateways
     for gateway, job_id in job_ids:
         assert wait_done(gateway, headers, job_id)["status"] == "complete"
+
+    # One fixed range, so that both reports are of the same moment's question.
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=1)).isoformat(),
+              "to": (now + timedelta(days=1)).isoformat(), "group_by": "model"}  # fmt: skip
+    on_holder = settled_usage(a, key, window, requests=3)
+    on_other = usage_of(b, key, window)
+    assert on_other.status_code == 200
+    assert on_other.json() == on_holder
+    assert on_holder["totals"]["billable_requests"] == 3
+    assert on_holder["customer_id"] == "shared-customer"
+    # The admins' dashboard is relayed too; an admin's customer_id query goes along.
+    dashboard = httpx.get(b.url + "/usage/dashboard", headers=bearer(a.admin_key), timeout=30)
+    assert dashboard.status_code == 200 and "per_minute" in dashboard.json()
+    other_customer = usage_of(b, a.admin_key, {**window, "customer_id": "shared-customer"})
+    assert other_customer.json()["totals"] == on_holder["totals"]
+    # The holder's refusals come back as they are: a customer may not read another's usage.
+    refused = usage_of(b, key, {"customer_id": "admin"})
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    # A request that says it was relayed already is never relayed again (no loops).
+    looped = httpx.get(b.url + "/usage", headers={**headers, "X-Render-Forwarded": "1"}, timeout=30)
+    assert looped.status_code == 503 and looped.json()["error"] == "usage_unavailable"
+    assert looped.headers["Retry-After"]
+
     b.cli("keys", "revoke", key_id)
     refused = httpx.get(a.url + "/usage", headers=headers, timeout=30)
     assert refused.status_code == 401
     assert refused.json()["error"] == "revoked_api_key"
+
+
+def test_when_the_holder_is_gone_usage_is_a_503_without_paths(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # b may not run metering, so it never opens the embedded store itself: the holder's
+    # answer or a 503.
+    with two_gateways(worker, tmp_path, '["api", "scheduler"]') as (a, b):
+        admin = bearer(a.admin_key)
+        job = httpx.post(b.url + "/queue", json=BODY, headers=admin, timeout=30)
+        assert job.status_code == 202
+        assert wait_done(b, admin, job.json()["id"])["status"] == "complete"
+        on_holder = settled_usage(a, a.admin_key, {}, requests=1)
+        assert usage_of(b, a.admin_key, {}).json()["totals"] == on_holder["totals"]
+        # A crash: the metering lease stays a's until it expires, but a no longer answers.
+        a.process.kill()
+        a.process.wait(timeout=30)
+        for wait in (16.0, 0.0):  # the lease held by the dead, then (after its ttl) no holder
+            gone = usage_of(b, a.admin_key, {})
+            assert gone.status_code == 503
+            body = gone.json()
+            assert body["error"] == "usage_unavailable" and gone.headers["Retry-After"]
+            assert_no_path(body, a.data_dir, b.data_dir)
+            dashboard = httpx.get(b.url + "/usage/dashboard", headers=admin, timeout=30)
+            assert dashboard.status_code == 503
+            assert_no_path(dashboard.json(), a.data_dir, b.data_dir)
+            time.sleep(wait)  # ROLE_LEASE_SECONDS and a little

@@ -20,6 +20,7 @@ import uvloop
 
 from render_gateway.api.app import create_app
 from render_gateway.application.services import GatewayServices
+from render_gateway.application.usage_holder import derived_advertise_url
 from render_gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,17 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def with_advertise_url(config: GatewayConfig, sock: socket.socket) -> GatewayConfig:
+    """``config`` with the URL other replicas reach this one at: the configured one, else the
+    address as bound (the port the socket got, which ``--port 0`` leaves to the system)."""
+    if config.advertise_url is not None:
+        return config
+    port = int(sock.getsockname()[1])
+    return config.model_copy(update={"advertise_url": derived_advertise_url(config.host, port)})
+
+
 async def _serve(config: GatewayConfig, sock: socket.socket, log_level: str) -> None:
+    config = with_advertise_url(config, sock)
     try:
         services = await GatewayServices.start(config)
     except Exception as exc:  # a refusal: one line; the traceback only at debug level

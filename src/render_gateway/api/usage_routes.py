@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
 
 from render_gateway.api.api_models import (
     ERROR_RESPONSES,
@@ -17,13 +19,41 @@ from render_gateway.api.api_models import (
 )
 from render_gateway.api.deps import caller, require_admin, services
 from render_gateway.api.http import ApiError
+from render_gateway.api.usage_relay import relay_usage_read, usage_unavailable
+from render_gateway.application.services import GatewayServices
+from render_gateway.application.usage_holder import HERE, UsageReadPlace
 from render_gateway.auth.principal import Principal
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import NANOS
 from render_gateway.metering.queries import QueryError, TimeRange, parse_group_by
 from render_gateway.metering.read_side import UsageStoreError
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+
+
+async def usage_read_place(svc: GatewayServices) -> UsageReadPlace:
+    """Here, or the replica holding the embedded usage store (application/usage_holder.py)."""
+    return HERE if svc.usage_reads is None else await svc.usage_reads.locate()
+
+
+async def relayed(
+    svc: GatewayServices, place: UsageReadPlace, request: Request, path: str
+) -> Response | None:
+    """The holder's answer; None when it cannot be asked and this process is to read the
+    store itself instead (``here_if_unanswered``)."""
+    try:
+        return await relay_usage_read(svc.session, place.holder_url, request, path)
+    except ApiError:
+        if place.here_if_unanswered:
+            return None
+        raise
+
+
+def store_unavailable(exc: UsageStoreError) -> ApiError:
+    # The store's own words may name a path or a host: they are for the log, not the customer.
+    log.warning("usage store unavailable for a read: %s", exc)
+    return usage_unavailable("the usage store is unavailable; retry shortly")
 
 
 @router.get(
@@ -44,7 +74,7 @@ async def get_usage(
         str | None, Query(max_length=40, json_schema_extra={"pattern": GROUP_BY_PATTERN})
     ] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     svc = services(request)
     customer = customer_id or principal.customer_id
     if customer != principal.customer_id:
@@ -54,11 +84,15 @@ async def get_usage(
         grouping = parse_group_by(group_by)
     except QueryError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from exc
+    place = await usage_read_place(svc)
+    # Another replica owns the embedded store: its answer, budget and all.
+    if not place.here and (answer := await relayed(svc, place, request, "/usage")):
+        return answer
     try:
         # The read side's own client: a slow report never holds up the writer's inserts.
         report = await svc.usage_queries.report(customer, time_range, grouping, svc.config.currency)
     except UsageStoreError as exc:
-        raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+        raise store_unavailable(exc) from exc
     month = month_of(time.time())
     budget = await svc.meter.state(customer, principal.plan, month)
     report["budget"] = {
@@ -78,6 +112,7 @@ async def get_usage(
 
 @router.get(
     "/usage/dashboard",
+    response_model=dict[str, Any],
     responses=ERROR_RESPONSES,
     summary="Operators' view: per-minute series, latency quantiles, device hours (admins)",
 )
@@ -90,7 +125,7 @@ async def get_dashboard(
     to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     """From the rollups: requests, errors, GPU-seconds and latency per minute; p50/p90/p95/p99
     latency per model (t-digests); GPU-seconds, requests, customers and utilisation per device
     and hour. Defaults to the last 24 hours."""
@@ -100,8 +135,11 @@ async def get_dashboard(
         time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
     except QueryError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from exc
+    place = await usage_read_place(svc)
+    if not place.here and (answer := await relayed(svc, place, request, "/usage/dashboard")):
+        return answer
     try:
         body = await svc.usage_queries.dashboard(time_range, customer_id, model)
     except UsageStoreError as exc:
-        raise ApiError(503, "usage_unavailable", str(exc), headers={"Retry-After": "5"}) from exc
+        raise store_unavailable(exc) from exc
     return {"from": time_range.start.isoformat(), "to": time_range.end.isoformat(), **body}

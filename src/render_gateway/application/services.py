@@ -31,6 +31,11 @@ from render_gateway.application.scheduler import JobRunner, RunLeases
 from render_gateway.application.settle import Settlement
 from render_gateway.application.singleton import SingletonRole, process_holder_id
 from render_gateway.application.sync_run import RunNow
+from render_gateway.application.usage_holder import (
+    UsageReadLocator,
+    derived_advertise_url,
+    holder_with_url,
+)
 from render_gateway.application.webhooks import WebhookSecret, WebhookSender
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.keys import load_signer
@@ -58,6 +63,7 @@ from render_gateway.metering.store import (
     UsageStoreLocked,
     default_usage_url,
     open_usage_store,
+    parse_usage_url,
 )
 from render_gateway.metering.writer import GROUP as USAGE_GROUP
 from render_gateway.metering.writer import UsageWriter
@@ -256,6 +262,7 @@ class GatewayServices:
     local_worker: LocalWorker | None = None
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
     usage_writer: UsageWriter | None = None  # while this process holds the metering role
+    usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
     _role_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
@@ -409,7 +416,16 @@ class GatewayServices:
     async def _start_roles(self) -> None:
         """The singletons: each runs only while this process holds its lease, so that with
         shared stores exactly one replica runs it (another takes over when its lease lapses)."""
-        holder = process_holder_id()
+        config = self.config
+        advertise_url = config.advertise_url or derived_advertise_url(config.host, config.port)
+        # The holder id also says where this process listens: the other replicas relay usage
+        # reads to the metering lease's holder (application/usage_holder.py).
+        holder = holder_with_url(process_holder_id(), advertise_url)
+        usage_url = config.metering.url or default_usage_url(Path(config.data_dir))
+        self.usage_reads = UsageReadLocator(
+            self.stores.leases, holder, parse_usage_url(usage_url).scheme == "chdb",
+            lambda: self.usage_writer is not None, "metering" in self.roles,
+        )  # fmt: skip
         usage_log = self.stores.jobs.usage_log
 
         async def start_metering() -> None:
