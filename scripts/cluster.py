@@ -44,7 +44,9 @@ from render_gateway.signing_keys import write_private_key
 
 CLI = [sys.executable, "-m", "render_gateway"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-SINGLETONS = ("metering", "audit", "reconciler")
+# The reconciler runs under the metering lease: with the embedded usage store only the metering
+# holder can open it (application/services.py _start_roles).
+SINGLETONS = ("metering", "audit")
 LEASE_KEY = "render:lease:{}"  # stores/redis_leases.py: a hash {holder, expires_at, token}
 REDIS_DEFAULT_PORT = 6379  # the machine's own Redis, never ours
 STOP_GRACE_SECONDS = 30.0
@@ -422,7 +424,8 @@ def run(args: argparse.Namespace, cluster: Cluster) -> None:
         """-d '{"prompt": "a fox", "steps": 2, "width": 64, "height": 64}' -o fox.png"""
     )
     for name, holder in lease_holders(redis_port, password, cluster.replicas, 10.0).items():
-        print(f"lease {name} held by {holder}")
+        roles = "metering and reconciler" if name == "metering" else name
+        print(f"lease {name} held by {holder} ({roles})")
     print(f"shared config {config}; Ctrl-C stops everything")
     print("cluster ready", flush=True)
 

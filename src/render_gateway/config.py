@@ -219,6 +219,12 @@ class SharedConfig(_Section):
     # A file (mode 0600) with the Redis password (AUTH), used by every Redis client this process
     # opens; a password in a URL (redis://:pw@host) takes precedence over it.
     password_file: Path | None = None
+    # Redis WAIT: a 202 (an admission) and a job's end are acknowledged only once this many
+    # Redis replicas have the write, waiting up to wait_timeout_ms (then 503: the job is on the
+    # primary and will run; a resubmit with the same Idempotency-Key is safe). 0: the primary's
+    # own acknowledgement (with appendfsync always, on its disk) is enough.
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
 
 
 Role = Literal["api", "scheduler", "metering", "audit", "reconciler"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,6 +17,8 @@ from render_gateway.audit.reconcile_runs import recent_runs
 from render_gateway.auth.principal import Principal
 from render_gateway.metering.queries import QueryError, TimeRange
 from render_gateway.metering.read_side import UsageStoreError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -47,7 +50,12 @@ async def list_runs(
         # The recorded runs live in ClickHouse: read on the read side's own client.
         runs = await asyncio.to_thread(lambda: recent_runs(svc.usage_queries.store(), limit))
     except UsageStoreError as exc:
-        raise ApiError(503, "usage_unavailable", str(exc)) from exc
+        # The store's own error names hosts or paths: it goes to the log, not to the caller.
+        log.warning("reconciliation runs unavailable: %s", exc)
+        raise ApiError(
+            503, "usage_unavailable", "the usage store is unavailable; try again shortly",
+            headers={"Retry-After": "5"},
+        ) from exc  # fmt: skip
     state = svc.reconciler.state
     return {"runs": runs, "last_status": state.last_status, "runs_since_start": state.runs}
 

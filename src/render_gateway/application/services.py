@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.application.admission import Admission
 from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
+from render_gateway.application.budget_settler import BudgetSettler
 from render_gateway.application.cluster_agreement import enforce_agreement, use_shared_password
 from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
@@ -82,7 +83,7 @@ from render_gateway.stores.limits import RateLimits, open_rate_limits
 from render_gateway.stores.object_assets import open_asset_store
 from render_gateway.stores.objects import ObjectStore, default_cas_url, open_object_store
 from render_gateway.stores.urls import store_urls
-from render_gateway.stores.usage_log import UsageStream
+from render_gateway.stores.usage_log import BUDGET_GROUP, UsageStream
 from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,12 @@ class Stores:
     def open(cls, config: GatewayConfig) -> Stores:
         urls = store_urls(config)
         return cls(
-            jobs=open_job_store(urls["jobs"], synchronous=config.sqlite_synchronous),
+            jobs=open_job_store(
+                urls["jobs"],
+                synchronous=config.sqlite_synchronous,
+                wait_replicas=config.shared.wait_replicas,
+                wait_timeout_ms=config.shared.wait_timeout_ms,
+            ),
             limits=open_rate_limits(urls["limits"]),
             budgets=open_budget_store(urls["budgets"]),
             events=open_event_bus(urls["events"]),
@@ -156,6 +162,14 @@ async def restore_budgets(jobs: JobStore, meter: Meter) -> None:
         if isinstance(reservation := job.extra.get("reservation"), dict):
             plan = job.extra.get("plan")
             await meter.restore(job.id, job.customer_id, {"plan": plan, **reservation})
+    # Every record so far is in the month's spend now: the budgets' backstop must not settle
+    # them again (this ledger is new and remembers no settled key).
+    await asyncio.to_thread(_ack_all, jobs.usage_log, BUDGET_GROUP)
+
+
+def _ack_all(usage_log: UsageStream, group: str) -> None:
+    if (head := usage_log.head()) > usage_log.acked(group):
+        usage_log.ack(group, head)
 
 
 async def start_usage_writer(config: GatewayConfig, usage_log: UsageStream) -> UsageWriter:
@@ -262,6 +276,7 @@ class GatewayServices:
     local_worker: LocalWorker | None = None
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
     usage_writer: UsageWriter | None = None  # while this process holds the metering role
+    budget_settler: BudgetSettler | None = None  # the budgets' backstop, with the metering role
     usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
@@ -410,6 +425,8 @@ class GatewayServices:
         """A usage record was committed: wake the consumers this process runs."""
         if self.usage_writer is not None:
             self.usage_writer.notify()
+        if self.budget_settler is not None:
+            self.budget_settler.notify()
         if self.audit.batcher is not None:
             self.audit.batcher.notify()
 
@@ -430,8 +447,13 @@ class GatewayServices:
 
         async def start_metering() -> None:
             self.usage_writer = await start_usage_writer(self.config, usage_log)
+            self.budget_settler = BudgetSettler(usage_log, self.meter.settle_budget)
+            self.budget_settler.start()
 
         async def stop_metering() -> None:
+            settler, self.budget_settler = self.budget_settler, None
+            if settler is not None:
+                await settler.stop()
             writer, self.usage_writer = self.usage_writer, None
             if writer is not None:
                 await asyncio.to_thread(writer.stop, 5.0)
@@ -457,10 +479,21 @@ class GatewayServices:
             "audit": (start_audit, stop_audit),
             "reconciler": (start_reconciler, stop_reconciler),
         }
+        embedded_usage = parse_usage_url(usage_url).scheme == "chdb"
         for name, (start, stop) in wanted.items():
             if name not in self.roles:
                 continue
-            role = SingletonRole(self.stores.leases, name, holder, ROLE_LEASE_SECONDS, start, stop)
+            lease = name
+            if name == "reconciler" and embedded_usage:
+                # The reconciler reads the usage store, which with the embedded chDB only the
+                # metering holder can open (a reconciler elsewhere would fail, or take the
+                # store's lock from the replica that must write it): it runs under that lease.
+                if "metering" not in self.roles:
+                    log.warning("role reconciler skipped: with the embedded usage store it runs "
+                                "only with the metering role")  # fmt: skip
+                    continue
+                lease = "metering"
+            role = SingletonRole(self.stores.leases, lease, holder, ROLE_LEASE_SECONDS, start, stop)
             self._roles.append(role)
             # The first try is made now, so that a lone process starts with its roles running
             # (the embedded chDB refuses a second process at start, as before).
