@@ -188,6 +188,11 @@ REDIRECT_RESPONSE: dict[int | str, dict[str, Any]] = {
 class ReadyBody(BaseModel):
     ready: bool
     backends: dict[str, bool] = Field(description="backend id → passed its last probe")
+    stores: dict[str, bool] = Field(
+        default_factory=dict,
+        description="each concern held on Redis (jobs, keys, …) → its Redis answered PING just"
+        " now; the embedded stores are not listed",
+    )
 
 
 # ``from``/``to`` of usage and reconciliation: an ISO 8601 date or date-time (UTC if no offset).

@@ -27,6 +27,7 @@ from render_gateway.api.http import (
     api_error_handler,
     http_error_handler,
     refused_handler,
+    store_unavailable_handler,
     unexpected_error_handler,
     validation_error_handler,
 )
@@ -34,6 +35,7 @@ from render_gateway.api.metrics import LatencyMiddleware, make_registry
 from render_gateway.application.refusals import Refused
 from render_gateway.application.services import GatewayServices
 from render_gateway.config import GatewayConfig
+from render_gateway.stores.unavailable import StoreUnavailable
 
 
 def create_app(config: GatewayConfig, started: GatewayServices | None = None) -> FastAPI:
@@ -71,6 +73,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     exact_pass_through_bounds(app)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(Refused, refused_handler)
+    app.add_exception_handler(StoreUnavailable, store_unavailable_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

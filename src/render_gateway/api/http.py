@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.core.ids import new_request_id
+from render_gateway.stores.unavailable import StoreUnavailable
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -98,6 +99,24 @@ def api_error_of(refused: Refused) -> ApiError:
 async def refused_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Refused)
     return error_response(request, api_error_of(exc))
+
+
+STORE_RETRY_AFTER_S = 2  # Redis restarts in seconds; a client that waits this long may retry
+
+
+async def store_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """A store could not be reached (Redis down, silent, or loading its data after a restart):
+    503 with a Retry-After, never a 500. Nothing was accepted: the write that failed is the
+    one that would have stored it. The message names no host, port or path."""
+    assert isinstance(exc, StoreUnavailable)
+    log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    error = ApiError(
+        503,
+        "store_unavailable",
+        "the gateway's store is unreachable; retry shortly",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+    return error_response(request, error)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> Response:

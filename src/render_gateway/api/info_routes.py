@@ -34,15 +34,22 @@ async def health() -> dict[str, str]:
     response_model=None,
     responses={
         200: {"model": ReadyBody, "description": "ready"},
-        503: {"model": ReadyBody, "description": "not ready: no backend passed its probe"},
+        503: {
+            "model": ReadyBody,
+            "description": "not ready: no backend passed its probe, or a store's Redis did not"
+            " answer",
+        },
     },
-    summary="Readiness: stores open and at least one backend reachable",
+    summary="Readiness: every store reachable and at least one backend reachable",
 )
 async def ready(request: Request) -> Response:
     svc = services(request)
     backends = {b.spec.id: b.healthy for b in svc.pool.backends.values()}
-    is_ready = any(backends.values())
-    return json_response({"ready": is_ready, "backends": backends}, 200 if is_ready else 503)
+    # Bounded (about a second) however Redis fails, so a probe never hangs on it.
+    stores = await svc.stores.reachable()
+    is_ready = any(backends.values()) and all(stores.values())
+    body = {"ready": is_ready, "backends": backends, "stores": stores}
+    return json_response(body, 200 if is_ready else 503)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from render_gateway.scheduling.dispatch import Dispatcher, DispatchOutcome, NoCa
 from render_gateway.stores.assets import AssetStore
 from render_gateway.stores.events import EventBus
 from render_gateway.stores.jobs import JobStore
+from render_gateway.stores.unavailable import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,10 @@ class JobRunner:
             cancel = self._cancels[claimed.id] = self._events.listen_cancel(claimed.id)
             # A DELETE that came between the claim and the listening above found no run: it
             # is on the job (request_cancel records it), so look once more.
-            fresh = await self._store.get(claimed.id)
+            try:
+                fresh = await self._store.get(claimed.id)
+            except StoreUnavailable:  # the job is claimed and ours: run it (a cancel that came
+                fresh = None  # meanwhile reaches it through the listener, or at its settling)
             if fresh is not None and fresh.cancel_requested:
                 cancel.set()
             task = asyncio.create_task(self._run(claimed), name=f"job-{claimed.id}")
@@ -260,16 +264,24 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         request_id = str(job.extra.get("request_id", job.id))
         started = self._clock()
-        await self._events.publish(job.id, "started", {})
+        # Events are for watchers: a store that is unreachable (Redis down) loses one, never
+        # the run. The outcome is written again until the store takes it (``_until_stored``).
+        with contextlib.suppress(StoreUnavailable):
+            await self._events.publish(job.id, "started", {})
 
         async def progress(event: Progress) -> None:
-            await self._events.publish(
-                job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
-            )
+            with contextlib.suppress(StoreUnavailable):
+                await self._events.publish(
+                    job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
+                )
             elapsed = self._clock() - started
-            if not await self._meter.progress(
-                job.id, event.step, event.steps, elapsed, event.gpu_seconds
-            ):
+            try:
+                allowed = await self._meter.progress(
+                    job.id, event.step, event.steps, elapsed, event.gpu_seconds
+                )
+            except StoreUnavailable:  # checked again at the next step, and billed as it ran
+                allowed = True
+            if not allowed:
                 self._budget_stopped.add(job.id)  # its next step would cross the budget
                 self._cancels[job.id].set()
 
@@ -277,14 +289,15 @@ class JobRunner:
             try:
                 outcome = await self._dispatch_when_possible(job, request_id, progress)
             except BackendError as exc:
-                await self._end_with_error(
-                    job, started, JobError(exc.code, str(exc), exc.retriable)
-                )
+                error = JobError(exc.code, str(exc), exc.retriable)
+                await self._until_stored(job.id, lambda: self._end_with_error(job, started, error))
             except Exception:
                 log.exception("job %s failed in the gateway", job.id)
                 # The customer gets a code; the exception (maybe with paths) is in the log.
                 internal = JobError("internal", "internal error; see the gateway log", True)
-                await self._end_with_error(job, started, internal)
+                await self._until_stored(
+                    job.id, lambda: self._end_with_error(job, started, internal)
+                )
             else:
                 drained = job.id in self._drained and job.id not in self._budget_stopped
                 if job.id in self._lost:
@@ -292,15 +305,33 @@ class JobRunner:
                         "job %s: its run lease was lost; another process recovers it", job.id
                     )
                 elif outcome.cancelled and drained:
-                    await self._put_back(job, outcome)
+                    await self._until_stored(job.id, lambda: self._put_back(job, outcome))
                 else:
-                    await self._end(job, started, outcome)
+                    await self._until_stored(job.id, lambda: self._end(job, started, outcome))
         finally:
             self._cancels.pop(job.id, None)
             self._events.stop_listening(job.id)
             self._budget_stopped.discard(job.id)
             self._lost.discard(job.id)
             self.wake()
+
+    async def _until_stored(self, job_id: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Write a run's outcome, again and again while the store is unreachable (Redis down
+        or loading): the result is known and the job still this process's (the heartbeat
+        renews its lease once the store is back); giving up would leave it running until
+        its lease lapsed and then run it again."""
+        delay = 0.5
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                log.warning(
+                    "job %s: the store is unreachable; writing its outcome again in %.1f s",
+                    job_id, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def _dispatch_when_possible(
         self,

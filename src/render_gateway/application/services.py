@@ -82,6 +82,7 @@ from render_gateway.stores.leases import LeaseStore, open_lease_store
 from render_gateway.stores.limits import RateLimits, open_rate_limits
 from render_gateway.stores.object_assets import open_asset_store
 from render_gateway.stores.objects import ObjectStore, default_cas_url, open_object_store
+from render_gateway.stores.redis_client import RedisProbe
 from render_gateway.stores.urls import store_urls
 from render_gateway.stores.usage_log import BUDGET_GROUP, UsageStream
 from render_gateway.stores.webhooks import WebhookDeliveries, open_webhook_store
@@ -124,11 +125,18 @@ class Stores:
     webhooks: WebhookDeliveries
     assets: AssetStore
     leases: LeaseStore
+    # One PING client per Redis URL the stores use, and the concerns on it (readiness).
+    redis_probes: dict[str, tuple[RedisProbe, list[str]]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Stores:
         urls = store_urls(config)
+        probes: dict[str, tuple[RedisProbe, list[str]]] = {}
+        for concern, url in urls.items():
+            if url.startswith(("redis://", "rediss://")):
+                probes.setdefault(url, (RedisProbe(url), []))[1].append(concern)
         return cls(
+            redis_probes=probes,
             jobs=open_job_store(
                 urls["jobs"],
                 synchronous=config.sqlite_synchronous,
@@ -144,7 +152,20 @@ class Stores:
             leases=open_lease_store(urls["leases"]),
         )
 
+    async def reachable(self) -> dict[str, bool]:
+        """Each concern held on Redis → whether its Redis answered PING just now (bounded:
+        ``RedisProbe``); the embedded and in-process stores are not probed (always there)."""
+        found: dict[str, bool] = {}
+        probes = list(self.redis_probes.values())
+        answers = await asyncio.gather(*(probe.reachable() for probe, _ in probes))
+        for (_, concerns), answer in zip(probes, answers, strict=True):
+            found.update(dict.fromkeys(concerns, answer))
+        return found
+
     async def close(self) -> None:
+        for probe, _ in self.redis_probes.values():
+            with contextlib.suppress(Exception):
+                await probe.close()
         await self.jobs.close()
         for closing in (self.limits, self.budgets, self.events, self.keys, self.webhooks,
                         self.leases):  # fmt: skip

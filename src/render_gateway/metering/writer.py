@@ -216,9 +216,14 @@ class UsageWriter:
         return table.filter(keep)
 
     def _observe(self) -> None:
-        self.stats.acked = self._stream.acked(GROUP)
-        self.stats.backlog, oldest = self._stream.lag(GROUP)
-        self.stats.lag_seconds = max(0.0, self._clock() - oldest) if oldest else 0.0
+        try:
+            self.stats.acked = self._stream.acked(GROUP)
+            self.stats.backlog, oldest = self._stream.lag(GROUP)
+            self.stats.lag_seconds = max(0.0, self._clock() - oldest) if oldest else 0.0
+        except Exception as exc:  # the stream is unreachable too (Redis down): it runs after
+            # every pass, failed ones included, so it must not end the thread; the next pass
+            # observes again.
+            self.stats.last_error = str(exc)
         with self._caught_up:
             self._caught_up.notify_all()
 

@@ -35,7 +35,13 @@ import redis.asyncio as aioredis
 
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord
-from render_gateway.stores.redis_client import client_password, key
+from render_gateway.stores.redis_client import (
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    SYNC_RETRY,
+    client_password,
+    key,
+)
 from render_gateway.stores.usage_log import LoggedUsage, MonthUsage, UsageAlreadyLogged
 
 # Lua helpers shared with the job store's finish script. ``u`` is the namespace; ``a`` the index
@@ -120,7 +126,15 @@ def already_logged(record: UsageRecord) -> UsageAlreadyLogged:
 def open_sync_redis(url: str) -> redis.Redis:
     """A blocking client for the consumer threads (bytes in, bytes out; thread-safe pool)."""
     client: redis.Redis = redis.Redis.from_url(
-        url, password=client_password(), decode_responses=False, health_check_interval=30
+        url,
+        password=client_password(),
+        decode_responses=False,
+        health_check_interval=30,
+        # The same bounds as the asyncio clients: a silent Redis stalls a consumer thread for
+        # seconds, not forever (the threads log the error and retry: metering/writer.py).
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=READ_TIMEOUT_S,
+        retry=SYNC_RETRY,
     )
     return client
 
