@@ -174,6 +174,25 @@ async def test_no_capacity_is_reported(
     assert pool.in_flight() == 0
 
 
+async def test_a_backend_busy_with_another_replicas_run_is_no_capacity_not_a_failure(
+    worker: WorkerProcess, session: aiohttp.ClientSession
+) -> None:
+    # Another replica's run holds the worker's only slot; this pool thinks the slot is free
+    # (each replica counts a backend's capacity for itself): every attempt answers busy.
+    other_replica = KServeClient(session, worker.url)
+    stream = other_replica.generate_stream("demo", gen(steps=500), "req_busy_other")
+    assert isinstance(await stream.__anext__(), Progress)  # type: ignore[attr-defined]
+    pool = BackendPool([spec("w", worker.url)])
+    try:
+        with pytest.raises(NoCapacity, match="busy"):
+            await dispatcher(pool, session).run("sd", "tiny", gen(), "req_busy_mine")
+        assert pool.in_flight() == 0
+    finally:
+        assert await other_replica.cancel("demo", "req_busy_other")
+        async for _ in stream:  # type: ignore[attr-defined]
+            pass
+
+
 async def test_cancel_returns_the_backends_signed_claim(
     worker: WorkerProcess, session: aiohttp.ClientSession
 ) -> None:

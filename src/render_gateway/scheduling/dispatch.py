@@ -48,6 +48,16 @@ class NoCapacity(Exception):
     """Every backend for the model is busy, unhealthy or open: the job waits (or a sync 503)."""
 
 
+def _given_up(last_error: BackendError, family: str, model: str) -> Exception:
+    """What a dispatch that ran out of attempts raises. A backend that answered ``busy`` has
+    every slot taken by runs this process did not send (replicas share the backends, and each
+    counts their capacity for itself): that is no capacity — the job waits for a slot (a sync
+    request gets the 503 ``no_capacity``) — not a failure of the job."""
+    if last_error.code == "busy":
+        return NoCapacity(f"every backend for {family}/{model} is busy: {last_error}")
+    return last_error
+
+
 @dataclass(frozen=True)
 class DispatchOutcome:
     result: BackendResult | Cancelled
@@ -103,7 +113,7 @@ class Dispatcher:
             lease = self._pool.acquire(family, model, backend_type, exclude)
             if lease is None:
                 if last_error is not None:
-                    raise last_error
+                    raise _given_up(last_error, family, model)
                 raise NoCapacity(f"no backend for {family}/{model} can take a job now")
             with lease:
                 try:
@@ -126,7 +136,7 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cancel.wait(), self._policy.delay(attempt, self._rng))
         assert last_error is not None
-        raise last_error
+        raise _given_up(last_error, family, model)
 
     async def _attempt(
         self,
