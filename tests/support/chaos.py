@@ -666,6 +666,7 @@ class ChaosReport:
     events: list[Event]
     checks: dict[str, list[str]]  # check → its failures (empty: it holds)
     numbers: dict[str, Any]
+    resumed_streams: int = 0  # SSE streams that resumed on another replica
 
     def summary(self) -> str:
         lines = [f"chaos: {self.seconds:.0f} s of traffic"]
@@ -883,14 +884,16 @@ def _run(
 
     statuses: dict[str, int] = defaultdict(int)
     for job in jobs:
-        statuses[job.final["status"] if job.final else "open"] += 1
+        final = job.final or {"status": "open"}
+        code = (final.get("error") or {}).get("code")
+        statuses[final["status"] + (f" ({code})" if code else "")] += 1
     numbers = {
         "jobs 202'd": len(jobs),
         "job statuses": dict(statuses),
         "jobs that ran (usage recorded)": ran,
         "submissions retried (503 / connection)": traffic.submit_retries,
         "refusals": dict(traffic.refusals),
-        "sync answers": dict(traffic.sync_codes),
+        "sync answers": dict(sorted(traffic.sync_codes.items())),
         "sync cut by a kill": traffic.sync_lost,
         "usage rows / attestations": f"{len(stores['hot'])} / {len(stores['cold'])}",
         "worker runs logged": sum(len(v) for v in runs.values()),
@@ -901,4 +904,4 @@ def _run(
         f"(bound {bound:.4f} = {SLOTS} x {per_step:.4f} per step)",
         "replica starts": [r.starts for r in cluster.replicas],
     }
-    return ChaosReport(seconds, cluster.events, checks, numbers)
+    return ChaosReport(seconds, cluster.events, checks, numbers, len(resumed))
