@@ -119,6 +119,8 @@ def test_redis_down_is_503_everywhere_and_back_recovers_without_a_restart(
     assert body["ready"] is False and body["stores"]["jobs"] is False
     assert body["stores"]["keys"] is False
     assert httpx.get(gateway.url + "/health", timeout=10).status_code == 200
+    # Monitoring goes on: the last gauges, not a 503 or a 500.
+    assert httpx.get(gateway.url + "/metrics", timeout=10).status_code == 200
 
     port = server.port
     refused, took = timed("POST", gateway.url + "/queue", json=BODY, headers=admin)

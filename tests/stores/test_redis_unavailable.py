@@ -86,8 +86,12 @@ def test_the_sync_client_of_the_consumer_threads_is_bounded_too() -> None:
     client = open_sync_redis(f"redis://127.0.0.1:{free_port()}/0")
     try:
         started = time.monotonic()
-        with pytest.raises(redis.exceptions.ConnectionError):
+        with pytest.raises(StoreUnavailable):
             client.get("k")
+        pipe = client.pipeline()
+        pipe.get("k")
+        with pytest.raises(StoreUnavailable):
+            pipe.execute()
         assert time.monotonic() - started < 3
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] and kwargs["socket_connect_timeout"]

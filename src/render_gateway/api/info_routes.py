@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -10,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from render_gateway.api.api_models import ReadyBody
 from render_gateway.api.deps import services
 from render_gateway.api.http import json_response
+from render_gateway.stores.unavailable import StoreUnavailable
 
 router = APIRouter()
 
@@ -54,7 +56,10 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    await services(request).refresh_gauges()  # what lives in a store is read before the scrape
+    # What lives in a store is read before the scrape; while the store is unreachable the
+    # last values are served (monitoring goes on through a Redis outage; /ready says it).
+    with contextlib.suppress(StoreUnavailable):
+        await services(request).refresh_gauges()
     return Response(
         generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
     )

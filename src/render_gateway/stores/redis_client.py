@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+import redis.client
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -93,6 +95,30 @@ def client_password(password: str | None = None) -> str | None:
     """``password`` if given, else the process's. A password inside the URL
     (``redis://:pw@host``) wins over both: redis-py's ``from_url`` lets the URL override."""
     return password if password is not None else _process_password
+
+
+class _GuardedSyncPipeline(redis.client.Pipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        with unavailable_as_store_error():
+            return super().execute(raise_on_error)
+
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        with unavailable_as_store_error():
+            return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+class GuardedSyncRedis(redis.Redis):
+    """The blocking client of the usage stream's consumer threads, mapped the same way, so
+    that what a request reads through it (the usage lag) is a 503 too, not a 500."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        with unavailable_as_store_error():
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
+        return _GuardedSyncPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
 
 
 def open_redis(url: str, *, password: str | None = None) -> aioredis.Redis:

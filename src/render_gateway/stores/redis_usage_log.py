@@ -39,6 +39,7 @@ from render_gateway.stores.redis_client import (
     CONNECT_TIMEOUT_S,
     READ_TIMEOUT_S,
     SYNC_RETRY,
+    GuardedSyncRedis,
     client_password,
     key,
 )
@@ -125,7 +126,7 @@ def already_logged(record: UsageRecord) -> UsageAlreadyLogged:
 
 def open_sync_redis(url: str) -> redis.Redis:
     """A blocking client for the consumer threads (bytes in, bytes out; thread-safe pool)."""
-    client: redis.Redis = redis.Redis.from_url(
+    client: redis.Redis = GuardedSyncRedis.from_url(
         url,
         password=client_password(),
         decode_responses=False,
