@@ -95,7 +95,12 @@ class AttestationBatcher:
         if self._thread is None:
             return
         if seal_seconds > 0:  # the thread opens the log first if it has not yet
-            self.seal(seal_seconds)
+            try:
+                self.seal(seal_seconds)
+            except Exception:  # the stream is unreachable (Redis down): stop all the same
+                # A thread left running would be a second batcher (a forked log) once the
+                # lease is won again.
+                log.warning("attestation batcher: sealing before the stop failed", exc_info=True)
         self._stopping.set()
         self._wake.set()
         self._thread.join()

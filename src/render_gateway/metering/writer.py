@@ -114,7 +114,11 @@ class UsageWriter:
         if self._thread is None:
             return
         if self.store is not None and drain_seconds > 0:
-            self.wait_caught_up(drain_seconds)
+            try:
+                self.wait_caught_up(drain_seconds)
+            except Exception:  # the stream is unreachable (Redis down): stop all the same
+                # A thread left running would be a second writer once the lease is won again.
+                log.warning("usage writer: draining before the stop failed", exc_info=True)
         self._stopping.set()
         self._wake.set()
         self._thread.join()
