@@ -239,6 +239,10 @@ class Cluster:
             self.start_replica(replica)
 
     def start_replica(self, replica: Replica) -> None:
+        # start_gateway writes gateway-<port>.log afresh: keep the previous life's log.
+        previous = replica.data_dir / f"gateway-{replica.port}.log"
+        if previous.exists():
+            previous.rename(previous.with_suffix(f".{replica.starts}.log"))
         gateway = start_gateway(replica.data_dir, self.config, replica.port, timeout=180)
         with self.lock:
             replica.gateway = gateway
@@ -272,14 +276,16 @@ class Cluster:
     def singleton_holder(self, role: str) -> Replica | None:
         """The replica whose process holds ``role``'s lease now (holder ids are host:pid:…)."""
         try:
-            client = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=2)
-            holder = client.hget(f"render:lease:{role}", "holder")
+            client = redis.Redis(
+                host="127.0.0.1", port=self.redis_port, socket_timeout=2, decode_responses=True
+            )
+            holder = str(client.hget(f"render:lease:{role}", "holder") or "")
             client.close()
         except redis.RedisError:
             return None
         if not holder:
             return None
-        pid = int(holder.decode().split(":")[1])
+        pid = int(holder.split(":")[1])
         for replica in self.live():
             if replica.gateway is not None and replica.gateway.process.pid == pid:
                 return replica
@@ -667,11 +673,17 @@ class ChaosReport:
     checks: dict[str, list[str]]  # check → its failures (empty: it holds)
     numbers: dict[str, Any]
     resumed_streams: int = 0  # SSE streams that resumed on another replica
+    small_spent: float = 0.0  # GPU-s billed to the small budget (ClickHouse)
+    small_limit: float = 0.0
 
     def summary(self) -> str:
         lines = [f"chaos: {self.seconds:.0f} s of traffic"]
         lines += [f"  {k}: {v}" for k, v in self.numbers.items()]
-        lines.append("  faults: " + ", ".join(e.what for e in self.events if "kill" in e.what))
+        first = self.events[0].at if self.events else 0.0
+        lines.append(
+            "  faults: "
+            + ", ".join(f"+{e.at - first:.0f}s {e.what}" for e in self.events if "kill" in e.what)
+        )
         for name, failures in self.checks.items():
             verdict = "ok" if not failures else f"FAILED ({len(failures)})"
             lines.append(f"  [{verdict}] {name}")
@@ -727,6 +739,7 @@ def _run(
     for thread in [*threads, polling, chaos]:
         thread.daemon = True
         thread.start()
+    cluster.note("traffic starts")
     say(f"traffic and faults for {seconds:.0f} s")
     chaos.join(seconds + 300)
     stop_traffic.set()
@@ -904,4 +917,6 @@ def _run(
         f"(bound {bound:.4f} = {SLOTS} x {per_step:.4f} per step)",
         "replica starts": [r.starts for r in cluster.replicas],
     }
-    return ChaosReport(seconds, cluster.events, checks, numbers, len(resumed))
+    return ChaosReport(
+        seconds, cluster.events, checks, numbers, len(resumed), spent, cluster.budget
+    )
