@@ -30,5 +30,6 @@ def test_kill_9_of_replicas_workers_and_redis_breaks_no_invariant(
     assert any(f.startswith("kill -9 worker") for f in faults), summary
     assert report.numbers["jobs 202'd"] >= 20, summary
     assert report.resumed_streams >= 1, summary  # else the SSE check held vacuously
+    assert report.small_spent > report.small_limit / 2, summary  # the budget really was spent
     failed = {name: failures for name, failures in report.checks.items() if failures}
     assert not failed, summary
