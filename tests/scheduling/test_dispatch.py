@@ -182,11 +182,14 @@ async def test_a_backend_busy_with_another_replicas_run_is_no_capacity_not_a_fai
     other_replica = KServeClient(session, worker.url)
     stream = other_replica.generate_stream("demo", gen(steps=500), "req_busy_other")
     assert isinstance(await stream.__anext__(), Progress)  # type: ignore[attr-defined]
-    pool = BackendPool([spec("w", worker.url)])
+    pool = BackendPool([spec("w", worker.url)], BreakerConfig(minimum_calls=2))
     try:
-        with pytest.raises(NoCapacity, match="busy"):
-            await dispatcher(pool, session).run("sd", "tiny", gen(), "req_busy_mine")
+        for attempt in range(3):  # 9 busy answers, past minimum_calls: none counts as failing
+            with pytest.raises(NoCapacity, match="busy"):
+                await dispatcher(pool, session).run("sd", "tiny", gen(), f"req_busy_{attempt}")
         assert pool.in_flight() == 0
+        backend = pool.backends["w"]
+        assert backend.breaker.state is BreakerState.closed and backend.failed == 0
     finally:
         assert await other_replica.cancel("demo", "req_busy_other")
         async for _ in stream:  # type: ignore[attr-defined]

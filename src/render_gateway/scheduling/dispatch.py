@@ -125,7 +125,12 @@ class Dispatcher:
                         )
                     if not error.retriable:
                         raise  # the backend answered; the request itself was refused
-                    lease.failed()
+                    if error.code == "busy":
+                        # Alive and answering, its slots taken by other replicas' runs: not a
+                        # failure, so N replicas sharing a backend never open its breaker.
+                        lease.release()
+                    else:
+                        lease.failed()
                     tried.add(lease.backend.spec.id)
                     last_error = error
                 else:
