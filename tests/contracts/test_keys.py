@@ -232,6 +232,50 @@ async def test_concurrent_creates_and_revokes(store: ApiKeyStore) -> None:
         await expect_auth_error(store, secret, "revoked_api_key")
 
 
+# ------------------------------------------------------------------------- the first key
+
+
+async def test_create_first_makes_a_key_only_in_an_empty_store(store: ApiKeyStore) -> None:
+    made = await store.create_first("admin", "admin")
+    assert made is not None
+    key, secret = made
+    assert (await store.authenticate(secret)) == key
+    assert await store.create_first("admin", "admin") is None
+    assert await store.list() == [key]
+
+
+async def test_create_first_counts_revoked_keys(store: ApiKeyStore) -> None:
+    key, _ = await store.create("cust_1", "pro")
+    assert await store.revoke(key.key_id)
+    assert await store.create_first("admin", "admin") is None
+    assert [listed.key_id for listed in await store.list()] == [key.key_id]
+
+
+async def test_of_eight_concurrent_first_creates_on_separate_handles_one_makes_a_key(
+    backend: Backend, store: ApiKeyStore
+) -> None:
+    # Eight replicas starting together on one empty store, each with its own handle (its own
+    # SQLite connection, its own Redis client; memory: one process, one store).
+    handles = [backend.replica(store) for _ in range(8)]
+    try:
+        made = await asyncio.gather(*(h.create_first("admin", "admin") for h in handles))
+    finally:
+        for handle in handles:
+            if handle is not store:
+                await handle.close()
+    created = [outcome for outcome in made if outcome is not None]
+    assert len(created) == 1
+    key, secret = created[0]
+    assert await store.list() == [key]
+    assert (await store.authenticate(secret)) == key
+
+
+async def test_create_first_rejects_a_bad_name_and_writes_nothing(store: ApiKeyStore) -> None:
+    with pytest.raises(ValueError, match="plan"):
+        await store.create_first("admin", "not a plan!")
+    assert await store.list() == []
+
+
 # --------------------------------------------------------------------------------- lifecycle
 
 
@@ -246,6 +290,8 @@ async def test_a_closed_store_refuses_work(store: ApiKeyStore) -> None:
         await store.create("cust_1", "pro")
     with pytest.raises(RuntimeError, match="closed"):
         await store.revoke(key.key_id)
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.create_first("admin", "admin")
 
 
 @pytest.mark.parametrize("url", ["memroy://", "file:///tmp/keys", "postgres://127.0.0.1"])

@@ -70,6 +70,12 @@ class ApiKeyStore(Protocol):
         ValueError naming a bad customer id or plan."""
         ...
 
+    async def create_first(self, customer_id: str, plan: str) -> tuple[ApiKey, str] | None:
+        """Like ``create``, but only while the store holds no key at all (revoked ones count):
+        None, changing nothing, otherwise. One atomic step, so of the replicas that start
+        together on an empty shared store exactly one makes the first admin key."""
+        ...
+
     async def authenticate(self, secret: str) -> ApiKey:
         """The active key whose secret this is; AuthError (invalid_api_key or
         revoked_api_key) otherwise."""

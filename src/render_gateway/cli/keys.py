@@ -29,13 +29,13 @@ def key_store(gateway: GatewayConfig) -> ApiKeyStore:
 
 
 async def first_admin_key(gateway: GatewayConfig) -> str | None:
-    """An admin key when the store has none yet (serve's first start), else None."""
+    """An admin key when the store has none yet (serve's first start), else None. Made in one
+    atomic step of the store, so replicas starting together on an empty shared store make (and
+    print) one between them."""
     store = key_store(gateway)
     try:
-        if await store.list():
-            return None
-        _, secret = await store.create("admin", "admin")
-        return secret
+        made = await store.create_first("admin", "admin")
+        return None if made is None else made[1]
     finally:
         await store.close()
 

@@ -29,6 +29,12 @@ class MemoryApiKeyStore:
         self._keys[key.key_id] = key
         return key, secret
 
+    async def create_first(self, customer_id: str, plan: str) -> tuple[ApiKey, str] | None:
+        self._check_open()
+        if self._keys:  # no await between this check and the create: atomic on the loop
+            return None
+        return await self.create(customer_id, plan)
+
     async def authenticate(self, secret: str) -> ApiKey:
         digest = secret_digest(secret)
         self._check_open()

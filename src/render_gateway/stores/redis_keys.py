@@ -23,11 +23,21 @@ import time
 from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from render_gateway.auth.api_keys import ApiKey, active_key, new_key, secret_digest
 from render_gateway.stores.redis_client import key
 
 _CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return 0 end
+redis.call('HSET', KEYS[2], 'customer_id', ARGV[2], 'plan', ARGV[3], 'created_at', ARGV[4])
+redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[1])
+return 1
+"""
+
+# As _CREATE, only while ns:ids is empty: 2 (a key exists, nothing written), else as _CREATE.
+_CREATE_FIRST = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return 0 end
 redis.call('HSET', KEYS[2], 'customer_id', ARGV[2], 'plan', ARGV[3], 'created_at', ARGV[4])
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[1])
@@ -84,6 +94,7 @@ class RedisApiKeyStore:
     ) -> None:
         self._client, self._clock, self._ns = client, clock, namespace
         self._create = client.register_script(_CREATE)
+        self._create_first = client.register_script(_CREATE_FIRST)
         self._authenticate = client.register_script(_AUTHENTICATE)
         self._list = client.register_script(_LIST)
         self._revoke = client.register_script(_REVOKE)
@@ -93,10 +104,20 @@ class RedisApiKeyStore:
         return f"{self._ns}:key:{key_id}"
 
     async def create(self, customer_id: str, plan: str) -> tuple[ApiKey, str]:
+        made = await self._create_with(self._create, customer_id, plan)
+        assert made is not None  # _CREATE never answers "a key exists"
+        return made
+
+    async def create_first(self, customer_id: str, plan: str) -> tuple[ApiKey, str] | None:
+        return await self._create_with(self._create_first, customer_id, plan)
+
+    async def _create_with(
+        self, script: AsyncScript, customer_id: str, plan: str
+    ) -> tuple[ApiKey, str] | None:
         self._check_open()
         made, secret = new_key(customer_id, plan, self._clock())
         digest = secret_digest(secret).hex()
-        created = await self._create(
+        created = await script(
             keys=[
                 f"{self._ns}:digest:{digest}",
                 self._key(made.key_id),
@@ -105,6 +126,8 @@ class RedisApiKeyStore:
             ],
             args=[made.key_id, made.customer_id, made.plan, repr(made.created_at)],
         )
+        if int(created) == 2:
+            return None  # create_first: the store has a key already
         if int(created) != 1:  # 238 random bits: a repeated secret is not going to happen
             raise RuntimeError("a new API key's secret digest is already stored")
         return made, secret

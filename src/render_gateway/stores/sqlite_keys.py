@@ -61,6 +61,22 @@ class SqliteApiKeyStore:
         await self._call(insert)
         return key, secret
 
+    async def create_first(self, customer_id: str, plan: str) -> tuple[ApiKey, str] | None:
+        key, secret = new_key(customer_id, plan, self._clock())
+        digest = secret_digest(secret)
+
+        def insert_into_empty(conn: sqlite3.Connection) -> bool:
+            # One statement: SQLite takes the write lock before it reads, so of two processes
+            # on one file the second waits (busy_timeout), then sees the first one's key.
+            cursor = conn.execute(
+                f"INSERT INTO api_keys (secret_sha256, {_COLUMNS}) "  # noqa: S608
+                "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+                (digest, key.key_id, key.customer_id, key.plan, key.created_at, None),
+            )
+            return cursor.rowcount == 1
+
+        return (key, secret) if await self._call(insert_into_empty) else None
+
     async def authenticate(self, secret: str) -> ApiKey:
         digest = secret_digest(secret)
 
