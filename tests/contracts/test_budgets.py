@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from render_gateway.core.budgets import Amount, BudgetExceeded, BudgetLimit
 from render_gateway.core.usage_records import NANOS
-from render_gateway.stores.budgets import BudgetStore, open_budget_store
+from render_gateway.stores.budgets import AgedHold, BudgetStore, open_budget_store
+from render_gateway.stores.memory_budgets import MemoryBudgetStore
 from render_gateway.stores.redis_budgets import RedisBudgetStore, settled_expiry
 from render_gateway.stores.redis_client import key, open_redis
 from render_gateway.stores.urls import StoreUrlError
@@ -35,20 +37,24 @@ NONE = BudgetLimit()  # no limit
 class Backend:
     # Opens an empty store (a fresh namespace where the store is shared).
     open: Callable[[], BudgetStore]
+    # The same, its holds stamped by the given clock.
+    open_at: Callable[[Callable[[], float]], BudgetStore]
 
 
 def _memory_backend(request: pytest.FixtureRequest) -> Backend:
-    return Backend(open=lambda: open_budget_store("memory://"))
+    return Backend(
+        open=lambda: open_budget_store("memory://"), open_at=lambda clock: MemoryBudgetStore(clock)
+    )
 
 
 def _redis_backend(request: pytest.FixtureRequest) -> Backend:
     server: RedisServer = request.getfixturevalue("redis_server")
 
-    def open_store() -> BudgetStore:
+    def open_store(clock: Callable[[], float] = time.time) -> BudgetStore:
         prefix = key("budgets", f"test-{uuid.uuid4().hex}")
-        return RedisBudgetStore(open_redis(server.url), prefix=prefix)
+        return RedisBudgetStore(open_redis(server.url), prefix=prefix, clock=clock)
 
-    return Backend(open=open_store)
+    return Backend(open=open_store, open_at=open_store)
 
 
 BACKENDS = {"memory": _memory_backend, "redis": _redis_backend}
@@ -62,6 +68,28 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 @pytest.fixture
 async def book(backend: Backend) -> AsyncIterator[BudgetStore]:
     opened = backend.open()
+    yield opened
+    await opened.close()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def timed(backend: Backend, clock: Clock) -> AsyncIterator[BudgetStore]:
+    opened = backend.open_at(clock)
     yield opened
     await opened.close()
 
@@ -353,6 +381,76 @@ async def test_concurrent_charges_never_shrink_a_hold(book: BudgetStore) -> None
     assert await reserved(book) == Amount(10.0)
 
 
+# Aged holds: what the hold janitor (application/budget_janitor.py) finds and releases.
+
+
+async def test_holds_older_than_lists_old_holds_oldest_first(
+    timed: BudgetStore, clock: Clock
+) -> None:
+    start = clock.now
+    await timed.reserve("b", "small", "p", MONTH, Amount(1.0), NONE)
+    await timed.reserve("a", "other:one", "p", MONTH, Amount(1.0), NONE)  # same second: by key
+    clock.now = start + 10
+    await timed.reserve("c", "small", "p", MONTH, Amount(1.0), NONE)
+    clock.now = start + 20
+    await timed.reserve("d", "small", "p", MONTH, Amount(1.0), NONE)
+    assert await timed.holds_older_than(start + 20) == [
+        AgedHold("a", "other:one", start),
+        AgedHold("b", "small", start),
+        AgedHold("c", "small", start + 10),
+    ]
+    assert await timed.holds_older_than(start) == []  # strictly older
+    assert [h.key for h in await timed.holds_older_than(start + 21, offset=1, limit=2)] == [
+        "b",
+        "c",
+    ]
+
+
+async def test_a_hold_reserved_again_keeps_when_it_was_made(
+    timed: BudgetStore, clock: Clock
+) -> None:
+    start = clock.now
+    await timed.reserve("a", "small", "p", MONTH, Amount(1.0), NONE)
+    clock.now = start + 100
+    await timed.reserve("a", "small", "p", MONTH, Amount(1.0), NONE)  # a retried reserve
+    assert await timed.holds_older_than(start + 1) == [AgedHold("a", "small", start)]
+
+
+async def test_released_and_settled_holds_are_no_longer_aged(
+    timed: BudgetStore, clock: Clock
+) -> None:
+    for name in ("a", "b", "c"):
+        await timed.reserve(name, "small", "p", MONTH, Amount(1.0), NONE)
+    await timed.release("a")
+    await timed.settle("b", "small", MONTH, Amount(0.5))
+    clock.now += 1
+    assert [h.key for h in await timed.holds_older_than(clock.now)] == ["c"]
+    # A released key reserved again is a new hold, made now.
+    await timed.reserve("a", "small", "p", MONTH, Amount(1.0), NONE)
+    assert [h.key for h in await timed.holds_older_than(clock.now)] == ["c"]
+
+
+@pytest.mark.parametrize("order", ["release first", "settle first", "together"])
+async def test_a_janitor_release_racing_a_settle_bills_once_and_stays_settled(
+    book: BudgetStore, order: str
+) -> None:
+    await book.reserve("a", "small", "p", MONTH, Amount(3.0), gpu(10.0))
+    if order == "release first":
+        await book.release("a")
+        assert await book.settle("a", "small", MONTH, Amount(1.0))
+    elif order == "settle first":
+        assert await book.settle("a", "small", MONTH, Amount(1.0))
+        assert await book.release("a") is None
+    else:
+        await asyncio.gather(book.release("a"), book.settle("a", "small", MONTH, Amount(1.0)))
+    assert await spent(book) == Amount(1.0)
+    assert await reserved(book) == Amount()
+    assert await book.open_reservations() == 0
+    assert await book.holds_older_than(time.time() + 3600) == []
+    await book.reserve("a", "small", "p", MONTH, Amount(3.0), gpu(10.0))  # settled: holds nothing
+    assert await reserved(book) == Amount()
+
+
 def test_an_unknown_scheme_is_refused_naming_the_setting() -> None:
     with pytest.raises(StoreUrlError, match=r"gateway\.stores\.budgets.*memory://.*redis://"):
         open_budget_store("sqlite:///tmp/budgets.db")  # no SQLite ledger
@@ -373,3 +471,30 @@ def test_a_redis_settlement_is_kept_into_the_next_month_and_at_least_a_day() -> 
     assert settled_expiry("2026-11", 0.0) == start_of_january
     assert settled_expiry("2026-12", 0.0) == start_of_january + 31 * 86_400
     assert settled_expiry("2020-01", 1_800_000_000.0) == 1_800_000_000 + 86_400
+
+
+async def test_redis_holds_made_before_creation_times_count_from_when_first_seen(
+    redis_server: RedisServer,
+) -> None:
+    clock = Clock()
+    prefix = key("budgets", f"test-{uuid.uuid4().hex}")
+    book = RedisBudgetStore(open_redis(redis_server.url), prefix=prefix, clock=clock)
+    try:
+        start = clock.now
+        await book.reserve("old", "small", "p", MONTH, Amount(1.0), NONE)
+        await book.reserve("new", "small", "p", MONTH, Amount(1.0), NONE)
+        raw = open_redis(redis_server.url)
+        try:  # as an older gateway left it: no creation time for "old"
+            await raw.zrem(f"{prefix}:since", "old")
+        finally:
+            await raw.aclose()
+        clock.now = start + 50
+        assert await book.holds_older_than(start + 1) == [AgedHold("new", "small", start)]
+        assert await book.holds_older_than(start + 51) == [
+            AgedHold("new", "small", start),
+            AgedHold("old", "small", start + 50),
+        ]
+        assert await book.release("old") is not None
+        assert await book.holds_older_than(start + 51) == [AgedHold("new", "small", start)]
+    finally:
+        await book.close()

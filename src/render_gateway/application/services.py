@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.application.admission import Admission
 from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
+from render_gateway.application.budget_janitor import HoldJanitor, hold_grace_seconds
 from render_gateway.application.budget_settler import BudgetSettler
 from render_gateway.application.cluster_agreement import enforce_agreement, use_shared_password
 from render_gateway.application.job_cases import JobCases
@@ -298,6 +299,7 @@ class GatewayServices:
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
     usage_writer: UsageWriter | None = None  # while this process holds the metering role
     budget_settler: BudgetSettler | None = None  # the budgets' backstop, with the metering role
+    hold_janitor: HoldJanitor | None = None  # releases leaked holds, with the metering role
     usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
@@ -470,8 +472,14 @@ class GatewayServices:
             self.usage_writer = await start_usage_writer(self.config, usage_log)
             self.budget_settler = BudgetSettler(usage_log, self.meter.settle_budget)
             self.budget_settler.start()
+            grace = hold_grace_seconds(RetryPolicy(**self.config.retry.model_dump()))
+            self.hold_janitor = HoldJanitor(self.stores.budgets, self.stores.jobs, grace)
+            self.hold_janitor.start()
 
         async def stop_metering() -> None:
+            janitor, self.hold_janitor = self.hold_janitor, None
+            if janitor is not None:
+                await janitor.stop()
             settler, self.budget_settler = self.budget_settler, None
             if settler is not None:
                 await settler.stop()

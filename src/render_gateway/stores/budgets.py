@@ -15,14 +15,28 @@ checks a limit is given it (the caller's ``limit_for(customer, plan)``).
 ``memory://`` is this process only (rebuilt from the durable usage log at start with
 ``add_spent`` and forced reserves); ``redis://`` / ``rediss://`` (stores/redis_budgets.py) is
 one ledger shared by every replica, each operation one Lua script.
+
+Each hold remembers when it was made, so that a hold no request will ever settle (its process
+was killed between the reserve and the job's commit, or between a cancel's commit and its
+release) can be found and released by the hold janitor (application/budget_janitor.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from render_gateway.core.budgets import Amount, BudgetLimit, BudgetState, Reservation
 from render_gateway.stores.urls import parse_store_url
+
+
+@dataclass(frozen=True)
+class AgedHold:
+    """A hold and when it was made (seconds since the epoch)."""
+
+    key: str
+    customer_id: str
+    created_at: float
 
 
 class BudgetStore(Protocol):
@@ -73,6 +87,14 @@ class BudgetStore(Protocol):
 
     async def open_reservations(self) -> int:
         """How many holds there are (for /metrics)."""
+        ...
+
+    async def holds_older_than(
+        self, cutoff: float, *, offset: int = 0, limit: int = 500
+    ) -> list[AgedHold]:
+        """The holds made before ``cutoff``, oldest first (ties by key), skipping the first
+        ``offset`` of them, at most ``limit``. A hold made before this store kept creation
+        times counts as made when it is first seen here."""
         ...
 
     async def close(self) -> None: ...

@@ -4,7 +4,9 @@ budget."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 
 from render_gateway.core.budgets import (
@@ -15,6 +17,7 @@ from render_gateway.core.budgets import (
     Reservation,
 )
 from render_gateway.core.usage_records import NANOS
+from render_gateway.stores.budgets import AgedHold
 
 
 def crosses(limit: BudgetLimit, total: Amount) -> bool:
@@ -29,10 +32,12 @@ def previous_month(month: str) -> str:
 
 
 class MemoryBudgetStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._spent: defaultdict[tuple[str, str], Amount] = defaultdict(Amount)
         self._reserved: defaultdict[tuple[str, str], Amount] = defaultdict(Amount)
         self._reservations: dict[str, Reservation] = {}
+        self._held_since: dict[str, float] = {}  # key → when its hold was made
         # Settled key → its month, so a second settle bills nothing. Kept for the key's month
         # and the next one (a record may settle a little after its month has ended).
         self._settled: dict[str, str] = {}
@@ -68,6 +73,7 @@ class MemoryBudgetStore:
                     amount.cost_nanos / NANOS,
                 )  # fmt: skip
         self._reservations[key] = reservation
+        self._held_since[key] = self._clock()
         self._reserved[customer_id, month] += amount
         return reservation
 
@@ -91,6 +97,7 @@ class MemoryBudgetStore:
 
     def _drop(self, key: str) -> Reservation | None:
         reservation = self._reservations.pop(key, None)
+        self._held_since.pop(key, None)
         if reservation is not None:
             month_key = (reservation.customer_id, reservation.month)
             self._reserved[month_key] -= reservation.amount
@@ -129,6 +136,15 @@ class MemoryBudgetStore:
 
     async def open_reservations(self) -> int:
         return len(self._reservations)
+
+    async def holds_older_than(
+        self, cutoff: float, *, offset: int = 0, limit: int = 500
+    ) -> list[AgedHold]:
+        aged = sorted((t, key) for key, t in self._held_since.items() if t < cutoff)
+        return [
+            AgedHold(key, self._reservations[key].customer_id, t)
+            for t, key in aged[offset : offset + limit]
+        ]
 
     async def close(self) -> None:
         """Nothing to close: the ledger lives and ends with the process."""

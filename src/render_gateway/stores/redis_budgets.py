@@ -9,11 +9,15 @@ How the data lies (``P`` is the prefix, ``render:budgets`` unless given, so test
 * ``P:hold:<key>`` — a hash per open reservation: ``customer``, ``month``, ``plan``, ``g``,
   ``n`` (what it holds) and ``mk`` (the name of its month hash).
 * ``P:holds`` — a set of the request keys held (``open_reservations`` is its SCARD).
+* ``P:since`` — a sorted set of the same keys, each scored by when its hold was made (unix
+  seconds, this process's clock), for ``holds_older_than``. Holds made before it existed are
+  added by the first ``holds_older_than`` that finds it smaller than ``P:holds``, at that time.
 * ``P:settled:<key>`` — a string (the month) per settled key, with an EXPIREAT at the start of
   the month after the next (at least a day from now), so a retried settle bills nothing for the
   key's month and the next, and old settlements vanish on their own.
 
-Why it is atomic: reserve, charge, release, settle and add_spent are each ONE Lua script (check,
+Why it is atomic: reserve, charge, release, settle, add_spent and holds_older_than are each ONE
+Lua script (check,
 then write every key involved), which Redis runs without interleaving any other command: two
 concurrent reserves on any replicas cannot both take the last of a budget, a key is held or
 settled once. ``state`` is one HMGET, ``open_reservations`` one SCARD. The scripts also touch the
@@ -43,6 +47,7 @@ from render_gateway.core.budgets import (
     Reservation,
 )
 from render_gateway.core.usage_records import NANOS
+from render_gateway.stores.budgets import AgedHold
 from render_gateway.stores.redis_client import key as redis_key
 
 # Shared helpers: read a number field (absent reads 0), write one exactly, and drop a hold.
@@ -53,7 +58,7 @@ end
 local function put(k, f, v)
   redis.call('HSET', k, f, string.format('%.17g', v))
 end
-local function drop(hold, holds, name)
+local function drop(hold, holds, since, name)
   local h = redis.call('HMGET', hold, 'customer', 'month', 'plan', 'g', 'n', 'mk')
   if not h[1] then return nil end
   local g, n, mk = tonumber(h[4]), tonumber(h[5]), h[6]
@@ -66,12 +71,13 @@ local function drop(hold, holds, name)
   end
   redis.call('DEL', hold)
   redis.call('SREM', holds, name)
+  redis.call('ZREM', since, name)
   return {h[1], h[2], h[3], h[4], h[5]}
 end
 """
 
-# KEYS: hold, settled, month hash, holds set. ARGV: key, customer, month, plan, g, n, force,
-# limit g ('' for none), limit n ('' for none).
+# KEYS: hold, settled, month hash, holds set, since zset. ARGV: key, customer, month, plan, g,
+# n, force, limit g ('' for none), limit n ('' for none), now (unix seconds).
 # Returns {'held', customer, month, plan, g, n} | {'settled'} | {'exceeded', what, committed}
 # | {'new'}.
 _RESERVE = (
@@ -95,6 +101,7 @@ end
 redis.call('HSET', KEYS[1], 'customer', ARGV[2], 'month', ARGV[3], 'plan', ARGV[4],
            'g', string.format('%.17g', g), 'n', string.format('%.17g', n), 'mk', mk)
 redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[10], ARGV[1])
 put(mk, 'rg', rg + g)
 put(mk, 'rn', rn + n)
 return {'new'}
@@ -123,21 +130,23 @@ return 1
 """
 )
 
-# KEYS: hold, holds set. ARGV: key. Returns the dropped {customer, month, plan, g, n} or nil.
+# KEYS: hold, holds set, since zset. ARGV: key. Returns the dropped {customer, month, plan, g,
+# n} or nil.
 _RELEASE = (
     _HELPERS
     + """
-return drop(KEYS[1], KEYS[2], ARGV[1])
+return drop(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 """
 )
 
-# KEYS: settled, hold, holds set, month hash. ARGV: key, month, g, n, expire at (unix seconds).
+# KEYS: settled, hold, holds set, month hash, since zset. ARGV: key, month, g, n, expire at
+# (unix seconds).
 # Returns 1 (billed) or 0 (settled already, nothing changed).
 _SETTLE = (
     _HELPERS
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-drop(KEYS[2], KEYS[3], ARGV[1])
+drop(KEYS[2], KEYS[3], KEYS[5], ARGV[1])
 put(KEYS[4], 'sg', num(KEYS[4], 'sg') + tonumber(ARGV[3]))
 put(KEYS[4], 'sn', num(KEYS[4], 'sn') + tonumber(ARGV[4]))
 redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[5])
@@ -154,6 +163,29 @@ put(KEYS[1], 'sn', num(KEYS[1], 'sn') + tonumber(ARGV[2]))
 return 1
 """
 )
+
+# KEYS: holds set, since zset. ARGV: cutoff, offset, limit, now, hold key prefix.
+# Returns {key, customer, made at, ...} for the holds made before cutoff, oldest first.
+_HOLDS_OLDER_THAN = """
+if redis.call('SCARD', KEYS[1]) > redis.call('ZCARD', KEYS[2]) then
+  -- holds made before P:since existed: from now on they count as made now
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    redis.call('ZADD', KEYS[2], 'NX', ARGV[4], name)
+  end
+end
+local aged = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'WITHSCORES',
+                        'LIMIT', ARGV[2], ARGV[3])
+local out = {}
+for i = 1, #aged, 2 do
+  local customer = redis.call('HGET', ARGV[5] .. aged[i], 'customer')
+  if customer then
+    out[#out + 1] = aged[i]
+    out[#out + 1] = customer
+    out[#out + 1] = aged[i + 1]
+  end
+end
+return out
+"""
 
 _DAY = 86_400
 
@@ -198,11 +230,13 @@ class RedisBudgetStore:
         self._owns_client = owns_client
         self._clock = clock
         self._holds = f"{prefix}:holds"
+        self._since = f"{prefix}:since"
         self._reserve = client.register_script(_RESERVE)
         self._charge = client.register_script(_CHARGE)
         self._release = client.register_script(_RELEASE)
         self._settle = client.register_script(_SETTLE)
         self._add_spent = client.register_script(_ADD_SPENT)
+        self._holds_older_than = client.register_script(_HOLDS_OLDER_THAN)
 
     def _month(self, customer_id: str, month: str) -> str:
         return f"{self._prefix}:month:{len(customer_id)}:{customer_id}:{month}"
@@ -226,13 +260,14 @@ class RedisBudgetStore:
     ) -> Reservation:
         month_key = self._month(customer_id, month)
         reply: Any = await self._reserve(
-            keys=[self._hold(key), self._settled(key), month_key, self._holds],
+            keys=[self._hold(key), self._settled(key), month_key, self._holds, self._since],
             args=[
                 key, customer_id, month, plan,
                 _gpu(amount.gpu_seconds), _nanos(amount.cost_nanos),
                 "1" if force else "0",
                 "" if limit.gpu_seconds is None else _gpu(limit.gpu_seconds),
                 "" if limit.cost_nanos is None else _nanos(limit.cost_nanos),
+                repr(float(self._clock())),
             ],
         )  # fmt: skip
         outcome = _text(reply[0])
@@ -266,7 +301,9 @@ class RedisBudgetStore:
         return int(reply) == 1
 
     async def release(self, key: str) -> Reservation | None:
-        reply: Any = await self._release(keys=[self._hold(key), self._holds], args=[key])
+        reply: Any = await self._release(
+            keys=[self._hold(key), self._holds, self._since], args=[key]
+        )
         if reply is None:
             return None
         customer, month, plan = (_text(part) for part in reply[0:3])
@@ -275,7 +312,7 @@ class RedisBudgetStore:
     async def settle(self, key: str, customer_id: str, month: str, actual: Amount) -> bool:
         month_key = self._month(customer_id, month)
         reply: Any = await self._settle(
-            keys=[self._settled(key), self._hold(key), self._holds, month_key],
+            keys=[self._settled(key), self._hold(key), self._holds, month_key, self._since],
             args=[
                 key, month, _gpu(actual.gpu_seconds), _nanos(actual.cost_nanos),
                 str(settled_expiry(month, self._clock())),
@@ -301,6 +338,21 @@ class RedisBudgetStore:
     async def open_reservations(self) -> int:
         count: Any = await self._client.scard(self._holds)
         return int(count)
+
+    async def holds_older_than(
+        self, cutoff: float, *, offset: int = 0, limit: int = 500
+    ) -> list[AgedHold]:
+        reply: Any = await self._holds_older_than(
+            keys=[self._holds, self._since],
+            args=[
+                repr(float(cutoff)), str(int(offset)), str(int(limit)),
+                repr(float(self._clock())), f"{self._prefix}:hold:",
+            ],
+        )  # fmt: skip
+        return [
+            AgedHold(_text(reply[i]), _text(reply[i + 1]), float(_text(reply[i + 2])))
+            for i in range(0, len(reply), 3)
+        ]
 
     async def close(self) -> None:
         if self._owns_client:
