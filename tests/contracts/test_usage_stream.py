@@ -14,10 +14,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import pytest
+import redis
 
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord, build_record
@@ -25,7 +26,15 @@ from render_gateway.stores.jobs import open_job_store
 from render_gateway.stores.memory_usage_log import MemoryUsageStream
 from render_gateway.stores.redis_client import key as redis_key
 from render_gateway.stores.redis_jobs import open_redis_job_store
-from render_gateway.stores.usage_log import UsageAlreadyLogged, UsageStream
+from render_gateway.stores.redis_usage_log import EVENT_IDS_KEPT_S, RedisUsageStream
+from render_gateway.stores.usage_log import (
+    BUDGET_GROUP,
+    COLD_PATH_GROUP,
+    HOT_PATH_GROUP,
+    USAGE_GROUPS,
+    UsageAlreadyLogged,
+    UsageStream,
+)
 
 OpenStream = Callable[[], AbstractAsyncContextManager[UsageStream]]
 
@@ -256,3 +265,196 @@ async def test_entries_and_acks_survive_a_reopen(open_durable_stream: OpenStream
         assert again.acked("audit") == 0
         assert [e.seq for e in again.read_group("clickhouse", 10)] == [5, 6]
         assert await again.append_usage(usage()) == 7
+
+
+# Trimming: what every known group acked may go (the SQLite stream keeps it all, which the
+# Protocol allows); nothing else changes for the known groups.
+
+
+@pytest.fixture
+def trims(request: pytest.FixtureRequest) -> bool:
+    """Whether this implementation drops what it may (the SQLite stream keeps every row)."""
+    return bool(request.node.callspec.params.get("open_stream") != "sqlite")
+
+
+def ack_groups(stream: UsageStream, positions: dict[str, int]) -> None:
+    for group, position in positions.items():
+        stream.ack(group, position)
+
+
+async def test_a_trim_leaves_every_group_reading_what_it_had_not_acked(
+    stream: UsageStream, trims: bool
+) -> None:
+    records = [usage(gpu=float(i)) for i in range(10)]
+    for record in records:  # one at a time: sequence n is records[n - 1]
+        await stream.append_usage(record)
+    ack_groups(stream, {HOT_PATH_GROUP: 8, COLD_PATH_GROUP: 5, BUDGET_GROUP: 6})
+    assert stream.trim_acked() == (5 if trims else 0)  # what all three acked
+    assert stream.head() == 10
+    assert [e.seq for e in stream.read_group(HOT_PATH_GROUP, 10)] == [9, 10]
+    assert [e.seq for e in stream.read_group(COLD_PATH_GROUP, 10)] == [6, 7, 8, 9, 10]
+    assert stream.read_group_json(BUDGET_GROUP, 10)[0] == [7, 8, 9, 10]
+    assert [UsageRecord.from_dict(e.record) for e in stream.read_group(COLD_PATH_GROUP, 10)] == (
+        records[5:]
+    )
+    waiting, oldest = stream.lag(COLD_PATH_GROUP)
+    assert waiting == 5 and oldest == pytest.approx(records[5].timestamp)
+    assert stream.lag(HOT_PATH_GROUP)[0] == 2
+    assert stream.acked(COLD_PATH_GROUP) == 5
+
+
+async def test_a_group_that_never_acked_holds_everything(stream: UsageStream, trims: bool) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(4)])
+    ack_groups(stream, {HOT_PATH_GROUP: 4, COLD_PATH_GROUP: 4})  # budgets never acked
+    assert stream.trim_acked() == 0
+    assert [e.seq for e in stream.read_group(BUDGET_GROUP, 10)] == [1, 2, 3, 4]
+    assert stream.lag(BUDGET_GROUP)[0] == 4
+    # Only the groups named count: named alone, the two that acked allow the trim.
+    assert stream.trim_acked([HOT_PATH_GROUP, COLD_PATH_GROUP]) == (4 if trims else 0)
+    assert stream.head() == 4
+
+
+async def test_sequence_numbers_go_on_after_everything_is_trimmed(
+    stream: UsageStream, trims: bool
+) -> None:
+    await append_all(stream, [usage(gpu=float(i)) for i in range(6)])
+    ack_groups(stream, dict.fromkeys(USAGE_GROUPS, 6))
+    assert stream.trim_acked() == (6 if trims else 0)
+    assert stream.head() == 6
+    assert stream.read_group(HOT_PATH_GROUP, 10) == []
+    assert stream.lag(HOT_PATH_GROUP) == (0, None)
+    later = usage(gpu=7.0)
+    assert await stream.append_usage(later) == 7  # never a number handed out before
+    assert stream.head() == 7
+    (entry,) = stream.read_group(COLD_PATH_GROUP, 10)
+    assert entry.seq == 7 and UsageRecord.from_dict(entry.record) == later
+    waiting, oldest = stream.lag(BUDGET_GROUP)
+    assert waiting == 1 and oldest == pytest.approx(later.timestamp)
+    assert stream.trim_acked() == 0  # nobody acked 7
+    assert stream.acked(HOT_PATH_GROUP) == 6
+
+
+async def test_a_trimmed_record_is_still_refused_a_second_time(stream: UsageStream) -> None:
+    record = usage()
+    await stream.append_usage(record)
+    ack_groups(stream, dict.fromkeys(USAGE_GROUPS, 1))
+    stream.trim_acked()
+    with pytest.raises(UsageAlreadyLogged):
+        await stream.append_usage(record)
+    assert stream.head() == 1
+
+
+async def test_a_trim_keeps_the_month_usage(stream: UsageStream) -> None:
+    for record in (usage("a", 1.0), usage("a", 2.0), usage("b", 4.0)):
+        await stream.append_usage(record)
+    ack_groups(stream, dict.fromkeys(USAGE_GROUPS, 3))
+    stream.trim_acked()
+    totals = {m.customer_id: m for m in await stream.month_usage(month_of(time.time()))}
+    assert totals["a"].gpu_seconds == 3.0 and totals["a"].cost_nanos == 30_000_000
+    assert totals["b"].gpu_seconds == 4.0 and totals["b"].cost_nanos == 40_000_000
+
+
+async def test_a_trim_survives_a_reopen(open_durable_stream: OpenStream) -> None:
+    async with open_durable_stream() as stream:
+        await append_all(stream, [usage(gpu=float(i)) for i in range(5)])
+        ack_groups(stream, {HOT_PATH_GROUP: 5, COLD_PATH_GROUP: 3, BUDGET_GROUP: 4})
+        stream.trim_acked()
+    async with open_durable_stream() as again:
+        assert again.head() == 5
+        assert [e.seq for e in again.read_group(COLD_PATH_GROUP, 10)] == [4, 5]
+        assert await again.append_usage(usage()) == 6
+
+
+# The Redis stream's trim, in Redis itself: the stream and the dedupe shrink.
+
+
+@pytest.fixture
+async def redis_stream(redis_server: Any) -> AsyncIterator[RedisUsageStream]:
+    fresh = uuid.uuid4().hex
+    jobs = open_redis_job_store(
+        redis_server.url,
+        namespace=redis_key("jobs", fresh),
+        usage_namespace=redis_key("usage", fresh),
+    )
+    await jobs.open()
+    try:
+        yield jobs.usage_log
+    finally:
+        await jobs.close()
+
+
+async def test_redis_trim_shrinks_the_stream_and_every_group_reads_its_backlog(
+    redis_stream: RedisUsageStream, redis_server: Any
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = redis_stream.namespace
+    try:
+        for start in range(0, 200, 20):  # within the client's connection pool
+            await append_all(redis_stream, [usage(gpu=float(i)) for i in range(start, start + 20)])
+        positions = {HOT_PATH_GROUP: 190, COLD_PATH_GROUP: 120, BUDGET_GROUP: 150}
+        unread = {
+            group: [e.seq for e in redis_stream.read_group(group, 500) if e.seq > position]
+            for group, position in positions.items()
+        }
+        ack_groups(redis_stream, positions)
+        before = int(raw.memory_usage(ns) or 0)
+        assert raw.xlen(ns) == 200
+        assert redis_stream.trim_acked() == 120
+        assert raw.xlen(ns) == 80
+        oldest = raw.xrange(ns, count=1)
+        assert oldest is not None and oldest[0][0] == b"121-0"
+        assert 0 < int(raw.memory_usage(ns) or 0) < before
+        for group, position in positions.items():
+            read = [e.seq for e in redis_stream.read_group(group, 500)]
+            assert read == unread[group] == list(range(position + 1, 201))
+            assert redis_stream.lag(group)[0] == 200 - position
+        assert redis_stream.trim_acked() == 0  # nothing more is acked by all
+        assert raw.get(f"{ns}:seq") == b"200"
+        assert await redis_stream.append_usage(usage()) == 201
+    finally:
+        raw.close()
+
+
+async def test_redis_trim_forgets_event_ids_only_after_the_window(
+    redis_stream: RedisUsageStream, redis_server: Any
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = redis_stream.namespace
+    try:
+        record = usage()
+        await redis_stream.append_usage(record)
+        ack_groups(redis_stream, dict.fromkeys(USAGE_GROUPS, 1))
+        # A day later the id is still refused (kept 7 days)...
+        redis_stream.trim_acked(now=record.timestamp + 86400)
+        assert raw.zcard(f"{ns}:event_ids") == 1
+        with pytest.raises(UsageAlreadyLogged):
+            await redis_stream.append_usage(record)
+        # ...and past the window it is forgotten, so the set does not grow forever.
+        redis_stream.trim_acked(now=record.timestamp + EVENT_IDS_KEPT_S + 1)
+        assert raw.zcard(f"{ns}:event_ids") == 0
+        assert await redis_stream.append_usage(record) == 2  # what forgetting means
+    finally:
+        raw.close()
+
+
+async def test_redis_trim_moves_an_older_gateways_event_set_into_the_window(
+    redis_stream: RedisUsageStream, redis_server: Any
+) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    ns = redis_stream.namespace
+    try:
+        # A stream an older gateway wrote kept every event id in a plain set.
+        old = usage()
+        raw.sadd(f"{ns}:events", old.event_id, *[f"old-{i}" for i in range(20)])
+        with pytest.raises(UsageAlreadyLogged):
+            await redis_stream.append_usage(old)
+        now = time.time()
+        redis_stream.trim_acked(now=now)
+        assert not raw.exists(f"{ns}:events")
+        assert raw.zcard(f"{ns}:event_ids") == 21
+        assert raw.zscore(f"{ns}:event_ids", old.event_id) == pytest.approx(now)
+        with pytest.raises(UsageAlreadyLogged):
+            await redis_stream.append_usage(old)
+        assert redis_stream.head() == 0
+    finally:
+        raw.close()

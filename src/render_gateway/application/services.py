@@ -194,6 +194,27 @@ def _ack_all(usage_log: UsageStream, group: str) -> None:
         usage_log.ack(group, head)
 
 
+# How often the metering holder trims the usage stream (below every consumer group's ack).
+USAGE_TRIM_INTERVAL_S = 60.0
+
+
+async def trim_usage_stream(
+    usage_log: UsageStream, interval_s: float = USAGE_TRIM_INTERVAL_S
+) -> None:
+    """While this process holds the metering role: drop the usage entries every consumer
+    group has acked, which the shared Redis would otherwise keep forever (a record's worth per
+    request). A failure (Redis down) is logged and the next round tries again."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            trimmed = await asyncio.to_thread(usage_log.trim_acked)
+        except Exception as exc:  # the stream's store down: the entries wait, nothing is lost
+            log.warning("usage stream trim failed, will retry: %s", exc)
+            continue
+        if trimmed:
+            log.debug("usage stream: %d entries every group acked trimmed", trimmed)
+
+
 async def start_usage_writer(config: GatewayConfig, usage_log: UsageStream) -> UsageWriter:
     """The hot path's writer, started; UsageStoreLocked when another process owns the
     embedded store (a refusal at start, saying so)."""
@@ -305,6 +326,7 @@ class GatewayServices:
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
     _role_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
+    _usage_trim: asyncio.Task[None] | None = field(default=None, repr=False)  # with metering
     _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
     # The configured catalog narrowed to what the backends report they serve: ``catalog``
     # follows it as backends are read (see offered_catalog.py).
@@ -470,6 +492,7 @@ class GatewayServices:
 
         async def start_metering() -> None:
             self.usage_writer = await start_usage_writer(self.config, usage_log)
+            self._usage_trim = asyncio.create_task(trim_usage_stream(usage_log), name="usage-trim")
             self.budget_settler = BudgetSettler(usage_log, self.meter.settle_budget)
             self.budget_settler.start()
             grace = hold_grace_seconds(RetryPolicy(**self.config.retry.model_dump()))
@@ -486,6 +509,11 @@ class GatewayServices:
             writer, self.usage_writer = self.usage_writer, None
             if writer is not None:
                 await asyncio.to_thread(writer.stop, 5.0)
+            trim, self._usage_trim = self._usage_trim, None
+            if trim is not None:
+                trim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trim
 
         async def start_audit() -> None:
             batcher = self.audit.new_batcher(self.config, usage_log)

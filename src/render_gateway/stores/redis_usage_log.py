@@ -7,10 +7,23 @@ How the data lies in Redis (``ns`` is the namespace, ``render:usage`` by default
   ``record`` (``UsageRecord.to_dict()`` as JSON without the signed claim, as the SQLite stream
   keeps it), ``claim`` (only when the record has one) and ``ts`` (the record's timestamp);
 * ``ns:seq`` — a counter: the last sequence number handed out (the head);
-* ``ns:events`` — a set of every appended event id (each record is appended at most once);
+* ``ns:event_ids`` — a sorted set of the recent appended event ids, scored by the record's
+  timestamp (each record is appended at most once): kept ``EVENT_IDS_KEPT_S`` (7 days), far
+  longer than a duplicate append can come (a retried script or a re-finished job, within
+  seconds or an outage's minutes), then forgotten by the trim, so it does not grow forever;
+* ``ns:events`` — the set every event id went into before the sorted set (streams written by
+  an older gateway): still checked, and moved into the sorted set (scored at the trim's time)
+  a batch per trim, after which it is gone;
 * ``ns:acked`` — a hash: consumer group → the highest sequence number it acked;
 * ``ns:month:<YYYY-MM>`` — a hash of billable usage per customer: ``gpu:<customer>`` (float
   gpu-seconds, HINCRBYFLOAT) and ``nanos:<customer>`` (integer cost, HINCRBY).
+
+Trimming (``trim_acked``, every minute from the metering role): one script reads the known
+groups' positions from ``ns:acked``, ``XTRIM MINID``s the stream past the lowest (everything
+every group acked; a group that never acked holds everything), and forgets the event ids older
+than the dedupe window. ``ns:seq`` is never touched, so the head and the next sequence
+numbers go on increasing (XADD's ids stay above the stream's last id, which a trim keeps); the
+month totals are their own hashes, so ``month_usage`` does not read the entries.
 
 Atomicity: an append is one Lua script — the event-id check, the INCR, the XADD, the event id
 and the month totals together — and the job store's ``finish`` runs the same steps inside its
@@ -27,6 +40,8 @@ as the other Redis stores do.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -43,17 +58,23 @@ from render_gateway.stores.redis_client import (
     client_password,
     key,
 )
-from render_gateway.stores.usage_log import LoggedUsage, MonthUsage, UsageAlreadyLogged
+from render_gateway.stores.usage_log import (
+    USAGE_GROUPS,
+    LoggedUsage,
+    MonthUsage,
+    UsageAlreadyLogged,
+)
 
 # Lua helpers shared with the job store's finish script. ``u`` is the namespace; ``a`` the index
 # in ARGV of the 10 usage arguments (see ``usage_args``).
 APPEND_LUA = """
 local function usage_known(u, a)
-  return redis.call('SISMEMBER', u .. ':events', ARGV[a]) == 1
+  return redis.call('ZSCORE', u .. ':event_ids', ARGV[a]) ~= false
+    or redis.call('SISMEMBER', u .. ':events', ARGV[a]) == 1
 end
 local function usage_write(u, a)
   local seq = redis.call('INCR', u .. ':seq')
-  redis.call('SADD', u .. ':events', ARGV[a])
+  redis.call('ZADD', u .. ':event_ids', ARGV[a + 9], ARGV[a])
   local id = string.format('%d-0', seq)
   if ARGV[a + 7] == '1' then
     redis.call('XADD', u, id, 'record', ARGV[a + 6], 'ts', ARGV[a + 9], 'claim', ARGV[a + 8])
@@ -94,12 +115,42 @@ local head = tonumber(redis.call('GET', KEYS[3]) or '0')
 local waiting = head - position
 if waiting <= 0 then return {0, false} end
 local first = redis.call('XRANGE', KEYS[1], string.format('%d-0', position + 1), '+', 'COUNT', 1)
+if #first == 0 then return {waiting, false} end  -- a group trim_acked was not told of
 local fields = first[1][2]
 for i = 1, #fields, 2 do
   if fields[i] == 'ts' then return {waiting, fields[i + 1]} end
 end
 return {waiting, false}
 """
+
+# How long an appended event id is remembered (a duplicate append is refused meanwhile).
+EVENT_IDS_KEPT_S = 7 * 86400.0
+# The old set's ids moved per trim: a few milliseconds of Redis each, a million in 100 trims.
+LEGACY_EVENT_IDS_PER_TRIM = 10_000
+
+# ARGV: namespace, now, how long event ids are kept (seconds), the groups. Entries up to the
+# lowest position go; so do event ids older than the window, and a batch of the old set's ids
+# moves into the sorted set (scored now: they are kept a full window from the first trim).
+_TRIM = """
+local u = ARGV[1]
+local now = tonumber(ARGV[2])
+local lowest = nil
+for i = 4, #ARGV do
+  local position = tonumber(redis.call('HGET', u .. ':acked', ARGV[i]) or '0')
+  if lowest == nil or position < lowest then lowest = position end
+end
+local trimmed = 0
+if lowest ~= nil and lowest > 0 then
+  trimmed = redis.call('XTRIM', u, 'MINID', string.format('%d-0', lowest + 1))
+end
+local moved = redis.call('SPOP', u .. ':events', LEGACY_BATCH)
+for _, event_id in ipairs(moved) do
+  redis.call('ZADD', u .. ':event_ids', 'NX', ARGV[2], event_id)
+end
+local forget_before = string.format('(%.6f', now - tonumber(ARGV[3]))
+redis.call('ZREMRANGEBYSCORE', u .. ':event_ids', '-inf', forget_before)
+return trimmed
+""".replace("LEGACY_BATCH", str(LEGACY_EVENT_IDS_PER_TRIM))
 
 
 def usage_args(record: UsageRecord) -> list[str | bytes]:
@@ -166,6 +217,7 @@ class RedisUsageStream:
         self._read = sync_client.register_script(_READ)
         self._ack = sync_client.register_script(_ACK)
         self._lag = sync_client.register_script(_LAG)
+        self._trim = sync_client.register_script(_TRIM)
 
     async def append_usage(self, record: UsageRecord) -> int:
         seq = await self._append(keys=[], args=[self.namespace, *usage_args(record)])
@@ -220,6 +272,21 @@ class RedisUsageStream:
             else:
                 nanos[customer] = int(_text(value))
         return [MonthUsage(c, gpu[c], nanos.get(c, 0)) for c in gpu]
+
+    def trim_acked(
+        self,
+        groups: Sequence[str] = USAGE_GROUPS,
+        *,
+        now: float | None = None,
+        event_ids_kept_s: float = EVENT_IDS_KEPT_S,
+    ) -> int:
+        """See ``UsageStream.trim_acked``; event ids go once older than ``event_ids_kept_s``
+        by ``now`` (the gateway's clock, as the other Redis stores take it)."""
+        if not groups:
+            raise ValueError("trim_acked needs the groups whose acks allow a trim")
+        at = time.time() if now is None else now
+        args = [self.namespace, repr(at), repr(float(event_ids_kept_s)), *groups]
+        return int(self._trim(keys=[], args=args))
 
     def close_sync(self) -> None:
         self._sync.close()

@@ -13,10 +13,16 @@ nothing is lost and everything replays in order.
 Sequence numbers are ints, increasing in commit order: a reader that sees entry n has seen
 every entry before it. Each group has one consumer at a time (the singleton role that owns
 it), so a group's position is one number rather than a per-consumer pending list.
+
+The entries every known group has acked are of no use to anyone and may be trimmed
+(``trim_acked``, called by the metering role): the shared Redis would otherwise grow by every
+record ever made. A trim never hands a sequence number out again and never touches an entry a
+known group has not acked; ``month_usage`` is kept apart from the entries (or they are kept).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +34,10 @@ COLD_PATH_GROUP = "audit"
 # The budgets' backstop (application/budget_settler.py): each record's budget settle, replayed
 # for the requests whose process died between the record's commit and its in-line settle.
 BUDGET_GROUP = "budgets"
+# Every group that reads the stream: an entry is trimmed only once all of them acked it (a
+# group that never acked holds everything). A group not listed here must not rely on old
+# entries: it reads from the oldest one left.
+USAGE_GROUPS = (HOT_PATH_GROUP, COLD_PATH_GROUP, BUDGET_GROUP)
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,17 @@ class UsageStream(Protocol):
         ...
 
     async def month_usage(self, month: str) -> list[MonthUsage]:
-        """Billable usage per customer in a month (``YYYY-MM``), for budgets after a restart."""
+        """Billable usage per customer in a month (``YYYY-MM``), for budgets after a restart.
+        Trims do not change it."""
+        ...
+
+    def trim_acked(self, groups: Sequence[str] = USAGE_GROUPS) -> int:
+        """Drop the entries every one of ``groups`` has acked (up to the lowest position; 0 for a
+        group that never acked, which keeps everything), atomically with reading the positions;
+        the number dropped. ``head``, later sequence numbers, ``acked``, ``lag`` and every
+        listed group's reads are as if nothing was dropped, and an event id is still refused
+        while a duplicate append is possible. An implementation may keep more than it could
+        drop (the SQLite stream keeps everything: see there). Blocking, like the reads."""
         ...
 
 
