@@ -217,3 +217,45 @@ def test_when_the_holder_is_gone_usage_is_a_503_without_paths(
             assert dashboard.status_code == 503
             assert_no_path(dashboard.json(), a.data_dir, b.data_dir)
             time.sleep(wait)  # ROLE_LEASE_SECONDS and a little
+
+
+def test_a_delete_on_one_replica_stops_the_run_on_another_and_sse_follows_it(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    # b serves the API only: every job runs on a's scheduler, and b is asked about it.
+    with two_gateways(worker, tmp_path, '["api"]') as (a, b):
+        admin = bearer(a.admin_key)
+        body = {**BODY, "steps": 400}
+        job_id = httpx.post(b.url + "/queue", json=body, headers=admin, timeout=30).json()["id"]
+        events: list[tuple[str, str]] = []  # (event, id) as b's stream delivers them
+        answers: list[tuple[int, float]] = []
+        with httpx.stream(
+            "GET", f"{b.url}/jobs/{job_id}/events", headers=admin, timeout=60
+        ) as stream:
+            name, event_id = "", ""
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("id:"):
+                    event_id = line.split(":", 1)[1].strip()
+                elif line == "" and name:
+                    events.append((name, event_id))
+                    if name == "progress" and sum(e == "progress" for e, _ in events) == 3:
+                        # The run is on a (b runs no scheduler): stop it through b.
+                        stopped = httpx.delete(f"{b.url}/jobs/{job_id}", headers=admin)
+                        assert stopped.status_code in (202, 204), stopped.text
+                        answers.append((stopped.status_code, time.monotonic()))
+                    if name in ("complete", "error"):
+                        break
+                    name = ""
+        done = wait_done(b, admin, job_id)
+        assert done["status"] == "cancelled", (answers, time.monotonic(), events[-5:], done)
+        assert "started" in [e for e, _ in events] and events[-1][0] == "error"
+        steps = [e for e, _ in events if e == "progress"]
+        assert 3 <= len(steps) < 400  # stopped long before its last step
+        ids = [i for _, i in events if i]
+        assert len(ids) == len(set(ids))  # each event once
+        # Billed for the steps that ran, by the worker's signed claim, on either replica.
+        usage = done["usage"]
+        assert usage["status"] == "cancelled" and usage["billable"] and usage["gpu_seconds"] > 0
+        assert httpx.get(f"{a.url}/jobs/{job_id}", headers=admin).json()["status"] == "cancelled"

@@ -71,6 +71,10 @@ class ServiceTimes:
         return self._means.get((family, model))
 
 
+# How often a process's runs look for a cancel recorded on their jobs that their signal missed.
+CANCEL_WATCH_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class RunLeases:
     """How long a claimed run's lease lasts, how often it is renewed, who holds it."""
@@ -120,6 +124,7 @@ class JobRunner:
             asyncio.create_task(self._loop(), name="job-runner"),
             asyncio.create_task(self._sweep(), name="job-sweeper"),
             asyncio.create_task(self._heartbeat(), name="run-heartbeat"),
+            asyncio.create_task(self._watch_cancels(), name="run-cancel-watch"),
         ]
         self.wake()
 
@@ -481,6 +486,26 @@ class JobRunner:
                     await self.recover(lapsed)
             except Exception:
                 log.exception("sweep failed")
+
+    async def _watch_cancels(self, every: float = CANCEL_WATCH_SECONDS) -> None:
+        """The backstop of the cancel signal: a customer's cancel is durable on the job
+        (``request_cancel``), and signalled to the run over the event bus; a signal lost on the
+        way (a pub/sub message dropped while a replica reconnected to Redis) would leave the
+        run going to its end. So the runs of this process read their jobs' flags now and then,
+        and stop the ones marked: a DELETE on any replica stops the run within ``every``."""
+        while True:
+            await asyncio.sleep(every)
+            for job_id in list(self._cancels):
+                try:
+                    job = await self._store.get(job_id)
+                except Exception:
+                    log.warning("cancel watch: reading job %s failed", job_id, exc_info=True)
+                    break
+                cancel = self._cancels.get(job_id)
+                if job is not None and job.cancel_requested and cancel is not None:
+                    if not cancel.is_set():
+                        log.info("job %s: a cancel recorded on the job stops its run", job_id)
+                    cancel.set()
 
     async def _heartbeat(self) -> None:
         """Renew the leases of this process's runs; a run whose lease was lost (this process
