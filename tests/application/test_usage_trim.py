@@ -1,6 +1,7 @@
-"""The metering holder's periodic trim of the usage stream (application/services.py
-``trim_usage_stream``), on a real redis-server: the entries every consumer group acked leave
-the Redis Stream round by round, and what a group has not acked stays."""
+"""The metering holder's periodic trim of the usage stream
+(application/metering_role.py ``trim_usage_stream``), on a real redis-server: the entries every
+consumer group acked leave the Redis Stream round by round, and what a group has not acked
+stays."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 
 import redis
 
-from render_gateway.application.services import trim_usage_stream
+from render_gateway.application.metering_role import trim_usage_stream
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.stores.redis_client import key as redis_key
 from render_gateway.stores.redis_jobs import open_redis_job_store

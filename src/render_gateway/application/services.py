@@ -22,11 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.application.admission import Admission
 from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
-from render_gateway.application.budget_janitor import HoldJanitor, hold_grace_seconds
-from render_gateway.application.budget_settler import BudgetSettler
 from render_gateway.application.cluster_agreement import enforce_agreement, use_shared_password
 from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
+from render_gateway.application.metering_role import MeteringRole
 from render_gateway.application.offered_catalog import OfferedCatalog
 from render_gateway.application.reconciler import Reconciler
 from render_gateway.application.scheduler import JobRunner, RunLeases
@@ -47,7 +46,6 @@ from render_gateway.audit.proof_index import ProofIndex
 from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
-from render_gateway.auth.private_file import read_private_text
 from render_gateway.catalog import Catalog, CatalogModel
 from render_gateway.config import GatewayConfig, JwtConfig
 from render_gateway.core.budgets import Amount
@@ -60,11 +58,7 @@ from render_gateway.metering.from_config import budget_limits, price_table
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.read_side import UsageQueries
 from render_gateway.metering.store import (
-    UsageStore,
-    UsageStoreError,
-    UsageStoreLocked,
     default_usage_url,
-    open_usage_store,
     parse_usage_url,
 )
 from render_gateway.metering.writer import GROUP as USAGE_GROUP
@@ -194,50 +188,6 @@ def _ack_all(usage_log: UsageStream, group: str) -> None:
         usage_log.ack(group, head)
 
 
-# How often the metering holder trims the usage stream (below every consumer group's ack).
-USAGE_TRIM_INTERVAL_S = 60.0
-
-
-async def trim_usage_stream(
-    usage_log: UsageStream, interval_s: float = USAGE_TRIM_INTERVAL_S
-) -> None:
-    """While this process holds the metering role: drop the usage entries every consumer
-    group has acked, which the shared Redis would otherwise keep forever (a record's worth per
-    request). A failure (Redis down) is logged and the next round tries again."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            trimmed = await asyncio.to_thread(usage_log.trim_acked)
-        except Exception as exc:  # the stream's store down: the entries wait, nothing is lost
-            log.warning("usage stream trim failed, will retry: %s", exc)
-            continue
-        if trimmed:
-            log.debug("usage stream: %d entries every group acked trimmed", trimmed)
-
-
-async def start_usage_writer(config: GatewayConfig, usage_log: UsageStream) -> UsageWriter:
-    """The hot path's writer, started; UsageStoreLocked when another process owns the
-    embedded store (a refusal at start, saying so)."""
-    metering = config.metering
-    url = metering.url or default_usage_url(Path(config.data_dir))
-    password = read_private_text(metering.password_file) if metering.password_file else None
-
-    def open_store() -> UsageStore:
-        return open_usage_store(url, retention_days=metering.retention_days, password=password)
-
-    writer = UsageWriter(
-        usage_log, open_store, metering.batch_rows, metering.flush_interval_seconds
-    )
-    try:
-        writer.store = await asyncio.to_thread(open_store)
-    except UsageStoreLocked:
-        raise
-    except UsageStoreError as exc:  # a server that is down: records wait in the log
-        log.warning("usage store %s unavailable at start, will retry: %s", url, exc)
-    writer.start()
-    return writer
-
-
 @dataclass
 class AuditParts:
     """The cold path: the CAS and the log's key always; the batcher while this process holds
@@ -318,15 +268,12 @@ class GatewayServices:
     node_keys: dict[str, bytes]  # backend node key id → raw Ed25519 public key (from /v2/node)
     local_worker: LocalWorker | None = None
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
-    usage_writer: UsageWriter | None = None  # while this process holds the metering role
-    budget_settler: BudgetSettler | None = None  # the budgets' backstop, with the metering role
-    hold_janitor: HoldJanitor | None = None  # releases leaked holds, with the metering role
+    metering: MeteringRole | None = None  # its parts run while this process holds the lease
     usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
     _role_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
-    _usage_trim: asyncio.Task[None] | None = field(default=None, repr=False)  # with metering
     _keyed: set[str] = field(default_factory=set, repr=False)  # backends asked for their key
     # The configured catalog narrowed to what the backends report they serve: ``catalog``
     # follows it as backends are read (see offered_catalog.py).
@@ -334,6 +281,11 @@ class GatewayServices:
     _stopped: bool = field(default=False, repr=False)
 
     # Read by routes and metrics under their old names.
+    @property
+    def usage_writer(self) -> UsageWriter | None:
+        """The hot path's writer while this process holds the metering role."""
+        return self.metering.writer if self.metering is not None else None
+
     @property
     def store(self) -> JobStore:
         return self.stores.jobs
@@ -468,10 +420,8 @@ class GatewayServices:
 
     def _on_record(self) -> None:
         """A usage record was committed: wake the consumers this process runs."""
-        if self.usage_writer is not None:
-            self.usage_writer.notify()
-        if self.budget_settler is not None:
-            self.budget_settler.notify()
+        if self.metering is not None:
+            self.metering.notify()
         if self.audit.batcher is not None:
             self.audit.batcher.notify()
 
@@ -490,30 +440,9 @@ class GatewayServices:
         )  # fmt: skip
         usage_log = self.stores.jobs.usage_log
 
-        async def start_metering() -> None:
-            self.usage_writer = await start_usage_writer(self.config, usage_log)
-            self._usage_trim = asyncio.create_task(trim_usage_stream(usage_log), name="usage-trim")
-            self.budget_settler = BudgetSettler(usage_log, self.meter.settle_budget)
-            self.budget_settler.start()
-            grace = hold_grace_seconds(RetryPolicy(**self.config.retry.model_dump()))
-            self.hold_janitor = HoldJanitor(self.stores.budgets, self.stores.jobs, grace)
-            self.hold_janitor.start()
-
-        async def stop_metering() -> None:
-            janitor, self.hold_janitor = self.hold_janitor, None
-            if janitor is not None:
-                await janitor.stop()
-            settler, self.budget_settler = self.budget_settler, None
-            if settler is not None:
-                await settler.stop()
-            writer, self.usage_writer = self.usage_writer, None
-            if writer is not None:
-                await asyncio.to_thread(writer.stop, 5.0)
-            trim, self._usage_trim = self._usage_trim, None
-            if trim is not None:
-                trim.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await trim
+        metering = self.metering = MeteringRole(
+            self.config, usage_log, self.meter, self.stores.budgets, self.stores.jobs
+        )
 
         async def start_audit() -> None:
             batcher = self.audit.new_batcher(self.config, usage_log)
@@ -532,7 +461,7 @@ class GatewayServices:
             await self.reconciler.stop()
 
         wanted = {
-            "metering": (start_metering, stop_metering),
+            "metering": (metering.start, metering.stop),
             "audit": (start_audit, stop_audit),
             "reconciler": (start_reconciler, stop_reconciler),
         }
