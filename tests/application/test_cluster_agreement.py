@@ -21,6 +21,7 @@ from render_gateway.application.cluster_agreement import (
     agreed_settings,
     differences,
     use_shared_password,
+    without_password,
 )
 from render_gateway.application.webhooks import WebhookSecret
 from render_gateway.audit.keys import load_signer, public_key_line
@@ -116,6 +117,21 @@ def test_fingerprints_never_carry_the_secret(tmp_path: Path) -> None:
     assert settings["webhooks.secret_file"] == WebhookSecret.load(webhook).fingerprint()
     assert settings["webhooks.secret_file"] != WebhookSecret.generate().fingerprint()
     assert settings["audit.cas_url"].startswith("file://")
+
+
+def test_a_password_in_a_shared_url_is_never_recorded(tmp_path: Path) -> None:
+    key_file, webhook, asset = shared_secrets(tmp_path)
+    config = GatewayConfig.model_validate({
+        "data_dir": tmp_path,
+        "metering": {"url": "clickhouse://metering:s3cret-pw@127.0.0.1:8123/render"},
+    })  # fmt: skip
+    settings = agreed_settings(
+        config, tmp_path, load_signer(tmp_path, "o", key_file), WebhookSecret.load(webhook),
+        AssetUrlSigner.load(asset, 60),
+    )  # fmt: skip
+    assert "s3cret-pw" not in repr(settings)
+    assert settings["metering.url"] == "clickhouse://metering:***@127.0.0.1:8123/render"
+    assert without_password("file:///srv/cas") == "file:///srv/cas"
 
 
 def test_differences_name_each_setting() -> None:

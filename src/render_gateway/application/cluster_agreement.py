@@ -20,6 +20,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -80,14 +81,24 @@ def agreed_settings(
     """What every replica must share, as the names of the settings that choose it."""
     public = public_key_bytes(signer.private_key.public_key())
     return {
-        "metering.url": config.metering.url or default_usage_url(data),
-        "audit.cas_url": config.audit.cas_url or default_cas_url(data),
-        "stores.assets": store_urls(config)["assets"],
+        "metering.url": without_password(config.metering.url or default_usage_url(data)),
+        "audit.cas_url": without_password(config.audit.cas_url or default_cas_url(data)),
+        "stores.assets": without_password(store_urls(config)["assets"]),
         "audit.origin": config.audit.origin,
         "audit.key_file": hashlib.sha256(public).hexdigest(),
         "webhooks.secret_file": webhook_secret.fingerprint(),
         "asset_url_secret_file": asset_urls.fingerprint(),
     }
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password in it left out (``clickhouse://user:***@host``): the record
+    lives in Redis and the refusal names the URL; a password is never written to either."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def differences(here: dict[str, str], running: dict[str, str]) -> list[str]:
