@@ -206,14 +206,17 @@ class StoresConfig(_Section):
     # lives in the jobs store: unset, or the same URL as ``jobs``.
     usage: str | None = Field(default=None, max_length=2048)
     leases: str | None = Field(default=None, max_length=2048)  # sqlite:///path or memory://
+    # memory:// (this process's runs) or redis:// (a backend's capacity counted once across
+    # the replicas sharing it)
+    slots: str | None = Field(default=None, max_length=2048)
 
 
 class SharedConfig(_Section):
     """Where the concerns many replicas share live: one Redis. Setting ``url`` moves the jobs
     and their queue (with the usage stream), limits, budgets, events and cancels, API keys,
-    webhook deliveries and leases there; a per-concern URL in ``[gateway.stores]`` still
-    overrides it. The assets and the audit CAS are objects: ``s3://`` or a shared
-    ``file://`` directory."""
+    webhook deliveries, leases and backend slots there; a per-concern URL in
+    ``[gateway.stores]`` still overrides it. The assets and the audit CAS are objects:
+    ``s3://`` or a shared ``file://`` directory."""
 
     url: str | None = Field(default=None, pattern=r"^rediss?://", max_length=2048)
     # A file (mode 0600) with the Redis password (AUTH), used by every Redis client this process

@@ -61,3 +61,20 @@ def test_a_usage_stream_apart_from_the_jobs_is_refused(tmp_path: Path) -> None:
 def test_the_shared_url_must_be_redis() -> None:
     with pytest.raises(ValidationError, match="url"):
         SharedConfig(url="http://127.0.0.1:6380")
+
+
+def test_the_backend_slots_are_per_process_alone_and_shared_with_the_redis(
+    tmp_path: Path,
+) -> None:
+    # One process: its pool's own count (memory); replicas: one count on the shared Redis.
+    assert store_urls(GatewayConfig(data_dir=tmp_path))["slots"] == "memory://"
+    shared = "redis://127.0.0.1:7000/2"
+    config = GatewayConfig(data_dir=tmp_path, shared=SharedConfig(url=shared))
+    assert store_urls(config)["slots"] == shared
+    # An operator may keep each replica counting for itself.
+    per_replica = GatewayConfig(
+        data_dir=tmp_path,
+        shared=SharedConfig(url=shared),
+        stores=StoresConfig(slots="memory://"),
+    )
+    assert store_urls(per_replica)["slots"] == "memory://"

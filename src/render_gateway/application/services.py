@@ -69,6 +69,7 @@ from render_gateway.scheduling.dispatch import Dispatcher, RetryPolicy
 from render_gateway.scheduling.token_bucket import BucketConfig
 from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.stores.assets import AssetStore
+from render_gateway.stores.backend_slots import SlotKeeper, open_backend_slots
 from render_gateway.stores.budgets import BudgetStore, open_budget_store
 from render_gateway.stores.events import EventBus, open_event_bus
 from render_gateway.stores.jobs import JobStore, open_job_store
@@ -120,6 +121,7 @@ class Stores:
     webhooks: WebhookDeliveries
     assets: AssetStore
     leases: LeaseStore
+    slots: SlotKeeper  # the backends' slots shared by the replicas, renewed while held
     # One PING client per Redis URL the stores use, and the concerns on it (readiness).
     redis_probes: dict[str, tuple[RedisProbe, list[str]]] = field(default_factory=dict)
 
@@ -145,6 +147,7 @@ class Stores:
             webhooks=open_webhook_store(urls["webhooks"]),
             assets=open_asset_store(urls["assets"]),
             leases=open_lease_store(urls["leases"]),
+            slots=SlotKeeper(open_backend_slots(urls["slots"])),
         )
 
     async def reachable(self) -> dict[str, bool]:
@@ -163,7 +166,7 @@ class Stores:
                 await probe.close()
         await self.jobs.close()
         for closing in (self.limits, self.budgets, self.events, self.keys, self.webhooks,
-                        self.leases):  # fmt: skip
+                        self.leases, self.slots):  # fmt: skip
             with contextlib.suppress(Exception):
                 await closing.close()
 
@@ -368,8 +371,9 @@ class GatewayServices:
             spec.id: KServeClient(session, spec.endpoint) for spec in backends
         }
         dispatcher = Dispatcher(
-            pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump())
-        )
+            pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump()),
+            slots=stores.slots,
+        )  # fmt: skip
         # A secret replicas share is read from its file (never created); else the data dir's.
         asset_urls = await asyncio.to_thread(
             AssetUrlSigner.load_or_create, data / "asset_url_secret", config.asset_url_ttl_seconds,

@@ -6,6 +6,13 @@ counts against that backend's breaker. Anything else ends the job at once. A can
 backend to stop (``DELETE …/requests/{id}``, which answers with a signed ``cancelled`` claim);
 a backend that cannot do that has its connection closed instead. The slot is released on every
 path, the caller's own cancellation included.
+
+Replicas share the backends: after the pool picks one, the run also takes one of its shared
+slots (``SharedSlots``, ``[gateway.stores] slots``), which count its capacity once across every
+replica. A backend whose shared slots are all taken counts as busy, as if it had answered
+``busy``: another is tried, and with none left the attempt waits its backoff and tries again;
+the last attempt raises NoCapacity (the job waits; a sync request gets 503). The shared slot is
+given back on every path, as the pool's is.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from render_gateway.inference.backend import (
     BackendError,
@@ -44,15 +52,32 @@ class RetryPolicy:
         return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
+class SharedSlots(Protocol):
+    """A backend's slots shared by the replicas (``stores.backend_slots.SlotKeeper``)."""
+
+    async def take(self, backend_id: str, capacity: int) -> str | None:
+        """A token for one of the backend's slots, or None while all are taken."""
+        ...
+
+    async def give_back(self, backend_id: str, token: str) -> None:
+        """Free the token's slot; never raises (a slot not given back lapses)."""
+        ...
+
+
+# What a dispatch that found every shared slot taken reports (nothing was sent).
+SLOTS_TAKEN = "every slot of the backends left is held by another replica's run"
+
+
 class NoCapacity(Exception):
     """Every backend for the model is busy, unhealthy or open: the job waits (or a sync 503)."""
 
 
 def _given_up(last_error: BackendError, family: str, model: str) -> Exception:
     """What a dispatch that ran out of attempts raises. A backend that answered ``busy`` has
-    every slot taken by runs this process did not send (replicas share the backends, and each
-    counts their capacity for itself): that is no capacity — the job waits for a slot (a sync
-    request gets the 503 ``no_capacity``) — not a failure of the job."""
+    every slot taken by runs this process did not send (replicas share the backends; with
+    ``memory://`` slots each counts their capacity for itself): that is no capacity — the job
+    waits for a slot (a sync request gets the 503 ``no_capacity``) — not a failure of the
+    job."""
     if last_error.code == "busy":
         return NoCapacity(f"every backend for {family}/{model} is busy: {last_error}")
     return last_error
@@ -85,8 +110,10 @@ class Dispatcher:
         client_for: ClientFor,
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        slots: SharedSlots | None = None,
     ) -> None:
         self._pool = pool
+        self._slots = slots  # None: the pool's count alone (one process, no shared backends)
         self._client_for = client_for
         self._policy = policy or RetryPolicy()
         self._rng = rng or random.Random()
@@ -108,40 +135,89 @@ class Dispatcher:
         for attempt in range(1, self._policy.max_attempts + 1):
             if cancel.is_set():
                 return DispatchOutcome(Cancelled(request_id, {}), "", attempt - 1)
-            # Prefer a backend not tried yet; when all have been, any may take the retry.
-            exclude = frozenset(tried) if tried < serving else frozenset()
-            lease = self._pool.acquire(family, model, backend_type, exclude)
-            if lease is None:
+            lease, token, full = await self._acquire(family, model, backend_type, tried, serving)
+            if lease is None and not full:
                 if last_error is not None:
                     raise _given_up(last_error, family, model)
                 raise NoCapacity(f"no backend for {family}/{model} can take a job now")
-            with lease:
+            if lease is None:
+                # Every slot left is held by other replicas' runs: as if each backend had
+                # answered busy (nothing was sent), wait and try again.
+                last_error = BackendError(SLOTS_TAKEN, status=503, code="busy", retriable=True)
+            else:
                 try:
-                    result = await self._attempt(lease, generation, request_id, on_progress, cancel)
-                except BackendError as error:
-                    if cancel.is_set():  # the stream broke because we stopped it: no retry
-                        return DispatchOutcome(
-                            Cancelled(request_id, {}), lease.backend.spec.id, attempt
-                        )
-                    if not error.retriable:
-                        raise  # the backend answered; the request itself was refused
-                    if error.code == "busy":
-                        # Alive and answering, its slots taken by other replicas' runs: not a
-                        # failure, so N replicas sharing a backend never open its breaker.
-                        lease.release()
-                    else:
-                        lease.failed()
-                    tried.add(lease.backend.spec.id)
-                    last_error = error
-                else:
-                    if isinstance(result, BackendResult):
-                        lease.succeeded()
-                    return DispatchOutcome(result, lease.backend.spec.id, attempt)
+                    outcome = await self._try(lease, generation, request_id, on_progress, cancel)
+                finally:
+                    if token is not None and self._slots is not None:
+                        await self._slots.give_back(lease.backend.spec.id, token)
+                if isinstance(outcome, DispatchOutcome):
+                    return DispatchOutcome(outcome.result, outcome.backend_id, attempt)
+                tried.add(lease.backend.spec.id)
+                last_error = outcome
             if attempt < self._policy.max_attempts:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cancel.wait(), self._policy.delay(attempt, self._rng))
         assert last_error is not None
         raise _given_up(last_error, family, model)
+
+    async def _try(
+        self,
+        lease: Lease,
+        generation: bytes,
+        request_id: str,
+        on_progress: OnProgress,
+        cancel: asyncio.Event,
+    ) -> DispatchOutcome | BackendError:
+        """One attempt on the lease's backend, the lease released on every path: the outcome
+        (its ``attempts`` for the caller to fill), or the retriable error to try again after."""
+        with lease:
+            try:
+                result = await self._attempt(lease, generation, request_id, on_progress, cancel)
+            except BackendError as error:
+                if cancel.is_set():  # the stream broke because we stopped it: no retry
+                    return DispatchOutcome(Cancelled(request_id, {}), lease.backend.spec.id, 0)
+                if not error.retriable:
+                    raise  # the backend answered; the request itself was refused
+                if error.code == "busy":
+                    # Alive and answering, its slots taken by other replicas' runs: not a
+                    # failure, so N replicas sharing a backend never open its breaker.
+                    lease.release()
+                else:
+                    lease.failed()
+                return error
+            if isinstance(result, BackendResult):
+                lease.succeeded()
+            return DispatchOutcome(result, lease.backend.spec.id, 0)
+
+    async def _acquire(
+        self,
+        family: str,
+        model: str,
+        backend_type: str | None,
+        tried: set[str],
+        serving: set[str],
+    ) -> tuple[Lease | None, str | None, list[str]]:
+        """A lease from the pool and, with shared slots, a slot's token on the same backend;
+        (None, None, the backends found full) when none can take the job. A backend whose
+        shared slots are all taken is passed over for this attempt, as a ``busy`` one is."""
+        full: list[str] = []
+        while True:
+            # Prefer a backend not tried yet; when all have been, any may take the retry.
+            avoid = tried.union(full)
+            exclude = frozenset(avoid) if avoid < serving else frozenset(full)
+            lease = self._pool.acquire(family, model, backend_type, exclude)
+            if lease is None or self._slots is None:
+                return lease, None, full
+            spec = lease.backend.spec
+            try:
+                token = await self._slots.take(spec.id, spec.capacity)
+            except BaseException:
+                lease.release()
+                raise
+            if token is not None:
+                return lease, token, full
+            lease.release()  # no verdict: a half-open breaker gets its probe back
+            full.append(spec.id)
 
     async def _attempt(
         self,

@@ -14,7 +14,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 from render_gateway.config import GatewayConfig
 
-CONCERNS = ("jobs", "limits", "budgets", "events", "keys", "webhooks", "assets", "usage", "leases")
+CONCERNS = (
+    "jobs", "limits", "budgets", "events", "keys", "webhooks", "assets", "usage", "leases", "slots",
+)  # fmt: skip
 
 
 class StoreUrlError(ValueError):
@@ -69,13 +71,17 @@ def default_store_urls(data_dir: Path) -> dict[str, str]:
         "assets": url("file", "assets"),
         "usage": jobs,
         "leases": url("sqlite", "leases.db"),
+        "slots": "memory://",
     }
 
 
 # What ``[gateway.shared] url`` moves to Redis: everything but the assets (objects: a shared
 # ``file://`` directory or ``s3://``). The usage stream commits with the jobs, so it moves with
-# them; the leases follow the jobs (a singleton consumes the stream of the jobs it sees).
-SHARED_CONCERNS = ("jobs", "usage", "limits", "budgets", "events", "keys", "webhooks", "leases")
+# them; the leases follow the jobs (a singleton consumes the stream of the jobs it sees). The
+# backend slots count each backend's capacity once across the replicas that send it runs.
+SHARED_CONCERNS = (
+    "jobs", "usage", "limits", "budgets", "events", "keys", "webhooks", "leases", "slots",
+)  # fmt: skip
 
 
 def store_urls(config: GatewayConfig) -> dict[str, str]:
