@@ -341,8 +341,8 @@ def script_names() -> dict[str, str]:
     """SHA1 prefix → ``module.NAME`` of every Lua script text in the Redis stores, so that an
     EVALSHA seen by MONITOR says which script it ran."""
     names = {}
-    for module_name in ("budgets", "events", "jobs", "keys", "leases", "limits", "usage_log",
-                        "webhooks"):  # fmt: skip
+    for module_name in ("backend_slots", "budgets", "events", "jobs", "keys", "leases", "limits",
+                        "usage_log", "webhooks"):  # fmt: skip
         module = importlib.import_module(f"render_gateway.stores.redis_{module_name}")
         for name, value in vars(module).items():
             if isinstance(value, str) and "redis.call" in value:
