@@ -135,14 +135,19 @@ def test_a_password_in_a_shared_url_is_never_recorded(tmp_path: Path) -> None:
 
 
 def test_differences_name_each_setting() -> None:
-    here = {"audit.cas_url": "file:///a/cas", "metering.url": "chdb:///m", "audit.key_file": "1"}
-    running = {"audit.cas_url": "file:///b/cas", "metering.url": "chdb:///m", "audit.key_file": "2"}
+    here = {"audit.cas_url": "file:///a/cas", "metering.url": "chdb:///m", "audit.key_file": "1",
+            "stores.budgets": "memory://", "stores.slots": "memory://"}  # fmt: skip
+    running = {"audit.cas_url": "file:///b/cas", "metering.url": "chdb:///m", "audit.key_file": "2",
+               "stores.budgets": "redis://127.0.0.1:7000/0"}  # fmt: skip
     found = differences(here, running)
+    # stores.slots: not recorded by the (older) replicas running, so not compared.
     assert found == [
         "audit.cas_url is file:///a/cas here but file:///b/cas on the replicas already running; "
         "replicas must share it",
         "the audit log's signing key (gateway.audit.key_file) differs from the one the replicas "
         "already running use; replicas must share it",
+        "stores.budgets is memory:// here but redis://127.0.0.1:7000/0 on the replicas already "
+        "running; replicas must share it",
     ]
 
 

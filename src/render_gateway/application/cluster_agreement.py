@@ -34,7 +34,7 @@ from render_gateway.signing_keys import public_key_bytes
 from render_gateway.stores.cluster_record import ClusterRecord, open_cluster_record
 from render_gateway.stores.objects import default_cas_url
 from render_gateway.stores.redis_client import use_password
-from render_gateway.stores.urls import store_urls
+from render_gateway.stores.urls import SHARED_CONCERNS, store_urls
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,15 @@ def agreed_settings(
 ) -> dict[str, str]:
     """What every replica must share, as the names of the settings that choose it."""
     public = public_key_bytes(signer.private_key.public_key())
+    urls = store_urls(config)
+    # Every concern the replicas must share: one on memory:// (or its own SQLite file) among
+    # replicas on Redis would keep its own budgets, limits, slots… unseen by the others.
+    shared = {f"stores.{name}": without_password(urls[name]) for name in SHARED_CONCERNS}
     return {
+        **shared,
         "metering.url": without_password(config.metering.url or default_usage_url(data)),
         "audit.cas_url": without_password(config.audit.cas_url or default_cas_url(data)),
-        "stores.assets": without_password(store_urls(config)["assets"]),
+        "stores.assets": without_password(urls["assets"]),
         "audit.origin": config.audit.origin,
         "audit.key_file": hashlib.sha256(public).hexdigest(),
         "webhooks.secret_file": webhook_secret.fingerprint(),
@@ -102,12 +107,13 @@ def without_password(url: str) -> str:
 
 
 def differences(here: dict[str, str], running: dict[str, str]) -> list[str]:
-    """One sentence per setting that differs, naming it."""
+    """One sentence per setting that differs, naming it. A setting the running replicas did
+    not record (they are an older version) is not compared."""
     found = []
     for setting, value in here.items():
         theirs = running.get(setting)
-        if theirs == value:
-            continue
+        if theirs is None or theirs == value:
+            continue  # equal, or not recorded by the older replicas running (a rolling upgrade)
         if setting in _SECRETS:
             found.append(
                 f"{_SECRETS[setting]} (gateway.{setting}) differs from the one the replicas "
@@ -115,8 +121,8 @@ def differences(here: dict[str, str], running: dict[str, str]) -> list[str]:
             )
         else:
             found.append(
-                f"{_SHOWN[setting]} is {value} here but {theirs} on the replicas already "
-                "running; replicas must share it"
+                f"{_SHOWN.get(setting, setting)} is {value} here but {theirs} on the replicas "
+                "already running; replicas must share it"
             )
     return found
 
