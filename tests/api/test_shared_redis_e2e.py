@@ -225,7 +225,8 @@ def test_a_delete_on_one_replica_stops_the_run_on_another_and_sse_follows_it(
     # b serves the API only: every job runs on a's scheduler, and b is asked about it.
     with two_gateways(worker, tmp_path, '["api"]') as (a, b):
         admin = bearer(a.admin_key)
-        body = {**BODY, "steps": 400}
+        # Long enough (several seconds here) that the cancel lands well before the last step.
+        body = {**BODY, "steps": 500, "width": 256, "height": 256}
         job_id = httpx.post(b.url + "/queue", json=body, headers=admin, timeout=30).json()["id"]
         events: list[tuple[str, str]] = []  # (event, id) as b's stream delivers them
         answers: list[tuple[int, float]] = []
@@ -252,7 +253,7 @@ def test_a_delete_on_one_replica_stops_the_run_on_another_and_sse_follows_it(
         assert done["status"] == "cancelled", (answers, time.monotonic(), events[-5:], done)
         assert "started" in [e for e, _ in events] and events[-1][0] == "error"
         steps = [e for e, _ in events if e == "progress"]
-        assert 3 <= len(steps) < 400  # stopped long before its last step
+        assert 3 <= len(steps) < 500  # stopped before its last step
         ids = [i for _, i in events if i]
         assert len(ids) == len(set(ids))  # each event once
         # Billed for the steps that ran, by the worker's signed claim, on either replica.
