@@ -464,26 +464,34 @@ class GatewayServices:
         async def stop_reconciler() -> None:
             await self.reconciler.stop()
 
+        async def start_metering_and_reconciler() -> None:
+            await metering.start()
+            self.reconciler.start()
+
+        async def stop_metering_and_reconciler() -> None:
+            await self.reconciler.stop()
+            await metering.stop()
+
         wanted = {
             "metering": (metering.start, metering.stop),
             "audit": (start_audit, stop_audit),
             "reconciler": (start_reconciler, stop_reconciler),
         }
-        embedded_usage = parse_usage_url(usage_url).scheme == "chdb"
+        if "reconciler" in self.roles and parse_usage_url(usage_url).scheme == "chdb":
+            # The reconciler reads the usage store, which with the embedded chDB only the
+            # metering holder can open (a reconciler elsewhere would fail, or take the store's
+            # lock from the replica that must write it): it runs as part of the metering role,
+            # under its one lease.
+            del wanted["reconciler"]
+            if "metering" in self.roles:
+                wanted["metering"] = (start_metering_and_reconciler, stop_metering_and_reconciler)
+            else:
+                log.warning("role reconciler skipped: with the embedded usage store it runs "
+                            "only with the metering role")  # fmt: skip
         for name, (start, stop) in wanted.items():
             if name not in self.roles:
                 continue
-            lease = name
-            if name == "reconciler" and embedded_usage:
-                # The reconciler reads the usage store, which with the embedded chDB only the
-                # metering holder can open (a reconciler elsewhere would fail, or take the
-                # store's lock from the replica that must write it): it runs under that lease.
-                if "metering" not in self.roles:
-                    log.warning("role reconciler skipped: with the embedded usage store it runs "
-                                "only with the metering role")  # fmt: skip
-                    continue
-                lease = "metering"
-            role = SingletonRole(self.stores.leases, lease, holder, ROLE_LEASE_SECONDS, start, stop)
+            role = SingletonRole(self.stores.leases, name, holder, ROLE_LEASE_SECONDS, start, stop)
             self._roles.append(role)
             # The first try is made now, so that a lone process starts with its roles running
             # (the embedded chDB refuses a second process at start, as before).
