@@ -16,7 +16,7 @@ SECONDS = 60.0
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_kill_9_of_replicas_workers_and_redis_breaks_no_invariant(
     demo_model_dir: Path, tmp_path: Path
 ) -> None:
