@@ -127,6 +127,19 @@ class SqliteApiKeyStore:
                 return operation(self._conn)
 
     def _open(self) -> sqlite3.Connection:
+        # Several processes opening a new file at once (replicas, the CLI) race to switch it to
+        # WAL, which needs the file to themselves: SQLite may answer "locked" at once, without
+        # waiting out the busy timeout. Try again for a few seconds.
+        for attempt in range(50):
+            try:
+                return self._open_once()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def _open_once(self) -> sqlite3.Connection:
         create_private_file(self._path)  # before SQLite touches it, so it never has a wider mode
         conn = sqlite3.connect(self._path, check_same_thread=False)
         try:
