@@ -69,6 +69,9 @@ class RunPlan:
     seed: int
     ignored_keys: tuple[str, ...]
     frames_per_second: int | None = None
+    # The caller's own fields passed through to the pipeline as they came (its signature
+    # accepts them): a pipeline that then fails before its first step failed on them.
+    passed_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -151,11 +154,12 @@ class LoadedModel:
             if request.duration is not None:
                 frames = max(1, round(request.duration * frames_per_second))
                 put("num_frames", frames, "duration")
-        ignored = []
+        ignored, passed = [], []
         for key, value in sorted(request.extra_fields.items()):
             scalar = isinstance(value, bool | int | float | str)
             if key in accepts and key not in RESERVED_ARGUMENTS and scalar:
                 arguments[key] = value
+                passed.append(key)
             else:
                 ignored.append(key)
         return RunPlan(
@@ -167,6 +171,7 @@ class LoadedModel:
             seed=seed,
             ignored_keys=tuple(ignored),
             frames_per_second=frames_per_second,
+            passed_keys=tuple(passed),
         )
 
     def _size(self, request: GenerationRequest) -> tuple[int, int]:

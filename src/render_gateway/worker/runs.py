@@ -45,8 +45,9 @@ class DuplicateRequest(Exception):
 
 
 class RunFailed(Exception):
-    """The pipeline raised. ``rejected_input``: it raised a value/type/lookup error before its
-    first step, i.e. its own input checks refused the request (a 400, not a server fault)."""
+    """The pipeline raised. ``rejected_input``: it raised before its first step a value/type/
+    lookup error (its own input checks refused the request), or anything while the caller's own
+    pass-through fields were among its arguments: a 400, not a server fault."""
 
     def __init__(self, message: str, steps_completed: int, rejected_input: bool) -> None:
         super().__init__(message)
@@ -265,7 +266,12 @@ class RunService:
             measurement, encoded = stop.measurement, Encoded([], "application/octet-stream", 0.0)
         except Exception as exc:
             log.exception("run %s failed", run.request_id)
-            rejected = steps_seen == 0 and isinstance(exc, _INPUT_ERRORS)
+            # Before the first step: the pipeline's own input checks refused the request, or it
+            # broke on an argument the caller passed through (e.g. clip_skip on a text encoder
+            # that has no such layers): the request's fault either way, a 400.
+            rejected = steps_seen == 0 and (
+                isinstance(exc, _INPUT_ERRORS) or bool(run.plan.passed_keys)
+            )
             raise RunFailed(f"{type(exc).__name__}: {exc}", steps_seen, rejected) from exc
         else:
             # The device is free once the pipeline returns: let the next run start on it
