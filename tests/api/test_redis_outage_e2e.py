@@ -18,7 +18,6 @@ import pytest
 import redis
 
 from support.gateway import (
-    ONE_WORKER_CONFIG,
     GatewayProcess,
     bearer,
     start_gateway,
@@ -27,32 +26,15 @@ from support.gateway import (
 )
 from support.processes import WorkerProcess, stop_process
 from support.redis_server import RedisServer, start_redis
+from support.shared_stores import replica_config
 
-SHARED = """
-drain_seconds = 1
-
-[gateway.shared]
-url = "{redis}"
-
-[gateway.metering]
-url = "chdb://{shared}/usage.chdb"
-flush_interval_seconds = 0.2
-
-[gateway.audit]
-cas_url = "file://{shared}/cas"
-
-[gateway.stores]
-assets = "file://{shared}/assets"
-"""
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
         "steps": 2, "width": 64, "height": 64}  # fmt: skip
 QUICK = 8.0  # every answer while Redis is down comes within this (connect refused: at once)
 
 
 def config(worker: WorkerProcess, redis_url: str, shared: Path) -> str:
-    base = ONE_WORKER_CONFIG.format(worker=worker.url)
-    head, rest = base.split("\n[[gateway.backends]]", 1)
-    return head + SHARED.format(redis=redis_url, shared=shared) + "\n[[gateway.backends]]" + rest
+    return replica_config(worker.url, redis_url, shared)
 
 
 @pytest.fixture

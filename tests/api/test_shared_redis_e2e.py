@@ -9,7 +9,6 @@ may not take metering over answers a 503 that names no path)."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,6 @@ import httpx
 import pytest
 
 from support.gateway import (
-    ONE_WORKER_CONFIG,
     GatewayProcess,
     bearer,
     start_gateway,
@@ -29,23 +27,9 @@ from support.gateway import (
 )
 from support.processes import WorkerProcess, stop_process
 from support.redis_server import RedisServer, start_redis
+from support.shared_stores import copy_secrets, replica_config
 
-SHARED = """
-drain_seconds = 1
-
-[gateway.shared]
-url = "{redis}"
-
-[gateway.metering]
-url = "chdb://{shared}/usage.chdb"
-flush_interval_seconds = 0.2
-
-[gateway.audit]
-cas_url = "file://{shared}/cas"
-
-[gateway.stores]
-assets = "file://{shared}/assets"
-
+PLANS = """
 [gateway.plans.default]
 rate_capacity = 3
 rate_refill_per_second = 0.001
@@ -59,21 +43,10 @@ allow_high_priority = true
 """
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
         "steps": 2, "width": 64, "height": 64}  # fmt: skip
-# What each data dir would otherwise make its own: the second replica gets the first's.
-SECRETS = ("asset_url_secret", "webhook_secret", "audit/log.key")
 
 
 def config(worker: WorkerProcess, redis: RedisServer, shared: Path) -> str:
-    base = ONE_WORKER_CONFIG.format(worker=worker.url)
-    head, rest = base.split("\n[[gateway.backends]]", 1)
-    return head + SHARED.format(redis=redis.url, shared=shared) + "\n[[gateway.backends]]" + rest
-
-
-def copy_secrets(source: Path, target: Path) -> None:
-    for name in SECRETS:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, target / name)
+    return replica_config(worker.url, redis.url, shared, PLANS)
 
 
 @contextlib.contextmanager

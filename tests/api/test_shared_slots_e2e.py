@@ -8,7 +8,6 @@ pool thinks the worker's slot is free), which shows the first half can fail."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from pathlib import Path
 import httpx
 
 from support.gateway import (
-    ONE_WORKER_CONFIG,
     GatewayProcess,
     bearer,
     start_gateway,
@@ -26,30 +24,12 @@ from support.gateway import (
 )
 from support.processes import WorkerProcess, stop_process
 from support.redis_server import start_redis
+from support.shared_stores import copy_secrets, replica_config
 from support.worker_api import wait_idle
 
-SHARED = """
-drain_seconds = 1
-
-[gateway.shared]
-url = "{redis}"
-
-[gateway.metering]
-url = "chdb://{shared}/usage.chdb"
-flush_interval_seconds = 0.2
-
-[gateway.audit]
-cas_url = "file://{shared}/cas"
-
-[gateway.stores]
-assets = "file://{shared}/assets"
-{slots}
-"""
 # Long enough (a few hundred ms on the demo pipeline) that both replicas' runs would overlap.
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
         "steps": 12, "width": 64, "height": 64}  # fmt: skip
-# What each data dir would otherwise make its own: the second replica gets the first's.
-SECRETS = ("asset_url_secret", "webhook_secret", "audit/log.key")
 JOBS_PER_REPLICA = 4
 
 
@@ -61,19 +41,10 @@ def two_gateways(
     try:
         shared = tmp_path / "shared"
         shared.mkdir()
-        head, rest = ONE_WORKER_CONFIG.format(worker=worker.url).split("\n[[gateway.backends]]", 1)
-        text = (
-            head
-            + SHARED.format(redis=redis.url, shared=shared, slots=slots)
-            + "\n[[gateway.backends]]"
-            + rest
-        )
+        text = replica_config(worker.url, redis.url, shared, slots + "\n")
         first = start_gateway(tmp_path / "a", text)
         try:
-            for name in SECRETS:
-                if (first.data_dir / name).is_file():
-                    (tmp_path / "b" / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(first.data_dir / name, tmp_path / "b" / name)
+            copy_secrets(first.data_dir, tmp_path / "b")
             second = start_gateway(tmp_path / "b", text)
         except BaseException:
             stop_gateway(first)
