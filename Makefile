@@ -10,7 +10,12 @@ WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install system-deps run worker cluster demo-model test test-fast lint format bench openapi clean
+# Real Triton for the tests (issue 13): PyTriton 0.7.0 bundles tritonserver 2.51 and wants
+# numpy<2, so it lives in its own venv; tests/support/triton_server.py starts it.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-pytriton-0.7.0
+
+.PHONY: install system-deps triton-env run worker cluster demo-model test test-fast lint format bench openapi clean
 
 install: $(STAMP)
 
@@ -51,7 +56,15 @@ system-deps:
 		echo "installing Debian's redis-server (the tests start their own on free ports)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-test: install system-deps
+$(TRITON_STAMP):
+	@test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "numpy<2"
+	@touch $(TRITON_STAMP)
+
+triton-env: $(TRITON_STAMP)
+
+test: install system-deps triton-env
 	$(PY) -m pytest -q
 
 # Unit, contract and in-process application tests: no worker or gateway process is started.
