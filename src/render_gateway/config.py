@@ -145,12 +145,16 @@ class MeteringConfig(_Section):
 
 class BackendConfig(_Section):
     id: str = Field(min_length=1, max_length=64)
-    endpoint: str = Field(pattern=r"^https?://")
+    # KServe v2 over HTTP(S), or over gRPC: grpc://host:port (plaintext; Triton's gRPC port)
+    endpoint: str = Field(pattern=r"^(https?://|grpc://[^/]+$)")
     family: str = Field(min_length=1)
     models: dict[str, str] = Field(min_length=1)  # gateway model name → backend model name
     capacity: int = Field(default=1, ge=1, le=1024)
     type: str = "torch"
     streaming: bool = True
+    # The output holding the media (docs/WORKER.md, the backend convention); None: `images`,
+    # or `video` for a model without `images`.
+    output: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 class CatalogEntryConfig(_Section):

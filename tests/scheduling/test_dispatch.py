@@ -249,11 +249,17 @@ async def test_slot_released_when_progress_handler_raises(
     assert pool.in_flight() == 0
 
 
-async def test_run_timeout_is_retriable_and_frees_the_slot(
+async def test_run_timeout_is_final_and_frees_the_slot(
     worker: WorkerProcess, session: aiohttp.ClientSession
 ) -> None:
+    """A run that used all its time is not sent again (issue 13: three attempts ran the model
+    three times, the last after the job had failed)."""
     pool = BackendPool([spec("w", worker.url)])
-    policy = RetryPolicy(max_attempts=1, run_timeout_seconds=0.3)
+    policy = RetryPolicy(max_attempts=3, run_timeout_seconds=0.3)
+    cancelled_before = stats(worker)["cancelled"]
     with pytest.raises(BackendError) as timed_out:
         await dispatcher(pool, session, policy).run("sd", "tiny", gen(steps=500), "req_d10")
-    assert timed_out.value.retriable and pool.in_flight() == 0
+    assert timed_out.value.code == "timeout" and not timed_out.value.retriable
+    assert pool.in_flight() == 0
+    wait_idle(worker)
+    assert stats(worker)["cancelled"] == cancelled_before + 1  # one run, stopped

@@ -121,6 +121,10 @@ class JobErrorBody(BaseModel):
 class JobUsage(BaseModel):
     status: Literal["success", "error", "timeout", "cancelled"]
     gpu_seconds: float
+    metered: bool = Field(
+        description="false: the backend measured nothing; gpu_seconds is the time the gateway "
+        "could attribute to this request (never time it queued inside the backend)"
+    )
     billable: bool
     cost: float
     currency: str
@@ -214,6 +218,13 @@ class UsageAmounts(BaseModel):
     gpu_seconds: float = Field(description="GPU-seconds of billable requests")
     cost: float
     cost_nanos: int = Field(description="the cost in billionths of the currency unit (exact)")
+    unmetered_requests: int = Field(
+        description="requests whose backend measured no GPU time (metered: false): their "
+        "GPU-seconds are what the gateway attributed to them, never time queued in the backend"
+    )
+    unmetered_gpu_seconds: float = Field(
+        description="billed GPU-seconds of those requests (included in gpu_seconds)"
+    )
 
 
 class UsageRow(UsageAmounts):

@@ -72,6 +72,7 @@ async def _run_now(
         headers["X-Seed"] = str(result.seed)
     if result.gpu_seconds is not None:
         headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
+        headers["X-Metered"] = "true" if result.metered else "false"
     headers.pop("content-length", None)
     return Response(result.data, media_type=result.content_type, headers=headers)
 

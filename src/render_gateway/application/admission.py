@@ -4,6 +4,7 @@ their budget. Shared by the async (submit) and sync (run now) use cases."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from render_gateway.auth.principal import Principal
 from render_gateway.catalog import Catalog, CatalogError, CatalogModel, FormatNotOffered
 from render_gateway.config import GatewayConfig, PlanConfig
 from render_gateway.core.budgets import BudgetExceeded, Reservation
-from render_gateway.generation import GenerationRequest, describe_validation_error
+from render_gateway.generation import MAX_SEED, GenerationRequest, describe_validation_error
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.work import Work
 from render_gateway.scheduling.backend_pool import BackendPool
@@ -48,13 +49,17 @@ class Admission:
 
     @staticmethod
     def generation(task: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """The generation fields checked against the task (API.md's rules)."""
+        """The generation fields checked against the task (API.md's rules), with a seed drawn
+        here when none was given: the gateway knows the seed that ran (and a retry runs the
+        same one) even when the backend does not echo it (a Triton model)."""
         try:
             GenerationRequest.model_validate({**fields, "task": task})
         except ValidationError as exc:
             raise Refused(
                 RefusalKind.invalid, "invalid_request", describe_validation_error(exc)
             ) from exc
+        if fields.get("seed") is None:
+            fields = {**fields, "seed": secrets.randbelow(MAX_SEED + 1)}
         return fields
 
     @staticmethod

@@ -59,6 +59,8 @@ def usage_view(record: Any) -> dict[str, Any] | None:
     return {
         "status": record["status"],
         "gpu_seconds": record["gpu_seconds"],
+        # False: the backend measured nothing; gpu_seconds is what the gateway attributed
+        "metered": bool(record.get("metered", True)),
         "billable": record["billable"],
         "cost": record["cost_nanos"] / NANOS,
         "currency": record["currency"],

@@ -30,6 +30,7 @@ from render_gateway.application.asset_inputs import inline_asset_inputs
 from render_gateway.application.settle import QUEUED, RUNNING, Ending, Settlement
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
+from render_gateway.formats import format_size
 from render_gateway.inference.backend import BackendError, BackendResult, Progress
 from render_gateway.metering.meter import BUDGET_EXHAUSTED, Meter
 from render_gateway.scheduling.backend_pool import BackendPool
@@ -43,11 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def generation_payload(request: dict[str, Any]) -> bytes:
-    """The JSON the backend receives: the generation fields plus task and format."""
+    """The JSON the backend receives: the generation fields plus the task, and the catalog's
+    format resolved to ``width``/``height`` (a Triton model cannot know Render's format
+    names)."""
     payload = dict(request.get("generation", {}))
     payload["task"] = request["task"]
     if request.get("format"):
-        payload["format"] = request["format"]
+        payload["width"], payload["height"] = format_size(request["modality"], request["format"])
     return orjson.dumps(payload)
 
 
@@ -396,7 +399,7 @@ class JobRunner:
             )
             usage = self._usage(
                 job, started, now, outcome.backend_id, result.parameters, "cancelled",
-                error.code if error else None,
+                error.code if error else None, result.attributed_seconds,
             )  # fmt: skip
             await self._settlement.settle(
                 job, Ending.cancelled(error), now, expect=RUNNING, usage=usage,
@@ -407,8 +410,12 @@ class JobRunner:
             await self._assets.put(data, result.content_type, job.customer_id)
             for data in result.outputs
         ]
-        seed = result.parameters.get("seed")
-        usage = self._usage(job, started, now, outcome.backend_id, result.parameters, "success")
+        # The seed that ran: the backend's echo, else the one the gateway sent (admission.py).
+        seed = result.parameters.get("seed", job.request.get("generation", {}).get("seed"))
+        usage = self._usage(
+            job, started, now, outcome.backend_id, result.parameters, "success",
+            attributed_seconds=result.attributed_seconds,
+        )  # fmt: skip
         urls = [self._asset_url(a.id) for a in assets]
         ending = Ending(
             JobStatus.complete,
@@ -439,6 +446,7 @@ class JobRunner:
         parameters: Any,
         outcome: Literal["success", "error", "cancelled"],
         error_code: str | None = None,
+        attributed_seconds: float | None = None,
     ) -> UsageRecord:
         """The metering hook's record, persisted in the same commit as the final status."""
         request = job.request
@@ -458,6 +466,7 @@ class JobRunner:
             backend=backend_id or None,
             error_code=error_code,
             job_id=job.id,
+            attributed_seconds=attributed_seconds,
         )
 
     async def _sweep(self) -> None:

@@ -52,6 +52,7 @@ from render_gateway.core.budgets import Amount
 from render_gateway.core.months import month_of
 from render_gateway.inference.backend import InferenceBackend
 from render_gateway.inference.kserve_client import KServeClient
+from render_gateway.inference.kserve_grpc_client import GRPC_SCHEME, KServeGrpcClient, close_all
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.estimates_file import EstimatesFile
 from render_gateway.metering.from_config import budget_limits, price_table
@@ -225,9 +226,16 @@ def backends_of(config: GatewayConfig, local_worker: LocalWorker | None) -> list
     if local_worker is not None:
         return [BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})]
     return [
-        BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming)
+        BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming, b.output)
         for b in config.backends
     ]
+
+
+def backend_client(session: aiohttp.ClientSession, spec: BackendSpec) -> InferenceBackend:
+    """The client for a backend's endpoint: gRPC for ``grpc://``, else HTTP (one session)."""
+    if spec.endpoint.startswith(GRPC_SCHEME):
+        return KServeGrpcClient(spec.endpoint, spec.output)
+    return KServeClient(session, spec.endpoint, spec.output)
 
 
 def catalog_of(config: GatewayConfig, local_worker: LocalWorker | None) -> Catalog:
@@ -367,9 +375,7 @@ class GatewayServices:
         authenticator = Authenticator(stores.keys, jwt, config.anonymous_plan)
         pool = BackendPool(backends, BreakerConfig(**config.breaker.model_dump()))
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        clients: dict[str, InferenceBackend] = {
-            spec.id: KServeClient(session, spec.endpoint) for spec in backends
-        }
+        clients = {spec.id: backend_client(session, spec) for spec in backends}
         dispatcher = Dispatcher(
             pool, lambda spec: clients[spec.id], RetryPolicy(**config.retry.model_dump()),
             slots=stores.slots,
@@ -581,6 +587,7 @@ class GatewayServices:
         await self.webhooks.drain(5.0)
         await self.webhooks.close()
         await self.session.close()
+        await close_all([c for c in self.clients.values() if isinstance(c, KServeGrpcClient)])
         await self.stores.close()
         if self.local_worker is not None:
             await self.local_worker.stop()

@@ -15,6 +15,7 @@ from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.application.scheduler import generation_payload
 from render_gateway.application.settle import Settlement
 from render_gateway.auth.principal import Principal
+from render_gateway.core.usage_records import UsageRecord
 from render_gateway.inference.backend import BackendError, BackendResult, Progress
 from render_gateway.metering.meter import BUDGET_EXHAUSTED, Meter
 from render_gateway.metering.work import work_of
@@ -44,7 +45,8 @@ class SyncResult:
     asset_url: str = ""
     seconds: float = 0.0
     seed: Any = None
-    gpu_seconds: float | None = None
+    gpu_seconds: float | None = None  # as billed (the usage record's)
+    metered: bool = True  # False: the backend measured nothing (usage_records.build_record)
 
 
 class RunNow:
@@ -72,7 +74,12 @@ class RunNow:
         forwarded_format = admission.format(entry, body.task, body.format)
         admission.backend(family, model, body.backend)
         rate = await admission.rate(principal)
-        routing = {"task": body.task, "format": forwarded_format, "generation": generation}
+        routing = {
+            "modality": body.modality,
+            "task": body.task,
+            "format": forwarded_format,
+            "generation": generation,
+        }
         try:  # asset inputs become data: URIs: a backend never fetches the gateway
             payload = generation_payload(await inline_asset_inputs(self._assets, routing))
         except BackendError as exc:  # the asset vanished since it was admitted a moment ago
@@ -97,7 +104,8 @@ class RunNow:
             parameters: Mapping[str, Any],
             backend_id: str | None,
             error_code: str | None = None,
-        ) -> None:
+            attributed_seconds: float | None = None,
+        ) -> UsageRecord:
             record = self._meter.record(
                 request_id=request_id,
                 customer_id=principal.customer_id,
@@ -113,8 +121,10 @@ class RunNow:
                 parameters=parameters,
                 backend=backend_id,
                 error_code=error_code,
+                attributed_seconds=attributed_seconds,
             )
             await self._settlement.sync_request(request_id, record)
+            return record
 
         try:
             outcome = await self._dispatcher.run(
@@ -134,8 +144,11 @@ class RunNow:
             await self._settlement.dropped(request_id)
             raise
         result = outcome.result
+        attributed = result.attributed_seconds
         if outcome.cancelled and budget_ran_out:
-            await finish("cancelled", result.parameters, outcome.backend_id, BUDGET_EXHAUSTED)
+            await finish(
+                "cancelled", result.parameters, outcome.backend_id, BUDGET_EXHAUSTED, attributed
+            )
             gpu_seconds = result.parameters.get("gpu_seconds")
             raise Refused(
                 RefusalKind.payment, BUDGET_EXHAUSTED,
@@ -143,9 +156,9 @@ class RunNow:
                 {"gpu_seconds": gpu_seconds if isinstance(gpu_seconds, int | float) else None},
             )  # fmt: skip
         if outcome.cancelled:
-            await finish("cancelled", result.parameters, outcome.backend_id)
+            await finish("cancelled", result.parameters, outcome.backend_id, None, attributed)
             return SyncResult(rate, client_gone=True)
-        await finish("success", result.parameters, outcome.backend_id)
+        record = await finish("success", result.parameters, outcome.backend_id, None, attributed)
         if not isinstance(result, BackendResult) or not result.outputs:
             raise Refused(RefusalKind.upstream, "no_output", "the backend returned no output")
         assets = [
@@ -158,6 +171,7 @@ class RunNow:
             content_type=result.content_type,
             asset_url=self._asset_url(assets[0].id),  # signed: shareable, expiring
             seconds=time.perf_counter() - started,
-            seed=result.parameters.get("seed"),
-            gpu_seconds=result.gpu_seconds,
+            seed=result.parameters.get("seed", generation.get("seed")),
+            gpu_seconds=record.gpu_seconds,
+            metered=record.metered,
         )

@@ -157,15 +157,26 @@ def build_record(
     batch_size: int = 1,
     event_id: str | None = None,
     node_keys: Mapping[str, bytes] | None = None,
+    attributed_seconds: float | None = None,
 ) -> UsageRecord:
     """The record for a request that ended now. ``parameters`` are the backend's response
     parameters (empty when it never answered); ``node_keys`` (key id → raw Ed25519 public key,
-    as learned from the backends) check its signed claim now, not when it is sealed."""
+    as learned from the backends) check its signed claim now, not when it is sealed.
+
+    A backend that reports no GPU time (a plain Triton model) makes the record ``metered:
+    false`` and is billed what the gateway can attribute to the request
+    (``attributed_seconds``: inference/attribution.py, never time queued inside the backend);
+    a success with nothing attributed falls back to the gateway's wall time of the run; an
+    error, a timeout or a cancel with nothing attributed bills nothing."""
     status = usage_status(outcome, error_code)
     reported = parameters.get("gpu_seconds")
     metered = isinstance(reported, (int, float)) and not isinstance(reported, bool)
-    # A backend that reports no GPU time (a plain Triton model) is metered by wall time.
-    gpu_seconds = float(reported) if metered else round(max(0.0, ended_at - started_at), 6)  # type: ignore[arg-type]
+    if metered:
+        gpu_seconds = float(reported)  # type: ignore[arg-type]
+    elif attributed_seconds is not None:
+        gpu_seconds = round(max(0.0, attributed_seconds), 6)
+    else:
+        gpu_seconds = round(max(0.0, ended_at - started_at), 6) if status == "success" else 0.0
     if status in ("error", "timeout") and not metered:
         gpu_seconds = 0.0  # a run that never reported is not GPU time we can stand behind
     dims = tuple(

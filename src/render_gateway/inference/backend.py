@@ -1,6 +1,6 @@
 """What the dispatcher needs of a backend, whatever its transport: the ``InferenceBackend``
-Protocol (KServe v2 over HTTP today, ``kserve_client.KServeClient``; gRPC slots in beside it)
-and the results and errors every transport returns.
+Protocol (KServe v2 over HTTP, ``kserve_client.KServeClient``, or gRPC,
+``kserve_grpc_client.KServeGrpcClient``) and the results and errors every transport returns.
 
 A ``BackendError``'s text is what the customer sees (the job's ``error.message``, the sync
 answer): a code the backend gave only when it looks like one, and a short message: the
@@ -70,6 +70,10 @@ class BackendResult:
     outputs: list[bytes]
     content_type: str
     parameters: Mapping[str, Scalar]
+    # For a backend that reports no gpu_seconds: the seconds of the run the gateway can
+    # attribute to this request (attribution.py), never its time queued inside the backend;
+    # None when nothing better than the gateway's wall time is known.
+    attributed_seconds: float | None = None
 
     @property
     def gpu_seconds(self) -> float | None:
@@ -96,6 +100,7 @@ class Cancelled:
 
     request_id: str
     parameters: Mapping[str, Scalar]
+    attributed_seconds: float | None = None  # as BackendResult's; None: nothing attributable
 
 
 StreamEvent = Progress | BackendResult | Cancelled

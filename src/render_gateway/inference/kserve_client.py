@@ -16,14 +16,17 @@ to this module's log as ``detail``.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+from render_gateway.inference.attribution import Attribution, Bracket
 from render_gateway.inference.backend import (
     BackendError,
     BackendResult,
@@ -33,29 +36,20 @@ from render_gateway.inference.backend import (
     public_code,
     public_message,
 )
+from render_gateway.inference.outputs import (
+    OutputPlan,
+    is_progress,
+    plan_outputs,
+    progress_values,
+    read_result,
+    to_progress,
+)
 from render_gateway.kserve import codec
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_INPUT = "request"
 
 log = logging.getLogger(__name__)
-
-
-def _result(response: codec.InferResponse, request_id: str) -> BackendResult:
-    if not response.outputs:
-        raise BackendError("the backend answered with no outputs", retriable=False)
-    tensor = response.outputs[0]
-    if tensor.datatype != "BYTES" or not isinstance(tensor.data, list):
-        raise BackendError(f"output {tensor.name!r} is not BYTES", retriable=False)
-    content_type = tensor.parameters.get("content_type") or response.parameters.get(
-        "content_type", "application/octet-stream"
-    )
-    return BackendResult(
-        request_id=response.id or request_id,
-        outputs=[bytes(e) for e in tensor.data],
-        content_type=str(content_type),
-        parameters=response.parameters,
-    )
 
 
 def _failure_code(exc: BaseException) -> str:
@@ -78,18 +72,29 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def error_fields(text: str) -> tuple[str, str]:
+    """(code, message) of a backend's error body: Render's worker sends ``code`` and
+    ``message`` (and, as Triton does, the message in ``error``); Triton and KServe send only
+    ``{"error": "<message>"}``, whose text becomes the message when it is not a code."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return "backend_error", text
+    if not isinstance(body, dict):
+        return "backend_error", ""
+    error = body.get("error")
+    code = public_code(body.get("code"), public_code(error))
+    message = body.get("message")
+    if not isinstance(message, str):
+        message = "" if error is None or public_code(error, "") else str(error)
+    return code, message
+
+
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status == 200:
         return
     text = await response.text(errors="replace")
-    code, message = "backend_error", ""
-    try:
-        body = orjson.loads(text)
-        if isinstance(body, dict):
-            code = public_code(body.get("error"))
-            message = str(body.get("message", ""))
-    except orjson.JSONDecodeError:
-        pass
+    code, message = error_fields(text)
     # The whole answer (bounded) for operators; the customer gets the public part.
     log.warning("backend %s answered %d: %s", response.url.origin(), response.status, text[:4000])
     raise BackendError(
@@ -102,11 +107,17 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
 
 
 class KServeClient:
-    """One backend's endpoint; the session (connection pool) is shared and owned by the caller."""
+    """One backend's endpoint; the session (connection pool) is shared and owned by the caller.
+    ``output`` is the backend's media output name (None: the convention's default)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, output: str | None = None
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        self._output = output
+        self._plans: dict[str, OutputPlan] = {}
+        self._attribution = Attribution(self._queue_nanos)
 
     async def ready(self, probe_seconds: float = 2.0) -> bool:
         try:
@@ -132,12 +143,10 @@ class KServeClient:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return None
 
-    async def model_metadata(self, model: str, probe_seconds: float = 5.0) -> dict[str, Any] | None:
-        """``GET /v2/models/{model}`` (KServe v2 model metadata); None on any failure."""
+    async def _get_json(self, path: str, probe_seconds: float) -> dict[str, Any] | None:
         try:
             async with self._session.get(
-                f"{self._base}/v2/models/{model}",
-                timeout=aiohttp.ClientTimeout(total=probe_seconds),
+                self._base + path, timeout=aiohttp.ClientTimeout(total=probe_seconds)
             ) as response:
                 if response.status != 200:
                     return None
@@ -146,16 +155,38 @@ class KServeClient:
             return None
         return body if isinstance(body, dict) else None
 
+    async def model_metadata(self, model: str, probe_seconds: float = 5.0) -> dict[str, Any] | None:
+        """``GET /v2/models/{model}`` (KServe v2 model metadata); None on any failure."""
+        metadata = await self._get_json(f"/v2/models/{model}", probe_seconds)
+        if metadata is not None:
+            self._plans[model] = plan_outputs(self._output, metadata)
+        return metadata
+
+    async def _plan(self, model: str) -> OutputPlan:
+        """The outputs to ask the model for, from its metadata (read once)."""
+        plan = self._plans.get(model)
+        if plan is None:
+            await self.model_metadata(model)
+            plan = self._plans.get(model, OutputPlan(self._output))
+        return plan
+
+    async def _queue_nanos(self, model: str) -> int | None:
+        """The model's cumulative queue time from Triton's statistics extension."""
+        return queue_nanos(await self._get_json(f"/v2/models/{model}/stats", 2.0))
+
     async def infer(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> BackendResult:
-        """One run; outputs come back in binary form."""
+        """One run; the outputs the convention names are asked for in binary form."""
+        plan = await self._plan(model)
         request = codec.InferRequest(
             inputs=(codec.Tensor(REQUEST_INPUT, "BYTES", (1,), [generation]),),
             id=request_id,
             parameters={"binary_data_output": True},
+            outputs=tuple(codec.RequestedOutput(name, binary=True) for name in plan.requested),
         )
         body, _ = codec.encode_request(request)
+        bracket = await self._attribution.open(model)
         try:
             async with self._session.post(
                 f"{self._base}/v2/models/{model}/infer",
@@ -167,21 +198,23 @@ class KServeClient:
                 payload = await response.read()
                 length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
-            log.warning("backend %s unreachable: %r", self._base, exc)
-            raise BackendError(
-                _unreachable_message(exc), code=_failure_code(exc), retriable=True
-            ) from exc
+            raise _unreachable(self._base, exc) from exc
         try:
-            return _result(codec.decode_response(payload, length), request_id)
+            result = read_result(codec.decode_response(payload, length), plan, request_id)
         except codec.ProtocolError as exc:
-            raise BackendError(f"backend broke the protocol: {exc}", retriable=False) from exc
+            raise broke_protocol(self._base, exc) from exc
+        return await attributed(result, bracket, self._attribution, model)
 
     async def generate_stream(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> AsyncIterator[StreamEvent]:
         """Progress events, then the result (or Cancelled). Closing the iterator early closes
-        the connection, which the reference worker takes as a cancel."""
+        the connection, which the reference worker takes as a cancel. Reads Render's events
+        (``progress``, ``result``, ``cancelled``, ``error``) and Triton's (unnamed events whose
+        JSON holds the outputs by name; a response without the media output is progress)."""
+        plan = await self._plan(model)
         body = orjson.dumps({REQUEST_INPUT: generation.decode(), "id": request_id})
+        bracket = await self._attribution.open(model)
         try:
             async with self._session.post(
                 f"{self._base}/v2/models/{model}/generate_stream",
@@ -191,16 +224,22 @@ class KServeClient:
             ) as response:
                 await _raise_for_status(response)
                 async for event, data in _sse(response):
-                    parsed = _stream_event(event, data, request_id)
-                    if parsed is not None:
+                    parsed = _stream_event(event, data, request_id, plan)
+                    if parsed is None:
+                        continue
+                    if isinstance(parsed, Progress):
+                        bracket.responded()
                         yield parsed
-                        if not isinstance(parsed, Progress):
-                            return
+                        continue
+                    if isinstance(parsed, BackendResult):
+                        yield await attributed(parsed, bracket, self._attribution, model)
+                    else:
+                        yield Cancelled(
+                            parsed.request_id, parsed.parameters, bracket.since_first_response()
+                        )
+                    return
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
-            log.warning("backend %s stream broke: %r", self._base, exc)
-            raise BackendError(
-                _unreachable_message(exc), code=_failure_code(exc), retriable=True
-            ) from exc
+            raise _unreachable(self._base, exc) from exc
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
     async def cancel(self, model: str, request_id: str) -> bool:
@@ -213,6 +252,45 @@ class KServeClient:
                 return response.status == 204
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+def _unreachable(base: str, exc: BaseException) -> BackendError:
+    """A transport failure. A timeout is final: the run had all its time, and running it again
+    elsewhere would outlive the job's deadline; anything else may go better on a retry."""
+    log.warning("backend %s unreachable or broke off: %r", base, exc)
+    timed_out = isinstance(exc, TimeoutError)
+    return BackendError(_unreachable_message(exc), code=_failure_code(exc), retriable=not timed_out)
+
+
+def broke_protocol(base: str, exc: Exception) -> BackendError:
+    """An answer that cannot be read: the model may have run, so it is not sent again (the
+    request ends in an error, recorded once)."""
+    log.warning("backend %s broke the protocol: %s", base, exc)
+    return BackendError(
+        "the backend's answer could not be read", code="backend_protocol", retriable=False
+    )
+
+
+def queue_nanos(stats: Mapping[str, Any] | None) -> int | None:
+    """``model_stats[0].inference_stats.queue.ns`` of a statistics answer (JSON, or gRPC's
+    message as a dict); None when absent."""
+    try:
+        entry = stats["model_stats"][0]["inference_stats"]["queue"]  # type: ignore[index]
+        value = int(entry["ns"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+async def attributed(
+    result: BackendResult, bracket: Bracket, attribution: Attribution, model: str
+) -> BackendResult:
+    """The result with the seconds attributable to it when the backend reported none."""
+    reported = result.gpu_seconds is not None
+    attribution.learned(model, reported)
+    if reported:
+        return result
+    return replace(result, attributed_seconds=await bracket.seconds())
 
 
 MAX_EVENT_BYTES = 512 * 1024 * 1024  # a result event carries the outputs, base64
@@ -236,48 +314,109 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    event, data = "message", list[str]()
+async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, bytes]]:
+    """(event name, data) per event. Data stays bytes: Triton's generate_stream writes a BYTES
+    output's raw bytes (a PNG) into its JSON text, which is not UTF-8."""
+    event, data = "message", list[bytes]()
     async for raw in _lines(response):
-        line = raw.decode().rstrip("\r")
+        line = raw.rstrip(b"\r")
         if not line:
             if data:
-                yield event, "\n".join(data)
+                yield event, b"\n".join(data)
             event, data = "message", []
-        elif line.startswith(":"):
+        elif line.startswith(b":"):
             continue
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode(errors="replace")
+        elif line.startswith(b"data:"):
             data.append(line[5:].lstrip())
+    if data:
+        yield event, b"\n".join(data)
 
 
-def _stream_event(event: str, data: str, request_id: str) -> StreamEvent | None:
+def _stream_event(event: str, data: bytes, request_id: str, plan: OutputPlan) -> StreamEvent | None:
     try:
-        body: Any = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BackendError(f"backend sent invalid JSON in {event!r}", retriable=False) from exc
+        body: Any = loads_lenient(data)
+    except ValueError as exc:
+        raise BackendError(
+            f"backend sent invalid JSON in {event!r}", code="backend_protocol", retriable=False
+        ) from exc
     if not isinstance(body, dict):
-        raise BackendError(f"backend sent a non-object {event!r} event", retriable=False)
+        raise BackendError(
+            f"backend sent a non-object {event!r} event", code="backend_protocol", retriable=False
+        )
+    try:
+        return _parse_event(event, body, request_id, plan)
+    except (codec.ProtocolError, KeyError, TypeError, ValueError) as exc:
+        log.warning("backend stream event %r for %s unreadable: %s", event, request_id, exc)
+        raise BackendError(
+            "the backend's answer could not be read", code="backend_protocol", retriable=False
+        ) from exc
+
+
+def _parse_event(
+    event: str, body: dict[str, Any], request_id: str, plan: OutputPlan
+) -> StreamEvent | None:
     if event == "progress":
-        used = body.get("gpu_seconds")
-        gpu_seconds = float(used) if isinstance(used, int | float) and used >= 0 else None
-        return Progress(int(body["step"]), int(body["steps"]), float(body["progress"]), gpu_seconds)
-    if event in ("result", "message"):
-        try:
-            return _result(codec.response_from_json(body), request_id)
-        except codec.ProtocolError as exc:
-            raise BackendError(f"backend broke the protocol: {exc}", retriable=False) from exc
+        return to_progress(body)
     if event == "cancelled":
         params = body.get("parameters", {})
         return Cancelled(request_id, params if isinstance(params, dict) else {})
-    if event == "error":
-        code = public_code(body.get("error"))
-        log.warning("backend error event for %s: %s", request_id, data[:4000])
+    if event == "error" or (event == "message" and "error" in body and "outputs" not in body):
+        code, message = error_fields(orjson.dumps(body).decode())
+        log.warning("backend error event for %s: %s", request_id, str(body)[:4000])
         # Input refusals are final; anything else the backend hit may go better elsewhere.
         raise BackendError(
-            public_message(None, code, str(body.get("message", ""))),
-            code=code,
-            retriable=code != "invalid_request",
+            public_message(None, code, message), code=code, retriable=code != "invalid_request"
         )
-    return None
+    if event not in ("result", "message"):
+        return None
+    response = codec.response_from_json(body) if "outputs" in body else generate_response(body)
+    if is_progress(response, plan):
+        return to_progress(progress_values(response))
+    return read_result(response, plan, request_id)
+
+
+_GENERATE_META = frozenset({"model_name", "model_version", "id", "parameters"})
+
+
+def generate_response(body: Mapping[str, Any]) -> codec.InferResponse:
+    """Triton's generate-extension answer (outputs by name at the top level) as a response:
+    a string is a BYTES element (raw bytes; base64 when the ``parameters`` say
+    ``content_encoding: base64`` — Render's worker), a number or list of numbers FP64/INT64."""
+    parameters = body.get("parameters")
+    params = dict(parameters) if isinstance(parameters, dict) else {}
+    base64_text = params.get("content_encoding") == "base64"
+    outputs: list[codec.Tensor] = []
+    for name, value in body.items():
+        if name in _GENERATE_META:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if all(isinstance(v, str) for v in values):
+            data = [
+                base64.b64decode(v) if base64_text else v.encode("utf-8", "surrogateescape")
+                for v in values
+            ]
+            outputs.append(codec.Tensor(name, "BYTES", (len(data),), data))
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            kind = "INT64" if all(isinstance(v, int) for v in values) else "FP64"
+            outputs.append(codec.Tensor(name, kind, (len(values),), list(values)))
+    model_name = body.get("model_name")
+    version = body.get("model_version")
+    return codec.InferResponse(
+        model_name=str(model_name or ""),
+        outputs=tuple(outputs),
+        model_version=str(version) if version is not None else None,
+        id=str(body["id"]) if body.get("id") is not None else None,
+        parameters={k: v for k, v in params.items() if isinstance(v, bool | int | float | str)},
+    )
+
+
+def loads_lenient(data: bytes) -> Any:
+    """JSON from bytes that may hold raw non-UTF-8 bytes inside strings (Triton's generate
+    answers for a BYTES output); such bytes come back as surrogate escapes, which
+    ``str.encode("utf-8", "surrogateescape")`` turns back into the bytes sent."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data.decode("utf-8", "surrogateescape"), strict=False)

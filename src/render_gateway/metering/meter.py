@@ -125,6 +125,7 @@ class Meter:
         backend: str | None = None,
         error_code: str | None = None,
         job_id: str | None = None,
+        attributed_seconds: float | None = None,
     ) -> UsageRecord:
         return build_record(
             request_id=request_id,
@@ -145,6 +146,7 @@ class Meter:
             error_code=error_code,
             job_id=job_id,
             node_keys=self.node_keys,
+            attributed_seconds=attributed_seconds,
         )
 
     async def settle_budget(self, key: str, record: Mapping[str, Any]) -> bool:

@@ -140,6 +140,8 @@ class UsageRow:
     billable_requests: int
     billed_gpu_seconds: float
     cost_nanos: int
+    unmetered_requests: int = 0  # the backend measured nothing: the gateway attributed the time
+    unmetered_gpu_seconds: float = 0.0  # billed GPU-seconds of those
 
 
 # One constant query for every grouping: a key that is switched off is a constant, which
@@ -147,7 +149,8 @@ class UsageRow:
 USAGE_SQL = """
 SELECT if({by_model:Bool}, model_name, '') AS model_key,
     if({by_day:Bool}, toDate(minute), toDate(0)) AS day_key,
-    sum(requests), sum(billable_requests), sum(billed_gpu_seconds), sum(cost_nanos)
+    sum(requests), sum(billable_requests), sum(billed_gpu_seconds), sum(cost_nanos),
+    sum(unmetered_requests), sum(unmetered_gpu_seconds)
 FROM metrics_1m
 WHERE customer_id = {customer:String}
     AND minute >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
@@ -176,8 +179,10 @@ def usage_breakdown(
             int(bn),
             float(bg),
             int(cost),
+            int(un),
+            float(ug),
         )
-        for model, day, n, bn, bg, cost in rows
+        for model, day, n, bn, bg, cost, un, ug in rows
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from render_gateway.core.usage_records import NANOS
-from render_gateway.metering.queries import TimeRange, usage_breakdown, usage_totals
+from render_gateway.metering.queries import TimeRange, UsageRow, usage_breakdown, usage_totals
 from render_gateway.metering.store import UsageStore
 
 
@@ -30,8 +30,7 @@ def usage_report(
             item["model"] = row.model_name
         if "day" in group_by:
             item["day"] = row.day.isoformat() if row.day else None
-        item.update(_amounts(row.requests, row.billable_requests, row.billed_gpu_seconds,
-                             row.cost_nanos))  # fmt: skip
+        item.update(_amounts(row))
         rows.append(item)
     return {
         "customer_id": customer_id,
@@ -39,18 +38,18 @@ def usage_report(
         "to": _iso(time_range.end),
         "group_by": list(group_by),
         "currency": currency,
-        "totals": _amounts(
-            totals.requests, totals.billable_requests, totals.billed_gpu_seconds, totals.cost_nanos
-        ),
+        "totals": _amounts(totals),
         "rows": rows,
     }
 
 
-def _amounts(requests: int, billable: int, gpu_seconds: float, cost_nanos: int) -> dict[str, Any]:
+def _amounts(row: UsageRow) -> dict[str, Any]:
     return {
-        "requests": requests,
-        "billable_requests": billable,
-        "gpu_seconds": round(gpu_seconds, 6),
-        "cost": cost_nanos / NANOS,
-        "cost_nanos": cost_nanos,
+        "requests": row.requests,
+        "billable_requests": row.billable_requests,
+        "gpu_seconds": round(row.billed_gpu_seconds, 6),
+        "cost": row.cost_nanos / NANOS,
+        "cost_nanos": row.cost_nanos,
+        "unmetered_requests": row.unmetered_requests,
+        "unmetered_gpu_seconds": round(row.unmetered_gpu_seconds, 6),
     }

@@ -141,6 +141,47 @@ FROM inference_events AS events
 GROUP BY customer_id, model_name, minute
 """
 
+# Issue 13: requests whose backend measured nothing (``metered: false``) counted apart, so a
+# customer's usage says how much of it the gateway attributed rather than the backend measured.
+# The view is replaced (dropped and made again): rows inserted between the two statements are
+# not rolled up, so the migration runs at start, before this process writes.
+_ADD_UNMETERED_COLUMNS = """
+ALTER TABLE metrics_1m
+    ADD COLUMN IF NOT EXISTS unmetered_requests UInt64,
+    ADD COLUMN IF NOT EXISTS unmetered_gpu_seconds Float64
+"""
+_DROP_METRICS_1M_VIEW = "DROP VIEW IF EXISTS metrics_1m_mv"
+
+_CREATE_METRICS_1M_VIEW_METERED = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS metrics_1m_mv TO metrics_1m AS
+-- Aliases shadow columns in ClickHouse: ``events.gpu_seconds`` is the column, not the sum.
+SELECT
+    customer_id,
+    model_name,
+    toStartOfMinute(timestamp) AS minute,
+    count() AS requests,
+    countIf(status = 'success') AS success,
+    countIf(status = 'error') AS errors,
+    countIf(status = 'timeout') AS timeouts,
+    countIf(status = 'cancelled') AS cancelled,
+    sum(total_time_us) AS latency_us_sum,
+    sum(toFloat64(total_time_us) * toFloat64(total_time_us)) AS latency_us_sq_sum,
+    min(total_time_us) AS latency_us_min,
+    max(total_time_us) AS latency_us_max,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens,
+    sum(gpu_seconds) AS gpu_seconds,
+    sumIf(events.gpu_seconds, billable) AS billed_gpu_seconds,
+    countIf(billable) AS billable_requests,
+    sum(cost_nanos) AS cost_nanos,
+    sum(queue_time_us) AS queue_time_us_sum,
+    max(queue_time_us) AS queue_time_us_max,
+    countIf(NOT metered) AS unmetered_requests,
+    sumIf(events.gpu_seconds, billable AND NOT metered) AS unmetered_gpu_seconds
+FROM inference_events AS events
+GROUP BY customer_id, model_name, minute
+"""
+
 _CREATE_OPERATOR_1H = """
 CREATE TABLE IF NOT EXISTS operator_metrics_1h (
     device_uuid LowCardinality(String),
@@ -225,6 +266,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "operator_metrics_1h", (_CREATE_OPERATOR_1H, _CREATE_OPERATOR_1H_VIEW)),
     Migration(4, "latency_quantiles_1m", (_CREATE_QUANTILES_1M, _CREATE_QUANTILES_1M_VIEW)),
     Migration(5, "reconciliation_runs", (_CREATE_RECONCILIATION_RUNS,)),
+    Migration(
+        6,
+        "metrics_1m_unmetered",
+        (_ADD_UNMETERED_COLUMNS, _DROP_METRICS_1M_VIEW, _CREATE_METRICS_1M_VIEW_METERED),
+    ),
 )
 
 

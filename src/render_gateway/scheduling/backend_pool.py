@@ -30,6 +30,7 @@ class BackendSpec:
     # generate_stream gives real progress and a signed claim on cancel; a plain Triton model
     # may only offer infer.
     streaming: bool = True
+    output: str | None = None  # the media output's name (None: the convention's default)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from render_gateway.inference.backend import (
     BackendError,
@@ -32,6 +33,9 @@ from render_gateway.inference.backend import (
     Progress,
 )
 from render_gateway.scheduling.backend_pool import BackendPool, BackendSpec, Lease
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,21 @@ def _given_up(last_error: BackendError, family: str, model: str) -> Exception:
     if last_error.code == "busy":
         return NoCapacity(f"every backend for {family}/{model} is busy: {last_error}")
     return last_error
+
+
+async def _from_client(step: Awaitable[_T], backend_id: str) -> _T:
+    """A client's answer; an exception no client foresaw (a parser's or the client's own bug)
+    becomes a final BackendError: the model may have run, so the request ends as an error —
+    recorded once — rather than crashing its caller."""
+    try:
+        return await step
+    except BackendError:
+        raise
+    except Exception as exc:
+        log.exception("backend %s: unreadable answer", backend_id)
+        raise BackendError(
+            "the backend's answer could not be read", code="backend_protocol", retriable=False
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -230,14 +249,24 @@ class Dispatcher:
         client = self._client_for(lease.backend.spec)
         timeout = self._policy.run_timeout_seconds
 
+        backend_id = lease.backend.spec.id
+
         async def call() -> BackendResult | Cancelled:
             if not lease.backend.spec.streaming:
-                return await client.infer(lease.model, generation, request_id, timeout)
-            async for event in client.generate_stream(lease.model, generation, request_id, timeout):
-                if isinstance(event, Progress):
+                return await _from_client(
+                    client.infer(lease.model, generation, request_id, timeout), backend_id
+                )
+            stream = client.generate_stream(lease.model, generation, request_id, timeout)
+            try:
+                while True:
+                    event = await _from_client(anext(stream, None), backend_id)
+                    if event is None:
+                        break
+                    if not isinstance(event, Progress):
+                        return event
                     await on_progress(event)
-                else:
-                    return event
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
             raise BackendError("the stream ended without a result", retriable=True)
 
         work = asyncio.ensure_future(call())

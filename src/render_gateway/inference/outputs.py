@@ -1,0 +1,196 @@
+"""The backend output convention (docs/WORKER.md, "The backend convention"), without I/O.
+
+A backend answers with named outputs. The gateway asks for the ones it wants by name, so a
+model's other outputs (or their order) never matter: the media output (the backend's
+``output`` setting; by default ``images``, or ``video`` for a model that has no ``images``),
+and, where the model declares them, ``gpu_seconds`` (FP64 ``[1]``: the run's device time),
+``usage_claim`` (BYTES ``[1]``: the signed claim's JSON text) and ``seed`` (INT64 ``[1]``: the
+seed that ran). The same values may come as response parameters instead (Render's worker
+sends them so; Triton's Python backend 2.51 cannot set response parameters, hence outputs).
+
+Both transports (HTTP and gRPC) decode into ``codec.InferResponse`` and read it here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from render_gateway.inference.backend import BackendError, BackendResult, Progress
+from render_gateway.inference.media_types import sniff_media_type
+from render_gateway.kserve import codec
+
+DEFAULT_MEDIA_OUTPUTS = ("images", "video")
+# Outputs whose values become result parameters, when the model declares them.
+VALUE_OUTPUTS = ("gpu_seconds", "usage_claim", "seed")
+# Outputs a progress response may carry (a decoupled Triton model's per-step responses).
+PROGRESS_OUTPUTS = ("step", "steps", "progress", "gpu_seconds")
+
+_STRUCT: dict[str, str] = {
+    "BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
+    "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
+    "FP16": "e", "FP32": "f", "FP64": "d",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Which outputs to ask a model for. ``media`` None: the model's metadata is unknown, so
+    nothing is asked for by name (the backend sends all) and the media output is found by the
+    convention's names in the answer."""
+
+    media: str | None
+    values: tuple[str, ...] = ()
+
+    @property
+    def requested(self) -> tuple[str, ...]:
+        return () if self.media is None else (self.media, *self.values)
+
+
+def _output_names(metadata: Mapping[str, Any] | None) -> list[str] | None:
+    if metadata is None:
+        return None
+    outputs = metadata.get("outputs")
+    if not isinstance(outputs, list):
+        return None
+    return [o["name"] for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)]
+
+
+def plan_outputs(configured: str | None, metadata: Mapping[str, Any] | None) -> OutputPlan:
+    """The outputs to ask for, from the backend's ``output`` setting and the model's metadata
+    (KServe v2 ``GET /v2/models/{m}`` or ``ModelMetadata``)."""
+    names = _output_names(metadata)
+    if names is None:
+        return OutputPlan(configured)
+    media = configured or next((n for n in DEFAULT_MEDIA_OUTPUTS if n in names), None)
+    if media is None:
+        media = next((n for n in names if n not in VALUE_OUTPUTS), None)
+    values = tuple(n for n in VALUE_OUTPUTS if n in names and n != media)
+    return OutputPlan(media, values)
+
+
+def numbers(tensor: codec.Tensor) -> list[Any]:
+    """A numeric tensor's elements, from JSON data or raw little-endian bytes."""
+    if tensor.datatype == "BYTES":
+        raise codec.ProtocolError(f"output {tensor.name!r} is BYTES, not a number")
+    if isinstance(tensor.data, bytes):
+        fmt = _STRUCT.get(tensor.datatype)
+        if fmt is None:  # BF16 has no struct code; nothing of the convention uses it
+            raise codec.ProtocolError(f"output {tensor.name!r}: {tensor.datatype} is not read")
+        size = struct.calcsize(fmt)
+        if len(tensor.data) % size:
+            raise codec.ProtocolError(f"output {tensor.name!r}: raw data is not whole elements")
+        return list(struct.unpack(f"<{len(tensor.data) // size}{fmt}", tensor.data))
+    return list(tensor.data)
+
+
+def _scalar_value(tensor: codec.Tensor) -> codec.Scalar | None:
+    """The first element of a value output, as a parameter: text for BYTES, else the number."""
+    if tensor.datatype == "BYTES":
+        elements = tensor.data
+        if isinstance(elements, bytes) or not elements:
+            return None
+        try:
+            return bytes(elements[0]).decode()
+        except UnicodeDecodeError:
+            return None
+    values = numbers(tensor)
+    if not values:
+        return None
+    value = values[0]
+    if tensor.datatype in ("FP16", "FP32", "FP64"):
+        return float(value)
+    return bool(value) if tensor.datatype == "BOOL" else int(value)
+
+
+def _find(outputs: Sequence[codec.Tensor], name: str) -> codec.Tensor | None:
+    return next((t for t in outputs if t.name == name), None)
+
+
+def media_tensor(response: codec.InferResponse, plan: OutputPlan) -> codec.Tensor | None:
+    if plan.media is not None:
+        return _find(response.outputs, plan.media)
+    for name in DEFAULT_MEDIA_OUTPUTS:
+        if (tensor := _find(response.outputs, name)) is not None:
+            return tensor
+    return next(
+        (
+            t
+            for t in response.outputs
+            if t.datatype == "BYTES" and t.name not in (*VALUE_OUTPUTS, *PROGRESS_OUTPUTS)
+        ),
+        None,
+    )
+
+
+def value_parameters(
+    outputs: Sequence[codec.Tensor], names: Sequence[str]
+) -> dict[str, codec.Scalar]:
+    found: dict[str, codec.Scalar] = {}
+    for name in names:
+        tensor = _find(outputs, name)
+        if tensor is not None and (value := _scalar_value(tensor)) is not None:
+            found[name] = value
+    return found
+
+
+def read_result(response: codec.InferResponse, plan: OutputPlan, request_id: str) -> BackendResult:
+    """The result of a run: the media output's elements, its content type (declared by the
+    output or the response, else read from the bytes), and the parameters with the value
+    outputs folded in (a response parameter wins over an output of the same name)."""
+    tensor = media_tensor(response, plan)
+    if tensor is None:
+        wanted = plan.media or " or ".join(DEFAULT_MEDIA_OUTPUTS)
+        got = ", ".join(t.name for t in response.outputs) or "none"
+        raise BackendError(
+            f"the backend answered without the output {wanted!r} (it sent: {got})",
+            code="backend_protocol",
+            retriable=False,
+        )
+    if tensor.datatype != "BYTES" or isinstance(tensor.data, bytes):
+        raise BackendError(
+            f"output {tensor.name!r} is {tensor.datatype}, not BYTES",
+            code="backend_protocol",
+            retriable=False,
+        )
+    elements = [bytes(e) for e in tensor.data]
+    parameters: dict[str, codec.Scalar] = {
+        **value_parameters(response.outputs, VALUE_OUTPUTS),
+        **response.parameters,
+    }
+    declared = tensor.parameters.get("content_type") or response.parameters.get("content_type")
+    content_type = (
+        str(declared)
+        if declared
+        else (sniff_media_type(elements[0]) if elements else None) or codec.BINARY_CONTENT_TYPE
+    )
+    return BackendResult(
+        request_id=response.id or request_id,
+        outputs=elements,
+        content_type=content_type,
+        parameters=parameters,
+    )
+
+
+def is_progress(response: codec.InferResponse, plan: OutputPlan) -> bool:
+    """A streamed response without the media output is a progress report."""
+    return media_tensor(response, plan) is None
+
+
+def progress_values(response: codec.InferResponse) -> dict[str, codec.Scalar]:
+    """step, steps, progress, gpu_seconds of a progress response, from its parameters or
+    its outputs."""
+    return {**value_parameters(response.outputs, PROGRESS_OUTPUTS), **response.parameters}
+
+
+def to_progress(values: Mapping[str, Any]) -> Progress:
+    """A progress event from a response's values (``progress`` derived when not given)."""
+    used = values.get("gpu_seconds")
+    gpu_seconds = float(used) if isinstance(used, int | float) and used >= 0 else None
+    step, steps = int(values.get("step", 0)), int(values.get("steps", 0))
+    fraction = values.get("progress")
+    if not isinstance(fraction, int | float):
+        fraction = step / steps if steps > 0 else 0.0
+    return Progress(step, steps, float(fraction), gpu_seconds)
