@@ -14,12 +14,14 @@ from support.processes import (
     start_worker,
     stop_worker,
 )
+from support.triton_server import TritonServer, kill_triton_leftovers, start_triton_server
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_server_outlives_the_session() -> Iterator[None]:
     yield
     kill_leftovers()
+    kill_triton_leftovers()
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +41,29 @@ def worker(
     stop_worker(process)
 
 
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A real Triton (PyTriton 0.7.0, tritonserver 2.51) with the convention's test models
+    (tests/support/triton_models), for the whole session. A test that kills it calls
+    ``triton_server.restart()`` before it ends; tests tell their requests apart by prompt or
+    request id in ``triton_server.events(...)``."""
+    server = start_triton_server(tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()
+
+
 # ``make test-fast`` runs what needs no server process: unit, contract and in-process tests. A
 # module that starts workers or gateways imports one of these helpers, and is marked
 # ``processes`` for it (``-m "not processes"`` leaves it out).
-PROCESS_HELPERS = ("support.processes", "support.gateway", "support.audit_store", "subprocess")
+PROCESS_HELPERS = (
+    "support.processes",
+    "support.gateway",
+    "support.audit_store",
+    "support.triton_server",
+    "subprocess",
+)
+# Fixtures that start a server process: a test using one is marked ``processes`` as well.
+PROCESS_FIXTURES = ("triton_server",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,5 +79,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 )
                 or "_e2e" in item.path.name
             )
-        if starts_processes[path]:
+        uses_process_fixture = any(
+            name in getattr(item, "fixturenames", ()) for name in PROCESS_FIXTURES
+        )
+        if starts_processes[path] or uses_process_fixture:
             item.add_marker(pytest.mark.processes)
