@@ -8,6 +8,7 @@ the fixture runs ``make triton-env`` once and skips, loudly, only if that fails.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -239,6 +240,10 @@ _RUNNING: list[TritonServer] = []
 def kill_triton_leftovers() -> None:
     for server in list(_RUNNING):
         server.kill()
+
+
+# Scripts that use start_triton_server outside pytest get the same guarantee.
+atexit.register(kill_triton_leftovers)
 
 
 def start_triton_server(directory: Path, timeout: float = READY_TIMEOUT) -> TritonServer:

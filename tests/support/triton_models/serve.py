@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from convention import parse_request, png, record, size_of
 from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 HERE = Path(__file__).resolve().parent
 BYTES_1 = {"dtype": bytes, "shape": (1,)}
@@ -213,7 +214,11 @@ def main() -> int:
         log_verbose=0,
         model_repository=args.repository,
     )
-    with Triton(config=config) as triton:
+    # PyTriton 0.7 restricts statistics, model-repository, shared-memory... behind an access
+    # token by default; a stock tritonserver restricts nothing, and that is what the gateway meets.
+    unrestricted = TritonSecurityConfig(restricted_endpoints=[])
+    parent = os.getppid()
+    with Triton(config=config, security_config=unrestricted) as triton:
         bind_models(triton, args.events)
         http_url = f"127.0.0.1:{args.http_port}"
         names = ["painter", "plain", "broken", *RAW_MODELS]
@@ -235,7 +240,9 @@ def main() -> int:
             "startup_s": round(time.monotonic() - started, 3),
         }
         print(json.dumps(ready), flush=True)
-        while not stop.wait(0.5):
+        # Serve until SIGTERM, or until the test process that started us is gone (killed
+        # pytest): a Triton must never outlive its session.
+        while not stop.wait(0.5) and os.getppid() == parent:
             pass
     return 0
 
