@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from support.triton_server import TritonServer
+from support.triton_server import TritonServer, ensure_triton_venv
 
 
 def request_input(module: Any, **fields: Any) -> Any:
@@ -47,6 +47,15 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def unique(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+def test_where_pytriton_cannot_install_the_fixture_skips_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ``make triton-env`` really runs, and fails: no venv can be made under /proc.
+    monkeypatch.setenv("RENDER_TRITON_VENV", "/proc/no-triton-venv-here")
+    with pytest.raises(pytest.skip.Exception, match="REAL-TRITON TESTS SKIPPED"):
+        ensure_triton_venv()
 
 
 def test_painter_returns_a_png_its_gpu_seconds_and_the_seed(triton_server: TritonServer) -> None:
