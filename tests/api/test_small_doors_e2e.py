@@ -201,14 +201,15 @@ def test_a_triton_traceback_reaches_the_customer_as_a_code_and_a_short_message(
     failed = sync(gateway, "broken/triton", admin)
     assert failed.status_code == 502
     body = failed.json()
-    assert body["error"] == "backend_error"
-    assert body["message"] == "the backend failed to run the request (HTTP 500)"
+    # Triton's wording of a model's own failure: about this request, so not retried
+    assert body["error"] == "model_error" and body["details"]["retriable"] is False
+    assert body["message"] == "the model failed on this request"
     assert_no_leak(failed.text)
 
     fields = {"family": "broken", "model": "triton"}
     job_id = queue(gateway, admin, **fields).json()["id"]
     job = wait_status(gateway, admin, job_id, {"error"})
-    assert job["error"]["code"] == "backend_error"
+    assert job["error"]["code"] == "model_error" and job["retries"] == 0
     assert_no_leak(str(job["error"]))
     with httpx.stream(
         "GET", f"{gateway.url}/jobs/{job_id}/events", headers=admin, timeout=30

@@ -45,6 +45,18 @@ class BackendError(Exception):
         self.retry_after = retry_after
 
 
+# How Triton's core words a model's own failure (its execute raised or returned an error), over
+# HTTP (500) and gRPC (INTERNAL) alike: the model failed on this request, the server is fine.
+_MODEL_FAILURE = re.compile(r"Failed to process the request\(s\) for model")
+MODEL_ERROR = "model_error"
+MODEL_ERROR_MESSAGE = "the model failed on this request"
+
+
+def is_model_failure(message: str) -> bool:
+    """A Triton error that is about the request: not retried, no breaker verdict."""
+    return _MODEL_FAILURE.search(message) is not None
+
+
 def public_code(value: object, fallback: str = "backend_error") -> str:
     text = str(value) if value is not None else ""
     return text if _CODE.fullmatch(text) else fallback

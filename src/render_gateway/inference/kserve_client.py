@@ -28,11 +28,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from render_gateway.inference.attribution import Attribution, Bracket
 from render_gateway.inference.backend import (
+    MODEL_ERROR,
+    MODEL_ERROR_MESSAGE,
     BackendError,
     BackendResult,
     Cancelled,
     Progress,
     StreamEvent,
+    is_model_failure,
     public_code,
     public_message,
 )
@@ -97,6 +100,10 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     code, message = error_fields(text)
     # The whole answer (bounded) for operators; the customer gets the public part.
     log.warning("backend %s answered %d: %s", response.url.origin(), response.status, text[:4000])
+    if response.status >= 500 and is_model_failure(message):
+        raise BackendError(
+            MODEL_ERROR_MESSAGE, status=response.status, code=MODEL_ERROR, retriable=False
+        )
     raise BackendError(
         public_message(response.status, code, message),
         status=response.status,

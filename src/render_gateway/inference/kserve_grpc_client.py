@@ -33,9 +33,12 @@ from tritonclient.grpc import service_pb2_grpc
 
 from render_gateway.inference.attribution import Attribution
 from render_gateway.inference.backend import (
+    MODEL_ERROR,
+    MODEL_ERROR_MESSAGE,
     BackendError,
     BackendResult,
     StreamEvent,
+    is_model_failure,
     public_code,
     public_message,
 )
@@ -105,7 +108,11 @@ def _backend_error(error: grpc.aio.AioRpcError, target: str) -> BackendError:
             public_message(http, code, details), status=http, code=code, retriable=False
         )
     http = _RETRIABLE.get(status, 500)
-    if status is grpc.StatusCode.UNAVAILABLE and code == "backend_error" and not details:
+    if is_model_failure(details):
+        return BackendError(MODEL_ERROR_MESSAGE, status=http, code=MODEL_ERROR, retriable=False)
+    if status is grpc.StatusCode.UNAVAILABLE and _render_code(error) is None:
+        # grpcio's own word for a connection it could not make or lost (a server that is
+        # down); Render's worker says busy/not ready with its code.
         return BackendError("the backend could not be reached", retriable=True)
     return BackendError(public_message(http, code, details), status=http, code=code, retriable=True)
 
@@ -114,6 +121,8 @@ def _stream_error(message: str, target: str) -> BackendError:
     """An error response inside a ModelStreamInfer stream: Triton's text, no status. Final:
     the model ran (or refused) — the stream itself worked."""
     log.warning("backend grpc://%s stream error: %s", target, message[:4000])
+    if is_model_failure(message):
+        return BackendError(MODEL_ERROR_MESSAGE, code=MODEL_ERROR, retriable=False)
     return BackendError(
         public_message(None, "backend_error", message), code="backend_error", retriable=False
     )

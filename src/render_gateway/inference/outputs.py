@@ -67,7 +67,8 @@ def plan_outputs(configured: str | None, metadata: Mapping[str, Any] | None) -> 
     media = configured or next((n for n in DEFAULT_MEDIA_OUTPUTS if n in names), None)
     if media is None:
         media = next((n for n in names if n not in VALUE_OUTPUTS), None)
-    values = tuple(n for n in VALUE_OUTPUTS if n in names and n != media)
+    wanted = dict.fromkeys((*VALUE_OUTPUTS, *PROGRESS_OUTPUTS))  # ordered, without repeats
+    values = tuple(n for n in wanted if n in names and n != media)
     return OutputPlan(media, values)
 
 
