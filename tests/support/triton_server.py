@@ -130,7 +130,8 @@ class TritonServer:
         (e.g. ``prompt="..."``, ``id="..."``, ``event="done"``)."""
         if not self.events_path.exists():
             return []
-        lines = self.events_path.read_text(encoding="utf-8").splitlines()
+        # Only whole lines: the last piece may be a line a model is writing right now.
+        lines = self.events_path.read_text(encoding="utf-8").split("\n")[:-1]
         found = [json.loads(line) for line in lines if line.strip()]
         return [
             event
