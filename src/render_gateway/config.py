@@ -58,6 +58,8 @@ class RemoteImagesConfig(_Section):
 class WorkerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
+    # KServe v2 over gRPC on the same host (None: off; 0: any free port).
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     data_dir: Path = DEFAULT_DATA_DIR / "worker"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

@@ -117,7 +117,7 @@ def test_health_and_metadata(worker: WorkerProcess) -> None:
     assert httpx.get(worker.url + "/v2/models/demo/ready").json()["ready"] is True
     assert httpx.get(worker.url + "/v2/models/demo/versions/1").status_code == 200
     missing = httpx.get(worker.url + "/v2/models/demo/versions/2")
-    assert missing.status_code == 404 and missing.json()["error"] == "model_not_found"
+    assert missing.status_code == 404 and missing.json()["code"] == "model_not_found"
 
 
 def test_node_key_file_is_private(worker: WorkerProcess) -> None:
@@ -318,7 +318,7 @@ def test_cancel_endpoint_ends_stream_with_signed_claim(worker: WorkerProcess) ->
     assert claim.status == "cancelled" and claim.output_blake3 == ()
     assert claim.steps_completed == params["steps_completed"]
     gone = httpx.delete(worker.url + "/v2/models/demo/requests/req_cancel1")
-    assert gone.status_code == 404 and gone.json()["error"] == "request_not_found"
+    assert gone.status_code == 404 and gone.json()["code"] == "request_not_found"
 
 
 def test_busy_model_answers_503_with_retry_after(worker: WorkerProcess) -> None:
@@ -326,7 +326,7 @@ def test_busy_model_answers_503_with_retry_after(worker: WorkerProcess) -> None:
     try:
         response = infer(worker, {"prompt": "x"})
         assert response.status_code == 503
-        assert response.json()["error"] == "busy"
+        assert response.json()["code"] == "busy"
         assert int(response.headers["retry-after"]) >= 1
         duplicate = httpx.post(
             worker.url + "/v2/models/demo/generate_stream",
@@ -427,7 +427,7 @@ def test_malformed_tensors_are_400(
 ) -> None:
     response = httpx.post(worker.url + "/v2/models/demo/infer", content=body, headers=headers)
     assert response.status_code == status, response.text
-    assert response.json()["error"] == code
+    assert response.json()["code"] == code
     assert response.json()["message"]
 
 
@@ -472,7 +472,7 @@ def test_bad_generation_requests_are_400(
     response = infer(worker, request_body)
     assert response.status_code == 400, response.text
     body = response.json()
-    assert body["error"] == "invalid_request" and body["message"]
+    assert body["code"] == "invalid_request" and body["message"]
 
 
 def test_run_the_pipeline_rejects_is_400_and_frees_its_slot(worker: WorkerProcess) -> None:
@@ -491,8 +491,8 @@ def test_run_the_pipeline_rejects_is_400_and_frees_its_slot(worker: WorkerProces
 
 def test_unknown_model_and_route_are_404_json(worker: WorkerProcess) -> None:
     response = httpx.post(worker.url + "/v2/models/nope/infer", content=infer_body({"prompt": "x"}))
-    assert response.status_code == 404 and response.json()["error"] == "model_not_found"
-    assert httpx.get(worker.url + "/v3").json()["error"] == "not_found"
+    assert response.status_code == 404 and response.json()["code"] == "model_not_found"
+    assert httpx.get(worker.url + "/v3").json()["code"] == "not_found"
 
 
 def test_bad_request_id_is_400(worker: WorkerProcess) -> None:

@@ -71,7 +71,7 @@ def test_random_requests_never_break_the_worker(
     assert response.status_code in (200, 400), response.text
     if response.status_code == 400:
         error = response.json()
-        assert error["error"] == "invalid_request" and error["message"]
+        assert error["code"] == "invalid_request" and error["message"]
 
 
 @settings(
@@ -94,10 +94,10 @@ def test_random_bodies_are_json_400s(
         worker.url + "/v2/models/demo/infer", content=body, headers=headers, timeout=30
     )
     assert response.status_code == 400, response.text
-    assert response.json()["error"] == "invalid_tensor"
+    assert response.json()["code"] == "invalid_tensor"
 
 
 def test_wrong_method_is_json_405(worker: WorkerProcess) -> None:
     response = httpx.get(worker.url + "/v2/models/demo/infer")
     assert response.status_code == 405
-    assert response.json()["error"] == "method_not_allowed"
+    assert response.json()["code"] == "method_not_allowed"

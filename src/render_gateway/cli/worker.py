@@ -23,6 +23,10 @@ def worker(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (0: any free port).")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="Also serve KServe v2 over gRPC on this port (0: any free port)."),
+    ] = None,
     model: Annotated[
         list[str] | None, typer.Option(help="NAME=PATH of a saved pipeline; repeatable.")
     ] = None,
@@ -51,6 +55,8 @@ def worker(
         updates["host"] = host
     if port is not None:
         updates["port"] = port
+    if grpc_port is not None:
+        updates["grpc_port"] = grpc_port
     if device is not None:
         updates["device"] = device
     if data_dir is not None:

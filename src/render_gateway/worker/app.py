@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from render_gateway.config import WorkerConfig
-from render_gateway.signing_keys import load_or_create_key, public_key_bytes
+from render_gateway.signing_keys import key_id, load_or_create_key, public_key_bytes
 from render_gateway.worker import info_routes as info
 from render_gateway.worker.errors import (
     ApiError,
@@ -43,6 +43,7 @@ def _routes() -> list[Route]:
     ]
     handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
         ("", info.model_metadata, ["GET"]),
+        ("/config", info.model_config, ["GET"]),
         ("/ready", info.model_ready, ["GET"]),
         ("/stats", info.model_stats, ["GET"]),
         ("/infer", infer, ["POST"]),
@@ -69,11 +70,21 @@ def create_app(config: WorkerConfig) -> Starlette:
 
         public_key = public_key_bytes(signing_key.public_key())
         state.device = await asyncio.to_thread(prepare_device, config, public_key)
+        grpc_server = None
+        if config.grpc_port is not None:
+            # Before the models load, so health answers over gRPC while they do.
+            from render_gateway.worker.grpc_server import start_grpc_server
+
+            grpc_server, state.grpc_port = await start_grpc_server(
+                state, key_id(signing_key.public_key()), config.host, config.grpc_port
+            )
         loader = asyncio.create_task(_load(state, signing_key))
         try:
             yield
         finally:
             loader.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)  # cancels the calls still open
             if state.service is not None:
                 state.service.shutdown()
 

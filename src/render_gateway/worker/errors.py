@@ -1,4 +1,6 @@
-"""The worker's error bodies: ``{"error": code, "message": text}`` on every failure."""
+"""The worker's error bodies, in Triton's shape with Render's fields beside it:
+``{"error": text, "code": code, "message": text}`` on every failure. Triton's clients show
+``error`` (so a Triton user reads the human message); Render's gateway reads ``code``."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(error: ApiError) -> Response:
-    body = {"error": error.code, "message": error.message, **error.extra}
+    body = {"error": error.message, "code": error.code, "message": error.message, **error.extra}
     return json_response(body, error.status, error.headers)
 
 

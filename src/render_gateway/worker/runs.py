@@ -13,6 +13,7 @@ import logging
 import math
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -83,6 +84,34 @@ class RunOutcome:
 
 
 @dataclass
+class Duration:
+    """Triton's ``StatisticDuration``: how many, and their summed nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += max(0, ns)
+
+
+@dataclass
+class InferenceStats:
+    """Triton's ``InferStatistics``, measured per request. The stages of a completed run:
+    ``compute_input`` arrival to inputs ready (decode, validate, plan, fetch images),
+    ``queue`` inputs ready to slot taken (the worker never queues: near zero),
+    ``compute_infer`` the pipeline call, ``compute_output`` PNG/MP4 encoding.
+    ``success`` and ``fail`` time each request from arrival to its outcome."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
 class ModelSlots:
     """Capacity bookkeeping for one model; touched only on the event loop thread."""
 
@@ -95,7 +124,8 @@ class ModelSlots:
     failed: int = 0
     rejected_busy: int = 0
     steps_executed: int = 0
-    success_ns: int = 0
+    stats: InferenceStats = field(default_factory=InferenceStats)
+    last_inference_ms: int = 0  # when the last run ended, ms since the epoch (0: none yet)
     # Moving average of a run's wall time, for Retry-After; None until a run has finished.
     mean_run_seconds: float | None = None
 
@@ -123,6 +153,11 @@ class Run:
     events: asyncio.Queue[Progress | None]
     future: asyncio.Future[RunOutcome] = field(init=False)
     holds_slot: bool = True  # until the pipeline call returns, or the run ends otherwise
+    # perf_counter_ns marks for the statistics: the request's arrival at the transport, its
+    # inputs being ready, and the slot being taken.
+    arrived_ns: int = 0
+    inputs_ready_ns: int = 0
+    slot_taken_ns: int = 0
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -171,8 +206,16 @@ class RunService:
     def get_run(self, request_id: str) -> Run | None:
         return self._runs.get(request_id)
 
-    async def start(self, model_name: str, request: GenerationRequest, request_id: str) -> Run:
-        """Validate, fetch references, take a slot and start the run (KeyError: no model)."""
+    async def start(
+        self,
+        model_name: str,
+        request: GenerationRequest,
+        request_id: str,
+        arrived_ns: int | None = None,
+    ) -> Run:
+        """Validate, fetch references, take a slot and start the run (KeyError: no model).
+        ``arrived_ns``: ``time.perf_counter_ns()`` when the transport received the request."""
+        arrived_ns = time.perf_counter_ns() if arrived_ns is None else arrived_ns
         slots = self.models[model_name]
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         plan = slots.model.plan(request, seed)
@@ -181,6 +224,7 @@ class RunService:
             images["image"] = await load_image(request.image, "image", self._remote_images)
         if request.mask is not None:
             images["mask"] = await load_image(request.mask, "mask", self._remote_images)
+        inputs_ready_ns = time.perf_counter_ns()
         if request_id in self._runs:
             raise DuplicateRequest(f"request {request_id} is already running")
         if slots.in_flight >= slots.capacity:
@@ -190,6 +234,8 @@ class RunService:
         slots.active += 1
         loop = asyncio.get_running_loop()
         run = Run(request_id, model_name, plan, threading.Event(), asyncio.Queue())
+        run.arrived_ns, run.inputs_ready_ns = arrived_ns, inputs_ready_ns
+        run.slot_taken_ns = time.perf_counter_ns()
 
         def on_step(step: int, steps: int, gpu_seconds: float) -> None:
             loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps, gpu_seconds))
@@ -219,12 +265,16 @@ class RunService:
         self._runs.pop(run.request_id, None)
         log.info("run %s ended", run.request_id)
         run.events.put_nowait(None)
+        slots.last_inference_ms = time.time_ns() // 1_000_000
+        elapsed_ns = time.perf_counter_ns() - run.arrived_ns
         if run.future.cancelled():
             slots.failed += 1
+            slots.stats.fail.add(elapsed_ns)
             return
         error = run.future.exception()
         if error is not None:
             slots.failed += 1
+            slots.stats.fail.add(elapsed_ns)
             if isinstance(error, RunFailed):
                 slots.steps_executed += error.steps_completed
             return
@@ -234,7 +284,12 @@ class RunService:
             slots.cancelled += 1
         else:
             slots.completed += 1
-            slots.success_ns += int(outcome.measurement.wall_seconds * 1e9)
+            stats = slots.stats
+            stats.success.add(elapsed_ns)
+            stats.compute_input.add(run.inputs_ready_ns - run.arrived_ns)
+            stats.queue.add(run.slot_taken_ns - run.inputs_ready_ns)
+            stats.compute_infer.add(int(outcome.measurement.wall_seconds * 1e9))
+            stats.compute_output.add(int(outcome.encode_seconds * 1e9))
             slots.observe(outcome.measurement.wall_seconds)
 
     # ------------------------------------------------------------- on the pipeline thread

@@ -1,4 +1,5 @@
-"""The worker's state: its config, device, models and run service, and lookups by request."""
+"""The worker's state: its config, device, models and run service, and lookups (by name, for
+any transport, and by HTTP request)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class WorkerState:
     device: DeviceIdentity | None = None
     models: dict[str, ModelState] = field(default_factory=dict)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    grpc_port: int | None = None  # the gRPC endpoint's bound port, when it is on
 
     @property
     def ready(self) -> bool:
@@ -42,16 +44,23 @@ def worker_state(request: Request) -> WorkerState:
 
 
 def run_service(request: Request) -> RunService:
-    service = worker_state(request).service
-    if service is None:
+    return service_of(worker_state(request))
+
+
+def service_of(state: WorkerState) -> RunService:
+    if state.service is None:
         raise ApiError(503, "not_ready", "the worker is still starting", {"Retry-After": "1"})
-    return service
+    return state.service
 
 
 def ready_model(request: Request) -> LoadedModel:
-    state = worker_state(request)
-    name = request.path_params["model"]
-    version = request.path_params.get("version")
+    return find_model(
+        worker_state(request), request.path_params["model"], request.path_params.get("version")
+    )
+
+
+def known_model(state: WorkerState, name: str, version: str | None) -> ModelState:
+    """The model's load state; 404 for an unknown model or a version other than 1."""
     model_state = state.models.get(name)
     if model_state is None or (version is not None and version != MODEL_VERSION):
         raise ApiError(
@@ -59,6 +68,12 @@ def ready_model(request: Request) -> LoadedModel:
             "model_not_found",
             f"unknown model {name!r}" + (f" version {version!r}" if version is not None else ""),
         )
+    return model_state
+
+
+def find_model(state: WorkerState, name: str, version: str | None) -> LoadedModel:
+    """A loaded model by name (``version`` None or ``"1"``); 404 unknown, 503 not loaded."""
+    model_state = known_model(state, name, version)
     if model_state.status != "ready" or state.service is None:
         detail = f": {model_state.error}" if model_state.error else ""
         raise ApiError(
