@@ -196,6 +196,18 @@ def test_busy_duplicate_and_cancelled_are_their_statuses(
     assert "cancelled after" in cancelled.message()
 
 
+def test_deadline_passing_cancels_the_run(client: Any, grpc_worker: GrpcWorker) -> None:
+    """A client timeout (the gateway's, say) ends the call, and the run stops with it."""
+    before = wait_idle(grpc_worker.process)
+    generation = {"prompt": "long", "steps": LONG_STEPS}
+    with pytest.raises(InferenceServerException) as late:
+        client.infer("demo", [request_input(generation)], client_timeout=1.0)
+    assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    after = wait_idle(grpc_worker.process)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["steps_executed"] - before["steps_executed"] < LONG_STEPS
+
+
 # -------------------------------------------------------------------------- streaming
 
 

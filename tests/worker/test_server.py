@@ -109,6 +109,7 @@ def test_health_and_metadata(worker: WorkerProcess) -> None:
     assert httpx.get(worker.url + "/v2/health/ready").status_code == 200
     server = httpx.get(worker.url + "/v2").json()
     assert "binary_tensor_data" in server["extensions"]
+    assert httpx.get(worker.url + "/v2/node").json()["grpc_port"] is None  # no --grpc-port: off
     meta = httpx.get(worker.url + "/v2/models/demo").json()
     assert meta["name"] == "demo" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "request", "datatype": "BYTES", "shape": [1]}]
