@@ -185,6 +185,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
                 await asyncio.gather(reader, *streams, return_exceptions=True)
 
     async def _stream_one(self, request: Any, answers: asyncio.Queue[Any]) -> None:
+        """One request of a stream; whatever happens, it ends with one final answer."""
+        try:
+            await self._stream_run(request, answers)
+        except Exception as exc:
+            log.exception("unhandled error in a gRPC stream request")
+            error = ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
+            answers.put_nowait(_stream_error(request, error))
+
+    async def _stream_run(self, request: Any, answers: asyncio.Queue[Any]) -> None:
         arrived_ns = time.perf_counter_ns()
         try:
             run, model = await self._start(request, arrived_ns)
