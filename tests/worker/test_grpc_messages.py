@@ -6,7 +6,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from render_gateway.kserve import codec
+from render_gateway.kserve import codec, grpc_codec
 from render_gateway.worker import grpc_messages as messages
 from render_gateway.worker.errors import ApiError
 
@@ -22,7 +22,7 @@ def _request(shape: list[int], raw: list[bytes] | None = None) -> service_pb2.Mo
 
 def test_raw_bytes_input_becomes_a_codec_request() -> None:
     raw = codec.pack_bytes_elements([b'{"prompt": "x"}'])
-    decoded = messages.infer_request_of(_request([1], [raw]))
+    decoded = grpc_codec.request_from_proto(_request([1], [raw]))
     tensor = decoded.input("request")
     assert (tensor.datatype, tensor.shape, tensor.data) == ("BYTES", (1,), [b'{"prompt": "x"}'])
     assert decoded.id == "req_1" and decoded.parameters == {"binary_data_output": True}
@@ -33,16 +33,16 @@ def test_raw_bytes_input_becomes_a_codec_request() -> None:
     [
         ([2], [codec.pack_bytes_elements([b"{}"])], "wants 2 elements, got 1"),
         ([1], [b"\x05\x00\x00\x00ab"], "runs past its data"),
-        ([1], [b"a", b"b"], "2 raw_input_contents for 1 inputs"),
+        ([1], [b"a", b"b"], "1 inputs but 2 raw contents"),
         ([1], None, "wants 1 elements, got 0"),
-        ([-1], None, "non-negative"),
+        ([-1], None, "negative dimension"),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(
     shape: list[int], raw: list[bytes] | None, says: str
 ) -> None:
     with pytest.raises(codec.ProtocolError, match=says):
-        messages.infer_request_of(_request(shape, raw))
+        grpc_codec.request_from_proto(_request(shape, raw))
 
 
 def test_response_outputs_are_raw_and_parameters_typed() -> None:
@@ -61,11 +61,11 @@ def test_response_outputs_are_raw_and_parameters_typed() -> None:
         ),
         parameters={"gpu_seconds": 0.5, "seed": 7, "status": "complete", "metered": True},
     )
-    message = messages.infer_response_of(response, {"triton_final_response": True})
+    message = grpc_codec.response_to_proto(response, {"triton_final_response": True})
     assert message.raw_output_contents[0] == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
     output = message.outputs[0]
     assert list(output.shape) == [2] and dict(output.parameters).keys() == {"content_type"}
-    assert messages.parameters_of(message.parameters) == {
+    assert grpc_codec.parameters_from_proto(message.parameters) == {
         "gpu_seconds": 0.5,
         "seed": 7,
         "status": "complete",

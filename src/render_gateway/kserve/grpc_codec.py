@@ -114,7 +114,18 @@ def response_from_proto(message: Any) -> codec.InferResponse:
 
 
 def request_from_proto(message: Any) -> codec.InferRequest:
-    """A ``ModelInferRequest``."""
+    """A ``ModelInferRequest`` (``ProtocolError`` naming what is malformed)."""
+    if not message.inputs:
+        raise codec.ProtocolError("'inputs' must be a non-empty list")
+    names = [t.name for t in message.inputs]
+    for name in names:
+        if names.count(name) > 1:
+            raise codec.ProtocolError(f"input {name!r} appears twice")
+    for tensor in message.inputs:
+        if not tensor.shape:
+            raise codec.ProtocolError(
+                f"input {tensor.name!r}: 'shape' must be a non-empty list of non-negative integers"
+            )
     inputs = _tensors(message.inputs, message.raw_input_contents, "input")
     outputs = tuple(codec.RequestedOutput(o.name, binary=True) for o in message.outputs)
     return codec.InferRequest(
@@ -132,7 +143,8 @@ def _raw(tensor: codec.Tensor) -> bytes:
         return codec.pack_bytes_elements(tensor.data)
     if isinstance(tensor.data, bytes):
         return tensor.data
-    fmt = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "UINT64": "Q", "BOOL": "?"}
+    fmt = {"BOOL": "?", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B",
+           "UINT16": "H", "UINT32": "I", "UINT64": "Q", "FP32": "f", "FP64": "d"}  # fmt: skip
     code = fmt.get(tensor.datatype)
     if code is None:
         raise codec.ProtocolError(f"tensor {tensor.name!r}: {tensor.datatype} needs raw bytes")
@@ -153,7 +165,11 @@ def request_to_proto(model: str, request: codec.InferRequest) -> Any:
     return message
 
 
-def response_to_proto(response: codec.InferResponse) -> Any:
+def response_to_proto(
+    response: codec.InferResponse, extra: Mapping[str, codec.Scalar] | None = None
+) -> Any:
+    """Outputs raw (so a ``content_encoding`` parameter, which only JSON needs, is dropped);
+    ``extra`` parameters are added to the response's (e.g. ``triton_final_response``)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version or "",
@@ -163,9 +179,10 @@ def response_to_proto(response: codec.InferResponse) -> Any:
         entry = message.outputs.add(
             name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
         )
-        set_parameters(entry.parameters, tensor.parameters)
+        params = {k: v for k, v in tensor.parameters.items() if k != "content_encoding"}
+        set_parameters(entry.parameters, params)
         message.raw_output_contents.append(_raw(tensor))
-    set_parameters(message.parameters, response.parameters)
+    set_parameters(message.parameters, {**response.parameters, **(extra or {})})
     return message
 
 

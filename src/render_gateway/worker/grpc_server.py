@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from render_gateway.kserve import codec
+from render_gateway.kserve import codec, grpc_codec
 from render_gateway.worker import grpc_messages as messages
 from render_gateway.worker import serving
 from render_gateway.worker.errors import ApiError
@@ -131,7 +131,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
 
     async def _start(self, request: Any, arrived_ns: int) -> tuple[Run, LoadedModel]:
         model = find_model(self._state, request.model_name, _version(request))
-        decoded = messages.infer_request_of(request)
+        decoded = grpc_codec.request_from_proto(request)
         gen = serving.generation_from_infer(decoded, model)
         run_id = serving.request_id(decoded.id)
         run = await serving.start_run(self._state, model, gen, run_id, arrived_ns)
@@ -140,7 +140,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
     def _response(self, run: Run, model: LoadedModel, outcome: Any) -> Any:
         device = serving.device_of(self._state)
         response = serving.infer_response(outcome, device, run.request_id, model)
-        return messages.infer_response_of(response)
+        return grpc_codec.response_to_proto(response)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         arrived_ns = time.perf_counter_ns()
@@ -210,7 +210,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
                 )
                 fields = serving.progress_fields(run.request_id, progress)
                 del fields["id"]
-                messages.set_parameters(message.parameters, {**fields, FINAL_RESPONSE: False})
+                grpc_codec.set_parameters(message.parameters, {**fields, FINAL_RESPONSE: False})
                 answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=message))
             try:
                 outcome = await wait_for(run)
@@ -225,7 +225,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ig
                 return
             device = serving.device_of(self._state)
             response = serving.infer_response(outcome, device, run.request_id, model)
-            final = messages.infer_response_of(response, {FINAL_RESPONSE: True})
+            final = grpc_codec.response_to_proto(response, {FINAL_RESPONSE: True})
             answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=final))
         finally:
             serving.abandon(run)  # the stream went away before the run ended
@@ -243,7 +243,7 @@ def _stream_error(request: Any, error: ApiError, run_id: str | None = None) -> A
     extra = error.extra.get("parameters")
     if isinstance(extra, dict):
         parameters = {**extra, **parameters}
-    messages.set_parameters(message.parameters, parameters)
+    grpc_codec.set_parameters(message.parameters, parameters)
     return service_pb2.ModelStreamInferResponse(error_message=error.message, infer_response=message)
 
 
