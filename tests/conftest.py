@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from support.processes import (
@@ -15,6 +16,7 @@ from support.processes import (
     stop_worker,
 )
 from support.triton_server import TritonServer, kill_triton_leftovers, start_triton_server
+from support.worker_api import GrpcWorker
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +44,20 @@ def worker(
 
 
 @pytest.fixture(scope="session")
+def grpc_worker(
+    demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GrpcWorker]:
+    """``render-gateway worker --grpc-port 0`` on the demo model: the worker picks a free port
+    and says which in ``GET /v2/node`` (no race between choosing a port and binding it)."""
+    tmp_path = tmp_path_factory.mktemp("grpc-worker")
+    process = start_worker(tmp_path, ["--model", f"demo={demo_model_dir}", "--grpc-port", "0"])
+    grpc_port = httpx.get(process.url + "/v2/node").json()["grpc_port"]
+    assert isinstance(grpc_port, int) and grpc_port > 0
+    yield GrpcWorker(process, f"127.0.0.1:{grpc_port}")
+    stop_worker(process)
+
+
+@pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """A real Triton (PyTriton 0.7.0, tritonserver 2.51) with the convention's test models
     (tests/support/triton_models), for the whole session. A test that kills it calls
@@ -63,7 +79,7 @@ PROCESS_HELPERS = (
     "subprocess",
 )
 # Fixtures that start a server process: a test using one is marked ``processes`` as well.
-PROCESS_FIXTURES = ("triton_server",)
+PROCESS_FIXTURES = ("triton_server", "grpc_worker")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -157,6 +157,9 @@ class BackendConfig(_Section):
     # The output holding the media (docs/WORKER.md, the backend convention); None: `images`,
     # or `video` for a model without `images`.
     output: str | None = Field(default=None, min_length=1, max_length=256)
+    # A gRPC backend's HTTP base URL where its node key is served (`GET /v2/node`, Render's
+    # worker): KServe v2 gRPC has no place for it, and without it the claims go unchecked.
+    node_url: str | None = Field(default=None, pattern=r"^https?://")
 
 
 class CatalogEntryConfig(_Section):

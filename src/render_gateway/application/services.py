@@ -47,7 +47,7 @@ from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.auth.authenticator import Authenticator
 from render_gateway.auth.jwt_verifier import JwtSettings, JwtVerifier
 from render_gateway.catalog import Catalog, CatalogModel
-from render_gateway.config import GatewayConfig, JwtConfig
+from render_gateway.config import BackendConfig, GatewayConfig, JwtConfig
 from render_gateway.core.budgets import Amount
 from render_gateway.core.months import month_of
 from render_gateway.inference.backend import InferenceBackend
@@ -225,16 +225,21 @@ def open_audit_parts(config: GatewayConfig, data: Path) -> AuditParts:
 def backends_of(config: GatewayConfig, local_worker: LocalWorker | None) -> list[BackendSpec]:
     if local_worker is not None:
         return [BackendSpec("local-demo", local_worker.endpoint, "sd", {"tiny": DEMO_MODEL})]
-    return [
-        BackendSpec(b.id, b.endpoint, b.family, b.models, b.capacity, b.type, b.streaming, b.output)
-        for b in config.backends
-    ]
+    return [backend_spec(b) for b in config.backends]
+
+
+def backend_spec(b: BackendConfig) -> BackendSpec:
+    return BackendSpec(
+        id=b.id, endpoint=b.endpoint, family=b.family, models=b.models, capacity=b.capacity,
+        type=b.type, streaming=b.streaming, output=b.output, node_url=b.node_url,
+    )  # fmt: skip
 
 
 def backend_client(session: aiohttp.ClientSession, spec: BackendSpec) -> InferenceBackend:
     """The client for a backend's endpoint: gRPC for ``grpc://``, else HTTP (one session)."""
     if spec.endpoint.startswith(GRPC_SCHEME):
-        return KServeGrpcClient(spec.endpoint, spec.output)
+        keys = KServeClient(session, spec.node_url) if spec.node_url else None
+        return KServeGrpcClient(spec.endpoint, spec.output, keys)
     return KServeClient(session, spec.endpoint, spec.output)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -128,13 +128,20 @@ def _stream_error(message: str, target: str) -> BackendError:
     )
 
 
+class NodeKeySource(Protocol):
+    async def node_key(self, probe_seconds: float = 2.0) -> tuple[str, bytes] | None: ...
+
+
 class KServeGrpcClient:
     """One backend's gRPC endpoint. The channel is made on first use (in the running loop)
     and closed by ``close()``."""
 
-    def __init__(self, endpoint: str, output: str | None = None) -> None:
+    def __init__(
+        self, endpoint: str, output: str | None = None, node_keys: NodeKeySource | None = None
+    ) -> None:
         self._target = grpc_target(endpoint)
         self._output = output
+        self._node_keys = node_keys
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._plans: dict[str, OutputPlan] = {}
@@ -167,9 +174,12 @@ class KServeGrpcClient:
         return bool(answer.ready)
 
     async def node_key(self, probe_seconds: float = 2.0) -> tuple[str, bytes] | None:
-        """KServe v2 over gRPC has no place for a node key (Render's worker serves it over HTTP,
-        ``GET /v2/node``): a claim from a gRPC backend is kept but cannot be checked here."""
-        return None
+        """KServe v2 over gRPC has no place for a node key: it is read over HTTP from the
+        backend's ``node_url`` (Render's worker, ``GET /v2/node``); without one, None (a
+        Triton server signs nothing; a worker's claims are then kept but not checked)."""
+        if self._node_keys is None:
+            return None
+        return await self._node_keys.node_key(probe_seconds)
 
     async def model_metadata(self, model: str, probe_seconds: float = 5.0) -> dict[str, Any] | None:
         try:

@@ -31,6 +31,7 @@ class BackendSpec:
     # may only offer infer.
     streaming: bool = True
     output: str | None = None  # the media output's name (None: the convention's default)
+    node_url: str | None = None  # where a gRPC backend's node key is served over HTTP
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
