@@ -11,6 +11,7 @@ from render_gateway.inference.kserve_client import error_fields, generate_respon
 from render_gateway.inference.media_types import sniff_media_type
 from render_gateway.inference.outputs import (
     OutputPlan,
+    OutputPlans,
     is_progress,
     plan_outputs,
     progress_values,
@@ -146,3 +147,17 @@ def test_error_bodies_of_render_triton_and_kserve() -> None:
         "unexpected inference input 'x'",
     )
     assert error_fields("not json") == ("backend_error", "not json")
+
+
+async def test_a_model_without_metadata_is_asked_again_only_after_a_while() -> None:
+    asked: list[str] = []
+
+    async def no_metadata(model: str) -> None:
+        asked.append(model)
+
+    plans = OutputPlans(None, no_metadata, retry_seconds=60)
+    assert await plans.plan("m") == OutputPlan(None)
+    assert await plans.plan("m") == OutputPlan(None)
+    assert asked == ["m"]  # not one metadata request per run
+    plans.learned("m", meta("images", "gpu_seconds"))
+    assert (await plans.plan("m")).requested == ("images", "gpu_seconds")

@@ -41,8 +41,8 @@ from render_gateway.inference.backend import (
 )
 from render_gateway.inference.outputs import (
     OutputPlan,
+    OutputPlans,
     is_progress,
-    plan_outputs,
     progress_values,
     read_result,
     to_progress,
@@ -122,8 +122,7 @@ class KServeClient:
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        self._output = output
-        self._plans: dict[str, OutputPlan] = {}
+        self._plans = OutputPlans(output, self.model_metadata)
         self._attribution = Attribution(self._queue_nanos)
 
     async def ready(self, probe_seconds: float = 2.0) -> bool:
@@ -166,16 +165,8 @@ class KServeClient:
         """``GET /v2/models/{model}`` (KServe v2 model metadata); None on any failure."""
         metadata = await self._get_json(f"/v2/models/{model}", probe_seconds)
         if metadata is not None:
-            self._plans[model] = plan_outputs(self._output, metadata)
+            self._plans.learned(model, metadata)
         return metadata
-
-    async def _plan(self, model: str) -> OutputPlan:
-        """The outputs to ask the model for, from its metadata (read once)."""
-        plan = self._plans.get(model)
-        if plan is None:
-            await self.model_metadata(model)
-            plan = self._plans.get(model, OutputPlan(self._output))
-        return plan
 
     async def _queue_nanos(self, model: str) -> int | None:
         """The model's cumulative queue time from Triton's statistics extension."""
@@ -185,7 +176,7 @@ class KServeClient:
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> BackendResult:
         """One run; the outputs the convention names are asked for in binary form."""
-        plan = await self._plan(model)
+        plan = await self._plans.plan(model)
         request = codec.InferRequest(
             inputs=(codec.Tensor(REQUEST_INPUT, "BYTES", (1,), [generation]),),
             id=request_id,
@@ -219,7 +210,7 @@ class KServeClient:
         the connection, which the reference worker takes as a cancel. Reads Render's events
         (``progress``, ``result``, ``cancelled``, ``error``) and Triton's (unnamed events whose
         JSON holds the outputs by name; a response without the media output is progress)."""
-        plan = await self._plan(model)
+        plan = await self._plans.plan(model)
         body = orjson.dumps({REQUEST_INPUT: generation.decode(), "id": request_id})
         bracket = await self._attribution.open(model)
         try:

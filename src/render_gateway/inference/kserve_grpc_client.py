@@ -45,8 +45,8 @@ from render_gateway.inference.backend import (
 from render_gateway.inference.kserve_client import REQUEST_INPUT, attributed
 from render_gateway.inference.outputs import (
     OutputPlan,
+    OutputPlans,
     is_progress,
-    plan_outputs,
     progress_values,
     read_result,
     to_progress,
@@ -140,11 +140,10 @@ class KServeGrpcClient:
         self, endpoint: str, output: str | None = None, node_keys: NodeKeySource | None = None
     ) -> None:
         self._target = grpc_target(endpoint)
-        self._output = output
         self._node_keys = node_keys
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
-        self._plans: dict[str, OutputPlan] = {}
+        self._plans = OutputPlans(output, self.model_metadata)
         self._attribution = Attribution(self._queue_nanos)
 
     def _service(self) -> Any:
@@ -189,15 +188,8 @@ class KServeGrpcClient:
         except grpc.aio.AioRpcError:
             return None
         metadata = grpc_codec.metadata_from_proto(answer)
-        self._plans[model] = plan_outputs(self._output, metadata)
+        self._plans.learned(model, metadata)
         return metadata
-
-    async def _plan(self, model: str) -> OutputPlan:
-        plan = self._plans.get(model)
-        if plan is None:
-            await self.model_metadata(model)
-            plan = self._plans.get(model, OutputPlan(self._output))
-        return plan
 
     async def _queue_nanos(self, model: str) -> int | None:
         try:
@@ -222,7 +214,7 @@ class KServeGrpcClient:
     async def infer(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> BackendResult:
-        plan = await self._plan(model)
+        plan = await self._plans.plan(model)
         request = self._request(model, generation, request_id, plan)
         bracket = await self._attribution.open(model)
         try:
@@ -242,7 +234,7 @@ class KServeGrpcClient:
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
     ) -> AsyncIterator[StreamEvent]:
         """Progress, then the result. Closing the iterator early cancels the RPC."""
-        plan = await self._plan(model)
+        plan = await self._plans.plan(model)
         request = self._request(model, generation, request_id, plan)
         bracket = await self._attribution.open(model)
         call = self._service().ModelStreamInfer(timeout=run_seconds)

@@ -14,7 +14,8 @@ Both transports (HTTP and gRPC) decode into ``codec.InferResponse`` and read it 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,38 @@ class OutputPlan:
     @property
     def requested(self) -> tuple[str, ...]:
         return () if self.media is None else (self.media, *self.values)
+
+
+class OutputPlans:
+    """Per model of one backend: the plan from its metadata, read once. A model whose metadata
+    could not be read is asked again after ``retry_seconds`` (meanwhile nothing is asked for by
+    name), so a backend without metadata costs no extra request per run."""
+
+    def __init__(
+        self,
+        configured: str | None,
+        read_metadata: Callable[[str], Awaitable[Mapping[str, Any] | None]],
+        retry_seconds: float = 30.0,
+    ) -> None:
+        self._configured = configured
+        self._read_metadata = read_metadata
+        self._retry_seconds = retry_seconds
+        self._plans: dict[str, OutputPlan] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def learned(self, model: str, metadata: Mapping[str, Any]) -> None:
+        self._plans[model] = plan_outputs(self._configured, metadata)
+        self._retry_at.pop(model, None)
+
+    async def plan(self, model: str) -> OutputPlan:
+        plan = self._plans.get(model)
+        if plan is not None:
+            return plan
+        if time.monotonic() >= self._retry_at.get(model, 0.0):
+            metadata = await self._read_metadata(model)  # the client calls learned()
+            if metadata is None:
+                self._retry_at[model] = time.monotonic() + self._retry_seconds
+        return self._plans.get(model, OutputPlan(self._configured))
 
 
 def _output_names(metadata: Mapping[str, Any] | None) -> list[str] | None:
