@@ -85,3 +85,13 @@ async def test_closing_the_stream_stops_the_run(
     await stream.aclose()  # type: ignore[attr-defined]
     idle = await asyncio.to_thread(wait_idle, grpc_worker.process)
     assert idle["cancelled"] == before + 1
+
+
+async def test_a_refusal_on_the_stream_is_final_with_the_workers_code(
+    client: KServeGrpcClient,
+) -> None:
+    stream = client.generate_stream("demo", gen(width=100, height=64), "req_g7")
+    with pytest.raises(BackendError) as refused:
+        await anext(stream)  # type: ignore[call-overload]
+    assert refused.value.code == "invalid_request" and not refused.value.retriable
+    assert "multiple of" in str(refused.value)

@@ -117,14 +117,23 @@ def _backend_error(error: grpc.aio.AioRpcError, target: str) -> BackendError:
     return BackendError(public_message(http, code, details), status=http, code=code, retriable=True)
 
 
-def _stream_error(message: str, target: str) -> BackendError:
-    """An error response inside a ModelStreamInfer stream: Triton's text, no status. Final:
-    the model ran (or refused) — the stream itself worked."""
-    log.warning("backend grpc://%s stream error: %s", target, message[:4000])
-    if is_model_failure(message):
+def _stream_error(message: Any, target: str) -> BackendError:
+    """An error response inside a ModelStreamInfer stream: Triton's text, no status (Render's
+    worker adds its code as the parameter ``render_code``). A refused request or a model's own
+    failure is final; anything else the backend hit (busy, a failed run) may go better
+    elsewhere, as for the HTTP stream's error event."""
+    text = message.error_message
+    log.warning("backend grpc://%s stream error: %s", target, text[:4000])
+    if is_model_failure(text):
         return BackendError(MODEL_ERROR_MESSAGE, code=MODEL_ERROR, retriable=False)
+    parameters = grpc_codec.parameters_from_proto(message.infer_response.parameters)
+    code = public_code(parameters.get("render_code"))
+    refused = code in ("invalid_request", "invalid_tensor", "model_not_found", "payload_too_large")
+    status = 400 if refused else (503 if code == "busy" else None)
+    if code == "backend_error":  # Triton's stream: a bare message, most often about the request
+        return BackendError(public_message(None, code, text), code=code, retriable=False)
     return BackendError(
-        public_message(None, "backend_error", message), code="backend_error", retriable=False
+        public_message(status, code, text), status=status, code=code, retriable=not refused
     )
 
 
@@ -243,7 +252,7 @@ class KServeGrpcClient:
             await call.done_writing()
             async for message in call:
                 if message.error_message:
-                    raise _stream_error(message.error_message, self._target)
+                    raise _stream_error(message, self._target)
                 response = grpc_codec.response_from_proto(message.infer_response)
                 if not response.outputs and not _has_progress(response):
                     continue  # Triton's empty final-flag response
