@@ -86,6 +86,7 @@ bench: install system-deps
 	$(PY) bench/queue_positions.py
 	$(PY) bench/replicas.py
 	$(PY) bench/chaos.py
+	$(PY) bench/grpc_vs_http.py
 
 # Regenerate docs/openapi.json from the app (a test fails when it is stale).
 openapi: install

@@ -55,12 +55,12 @@ def fixed_response(model: str, image: bytes) -> codec.InferResponse:
 
 
 def metadata(model: str) -> dict[str, Any]:
-    """KServe v2 model metadata: the ``generation`` input the gateway sends, ``images`` out."""
+    """KServe v2 model metadata: the ``request`` input the gateway sends, ``images`` out."""
     return {
         "name": model,
         "versions": ["1"],
         "platform": "fixed",
-        "inputs": [{"name": "generation", "datatype": "BYTES", "shape": [1]}],
+        "inputs": [{"name": "request", "datatype": "BYTES", "shape": [1]}],
         "outputs": [{"name": "images", "datatype": "BYTES", "shape": [1]}],
     }
 
