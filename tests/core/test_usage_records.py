@@ -118,3 +118,37 @@ def test_the_bulk_json_path_refuses_a_record_missing_a_required_field() -> None:
     del broken["customer_id"]
     with pytest.raises(pa.ArrowInvalid, match="customer_id"):
         records_json_to_table([orjson.dumps(broken)])
+
+
+GARBAGE_SECONDS = [float("nan"), float("inf"), float("-inf"), -3.0, 1e300, True, "2.0", [1.0]]
+
+
+@pytest.mark.parametrize("reported", GARBAGE_SECONDS)
+def test_a_garbage_gpu_seconds_is_no_reading_and_bills_the_wall_time(reported: object) -> None:
+    usage = record(parameters={"gpu_seconds": reported})
+    assert not usage.metered
+    assert usage.gpu_seconds == 2.5 and usage.cost_nanos == 5_000_000  # 2.5 s of wall time
+    records_to_table([usage.to_dict()])  # storable
+
+
+@pytest.mark.parametrize("attributed", [float("nan"), float("inf"), -1.0, 1e300])
+def test_a_garbage_attributed_seconds_never_bills_a_nan_a_negative_or_more_than_the_wall(
+    attributed: float,
+) -> None:
+    usage = record(parameters={}, attributed_seconds=attributed)
+    assert usage.gpu_seconds == 2.5 and usage.cost_nanos == 5_000_000
+    assert record(parameters={}, attributed_seconds=attributed, outcome="error").cost_nanos == 0
+
+
+def test_attributed_seconds_are_capped_at_the_runs_wall_time() -> None:
+    assert record(parameters={}, attributed_seconds=99.0).gpu_seconds == 2.5
+    assert record(parameters={}, attributed_seconds=0.75).gpu_seconds == 0.75
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 2**40, "8", 1e30])
+def test_counts_a_backend_cannot_mean_are_left_out_and_the_record_stays_storable(
+    value: object,
+) -> None:
+    usage = record(parameters={"gpu_seconds": 1.0, "steps": value, "width": value, "height": 8})
+    assert usage.num_steps == 0 and usage.input_dims == (0, 8)
+    records_to_table([usage.to_dict()])

@@ -29,6 +29,11 @@ RECTIFIED_FLOW_FAMILIES = frozenset({"flux", "sd3", "sd35", "auraflow", "lumina"
 # Error codes that mean the run ran out of time (recorded as status "timeout", never billed).
 TIMEOUT_CODES = frozenset({"timeout", "ttl_expired"})
 NANOS = 1_000_000_000
+# A device-time reading above this (about 31 years) is no reading: a backend's garbage, whose
+# cost would not even fit the record's int64 column.
+MAX_GPU_SECONDS = 1e9
+# Counts (steps, dimensions) are uint32 columns; a value outside is the backend's garbage.
+_MAX_COUNT = 2**32
 
 
 def billable(status: UsageStatus) -> bool:
@@ -129,10 +134,23 @@ _FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 def _int(parameters: Mapping[str, Any], key: str, default: int = 0) -> int:
+    """A count from the backend's parameters; ``default`` for anything a count cannot be (a
+    string, NaN, infinity, a negative or oversized number: the uint32 columns refuse them)."""
     value = parameters.get(key)
-    return (
-        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
-    )
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return default
+    if not math.isfinite(value) or not 0 <= value < _MAX_COUNT:
+        return default
+    return int(value)
+
+
+def seconds_reading(value: object) -> float | None:
+    """A number of seconds fit to bill: finite, not negative, not absurd; else None (a
+    backend's NaN, -1 or 1e300 must not become a NaN, negative or unstorable cost)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and 0.0 <= seconds <= MAX_GPU_SECONDS else None
 
 
 def build_record(
@@ -167,16 +185,19 @@ def build_record(
     false`` and is billed what the gateway can attribute to the request
     (``attributed_seconds``: inference/attribution.py, never time queued inside the backend);
     a success with nothing attributed falls back to the gateway's wall time of the run; an
-    error, a timeout or a cancel with nothing attributed bills nothing."""
+    error, a timeout or a cancel with nothing attributed bills nothing. A reported or
+    attributed figure that is not a finite, non-negative number of seconds counts as none."""
     status = usage_status(outcome, error_code)
-    reported = parameters.get("gpu_seconds")
-    metered = isinstance(reported, (int, float)) and not isinstance(reported, bool)
-    if metered:
-        gpu_seconds = float(reported)  # type: ignore[arg-type]
-    elif attributed_seconds is not None:
-        gpu_seconds = round(max(0.0, attributed_seconds), 6)
+    reported = seconds_reading(parameters.get("gpu_seconds"))
+    attributed = seconds_reading(attributed_seconds)
+    wall = max(0.0, ended_at - started_at)
+    metered = reported is not None
+    if reported is not None:
+        gpu_seconds = reported
+    elif attributed is not None:
+        gpu_seconds = round(min(attributed, wall), 6)  # never more than the run's wall time
     else:
-        gpu_seconds = round(max(0.0, ended_at - started_at), 6) if status == "success" else 0.0
+        gpu_seconds = round(wall, 6) if status == "success" else 0.0
     if status in ("error", "timeout") and not metered:
         gpu_seconds = 0.0  # a run that never reported is not GPU time we can stand behind
     dims = tuple(
