@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from render_gateway.core.usage_records import seconds_reading
 from render_gateway.kserve.codec import Scalar
 
 # What a code of the backend's must look like to be passed on (Triton puts its whole message
@@ -89,8 +90,8 @@ class BackendResult:
 
     @property
     def gpu_seconds(self) -> float | None:
-        value = self.parameters.get("gpu_seconds")
-        return float(value) if isinstance(value, int | float) else None
+        # A NaN, negative or absurd figure is none: the run is then attributed, as unmetered.
+        return seconds_reading(self.parameters.get("gpu_seconds"))
 
     @property
     def usage_claim(self) -> str | None:

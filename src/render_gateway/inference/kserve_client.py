@@ -51,6 +51,7 @@ from render_gateway.kserve import codec
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_INPUT = "request"
+MAX_EVENT_BYTES = 512 * 1024 * 1024  # a result event carries the outputs, base64
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,14 @@ class KServeClient:
     ``output`` is the backend's media output name (None: the convention's default)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, output: str | None = None
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        output: str | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._session = session
+        self._max_event_bytes = max_event_bytes
         self._base = base_url.rstrip("/")
         self._plans = OutputPlans(output, self.model_metadata)
         self._attribution = Attribution(self._queue_nanos)
@@ -221,7 +227,7 @@ class KServeClient:
                 timeout=aiohttp.ClientTimeout(total=run_seconds),
             ) as response:
                 await _raise_for_status(response)
-                async for event, data in _sse(response):
+                async for event, data in _sse(response, self._max_event_bytes):
                     parsed = _stream_event(event, data, request_id, plan)
                     if parsed is None:
                         continue
@@ -275,7 +281,7 @@ def queue_nanos(stats: Mapping[str, Any] | None) -> int | None:
     try:
         entry = stats["model_stats"][0]["inference_stats"]["queue"]  # type: ignore[index]
         value = int(entry["ns"])
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
         return None
     return value if value >= 0 else None
 
@@ -291,12 +297,15 @@ async def attributed(
     return replace(result, attributed_seconds=await bracket.seconds())
 
 
-MAX_EVENT_BYTES = 512 * 1024 * 1024  # a result event carries the outputs, base64
+def _too_big() -> BackendError:
+    return BackendError(
+        "the backend sent an event over the size limit", code="backend_protocol", retriable=False
+    )
 
 
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _lines(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
     """Lines of any length (aiohttp's own line reader stops at 512 KiB; a result line holding a
-    base64 image is longer), up to MAX_EVENT_BYTES."""
+    base64 image is longer), up to ``limit`` bytes."""
     buffer = bytearray()
     searched = 0
     async for chunk in response.content.iter_any():
@@ -306,28 +315,34 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             del buffer[: end + 1]
             searched = 0
         searched = len(buffer)
-        if searched > MAX_EVENT_BYTES:
-            raise BackendError("the backend sent an event over the size limit", retriable=False)
+        if searched > limit:
+            raise _too_big()
     if buffer:
         yield bytes(buffer)
 
 
-async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, bytes]]:
+async def _sse(
+    response: aiohttp.ClientResponse, limit: int = MAX_EVENT_BYTES
+) -> AsyncIterator[tuple[str, bytes]]:
     """(event name, data) per event. Data stays bytes: Triton's generate_stream writes a BYTES
-    output's raw bytes (a PNG) into its JSON text, which is not UTF-8."""
-    event, data = "message", list[bytes]()
-    async for raw in _lines(response):
+    output's raw bytes (a PNG) into its JSON text, which is not UTF-8. An event is at most
+    ``limit`` bytes, however many ``data:`` lines it is split into."""
+    event, data, size = "message", list[bytes](), 0
+    async for raw in _lines(response, limit):
         line = raw.rstrip(b"\r")
         if not line:
             if data:
                 yield event, b"\n".join(data)
-            event, data = "message", []
+            event, data, size = "message", [], 0
         elif line.startswith(b":"):
             continue
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode(errors="replace")
         elif line.startswith(b"data:"):
             data.append(line[5:].lstrip())
+            size += len(line)
+            if size > limit:
+                raise _too_big()
     if data:
         yield event, b"\n".join(data)
 
@@ -345,7 +360,7 @@ def _stream_event(event: str, data: bytes, request_id: str, plan: OutputPlan) ->
         )
     try:
         return _parse_event(event, body, request_id, plan)
-    except (codec.ProtocolError, KeyError, TypeError, ValueError) as exc:
+    except (codec.ProtocolError, KeyError, TypeError, ValueError, OverflowError) as exc:
         log.warning("backend stream event %r for %s unreadable: %s", event, request_id, exc)
         raise BackendError(
             "the backend's answer could not be read", code="backend_protocol", retriable=False
@@ -358,18 +373,22 @@ def _parse_event(
     if event == "progress":
         return to_progress(body)
     if event == "cancelled":
-        params = body.get("parameters", {})
+        params = valid_text(body.get("parameters", {}))
         return Cancelled(request_id, params if isinstance(params, dict) else {})
     if event == "error" or (event == "message" and "error" in body and "outputs" not in body):
-        code, message = error_fields(orjson.dumps(body).decode())
+        code, message = error_fields(orjson.dumps(valid_text(body)).decode())
         log.warning("backend error event for %s: %s", request_id, str(body)[:4000])
+        if is_model_failure(message):  # Triton's word for the model's own failure: final
+            raise BackendError(MODEL_ERROR_MESSAGE, code=MODEL_ERROR, retriable=False)
         # Input refusals are final; anything else the backend hit may go better elsewhere.
         raise BackendError(
             public_message(None, code, message), code=code, retriable=code != "invalid_request"
         )
     if event not in ("result", "message"):
         return None
-    response = codec.response_from_json(body) if "outputs" in body else generate_response(body)
+    response = (
+        codec.response_from_json(valid_text(body)) if "outputs" in body else generate_response(body)
+    )
     if is_progress(response, plan):
         return to_progress(progress_values(response))
     return read_result(response, plan, request_id)
@@ -382,7 +401,7 @@ def generate_response(body: Mapping[str, Any]) -> codec.InferResponse:
     """Triton's generate-extension answer (outputs by name at the top level) as a response:
     a string is a BYTES element (raw bytes; base64 when the ``parameters`` say
     ``content_encoding: base64`` — Render's worker), a number or list of numbers FP64/INT64."""
-    parameters = body.get("parameters")
+    parameters = valid_text(body.get("parameters"))
     params = dict(parameters) if isinstance(parameters, dict) else {}
     base64_text = params.get("content_encoding") == "base64"
     outputs: list[codec.Tensor] = []
@@ -399,15 +418,34 @@ def generate_response(body: Mapping[str, Any]) -> codec.InferResponse:
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             kind = "INT64" if all(isinstance(v, int) for v in values) else "FP64"
             outputs.append(codec.Tensor(name, kind, (len(values),), list(values)))
-    model_name = body.get("model_name")
-    version = body.get("model_version")
+    model_name, version, response_id = valid_text(
+        [body.get("model_name"), body.get("model_version"), body.get("id")]
+    )
     return codec.InferResponse(
         model_name=str(model_name or ""),
         outputs=tuple(outputs),
         model_version=str(version) if version is not None else None,
-        id=str(body["id"]) if body.get("id") is not None else None,
+        id=str(response_id) if response_id is not None else None,
         parameters={k: v for k, v in params.items() if isinstance(v, bool | int | float | str)},
     )
+
+
+def valid_text(value: Any) -> Any:
+    """``value`` with every string made valid Unicode (U+FFFD for the surrogates that
+    ``loads_lenient`` leaves for raw bytes). Only a BYTES output's value may keep raw bytes;
+    a surrogate anywhere else — a claim, a message, an id — would make the job or the usage
+    record that carries it unstorable (orjson refuses surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    if isinstance(value, dict):
+        return {valid_text(k): valid_text(v) for k, v in value.items()}
+    return value
 
 
 def loads_lenient(data: bytes) -> Any:

@@ -13,14 +13,16 @@ Both transports (HTTP and gRPC) decode into ``codec.InferResponse`` and read it 
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
+from render_gateway.core.usage_records import seconds_reading
 from render_gateway.inference.backend import BackendError, BackendResult, Progress
-from render_gateway.inference.media_types import sniff_media_type
+from render_gateway.inference.media_types import servable_media_type, sniff_media_type
 from render_gateway.kserve import codec
 
 DEFAULT_MEDIA_OUTPUTS = ("images", "video")
@@ -136,7 +138,10 @@ def _scalar_value(tensor: codec.Tensor) -> codec.Scalar | None:
     value = values[0]
     if tensor.datatype in ("FP16", "FP32", "FP64"):
         return float(value)
-    return bool(value) if tensor.datatype == "BOOL" else int(value)
+    if tensor.datatype == "BOOL":
+        return bool(value)
+    # JSON data of an integer output may be any number (1e400 read leniently is infinity).
+    return int(value) if math.isfinite(value) else None
 
 
 def _find(outputs: Sequence[codec.Tensor], name: str) -> codec.Tensor | None:
@@ -190,22 +195,32 @@ def read_result(response: codec.InferResponse, plan: OutputPlan, request_id: str
             retriable=False,
         )
     elements = [bytes(e) for e in tensor.data]
+    if not elements or not all(elements):
+        # Billing a run for an answer with nothing in it: shape [0], or an empty element.
+        raise BackendError(
+            f"output {tensor.name!r} holds no media", code="backend_protocol", retriable=False
+        )
     parameters: dict[str, codec.Scalar] = {
         **value_parameters(response.outputs, VALUE_OUTPUTS),
         **response.parameters,
     }
-    declared = tensor.parameters.get("content_type") or response.parameters.get("content_type")
-    content_type = (
-        str(declared)
-        if declared
-        else (sniff_media_type(elements[0]) if elements else None) or codec.BINARY_CONTENT_TYPE
+    if not _is_seed(parameters.get("seed")):
+        parameters.pop("seed", None)  # the gateway's own seed stands (the one it sent)
+    declared = servable_media_type(
+        tensor.parameters.get("content_type") or response.parameters.get("content_type")
     )
+    content_type = declared or sniff_media_type(elements[0]) or codec.BINARY_CONTENT_TYPE
     return BackendResult(
         request_id=response.id or request_id,
         outputs=elements,
         content_type=content_type,
         parameters=parameters,
     )
+
+
+def _is_seed(value: object) -> bool:
+    """A seed the job can show and store: an integer of 64 bits at most, not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
 
 
 def is_progress(response: codec.InferResponse, plan: OutputPlan) -> bool:
@@ -221,10 +236,20 @@ def progress_values(response: codec.InferResponse) -> dict[str, codec.Scalar]:
 
 def to_progress(values: Mapping[str, Any]) -> Progress:
     """A progress event from a response's values (``progress`` derived when not given)."""
-    used = values.get("gpu_seconds")
-    gpu_seconds = float(used) if isinstance(used, int | float) and used >= 0 else None
-    step, steps = int(values.get("step", 0)), int(values.get("steps", 0))
-    fraction = values.get("progress")
-    if not isinstance(fraction, int | float):
-        fraction = step / steps if steps > 0 else 0.0
-    return Progress(step, steps, float(fraction), gpu_seconds)
+    gpu_seconds = seconds_reading(values.get("gpu_seconds"))
+    step, steps = _count(values.get("step")), _count(values.get("steps"))
+    given = values.get("progress")
+    fraction = float(given) if _finite(given) else step / steps if steps > 0 else 0.0
+    return Progress(step, steps, min(1.0, max(0.0, fraction)), gpu_seconds)
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: object) -> int:
+    """A step count from a progress report; 0 for what is none (missing, text, NaN, -1):
+    progress is shown, never billed, so a garbled report is not worth failing the run."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0
+    return int(value) if math.isfinite(value) and 0 <= value < 2**63 else 0
