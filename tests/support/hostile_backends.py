@@ -11,8 +11,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import orjson
 from aiohttp import web
+from tritonclient.grpc import service_pb2_grpc
 
 from render_gateway.kserve import codec
 
@@ -130,3 +132,91 @@ async def hostile_http_backend() -> AsyncIterator[HostileHttpBackend]:
     finally:
         backend.never.set()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------------- gRPC
+
+GrpcAnswer = Callable[[Any, Any], Awaitable[Any]]
+
+
+class HostileServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """KServe v2 over gRPC answering what the test sets: ``infer`` (request, context) → a
+    ``ModelInferResponse``; ``stream`` (request, context) → an async iterator of
+    ``ModelStreamInferResponse``. Metadata and statistics answer ``metadata``/``stats`` when
+    set, else UNIMPLEMENTED (grpcio's default), as a server without them does."""
+
+    def __init__(self) -> None:
+        self.infer: GrpcAnswer | None = None
+        self.stream: Callable[[Any, Any], AsyncIterator[Any]] | None = None
+        self.metadata: Any = None
+        self.stats: Any = None
+        self.hits: dict[str, int] = {}
+        self.never = asyncio.Event()
+
+    def _hit(self, route: str) -> None:
+        self.hits[route] = self.hits.get(route, 0) + 1
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        self._hit("infer")
+        assert self.infer is not None, "the test set no infer answer"
+        return await self.infer(request, context)
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        self._hit("stream")
+        assert self.stream is not None, "the test set no stream answer"
+        async for request in requests:
+            async for answer in self.stream(request, context):
+                yield answer
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        self._hit("metadata")
+        if self.metadata is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no metadata here")
+        return self.metadata
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        self._hit("stats")
+        if self.stats is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no statistics here")
+        return self.stats() if callable(self.stats) else self.stats
+
+
+@dataclass
+class HostileGrpcBackend:
+    endpoint: str  # grpc://127.0.0.1:port
+    servicer: HostileServicer
+
+
+@asynccontextmanager
+async def hostile_grpc_backend(
+    raw_infer: Callable[[bytes, Any], Awaitable[bytes]] | None = None,
+) -> AsyncIterator[HostileGrpcBackend]:
+    """A gRPC server on an OS-chosen port. ``raw_infer`` answers ModelInfer with the bytes it
+    returns, unparsed (a message no protobuf library would write); the server then has no
+    other method."""
+    server = grpc.aio.server(
+        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+    )
+    servicer = HostileServicer()
+    if raw_infer is not None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            raw_infer,
+            request_deserializer=lambda data: data,
+            response_serializer=lambda data: data,
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "inference.GRPCInferenceService", {"ModelInfer": handler}
+                ),
+            )
+        )
+    else:  # (registered methods would take precedence over the generic handler)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield HostileGrpcBackend(f"grpc://127.0.0.1:{port}", servicer)
+    finally:
+        servicer.never.set()
+        await server.stop(grace=None)

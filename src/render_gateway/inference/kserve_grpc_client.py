@@ -179,7 +179,7 @@ class KServeGrpcClient:
             )
         except grpc.aio.AioRpcError:
             return False
-        return bool(answer.ready)
+        return answer is not None and bool(answer.ready)  # None: see _unreadable
 
     async def node_key(self, probe_seconds: float = 2.0) -> tuple[str, bytes] | None:
         """KServe v2 over gRPC has no place for a node key: it is read over HTTP from the
@@ -196,6 +196,8 @@ class KServeGrpcClient:
             )
         except grpc.aio.AioRpcError:
             return None
+        if answer is None:
+            return None
         metadata = grpc_codec.metadata_from_proto(answer)
         self._plans.learned(model, metadata)
         return metadata
@@ -206,6 +208,8 @@ class KServeGrpcClient:
                 pb.ModelStatisticsRequest(name=model), timeout=2.0
             )
         except grpc.aio.AioRpcError:
+            return None
+        if answer is None:
             return None
         stats = answer.model_stats
         return int(stats[0].inference_stats.queue.ns) if stats else None
@@ -231,12 +235,11 @@ class KServeGrpcClient:
         except grpc.aio.AioRpcError as exc:
             raise _backend_error(exc, self._target) from exc
         try:
-            result = read_result(grpc_codec.response_from_proto(answer), plan, request_id)
+            result = read_result(
+                grpc_codec.response_from_proto(_readable(answer)), plan, request_id
+            )
         except codec.ProtocolError as exc:
-            log.warning("backend grpc://%s broke the protocol: %s", self._target, exc)
-            raise BackendError(
-                "the backend's answer could not be read", code="backend_protocol", retriable=False
-            ) from exc
+            raise self._broke_protocol(exc) from exc
         return await attributed(result, bracket, self._attribution, model)
 
     async def generate_stream(
@@ -251,7 +254,7 @@ class KServeGrpcClient:
             await call.write(request)
             await call.done_writing()
             async for message in call:
-                if message.error_message:
+                if _readable(message).error_message:
                     raise _stream_error(message, self._target)
                 response = grpc_codec.response_from_proto(message.infer_response)
                 if not response.outputs and not _has_progress(response):
@@ -267,17 +270,29 @@ class KServeGrpcClient:
         except grpc.aio.AioRpcError as exc:
             raise _backend_error(exc, self._target) from exc
         except codec.ProtocolError as exc:
-            log.warning("backend grpc://%s broke the protocol: %s", self._target, exc)
-            raise BackendError(
-                "the backend's answer could not be read", code="backend_protocol", retriable=False
-            ) from exc
+            raise self._broke_protocol(exc) from exc
         finally:
             call.cancel()  # no-op once the RPC ended; otherwise the server hears of it
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
+    def _broke_protocol(self, exc: codec.ProtocolError) -> BackendError:
+        """An answer that cannot be read: the model may have run, so it is not sent again."""
+        log.warning("backend grpc://%s broke the protocol: %s", self._target, exc)
+        return BackendError(
+            "the backend's answer could not be read", code="backend_protocol", retriable=False
+        )
+
     async def cancel(self, model: str, request_id: str) -> bool:
         """No cancel message in KServe v2: the dispatcher cancels the call itself."""
         return False
+
+
+def _readable(message: Any) -> Any:
+    """grpcio hands over None for a message its deserializer could not parse (it logs the
+    DecodeError and goes on): that is an answer that cannot be read."""
+    if message is None:
+        raise codec.ProtocolError("a message that is not a valid protobuf")
+    return message
 
 
 def _has_progress(response: codec.InferResponse) -> bool:
