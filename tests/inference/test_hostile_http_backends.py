@@ -245,7 +245,7 @@ async def test_a_stream_event_that_cannot_be_read_is_one_final_protocol_error(
 async def test_an_event_over_the_size_limit_ends_the_stream_however_it_is_split(
     backend: HostileHttpBackend, session: aiohttp.ClientSession
 ) -> None:
-    client = KServeClient(session, backend.url, max_event_bytes=64 * 1024)
+    client = KServeClient(session, backend.url, max_answer_bytes=64 * 1024)
     one_line = b"data: " + b"x" * 100_000 + b"\n\n"
     many_lines = b"data: xxxxxxxxxxxxxxxx\n" * 20_000 + b"\n"
     for chunk in (one_line, many_lines):
@@ -388,3 +388,49 @@ async def test_a_garbled_answer_is_not_sent_again(
     with pytest.raises(BackendError) as caught:
         await dispatcher(backend, session).run("sd", "tiny", GEN, "req_d3")
     assert caught.value.code == "backend_protocol" and backend.hits["infer"] == 1
+
+
+# ------------------------------------------------------------------------------------ sizes
+
+
+async def test_an_infer_answer_over_the_size_limit_is_cut_off_not_buffered(
+    backend: HostileHttpBackend, session: aiohttp.ClientSession
+) -> None:
+    client = KServeClient(session, backend.url, max_answer_bytes=256 * 1024)
+    big = bytes_output("images", [PNG + b"\x00" * (1024 * 1024)])
+    backend.infer = answering(big)  # with a Content-Length
+
+    async def chunked(request: web.Request) -> web.StreamResponse:  # without one
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        while not backend.never.is_set():
+            await response.write(b"\x00" * 65536)
+        return response
+
+    for handler in (answering(big), chunked):
+        backend.infer = handler
+        error = await asyncio.wait_for(refused(client), 15)
+        assert error.code == "backend_protocol" and not error.retriable
+        assert "size limit" in str(error)
+
+
+async def test_an_endless_error_body_is_read_only_as_far_as_the_log_needs(
+    backend: HostileHttpBackend, client: KServeClient
+) -> None:
+    sent = 0
+
+    async def endless_500(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(status=500)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        while not backend.never.is_set() and sent < 2**31:
+            await response.write(b"Traceback " * 6554)
+            sent += 65540
+        return response
+
+    backend.infer = endless_500
+    error = await asyncio.wait_for(refused(client), 15)
+    assert error.retriable and error.status == 500 and "Traceback" not in str(error)
+    assert sent < 64 * 1024 * 1024  # the client hung up; it did not drain the body

@@ -51,7 +51,11 @@ from render_gateway.kserve import codec
 
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_INPUT = "request"
-MAX_EVENT_BYTES = 512 * 1024 * 1024  # a result event carries the outputs, base64
+# The most of an answer read into memory: an infer answer, or one stream event (a result event
+# carries the outputs, base64). A backend sending more is cut off, not buffered without end.
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# Of an error answer only this much is read (for the log and the code): a traceback fits.
+MAX_ERROR_BYTES = 64 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def error_fields(text: str) -> tuple[str, str]:
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status == 200:
         return
-    text = await response.text(errors="replace")
+    text = (await response.content.read(MAX_ERROR_BYTES)).decode(errors="replace")
     code, message = error_fields(text)
     # The whole answer (bounded) for operators; the customer gets the public part.
     log.warning("backend %s answered %d: %s", response.url.origin(), response.status, text[:4000])
@@ -123,10 +127,10 @@ class KServeClient:
         session: aiohttp.ClientSession,
         base_url: str,
         output: str | None = None,
-        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._session = session
-        self._max_event_bytes = max_event_bytes
+        self._max_answer_bytes = max_answer_bytes
         self._base = base_url.rstrip("/")
         self._plans = OutputPlans(output, self.model_metadata)
         self._attribution = Attribution(self._queue_nanos)
@@ -199,7 +203,7 @@ class KServeClient:
                 timeout=aiohttp.ClientTimeout(total=run_seconds),
             ) as response:
                 await _raise_for_status(response)
-                payload = await response.read()
+                payload = await _read_bounded(response, self._max_answer_bytes)
                 length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
             raise _unreachable(self._base, exc) from exc
@@ -227,7 +231,7 @@ class KServeClient:
                 timeout=aiohttp.ClientTimeout(total=run_seconds),
             ) as response:
                 await _raise_for_status(response)
-                async for event, data in _sse(response, self._max_event_bytes):
+                async for event, data in _sse(response, self._max_answer_bytes):
                     parsed = _stream_event(event, data, request_id, plan)
                     if parsed is None:
                         continue
@@ -299,8 +303,20 @@ async def attributed(
 
 def _too_big() -> BackendError:
     return BackendError(
-        "the backend sent an event over the size limit", code="backend_protocol", retriable=False
+        "the backend's answer is over the size limit", code="backend_protocol", retriable=False
     )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or the size-limit error once it passes ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise _too_big()
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _too_big()
+    return bytes(body)
 
 
 async def _lines(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
@@ -322,7 +338,7 @@ async def _lines(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[
 
 
 async def _sse(
-    response: aiohttp.ClientResponse, limit: int = MAX_EVENT_BYTES
+    response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES
 ) -> AsyncIterator[tuple[str, bytes]]:
     """(event name, data) per event. Data stays bytes: Triton's generate_stream writes a BYTES
     output's raw bytes (a PNG) into its JSON text, which is not UTF-8. An event is at most
