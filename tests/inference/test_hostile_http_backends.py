@@ -434,3 +434,17 @@ async def test_an_endless_error_body_is_read_only_as_far_as_the_log_needs(
     error = await asyncio.wait_for(refused(client), 15)
     assert error.retriable and error.status == 500 and "Traceback" not in str(error)
     assert sent < 64 * 1024 * 1024  # the client hung up; it did not drain the body
+
+
+async def test_a_cancel_the_gateway_never_asked_for_is_an_error_not_the_customers_cancel(
+    backend: HostileHttpBackend, session: aiohttp.ClientSession
+) -> None:
+    backend.stream = streaming(
+        b'event: progress\ndata: {"step": 1, "steps": 4}\n\n',
+        b'event: cancelled\ndata: {"parameters": {"gpu_seconds": 40.0}}\n\n',
+    )
+    run = dispatcher(backend, session, streaming=True, max_attempts=2)
+    with pytest.raises(BackendError) as caught:
+        await run.run("sd", "tiny", GEN, "req_d4")
+    assert caught.value.code == "backend_cancelled" and caught.value.retriable
+    assert backend.hits["stream"] == 2  # retried: another run may finish

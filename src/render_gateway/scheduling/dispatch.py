@@ -4,8 +4,10 @@ Retriable failures (connection errors, timeouts, 429/500/502/503/504) are retrie
 exponential backoff and jitter, up to ``max_attempts``, preferring backends not yet tried; each
 counts against that backend's breaker. Anything else ends the job at once. A cancel asks the
 backend to stop (``DELETE …/requests/{id}``, which answers with a signed ``cancelled`` claim);
-a backend that cannot do that has its connection closed instead. The slot is released on every
-path, the caller's own cancellation included.
+a backend that cannot do that has its connection closed instead. A ``cancelled`` answer the
+gateway did not ask for is the backend stopping the run itself: a retriable
+``backend_cancelled`` error, never billed as the customer's cancel. The slot is released on
+every path, the caller's own cancellation included.
 
 Replicas share the backends: after the pool picks one, the run also takes one of its shared
 slots (``SharedSlots``, ``[gateway.stores] slots``), which count its capacity once across every
@@ -100,6 +102,16 @@ async def _from_client(step: Awaitable[_T], backend_id: str) -> _T:
         raise BackendError(
             "the backend's answer could not be read", code="backend_protocol", retriable=False
         ) from exc
+
+
+def _stopped_by_backend(backend_id: str) -> BackendError:
+    """A run the backend ended as cancelled though the gateway asked no such thing (its
+    operator stopped it, or the backend lies): not the customer's cancel, so not billed as
+    one — an error, which another backend may do better."""
+    log.warning("backend %s cancelled a run the gateway did not cancel", backend_id)
+    return BackendError(
+        "the backend stopped the run on its own", code="backend_cancelled", retriable=True
+    )
 
 
 @dataclass(frozen=True)
@@ -262,6 +274,8 @@ class Dispatcher:
                     event = await _from_client(anext(stream, None), backend_id)
                     if event is None:
                         break
+                    if isinstance(event, Cancelled) and not cancel.is_set():
+                        raise _stopped_by_backend(backend_id)
                     if not isinstance(event, Progress):
                         return event
                     await on_progress(event)
