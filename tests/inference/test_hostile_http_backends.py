@@ -448,3 +448,34 @@ async def test_a_cancel_the_gateway_never_asked_for_is_an_error_not_the_customer
         await run.run("sd", "tiny", GEN, "req_d4")
     assert caught.value.code == "backend_cancelled" and caught.value.retriable
     assert backend.hits["stream"] == 2  # retried: another run may finish
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "99999999", "١٢"])
+async def test_a_header_length_that_is_no_length_is_a_protocol_error(
+    backend: HostileHttpBackend, client: KServeClient, length: str
+) -> None:
+    async def lying_length(_request: web.Request) -> web.Response:
+        answer = infer_answer([bytes_output("images", [PNG])])
+        answer.headers["Inference-Header-Content-Length"] = length
+        return answer
+
+    backend.infer = lying_length
+    error = await refused(client)
+    assert error.code == "backend_protocol" and not error.retriable
+
+
+async def test_a_redirect_is_not_followed_anywhere(
+    backend: HostileHttpBackend, client: KServeClient
+) -> None:
+    async with hostile_http_backend() as elsewhere:
+        elsewhere.infer = answering(bytes_output("images", [PNG]))
+        elsewhere.stream = streaming(b'event: result\ndata: {"images": "png"}\n\n')
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(elsewhere.url + request.path)
+
+        backend.infer = backend.stream = redirect
+        backend.metadata = backend.stats = None
+        assert (await refused(client)).status == 307
+        assert (await refused(client, stream=True)).status == 307
+        assert elsewhere.hits == {}

@@ -54,6 +54,8 @@ REQUEST_INPUT = "request"
 # The most of an answer read into memory: an infer answer, or one stream event (a result event
 # carries the outputs, base64). A backend sending more is cut off, not buffered without end.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# Of metadata or statistics (a few KiB) no more than this is read.
+MAX_PROBE_BYTES = 16 * 1024 * 1024
 # Of an error answer only this much is read (for the log and the code): a traceback fits.
 MAX_ERROR_BYTES = 64 * 1024
 
@@ -138,7 +140,9 @@ class KServeClient:
     async def ready(self, probe_seconds: float = 2.0) -> bool:
         try:
             async with self._session.get(
-                self._base + "/v2/health/ready", timeout=aiohttp.ClientTimeout(total=probe_seconds)
+                self._base + "/v2/health/ready",
+                timeout=aiohttp.ClientTimeout(total=probe_seconds),
+                allow_redirects=False,
             ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -149,7 +153,9 @@ class KServeClient:
         one (a plain Triton server) or on any failure."""
         try:
             async with self._session.get(
-                self._base + "/v2/node", timeout=aiohttp.ClientTimeout(total=probe_seconds)
+                self._base + "/v2/node",
+                timeout=aiohttp.ClientTimeout(total=probe_seconds),
+                allow_redirects=False,
             ) as response:
                 if response.status != 200:
                     return None
@@ -162,12 +168,14 @@ class KServeClient:
     async def _get_json(self, path: str, probe_seconds: float) -> dict[str, Any] | None:
         try:
             async with self._session.get(
-                self._base + path, timeout=aiohttp.ClientTimeout(total=probe_seconds)
+                self._base + path,
+                timeout=aiohttp.ClientTimeout(total=probe_seconds),
+                allow_redirects=False,
             ) as response:
                 if response.status != 200:
                     return None
-                body = await response.json(loads=orjson.loads, content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                body = orjson.loads(await _read_bounded(response, MAX_PROBE_BYTES))
+        except (aiohttp.ClientError, TimeoutError, ValueError, BackendError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -201,13 +209,15 @@ class KServeClient:
                 data=body,
                 headers={"Content-Type": codec.JSON_CONTENT_TYPE},
                 timeout=aiohttp.ClientTimeout(total=run_seconds),
+                allow_redirects=False,
             ) as response:
                 await _raise_for_status(response)
                 payload = await _read_bounded(response, self._max_answer_bytes)
-                length = codec.parse_header_length(response.headers.get(codec.HEADER_LENGTH))
+                length_header = response.headers.get(codec.HEADER_LENGTH)
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
             raise _unreachable(self._base, exc) from exc
         try:
+            length = codec.parse_header_length(length_header)
             result = read_result(codec.decode_response(payload, length), plan, request_id)
         except codec.ProtocolError as exc:
             raise broke_protocol(self._base, exc) from exc
@@ -229,6 +239,7 @@ class KServeClient:
                 data=body,
                 headers={"Content-Type": codec.JSON_CONTENT_TYPE, "Accept": "text/event-stream"},
                 timeout=aiohttp.ClientTimeout(total=run_seconds),
+                allow_redirects=False,
             ) as response:
                 await _raise_for_status(response)
                 async for event, data in _sse(response, self._max_answer_bytes):
@@ -256,6 +267,7 @@ class KServeClient:
             async with self._session.delete(
                 f"{self._base}/v2/models/{model}/requests/{request_id}",
                 timeout=aiohttp.ClientTimeout(total=5),
+                allow_redirects=False,
             ) as response:
                 return response.status == 204
         except (aiohttp.ClientError, TimeoutError):
