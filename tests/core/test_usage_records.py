@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from render_gateway.core.pricing import PlanPrices, PriceTable
 from render_gateway.core.usage_records import UsageRecord, build_record, cost_nanos
@@ -152,3 +156,35 @@ def test_counts_a_backend_cannot_mean_are_left_out_and_the_record_stays_storable
     usage = record(parameters={"gpu_seconds": 1.0, "steps": value, "width": value, "height": 8})
     assert usage.num_steps == 0 and usage.input_dims == (0, 8)
     records_to_table([usage.to_dict()])
+
+
+backend_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),  # NaN and both infinities included
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parameters=st.dictionaries(
+        st.sampled_from(
+            ["gpu_seconds", "steps", "steps_completed", "width", "height", "num_frames"]
+        ),
+        backend_values,
+    ),
+    attributed=st.one_of(st.none(), st.floats()),
+    outcome=st.sampled_from(["success", "error", "cancelled"]),
+)
+def test_whatever_a_backend_reports_the_record_is_a_storable_non_negative_bill(
+    parameters: dict[str, Any], attributed: float | None, outcome: str
+) -> None:
+    usage = record(parameters=parameters, attributed_seconds=attributed, outcome=outcome)
+    assert math.isfinite(usage.gpu_seconds) and usage.gpu_seconds >= 0
+    assert usage.cost_nanos >= 0
+    if not usage.metered:
+        assert usage.gpu_seconds <= 2.5  # the run's wall time
+    records_to_table([usage.to_dict()])
+    orjson.dumps(usage.to_dict())
