@@ -253,3 +253,26 @@ async def test_the_dispatcher_sends_a_garbled_answer_once(backend: HostileGrpcBa
     finally:
         await grpc_client.close()
     assert caught.value.code == "backend_protocol" and backend.servicer.hits["infer"] == 1
+
+
+def queue_stats(ns: int) -> Any:
+    stats = pb.ModelStatisticsResponse()
+    stats.model_stats.add(name="demo").inference_stats.queue.ns = ns
+    return stats
+
+
+@pytest.mark.parametrize(
+    "counters", [[10**12, 5], [0, 2**63], [7, 7]], ids=["backwards", "leap", "still"]
+)
+async def test_statistics_answering_garbage_never_bill_more_than_the_wall_time_nor_below_0(
+    backend: HostileGrpcBackend, client: KServeGrpcClient, counters: list[int]
+) -> None:
+    reads = iter(counters)
+    backend.servicer.stats = lambda: queue_stats(next(reads, counters[-1]))
+    backend.servicer.infer = answering(answer(image()))
+    started = time.perf_counter()
+    result = await client.infer("demo", GEN, "req_g")
+    wall = time.perf_counter() - started
+    seconds = result.attributed_seconds
+    assert seconds is None or 0 <= seconds <= wall
+    assert backend.servicer.hits["stats"] == 2
