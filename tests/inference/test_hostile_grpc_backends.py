@@ -232,13 +232,19 @@ async def test_an_answer_no_protobuf_library_would_write_is_final() -> None:
     async def garbage(_request: bytes, _context: Any) -> bytes:
         return b"\x0a\x03\xff\xfe\xfd"  # field 1 (model_name, a string) not UTF-8
 
-    async with hostile_grpc_backend(raw_infer=garbage) as backend:
+    async def garbage_stream(requests: AsyncIterator[bytes], _context: Any) -> AsyncIterator[bytes]:
+        async for _request in requests:
+            yield b"\x12\x02\xff\xfe"  # field 2 (error_message, a string) not UTF-8
+
+    async with hostile_grpc_backend(raw_infer=garbage, raw_stream=garbage_stream) as backend:
         client = KServeGrpcClient(backend.endpoint)
         try:
             error = await refused(client)
+            stream_error = await refused(client, stream=True)
         finally:
             await client.close()
     assert error.code == "backend_protocol" and not error.retriable
+    assert stream_error.code == "backend_protocol" and not stream_error.retriable
 
 
 async def test_the_dispatcher_sends_a_garbled_answer_once(backend: HostileGrpcBackend) -> None:

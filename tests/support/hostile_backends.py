@@ -190,26 +190,26 @@ class HostileGrpcBackend:
 @asynccontextmanager
 async def hostile_grpc_backend(
     raw_infer: Callable[[bytes, Any], Awaitable[bytes]] | None = None,
+    raw_stream: Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]] | None = None,
 ) -> AsyncIterator[HostileGrpcBackend]:
-    """A gRPC server on an OS-chosen port. ``raw_infer`` answers ModelInfer with the bytes it
-    returns, unparsed (a message no protobuf library would write); the server then has no
-    other method."""
+    """A gRPC server on an OS-chosen port. ``raw_infer`` answers ModelInfer (``raw_stream``
+    ModelStreamInfer) with the bytes it returns, unparsed (messages no protobuf library would
+    write); the server then has no other method."""
     server = grpc.aio.server(
         options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
     )
     servicer = HostileServicer()
-    if raw_infer is not None:
-        handler = grpc.unary_unary_rpc_method_handler(
-            raw_infer,
-            request_deserializer=lambda data: data,
-            response_serializer=lambda data: data,
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "inference.GRPCInferenceService", {"ModelInfer": handler}
-                ),
+    if raw_infer is not None or raw_stream is not None:
+        unparsed = {"request_deserializer": bytes, "response_serializer": bytes}
+        handlers = {}
+        if raw_infer is not None:
+            handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(raw_infer, **unparsed)
+        if raw_stream is not None:
+            handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+                raw_stream, **unparsed
             )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
         )
     else:  # (registered methods would take precedence over the generic handler)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
