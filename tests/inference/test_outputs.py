@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import struct
+from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as pb
 
 from render_gateway.inference.backend import BackendError
 from render_gateway.inference.kserve_client import error_fields, generate_response, loads_lenient
@@ -18,7 +24,7 @@ from render_gateway.inference.outputs import (
     read_result,
     to_progress,
 )
-from render_gateway.kserve import codec
+from render_gateway.kserve import codec, grpc_codec
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -161,3 +167,69 @@ async def test_a_model_without_metadata_is_asked_again_only_after_a_while() -> N
     assert asked == ["m"]  # not one metadata request per run
     plans.learned("m", meta("images", "gpu_seconds"))
     assert (await plans.plan("m")).requested == ("images", "gpu_seconds")
+
+
+_NAMES = st.sampled_from(
+    ["images", "gpu_seconds", "seed", "usage_claim", "step", "steps", "progress", "x"]
+)
+_PARAMS = st.dictionaries(
+    st.sampled_from(["gpu_seconds", "seed", "step", "steps", "progress", "content_type", "x"]),
+    st.one_of(
+        st.booleans().map(lambda v: ("bool_param", v)),
+        st.integers(-(2**63), 2**63 - 1).map(lambda v: ("int64_param", v)),
+        st.integers(0, 2**64 - 1).map(lambda v: ("uint64_param", v)),
+        st.floats().map(lambda v: ("double_param", v)),  # NaN and infinities included
+        st.text(max_size=5).map(lambda v: ("string_param", v)),
+    ),
+    max_size=4,
+)
+_OUTPUTS = st.lists(
+    st.tuples(
+        _NAMES,
+        st.sampled_from([*sorted(codec.DATATYPES), "BF17", ""]),
+        st.lists(st.integers(0, 4), max_size=2),
+        st.binary(max_size=24),
+        _PARAMS,
+    ),
+    max_size=3,
+)
+
+
+def _set(params: Any, values: dict[str, tuple[str, object]]) -> None:
+    for key, (field, value) in values.items():
+        setattr(params[key], field, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    outputs=_OUTPUTS,
+    raw=st.booleans(),
+    params=_PARAMS,
+    plan=st.sampled_from([OutputPlan(None), OutputPlan("images", ("gpu_seconds", "seed"))]),
+)
+def test_any_grpc_answer_is_a_result_progress_or_a_protocol_error(
+    outputs: list[Any], raw: bool, params: dict[str, tuple[str, object]], plan: OutputPlan
+) -> None:
+    """Whatever a backend puts in a ModelInferResponse: a storable result, a progress event
+    within bounds, or ProtocolError/BackendError — never another exception."""
+    message = pb.ModelInferResponse(model_name="demo")
+    for name, datatype, shape, data, output_params in outputs:
+        _set(
+            message.outputs.add(name=name, datatype=datatype, shape=shape).parameters, output_params
+        )
+        if raw:
+            message.raw_output_contents.append(data)
+    _set(message.parameters, params)
+    try:
+        response = grpc_codec.response_from_proto(message)
+        if is_progress(response, plan):
+            progress = to_progress(progress_values(response))
+            assert progress.step >= 0 and 0.0 <= progress.progress <= 1.0
+            assert progress.gpu_seconds is None or math.isfinite(progress.gpu_seconds)
+            return
+        result = read_result(response, plan, "req_fuzz")
+    except (codec.ProtocolError, BackendError):
+        return
+    assert result.outputs and all(result.outputs)
+    assert result.gpu_seconds is None or math.isfinite(result.gpu_seconds)
+    orjson.dumps({"id": result.request_id, **result.parameters})
