@@ -282,3 +282,16 @@ async def test_statistics_answering_garbage_never_bill_more_than_the_wall_time_n
     seconds = result.attributed_seconds
     assert seconds is None or 0 <= seconds <= wall
     assert backend.servicer.hits["stats"] == 2
+
+
+async def test_an_answer_over_the_receive_limit_is_final_not_a_busy_server(
+    backend: HostileGrpcBackend,
+) -> None:
+    small = KServeGrpcClient(backend.endpoint, max_message_bytes=1024 * 1024)
+    backend.servicer.infer = answering(answer(image(PNG + b"\x00" * (2 * 1024 * 1024))))
+    try:
+        error = await refused(small)
+    finally:
+        await small.close()
+    assert error.code == "backend_protocol" and not error.retriable
+    assert "size limit" in str(error)

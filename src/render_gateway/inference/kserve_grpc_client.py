@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 GRPC_SCHEME = "grpc://"
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a video output; grpcio's default receive limit is 4 MiB
 CODE_METADATA = "render-code"
+_TOO_LARGE = "Received message larger than max"  # grpcio's details for the receive limit
 
 # The status an HTTP backend would have answered, for the customer-facing mapping.
 _REFUSED = {
@@ -101,6 +102,12 @@ def _backend_error(error: grpc.aio.AioRpcError, target: str) -> BackendError:
     log.warning("backend grpc://%s answered %s: %s", target, status.name, details[:4000])
     if status is grpc.StatusCode.DEADLINE_EXCEEDED:
         return BackendError("the backend did not finish in time", code="timeout", retriable=False)
+    if status is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
+        # grpcio's own refusal of an answer over the receive limit: the model ran, and would
+        # answer as much again elsewhere — not a busy server.
+        return BackendError(
+            "the backend's answer is over the size limit", code="backend_protocol", retriable=False
+        )
     code = public_code(_render_code(error))
     if status in _REFUSED:
         http = _REFUSED[status]
@@ -146,9 +153,14 @@ class KServeGrpcClient:
     and closed by ``close()``."""
 
     def __init__(
-        self, endpoint: str, output: str | None = None, node_keys: NodeKeySource | None = None
+        self,
+        endpoint: str,
+        output: str | None = None,
+        node_keys: NodeKeySource | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._target = grpc_target(endpoint)
+        self._max_message_bytes = max_message_bytes
         self._node_keys = node_keys
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
@@ -160,8 +172,8 @@ class KServeGrpcClient:
             self._channel = grpc.aio.insecure_channel(
                 self._target,
                 options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", self._max_message_bytes),
+                    ("grpc.max_send_message_length", self._max_message_bytes),
                 ],
             )
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
