@@ -95,7 +95,10 @@ def test_two_slots_run_together_and_a_third_is_refused(configured: WorkerProcess
     results: list[list[str]] = [[], []]
 
     def stream(index: int) -> None:
-        body = {"request": {"prompt": "long", "steps": 300}, "id": f"req_pair{index}"}
+        # Long enough that neither run can end before the third request, on a loaded machine
+        # too (300 steps at 64 px did once); both are cancelled at the end.
+        request = {"prompt": "long", "steps": 500, "width": 512, "height": 512}
+        body = {"request": request, "id": f"req_pair{index}"}
         url = f"{configured.url}/v2/models/pair/generate_stream"
         with httpx.stream("POST", url, json=body, timeout=60) as response:
             for line in response.iter_lines():
