@@ -127,13 +127,26 @@ def test_reconcile_posts_the_window_threshold_and_repair(
 def test_a_refusal_names_the_call_its_status_and_the_gateway_s_words(
     canned: Callable[..., CannedGateway],
 ) -> None:
-    gateway = canned(status=403, body=b'{"error": {"code": "forbidden"}}')
+    refusal = {"error": "forbidden", "message": "admins only", "request_id": "req_1", "details": {}}
+    gateway = canned(status=403, body=orjson.dumps(refusal))
     with (
         GatewayClient(gateway.url, TOKEN, timeout=5) as client,
         pytest.raises(GatewayError) as refused,
     ):
         client.usage(None, None, None, "model,day")
-    assert str(refused.value) == 'GET /usage answered 403: {"error": {"code": "forbidden"}}'
+    assert str(refused.value) == "GET /usage answered 403 forbidden: admins only"
+
+
+def test_a_refusal_in_another_shape_keeps_its_status(
+    canned: Callable[..., CannedGateway],
+) -> None:
+    gateway = canned(status=403, body=b'{"error": {"code": "forbidden"}}')  # a proxy's, say
+    with (
+        GatewayClient(gateway.url, TOKEN, timeout=5) as client,
+        pytest.raises(GatewayError) as refused,
+    ):
+        client.usage(None, None, None, "model,day")
+    assert str(refused.value) == "GET /usage answered 403: Forbidden"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Used when a running gateway owns the embedded usage store (chDB allows one process), so the
 CLI asks that gateway instead of opening the store itself. Every request goes to ``base_url``
-(the paths are fixed, redirects are not followed).
+(the paths are fixed, redirects are not followed). The calls are ``render_gateway.client``'s
+(its retries of 429/503 included); this module only words its errors for the CLI.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from render_gateway.client import RenderClient, RenderConnectionError, RenderError
 
 # The JSON bodies as the gateway answers them; the CLI prints them as they are (``--json``) or
 # as a table, the same as the reports it builds itself when it can open the stores.
@@ -26,12 +29,7 @@ class GatewayClient:
     def __init__(self, base_url: str, token: str, timeout: float) -> None:
         self.base_url = base_url
         try:
-            self._http = httpx.Client(
-                base_url=base_url,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=timeout,
-                follow_redirects=False,
-            )
+            self._render = RenderClient(base_url, token, timeout=timeout)
         except httpx.InvalidURL as exc:
             raise GatewayError(f"cannot reach the gateway at {base_url}: {exc}") from exc
 
@@ -47,7 +45,7 @@ class GatewayClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._render.close()
 
     def usage(
         self, customer_id: str | None, from_: str | None, to: str | None, group_by: str
@@ -76,15 +74,17 @@ class GatewayClient:
         """The one place where a failed call becomes a message: unreachable, a status other
         than 200, or a body that is not a JSON object."""
         try:
-            response = self._http.request(method, path, params=params, json=json)
-        except httpx.HTTPError as exc:
+            return self._render.run(
+                self._render.protocol.json_call(method, path, params=params, json=json)
+            )
+        except RenderConnectionError as exc:
+            raise GatewayError(
+                f"cannot reach the gateway at {self.base_url}: {exc.message}"
+            ) from exc
+        except httpx.InvalidURL as exc:
             raise GatewayError(f"cannot reach the gateway at {self.base_url}: {exc}") from exc
-        if response.status_code != 200:
-            raise GatewayError(f"{method} {path} answered {response.status_code}: {response.text}")
-        try:
-            body = response.json()
-        except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8
-            raise GatewayError(f"{method} {path} answered with a body that is not JSON") from exc
-        if not isinstance(body, dict):
-            raise GatewayError(f"{method} {path} answered JSON that is not an object")
-        return body
+        except RenderError as exc:
+            code = "" if exc.code.startswith(("http_", "unreadable_")) else f" {exc.code}"
+            raise GatewayError(
+                f"{method} {path} answered {exc.status}{code}: {exc.message}"
+            ) from exc

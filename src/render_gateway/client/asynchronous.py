@@ -71,7 +71,9 @@ class AsyncRenderClient:
         try:
             return await self._http.send(request)
         except httpx.TransportError as exc:
-            raise RenderConnectionError(f"cannot reach {request.url.host}: {exc}") from exc
+            raise RenderConnectionError(
+                f"cannot reach {request.url.host}: {exc}", code="unreachable"
+            ) from exc
 
     async def generate(
         self,

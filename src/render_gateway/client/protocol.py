@@ -224,7 +224,8 @@ class EventFollower:
         if self._drops > self._max_reconnects:
             self._finished = True
             raise RenderConnectionError(
-                f"the event stream of {self._job_id} dropped {self._drops} times in a row: {exc}"
+                f"the event stream of {self._job_id} dropped {self._drops} times in a row: {exc}",
+                code="unreachable",
             ) from exc
         return self._delay
 
@@ -286,20 +287,35 @@ class Protocol:
             yield Pause(self.retry.delay(attempt, response))
             attempt += 1
 
+    def json_call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> Operation[dict[str, Any]]:
+        """Any JSON route answering 200 with an object (the CLI's admin calls use it)."""
+        return (yield from self._json(self.request(method, path, params=params, json=json)))
+
     def _json(self, request: httpx.Request, expected: int = 200) -> Operation[dict[str, Any]]:
         response = yield from self.send(request)
         if response.status_code != expected:
             raise error_from(response)
         try:
             body = response.json()
-        except ValueError as exc:
-            raise RenderError(
-                "the gateway answered with a body that is not JSON",
-                status=response.status_code,
-                request_id=response.headers.get("x-request-id"),
-            ) from exc
+        except ValueError:  # json.JSONDecodeError, or bytes that are not UTF-8
+            body = None
+            problem = "a body that is not JSON"
+        else:
+            problem = "JSON that is not an object"
         if not isinstance(body, dict):
-            raise RenderError("the gateway answered JSON that is not an object")
+            raise RenderError(
+                f"the gateway answered with {problem}",
+                status=response.status_code,
+                code="unreadable_answer",
+                request_id=response.headers.get("x-request-id"),
+            )
         return body
 
     # The operations, one per call of the API.
@@ -398,7 +414,7 @@ class Protocol:
     ) -> Operation[dict[str, Any]]:
         params = {"from": from_, "to": to, "group_by": group_by, "customer_id": customer_id}
         present = {k: v for k, v in params.items() if v is not None}
-        return (yield from self._json(self.request("GET", "/usage", params=present)))
+        return (yield from self.json_call("GET", "/usage", params=present))
 
     def proof(self, request_id: str) -> Operation[dict[str, Any]]:
         path = f"/audit/proofs/{_segment(request_id)}"
