@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from render_gateway.catalog import Catalog, CatalogError, CatalogModel, FormatNotOffered
+from render_gateway.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogModel,
+    FormatNotOffered,
+    SizeNotOffered,
+)
 
 SCHNELL = CatalogModel(
     "image", "flux", "schnell", ("t2i", "i2i"), aliases=("black-forest-labs/FLUX.1-schnell",)
@@ -121,3 +127,25 @@ def test_a_backend_that_reports_nothing_restricts_nothing() -> None:
     unread, _ = check_catalog(Catalog([SD]), {})
     assert unread.models == [SD]
     assert SD.format_for("i2i", None) == "1024"  # unchecked: forwarded as configured
+
+
+def test_explicit_sizes_must_fit_every_backends_sides() -> None:
+    """The OpenAI routes' ``size``: checked against the sides every backend takes (the largest
+    minimum, the smallest maximum, the least common multiple of their multiples)."""
+    from render_gateway.catalog_check import ModelCapabilities, check_catalog
+
+    one = ModelCapabilities.from_metadata(
+        worker_metadata(tasks="t2i,i2i,edit", sized_tasks="t2i,edit", max_side=1024)
+    )
+    other = ModelCapabilities(min_side=64, max_side=512, size_multiple=16)
+    checked, _ = check_catalog(Catalog([SD]), {("sd", "tiny"): [one, other]})
+    (tiny,) = checked.models
+    assert (tiny.min_side, tiny.max_side, tiny.size_multiple) == (64, 512, 16)
+    tiny.check_size("t2i", 64, 512)
+    for width, height in ((48, 64), (64, 528), (80, 72)):
+        with pytest.raises(SizeNotOffered) as refused:
+            tiny.check_size("t2i", width, height)
+        assert refused.value.limits == {"min_side": 64, "max_side": 512, "size_multiple": 16}
+    with pytest.raises(SizeNotOffered, match="takes no size"):
+        tiny.check_size("i2i", 64, 64)
+    SD.check_size("t2i", 1, 99999)  # nothing reported: nothing restricted

@@ -25,6 +25,15 @@ class FormatNotOffered(ValueError):
         self.offered = offered
 
 
+class SizeNotOffered(ValueError):
+    """An explicit width × height the model's backends cannot take; ``limits`` says what they
+    can (``min_side``, ``max_side``, ``size_multiple``; None: not reported)."""
+
+    def __init__(self, message: str, limits: dict[str, int | None]) -> None:
+        super().__init__(message)
+        self.limits = limits
+
+
 class CatalogError(LookupError):
     """Unknown model or task; ``known`` lists what exists (for the 404 body)."""
 
@@ -48,6 +57,11 @@ class CatalogModel:
     # output follows its input image), so none is forwarded and none may be asked for.
     formats: tuple[str, ...] | None = None
     sizeless_tasks: tuple[str, ...] = ()
+    # The sides every backend of the model accepts (catalog_check.py; None: not reported), for
+    # requests that name a width × height rather than a format (the OpenAI routes' ``size``).
+    min_side: int | None = None
+    max_side: int | None = None
+    size_multiple: int | None = None
 
     def __post_init__(self) -> None:
         for task in self.tasks:
@@ -87,6 +101,25 @@ class CatalogModel:
                 f"format {requested!r} is not offered: {self.key} {task} {reason}", list(offered)
             )
         return requested
+
+    def check_size(self, task: str, width: int, height: int) -> None:
+        """SizeNotOffered unless the task takes a size and every backend takes this one."""
+        limits = {"min_side": self.min_side, "max_side": self.max_side,
+                  "size_multiple": self.size_multiple}  # fmt: skip
+        if task in self.sizeless_tasks:
+            raise SizeNotOffered(
+                f"{self.key} {task} takes no size (its output has the input image's size)", limits
+            )
+        for side in (width, height):
+            too_small = self.min_side is not None and side < self.min_side
+            too_large = self.max_side is not None and side > self.max_side
+            if too_small or too_large or (self.size_multiple and side % self.size_multiple):
+                raise SizeNotOffered(
+                    f"size {width}x{height} is not offered: {self.key} takes sides "
+                    f"{self.min_side or 1}–{self.max_side or 'any'}"
+                    + (f", multiples of {self.size_multiple}" if self.size_multiple else ""),
+                    limits,
+                )
 
     @property
     def key(self) -> str:

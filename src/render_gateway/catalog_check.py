@@ -11,6 +11,7 @@ model has no such parameters) restricts nothing. No I/O here: services.py reads 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,9 +104,14 @@ def restrict(
     if default is not None and default not in formats:
         notes.append(f"{entry.key}: default_format {default!r} not servable; none is forwarded")
         default = None
+    mins = [c.min_side for c in reported if c.min_side is not None]
+    maxes = [c.max_side for c in reported if c.max_side is not None]
+    multiples = [c.size_multiple for c in reported if c.size_multiple]
     restricted = dataclasses.replace(
         entry, tasks=tuple(tasks), formats=formats, sizeless_tasks=sizeless,
-        default_format=default,
+        default_format=default, min_side=max(mins) if mins else None,
+        max_side=min(maxes) if maxes else None,
+        size_multiple=math.lcm(*multiples) if multiples else None,
     )  # fmt: skip
     return restricted, notes
 

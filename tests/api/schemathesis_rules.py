@@ -5,6 +5,9 @@ document that OpenAPI cannot state, each written in the document's descriptions 
   366 days. OpenAPI bounds each parameter, not one against the other.
 * ``format`` must be one the model offers for the task: the live catalog (GET /models) says
   which, e.g. i2i takes none; the document can only list the modality's formats.
+* ``size`` of ``POST /v1/images/generations`` must fit the sides the model's backends take
+  (their metadata's ``min_side``, ``max_side``, ``size_multiple``): the live catalog, not a
+  pattern. That route's errors are OpenAI's ``{"error": {"code", "param", …}}``.
 * ``webhook`` must go where the operator's policy allows (https, public addresses after DNS,
   ``allowed_hosts``): configuration and DNS, not a pattern.
 
@@ -16,6 +19,7 @@ that, read independently here, does break it. Every other 400 still fails the ru
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,12 +75,52 @@ def _error(response: Any) -> tuple[str | None, dict[str, Any]]:
     return body.get("error"), details if isinstance(details, dict) else {}
 
 
+def size_breaks_limits(size: Any, limits: dict[str, Any]) -> bool:
+    """Whether a ``WIDTHxHEIGHT`` falls outside the side limits the 400 reported."""
+    if not isinstance(size, str) or "x" not in size:
+        return False
+    low, high, multiple = (
+        limits.get("min_side"),
+        limits.get("max_side"),
+        limits.get("size_multiple"),
+    )
+    for text in size.split("x"):
+        side = int(text)
+        if (low is not None and side < low) or (high is not None and side > high):
+            return True
+        if multiple and side % multiple:
+            return True
+    return False
+
+
+def _openai_error(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
 def breaks_a_stated_rule(case: Any, response: Any) -> bool:
     """Whether ``response`` is the 400 of a rule above, for a request that breaks it."""
     if response.status_code != 400:
         return False
-    code, details = _error(response)
     operation = (case.operation.method.upper(), case.operation.path)
+    if operation == ("POST", "/v1/images/generations"):
+        # OpenAI's error has no details: the limits are read from its message (catalog.py's
+        # "takes sides MIN–MAX, multiples of M"), and the size judged against them here.
+        error = _openai_error(response)
+        found = re.search(r"takes sides (\d+)–(\d+|any)(?:, multiples of (\d+))?",
+                          str(error.get("message", "")))  # fmt: skip
+        if error.get("code") != "size_not_offered" or found is None:
+            return False
+        low, high, multiple = found.groups()
+        limits = {"min_side": int(low), "max_side": None if high == "any" else int(high),
+                  "size_multiple": int(multiple) if multiple else None}  # fmt: skip
+        size = case.body.get("size") if isinstance(case.body, dict) else None
+        return size_breaks_limits(size, limits)
+    code, details = _error(response)
     if operation in RANGED and code == "invalid_request":
         where, default_days = RANGED[operation]
         return range_is_broken(where, default_days, case.query if where == "query" else case.body)

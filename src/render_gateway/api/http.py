@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from render_gateway.api.openai_shapes import is_openai_path, openai_error
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.core.ids import new_request_id
 from render_gateway.stores.unavailable import StoreUnavailable
@@ -49,6 +50,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(request: Request, error: ApiError) -> Response:
+    """The error body: Render's, or OpenAI's shape under ``/v1/`` (the OpenAI-compatible
+    routes, whose clients read only that), with the same status and headers."""
+    if is_openai_path(request.url.path):
+        shaped = openai_error(error.status, error.code, error.message, error.details)
+        return json_response(shaped, error.status, error.headers)
     body = {
         "error": error.code,
         "message": error.message,

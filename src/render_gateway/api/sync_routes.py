@@ -30,7 +30,7 @@ BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+async def watch_disconnect(request: Request, gone: asyncio.Event) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
     gone.set()
@@ -50,7 +50,7 @@ async def _run_now(
 ) -> Response:
     generation = await admit_asset_inputs(request, principal, body.model_dump(exclude_none=True))
     gone = asyncio.Event()  # a client that hangs up cancels the run (and frees the slot)
-    watcher = asyncio.create_task(_watch_disconnect(request, gone))
+    watcher = asyncio.create_task(watch_disconnect(request, gone))
     try:
         result = await services(request).run_now.run(
             SyncRequest(modality, family, model, task, format_name, backend, generation),

@@ -12,7 +12,13 @@ from pydantic import ValidationError
 
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.auth.principal import Principal
-from render_gateway.catalog import Catalog, CatalogError, CatalogModel, FormatNotOffered
+from render_gateway.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogModel,
+    FormatNotOffered,
+    SizeNotOffered,
+)
 from render_gateway.config import GatewayConfig, PlanConfig
 from render_gateway.core.budgets import BudgetExceeded, Reservation
 from render_gateway.generation import MAX_SEED, GenerationRequest, describe_validation_error
@@ -71,6 +77,15 @@ class Admission:
             raise Refused(
                 RefusalKind.invalid, "format_not_offered", str(exc), {"offered": exc.offered}
             ) from exc
+
+    @staticmethod
+    def size(entry: CatalogModel, task: str, width: int, height: int) -> None:
+        """An explicit output size (instead of a format): invalid unless the task takes a
+        size and the model's backends take this one (CatalogModel.check_size)."""
+        try:
+            entry.check_size(task, width, height)
+        except SizeNotOffered as exc:
+            raise Refused(RefusalKind.invalid, "size_not_offered", str(exc), exc.limits) from exc
 
     def backend(self, family: str, model: str, backend: str | None) -> None:
         if not self._pool.serving(family, model, backend):

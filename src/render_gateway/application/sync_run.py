@@ -32,6 +32,9 @@ class SyncRequest:
     format: str | None
     backend: str | None
     generation: dict[str, Any]  # asset inputs already admitted
+    # An explicit width × height instead of a format (the OpenAI routes' ``size``); checked
+    # against the model's side limits and forwarded as ``width``/``height``.
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class SyncResult:
     data: bytes = b""
     content_type: str = ""
     asset_url: str = ""
+    # Every output and its signed asset URL (``data``/``asset_url`` are the first's).
+    outputs: tuple[bytes, ...] = ()
+    asset_urls: tuple[str, ...] = ()
     seconds: float = 0.0
     seed: Any = None
     gpu_seconds: float | None = None  # as billed (the usage record's)
@@ -71,7 +77,12 @@ class RunNow:
         entry = admission.route(body.modality, body.family, body.model, body.task)
         family, model = entry.family, entry.model
         generation = admission.generation(body.task, body.generation)
-        forwarded_format = admission.format(entry, body.task, body.format)
+        if body.size is None:
+            forwarded_format = admission.format(entry, body.task, body.format)
+        else:
+            admission.size(entry, body.task, *body.size)
+            forwarded_format = None
+            generation = {**generation, "width": body.size[0], "height": body.size[1]}
         admission.backend(family, model, body.backend)
         rate = await admission.rate(principal)
         routing = {
@@ -165,11 +176,14 @@ class RunNow:
             await self._assets.put(data, result.content_type, principal.customer_id)
             for data in result.outputs
         ]
+        urls = tuple(self._asset_url(asset.id) for asset in assets)  # signed: shareable, expiring
         return SyncResult(
             rate,
             data=result.outputs[0],
             content_type=result.content_type,
-            asset_url=self._asset_url(assets[0].id),  # signed: shareable, expiring
+            asset_url=urls[0],
+            outputs=tuple(result.outputs),
+            asset_urls=urls,
             seconds=time.perf_counter() - started,
             seed=result.parameters.get("seed", generation.get("seed")),
             gpu_seconds=record.gpu_seconds,

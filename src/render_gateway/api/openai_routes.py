@@ -1,0 +1,109 @@
+"""OpenAI-compatible routes: ``GET /v1/models`` and ``POST /v1/images/generations``.
+
+The same use cases, auth, rate limits, budgets and billing as the native routes — a generation
+is the sync tier's ``RunNow`` — with OpenAI's shapes (openai_shapes.py); their errors are in
+OpenAI's shape too (http.error_response, for every path under ``/v1/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from render_gateway.api.deps import caller, services
+from render_gateway.api.http import ApiError, json_response, rate_headers, request_id_of
+from render_gateway.api.openai_shapes import (
+    ImageGenerationBody,
+    OpenAIErrorBody,
+    OpenAIImagesResponse,
+    OpenAIModel,
+    OpenAIModelList,
+    generation_request,
+    images_response,
+    model_entry,
+    model_id,
+    model_list,
+)
+from render_gateway.api.sync_routes import watch_disconnect
+from render_gateway.auth.principal import Principal
+from render_gateway.catalog import RUNNABLE
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+# OpenAI's ``created`` of a model: when this gateway began offering it (its start).
+LISTED_SINCE = int(time.time())
+
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorBody, "description": description}
+    for status, description in (
+        (400, "invalid request (OpenAI's error shape)"),
+        (401, "missing or bad credentials"),
+        (402, "over the monthly budget"),
+        (404, "unknown model"),
+        (413, "body too large"),
+        (429, "rate limit reached"),
+        (502, "the backend failed"),
+        (503, "no capacity"),
+    )
+}
+
+
+@router.get(
+    "/models", response_model=OpenAIModelList, responses=OPENAI_ERRORS, summary="Models (OpenAI)"
+)
+async def list_models(
+    request: Request, _principal: Annotated[Principal, Depends(caller)]
+) -> dict[str, Any]:
+    return model_list(services(request).catalog.models, LISTED_SINCE)
+
+
+@router.get(
+    "/models/{model:path}",
+    response_model=OpenAIModel,
+    responses=OPENAI_ERRORS,
+    summary="One model (OpenAI)",
+)
+async def retrieve_model(
+    model: str, request: Request, _principal: Annotated[Principal, Depends(caller)]
+) -> dict[str, Any]:
+    for entry in services(request).catalog.models:
+        if model in (model_id(entry), *entry.aliases) and entry.status in RUNNABLE:
+            return model_entry(entry, LISTED_SINCE)
+    raise ApiError(404, "model_not_found", f"no model {model!r}; see GET /v1/models")
+
+
+@router.post(
+    "/images/generations",
+    response_model=OpenAIImagesResponse,
+    responses=OPENAI_ERRORS,
+    summary="Create images (OpenAI), run now on the sync tier",
+)
+async def create_images(
+    body: ImageGenerationBody,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+) -> Response:
+    sync_request = generation_request(body)
+    gone = asyncio.Event()  # a client that hangs up cancels the run (and frees the slot)
+    watcher = asyncio.create_task(watch_disconnect(request, gone))
+    try:
+        result = await services(request).run_now.run(
+            sync_request, principal, request_id_of(request), gone
+        )
+    finally:
+        watcher.cancel()
+    if result.client_gone:
+        return Response(status_code=499)  # nobody is listening; the status is for the log
+    headers = {**rate_headers(result.rate), "X-Duration-Ms": str(round(result.seconds * 1000))}
+    if result.seed is not None:
+        headers["X-Seed"] = str(result.seed)
+    if result.gpu_seconds is not None:
+        headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
+        headers["X-Metered"] = "true" if result.metered else "false"
+    answer = images_response(
+        result, int(time.time()), body.response_format, str(request.base_url), body.size
+    )
+    return json_response(answer, headers=headers)

@@ -1,0 +1,244 @@
+"""OpenAI's image API shapes, translated to and from Render's own terms, without I/O.
+
+The OpenAI-compatible routes (openai_routes.py) run the same use case as the sync tier
+(``RunNow``); this module only says how an OpenAI body becomes a ``SyncRequest``, how the
+result becomes OpenAI's ``ImagesResponse``, the catalog OpenAI's model list, and an error
+OpenAI's ``{"error": {"message", "type", "param", "code"}}``. docs/API.md lists every field.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from render_gateway.application.sync_run import SyncRequest, SyncResult
+from render_gateway.catalog import RUNNABLE, CatalogModel
+from render_gateway.generation import MAX_SEED
+
+OPENAI_PREFIX = "/v1/"
+SIZE_PATTERN = r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"
+_SIZE = re.compile(SIZE_PATTERN)
+
+
+class ImageGenerationBody(BaseModel):
+    """``POST /v1/images/generations``. Any other field is refused (400); so is a value this
+    gateway cannot honour (``stream: true``, ``background: transparent``, another
+    ``output_format``), rather than silently answering something else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1, max_length=200, description="`family/model` or an alias (GET /v1/models)"
+    )
+    prompt: str = Field(min_length=1, max_length=4000)
+    n: int | None = Field(default=None, ge=1, le=4, description="images to make (Render: 1–4)")
+    size: str | None = Field(
+        default=None,
+        pattern=SIZE_PATTERN,
+        description="`WIDTHxHEIGHT` within the model's side limits, or `auto` (the model's"
+        " default size)",
+    )
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = Field(
+        default=None, description="accepted and ignored: steps follow the model's defaults"
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(
+        default=None, description="default `b64_json`; `url`: a signed, expiring asset URL"
+    )
+    output_format: Literal["png"] | None = Field(default=None, description="PNG only")
+    background: Literal["auto", "opaque"] | None = Field(
+        default=None, description="`transparent` is refused: outputs are opaque"
+    )
+    moderation: Literal["auto", "low"] | None = Field(
+        default=None, description="accepted and ignored"
+    )
+    style: Literal["vivid", "natural"] | None = Field(
+        default=None, description="accepted and ignored"
+    )
+    user: str | None = Field(default=None, max_length=256, description="accepted and ignored")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Render's extension: the seed to run"
+    )
+    stream: Literal[False] | None = Field(
+        default=None, description="streaming is not offered: false or absent"
+    )
+    partial_images: Literal[0] | None = Field(
+        default=None, description="partial images are not offered: 0 or absent"
+    )
+
+
+# Why a refused value is refused, in the 400's message (the schema says the same in words).
+REFUSED_BECAUSE = {
+    "stream": "stream: streaming is not offered by this gateway; leave it out or send false",
+    "partial_images": "partial_images: partial images are not sent (no streaming); send 0",
+    "output_format": "output_format: only 'png' is produced",
+    "background": "background: outputs are opaque; 'transparent' is not offered",
+    "output_compression": "output_compression: applies to jpeg/webp only; outputs are PNG",
+}
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class OpenAIImageUsage(BaseModel):
+    """OpenAI's fields are token counts, which Render does not bill: they are 0, and
+    ``gpu_seconds`` is what was billed (the ``X-GPU-Seconds`` header)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: dict[str, int] = Field(default_factory=dict)
+    gpu_seconds: float | None = None
+    metered: bool = True
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+    output_format: Literal["png"] = "png"
+    size: str | None = None
+    usage: OpenAIImageUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class SizeUnreadable(ValueError):
+    pass
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """``"WxH"`` → (W, H); ``"auto"`` or absent → None (the model's default size)."""
+    if size is None or size == "auto":
+        return None
+    if not _SIZE.match(size):
+        raise SizeUnreadable(f"size: {size!r} is not 'WIDTHxHEIGHT' or 'auto'")
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+def model_route(model_id: str) -> tuple[str, str]:
+    """``family/model`` (or an ``org/name`` alias, which the catalog resolves) → its two parts;
+    an id with no slash becomes a name no catalog entry has (a 404 naming what exists)."""
+    family, _, model = model_id.partition("/")
+    return family, model
+
+
+def generation_request(body: ImageGenerationBody) -> SyncRequest:
+    """The sync tier's request for an OpenAI image generation (task t2i)."""
+    family, model = model_route(body.model)
+    generation: dict[str, Any] = {"prompt": body.prompt}
+    if body.n is not None:
+        generation["count"] = body.n
+    if body.seed is not None:
+        generation["seed"] = body.seed
+    return SyncRequest(
+        "image", family, model, "t2i", None, None, generation, size=parse_size(body.size)
+    )
+
+
+def images_response(
+    result: SyncResult, created: int, response_format: str | None, base_url: str, size: str | None
+) -> dict[str, Any]:
+    """OpenAI's ``ImagesResponse`` for a sync result: every output, inline (``b64_json``, the
+    default) or as its signed asset URL made absolute on ``base_url``."""
+    if response_format == "url":
+        data = [{"url": base_url.rstrip("/") + url} for url in result.asset_urls]
+    else:
+        data = [{"b64_json": base64.b64encode(output).decode()} for output in result.outputs]
+    usage = OpenAIImageUsage(
+        input_tokens_details={"text_tokens": 0, "image_tokens": 0},
+        gpu_seconds=result.gpu_seconds,
+        metered=result.metered,
+    )
+    return {
+        "created": created,
+        "data": data,
+        "output_format": "png",
+        "size": size if size not in (None, "auto") else None,
+        "usage": usage.model_dump(),
+    }
+
+
+def model_id(entry: CatalogModel) -> str:
+    return f"{entry.family}/{entry.model}"
+
+
+def model_list(models: Iterable[CatalogModel], created: int) -> dict[str, Any]:
+    """OpenAI's model list: every runnable catalog model, named ``family/model``."""
+    return {
+        "object": "list",
+        "data": [model_entry(entry, created) for entry in models if entry.status in RUNNABLE],
+    }
+
+
+def model_entry(entry: CatalogModel, created: int) -> dict[str, Any]:
+    return {"id": model_id(entry), "object": "model", "created": created, "owned_by": "render"}
+
+
+ERROR_TYPES = {
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+# The request field a refusal is about, where its code says which.
+PARAM_OF_CODE = {
+    "model_not_found": "model",
+    "backend_not_found": "model",
+    "size_not_offered": "size",
+    "format_not_offered": "size",
+}
+
+
+def error_type(status: int) -> str:
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error(
+    status: int, code: str, message: str, details: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A Render error (status, code, message, details) in OpenAI's shape. ``param`` is the
+    field the error is about when known; a refused field's message says why it is refused."""
+    param = details.get("field") if isinstance(details.get("field"), str) else None
+    problems = details.get("problems")
+    if isinstance(problems, list) and problems and isinstance(problems[0], Mapping):
+        field = str(problems[0].get("field", ""))
+        param = field or None
+        reasons = [REFUSED_BECAUSE[f] for p in problems if (f := str(p.get("field", ""))) in
+                   REFUSED_BECAUSE]  # fmt: skip
+        if reasons:
+            message = "; ".join(dict.fromkeys(reasons))
+    param = param or PARAM_OF_CODE.get(code)
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)

@@ -1,0 +1,118 @@
+"""The OpenAI translation on its own: bodies to the sync tier's request, results and the catalog
+to OpenAI's shapes, Render's errors to OpenAI's error."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from pydantic import ValidationError
+
+from render_gateway.api.openai_shapes import (
+    ImageGenerationBody,
+    SizeUnreadable,
+    generation_request,
+    images_response,
+    model_list,
+    openai_error,
+    parse_size,
+)
+from render_gateway.application.refusals import RateInfo
+from render_gateway.application.sync_run import SyncResult
+from render_gateway.catalog import CatalogModel
+
+RATE = RateInfo(10, 9, 1)
+
+
+def test_a_generation_becomes_the_sync_tiers_t2i_request() -> None:
+    body = ImageGenerationBody(model="sd/tiny", prompt="a fox", n=2, size="96x64", seed=3)
+    request = generation_request(body)
+    assert (request.modality, request.family, request.model, request.task) == (
+        "image", "sd", "tiny", "t2i",
+    )  # fmt: skip
+    assert request.generation == {"prompt": "a fox", "count": 2, "seed": 3}
+    assert request.size == (96, 64) and request.format is None
+    auto = generation_request(ImageGenerationBody(model="org/name", prompt="p", size="auto"))
+    assert (auto.family, auto.model, auto.size, auto.generation) == (
+        "org", "name", None, {"prompt": "p"},
+    )  # fmt: skip
+    assert generation_request(ImageGenerationBody(model="noslash", prompt="p")).model == ""
+
+
+def test_sizes() -> None:
+    assert parse_size("1024x768") == (1024, 768)
+    assert parse_size("auto") is None and parse_size(None) is None
+    with pytest.raises(SizeUnreadable):
+        parse_size("1024*768")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"stream": True}, {"output_format": "webp"}, {"background": "transparent"}, {"n": 5},
+     {"partial_images": 2}, {"size": "10 x 10"}, {"unknown": 1}, {"prompt": ""}],
+)  # fmt: skip
+def test_unsupported_values_and_unknown_fields_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ImageGenerationBody.model_validate({"model": "sd/tiny", "prompt": "a fox", **fields})
+
+
+def test_accepted_and_ignored_fields() -> None:
+    body = ImageGenerationBody.model_validate(
+        {"model": "m/x", "prompt": "p", "quality": "hd", "style": "vivid", "user": "u",
+         "moderation": "low", "stream": False, "partial_images": 0, "output_format": "png",
+         "background": "opaque"},
+    )  # fmt: skip
+    assert generation_request(body).generation == {"prompt": "p"}
+
+
+def test_images_response_inline_or_as_absolute_urls() -> None:
+    result = SyncResult(
+        RATE, outputs=(b"one", b"two"), asset_urls=("/assets/a_1?s=x", "/assets/a_2?s=y"),
+        gpu_seconds=0.25, metered=False,
+    )  # fmt: skip
+    inline = images_response(result, 100, None, "http://h:1/", "64x64")
+    assert [base64.b64decode(d["b64_json"]) for d in inline["data"]] == [b"one", b"two"]
+    assert inline["created"] == 100 and inline["size"] == "64x64"
+    assert inline["usage"]["gpu_seconds"] == 0.25 and inline["usage"]["metered"] is False
+    assert inline["usage"]["total_tokens"] == 0
+    urls = images_response(result, 100, "url", "http://h:1/", "auto")
+    assert urls["data"] == [
+        {"url": "http://h:1/assets/a_1?s=x"},
+        {"url": "http://h:1/assets/a_2?s=y"},
+    ]
+    assert urls["size"] is None
+
+
+def test_model_list_names_runnable_models_family_slash_model() -> None:
+    models = [
+        CatalogModel("image", "sd", "tiny", ("t2i",)),
+        CatalogModel("video", "wan", "soon", ("t2v",), status="coming_soon"),
+        CatalogModel("video", "wan", "old", ("t2v",), status="deprecated"),
+    ]
+    listed = model_list(models, 42)
+    assert listed["object"] == "list"
+    assert listed["data"] == [
+        {"id": "sd/tiny", "object": "model", "created": 42, "owned_by": "render"},
+        {"id": "wan/old", "object": "model", "created": 42, "owned_by": "render"},
+    ]
+
+
+def test_errors_in_openai_shape() -> None:
+    assert openai_error(401, "invalid_api_key", "bad key", {}) == {
+        "error": {"message": "bad key", "type": "authentication_error", "param": None,
+                  "code": "invalid_api_key"},
+    }  # fmt: skip
+    assert openai_error(404, "model_not_found", "no", {"known": []})["error"]["param"] == "model"
+    assert openai_error(429, "rate_limited", "slow", {})["error"]["type"] == "rate_limit_error"
+    assert openai_error(402, "budget_exceeded", "$", {})["error"]["type"] == "insufficient_quota"
+    assert openai_error(503, "no_capacity", "busy", {})["error"]["type"] == "server_error"
+    streamed = openai_error(
+        400, "invalid_request", "stream: Input should be False",
+        {"problems": [{"field": "stream", "message": "Input should be False"}]},
+    )["error"]  # fmt: skip
+    assert streamed["param"] == "stream" and streamed["message"].startswith("stream: streaming")
+    other = openai_error(
+        400, "invalid_request", "n: too big", {"problems": [{"field": "n", "message": "big"}]}
+    )["error"]
+    assert other == {"message": "n: too big", "type": "invalid_request_error", "param": "n",
+                     "code": "invalid_request"}  # fmt: skip
