@@ -8,6 +8,8 @@ document that OpenAPI cannot state, each written in the document's descriptions 
 * ``size`` of ``POST /v1/images/generations`` must fit the sides the model's backends take
   (their metadata's ``min_side``, ``max_side``, ``size_multiple``): the live catalog, not a
   pattern. That route's errors are OpenAI's ``{"error": {"code", "param", …}}``.
+* The ``image``/``mask`` files of ``POST /v1/images/edits`` must be PNG, JPEG or WebP bytes;
+  the document can only say ``format: binary``.
 * ``webhook`` must go where the operator's policy allows (https, public addresses after DNS,
   ``allowed_hosts``): configuration and DNS, not a pattern.
 
@@ -93,6 +95,16 @@ def size_breaks_limits(size: Any, limits: dict[str, Any]) -> bool:
     return False
 
 
+def is_image(data: Any) -> bool:
+    """Whether the bytes are PNG, JPEG or WebP (read by their magic, as the gateway does)."""
+    if isinstance(data, str):
+        data = data.encode("latin-1", "replace")
+    if not isinstance(data, bytes | bytearray):
+        return False
+    riff_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or riff_webp
+
+
 def _openai_error(response: Any) -> dict[str, Any]:
     try:
         body = response.json()
@@ -107,7 +119,14 @@ def breaks_a_stated_rule(case: Any, response: Any) -> bool:
     if response.status_code != 400:
         return False
     operation = (case.operation.method.upper(), case.operation.path)
-    if operation == ("POST", "/v1/images/generations"):
+    if operation == ("POST", "/v1/images/edits"):
+        message = str(_openai_error(response).get("message", ""))
+        field = message.split(":", 1)[0]
+        body = case.body if isinstance(case.body, dict) else {}
+        unreadable = message.endswith(": not a PNG, JPEG or WebP image") and field in body
+        if unreadable and not is_image(body[field]):
+            return True
+    if operation in (("POST", "/v1/images/generations"), ("POST", "/v1/images/edits")):
         # OpenAI's error has no details: the limits are read from its message (catalog.py's
         # "takes sides MIN–MAX, multiples of M"), and the size judged against them here.
         error = _openai_error(response)

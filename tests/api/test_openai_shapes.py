@@ -9,13 +9,17 @@ import pytest
 from pydantic import ValidationError
 
 from render_gateway.api.openai_shapes import (
+    FormUnreadable,
+    ImageEditFields,
     ImageGenerationBody,
     SizeUnreadable,
+    edit_request,
     generation_request,
     images_response,
     model_list,
     openai_error,
     parse_size,
+    read_edit_form,
 )
 from render_gateway.application.refusals import RateInfo
 from render_gateway.application.sync_run import SyncResult
@@ -116,3 +120,56 @@ def test_errors_in_openai_shape() -> None:
     )["error"]
     assert other == {"message": "n: too big", "type": "invalid_request_error", "param": "n",
                      "code": "invalid_request"}  # fmt: skip
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[str, bytes]:
+    boundary = "XyZ"
+    chunks = []
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+        )
+    return f"multipart/form-data; boundary={boundary}", b"".join(chunks) + b"--XyZ--\r\n"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"rest"
+
+
+def test_an_edit_form_becomes_edit_with_a_mask_and_i2i_without() -> None:
+    content_type, body = _multipart(
+        [("model", None, b"sd/tiny"), ("prompt", None, "a d\u00f6or".encode()), ("n", None, b"2"),
+         ("image[]", "a.png", PNG), ("mask", "m.png", PNG)]
+    )  # fmt: skip
+    form = read_edit_form(content_type, body)
+    assert form.fields == {"model": "sd/tiny", "prompt": "a d\u00f6or", "n": "2"}
+    request = edit_request(ImageEditFields.model_validate(form.fields), form.files)
+    assert request.task == "edit" and request.generation["count"] == 2
+    assert request.generation["image"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert request.generation["mask"] == request.generation["image"]
+    no_mask = read_edit_form(*_multipart([("image", "a.png", PNG)]))
+    fields = ImageEditFields(model="sd/tiny", prompt="p")
+    assert edit_request(fields, no_mask.files).task == "i2i"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "says"),
+    [
+        ("application/json", b"{}", "multipart/form-data"),
+        ("multipart/form-data; boundary=XyZ", b"garbage", "could not be read"),
+        (*_multipart([("image", "a.txt", b"text")]), "not a PNG"),
+        (*_multipart([("prompt", None, b"a"), ("prompt", None, b"b")]), "given twice"),
+        (*_multipart([("prompt", None, b"\xff\xfe")]), "not UTF-8"),
+    ],
+)
+def test_unreadable_forms_are_refused(content_type: str, body: bytes, says: str) -> None:
+    with pytest.raises(FormUnreadable, match=says):
+        read_edit_form(content_type, body)
+
+
+def test_an_edit_takes_exactly_one_image() -> None:
+    two = read_edit_form(*_multipart([("image[]", "a.png", PNG), ("image[]", "b.png", PNG)]))
+    with pytest.raises(FormUnreadable, match="exactly one"):
+        edit_request(ImageEditFields(model="m/x", prompt="p"), two.files)
+    with pytest.raises(FormUnreadable, match="exactly one"):
+        edit_request(ImageEditFields(model="m/x", prompt="p"), {})

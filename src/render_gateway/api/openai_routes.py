@@ -12,22 +12,29 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
 
 from render_gateway.api.deps import caller, services
 from render_gateway.api.http import ApiError, json_response, rate_headers, request_id_of
 from render_gateway.api.openai_shapes import (
+    EditForm,
+    FormUnreadable,
+    ImageEditFields,
     ImageGenerationBody,
     OpenAIErrorBody,
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
+    edit_request,
     generation_request,
     images_response,
     model_entry,
     model_id,
     model_list,
+    read_edit_form,
 )
 from render_gateway.api.sync_routes import watch_disconnect
+from render_gateway.application.sync_run import SyncRequest
 from render_gateway.auth.principal import Principal
 from render_gateway.catalog import RUNNABLE
 
@@ -86,7 +93,80 @@ async def create_images(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
 ) -> Response:
-    sync_request = generation_request(body)
+    return await _run(generation_request(body), body.response_format, body.size, request, principal)
+
+
+_IMAGE_PART = {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"}
+_TEXT = {"type": "string"}
+EDIT_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "prompt", "image"],
+    "properties": {
+        # ``image[]`` (what the openai client sends for a list) is read as ``image``: one image
+        # in all, so the document names only ``image`` (a form holding both is a 400).
+        "image": {**_IMAGE_PART, "description": "PNG, JPEG or WebP; `image[]` is read as image"},
+        "mask": {**_IMAGE_PART, "description": "with a mask: task edit; without: i2i"},
+        "model": {**_TEXT, "minLength": 1, "maxLength": 200},
+        "prompt": {**_TEXT, "minLength": 1, "maxLength": 4000},
+        "n": {"type": "integer", "minimum": 1, "maximum": 4},
+        "size": {**_TEXT, "pattern": r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"},
+        "response_format": {"enum": ["url", "b64_json"]},
+        "output_format": {"enum": ["png"]},
+        "background": {"enum": ["auto", "opaque"]},
+        "quality": {"enum": ["auto", "standard", "hd", "low", "medium", "high"]},
+        "input_fidelity": {"enum": ["low", "high"]},
+        "user": {**_TEXT, "maxLength": 256},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+    },
+    "additionalProperties": False,
+}
+
+
+def _edit_of(form: EditForm) -> tuple[SyncRequest, ImageEditFields]:
+    try:
+        fields = ImageEditFields.model_validate(form.fields)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+        ]
+        message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems)
+        raise ApiError(400, "invalid_request", message, {"problems": problems}) from exc
+    return edit_request(fields, form.files), fields
+
+
+@router.post(
+    "/images/edits",
+    response_model=OpenAIImagesResponse,
+    responses=OPENAI_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": EDIT_FORM_SCHEMA}},
+        }
+    },
+    summary="Edit an image (OpenAI): edit with a mask, i2i without, on the sync tier",
+)
+async def edit_images(
+    request: Request, principal: Annotated[Principal, Depends(caller)]
+) -> Response:
+    try:
+        sync_request, fields = _edit_of(
+            read_edit_form(request.headers.get("content-type", ""), await request.body())
+        )
+    except FormUnreadable as exc:
+        details = {"field": exc.param} if exc.param else {}
+        raise ApiError(400, "invalid_request", str(exc), details) from exc
+    return await _run(sync_request, fields.response_format, fields.size, request, principal)
+
+
+async def _run(
+    sync_request: SyncRequest,
+    response_format: str | None,
+    size: str | None,
+    request: Request,
+    principal: Principal,
+) -> Response:
+    """Run on the sync tier (``RunNow``) and answer in OpenAI's ``ImagesResponse``."""
     gone = asyncio.Event()  # a client that hangs up cancels the run (and frees the slot)
     watcher = asyncio.create_task(watch_disconnect(request, gone))
     try:
@@ -103,7 +183,5 @@ async def create_images(
     if result.gpu_seconds is not None:
         headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
         headers["X-Metered"] = "true" if result.metered else "false"
-    answer = images_response(
-        result, int(time.time()), body.response_format, str(request.base_url), body.size
-    )
+    answer = images_response(result, int(time.time()), response_format, str(request.base_url), size)
     return json_response(answer, headers=headers)

@@ -9,8 +9,11 @@ OpenAI's ``{"error": {"message", "type", "param", "code"}}``. docs/API.md lists 
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -242,3 +245,127 @@ def openai_error(
 
 def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PREFIX)
+
+
+# ---- POST /v1/images/edits (multipart/form-data) ----
+
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+EDIT_FILE_FIELDS = ("image", "image[]", "mask")
+
+
+class FormUnreadable(ValueError):
+    """A body that is not the multipart form this route takes; the message says why."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EditForm:
+    fields: dict[str, str]
+    files: dict[str, list[UploadedFile]]
+
+
+def _media_type(data: bytes) -> str | None:
+    """The image type from the bytes themselves (the part's declared type is not trusted)."""
+    for magic, media in IMAGE_TYPES.items():
+        if data.startswith(magic):
+            return media
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def read_edit_form(content_type: str, body: bytes) -> EditForm:
+    """The parts of a ``multipart/form-data`` body (stdlib email parser: the gateway has no
+    multipart dependency); files are ``image``/``image[]``/``mask``, the rest text fields."""
+    if (
+        not content_type.lower().startswith("multipart/form-data")
+        or "boundary=" not in content_type
+    ):
+        raise FormUnreadable("send the body as multipart/form-data (with a boundary)")
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body,
+        policy=email.policy.HTTP,
+    )
+    if not message.is_multipart():
+        raise FormUnreadable("the multipart body could not be read")
+    fields: dict[str, str] = {}
+    files: dict[str, list[UploadedFile]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise FormUnreadable("a form part has no name")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if name in EDIT_FILE_FIELDS:
+            media = _media_type(data)
+            if media is None:
+                raise FormUnreadable(f"{name}: not a PNG, JPEG or WebP image", name.rstrip("[]"))
+            files.setdefault(name.removesuffix("[]"), []).append(UploadedFile(media, data))
+        else:
+            if name in fields:
+                raise FormUnreadable(f"{name}: given twice", name)
+            try:
+                fields[name] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FormUnreadable(f"{name}: not UTF-8 text", name) from exc
+    return EditForm(fields, files)
+
+
+class ImageEditFields(BaseModel):
+    """The text fields of ``POST /v1/images/edits``: those of a generation that apply, read
+    from form text (``"2"`` is 2). Anything else is refused (400)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=4000)
+    n: int | None = Field(default=None, ge=1, le=4)
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN)
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png"] | None = None
+    background: Literal["auto", "opaque"] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    stream: Literal["false"] | None = None
+    partial_images: Literal["0"] | None = None
+    input_fidelity: Literal["low", "high"] | None = None
+
+
+def _data_uri(upload: UploadedFile) -> str:
+    return f"data:{upload.content_type};base64,{base64.b64encode(upload.data).decode()}"
+
+
+def edit_request(fields: ImageEditFields, files: Mapping[str, list[UploadedFile]]) -> SyncRequest:
+    """The sync tier's request for an OpenAI image edit: task ``edit`` with a mask, ``i2i``
+    without. Render's tasks take one image: more → FormUnreadable."""
+    images = files.get("image", [])
+    if len(images) != 1:
+        raise FormUnreadable(
+            "image: send exactly one image (Render's edit and i2i take one)", "image"
+        )
+    masks = files.get("mask", [])
+    if len(masks) > 1:
+        raise FormUnreadable("mask: send at most one mask", "mask")
+    family, model = model_route(fields.model)
+    generation: dict[str, Any] = {"prompt": fields.prompt, "image": _data_uri(images[0])}
+    task = "i2i"
+    if masks:
+        generation["mask"] = _data_uri(masks[0])
+        task = "edit"
+    if fields.n is not None:
+        generation["count"] = fields.n
+    if fields.seed is not None:
+        generation["seed"] = fields.seed
+    return SyncRequest(
+        "image", family, model, task, None, None, generation, size=parse_size(fields.size)
+    )
