@@ -113,6 +113,27 @@ def test_generate_n_images_by_alias_and_a_non_square_size(client: OpenAI) -> Non
     assert all(png_of(image.b64_json).width > 0 for image in result.data)
 
 
+def test_generate_streamed_is_one_completed_event_per_image(client: OpenAI) -> None:
+    """stream: true — no partial images (the backends send no previews), then one
+    image_generation.completed per image, read by the openai client's own stream."""
+    events = list(
+        client.images.generate(
+            model="sd/tiny", prompt="a fox", size="64x64", n=2, stream=True, partial_images=2
+        )
+    )
+    assert [event.type for event in events] == ["image_generation.completed"] * 2
+    for event in events:
+        assert png_of(event.b64_json).size == (64, 64)
+        assert event.output_format == "png" and event.size == "64x64"
+
+
+def test_edit_streamed(client: OpenAI) -> None:
+    image = ("in.png", png_bytes((64, 64), (1, 2, 3, 255)), "image/png")
+    events = list(client.images.edit(model="sd/tiny", prompt="p", image=image, stream=True))
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert png_of(events[0].b64_json).format == "PNG"
+
+
 def test_generate_url_is_fetchable_without_credentials(client: OpenAI) -> None:
     result = client.images.generate(
         model="sd/tiny", prompt="a fox", size="64x64", response_format="url"
@@ -129,7 +150,7 @@ def test_generate_url_is_fetchable_without_credentials(client: OpenAI) -> None:
         ({"size": "8x8"}, "size", "size_not_offered", "not offered"),
         ({"size": "big"}, "size", "invalid_request", "size"),
         ({"extra_body": {"steps": 2}}, "steps", "invalid_request", "Extra inputs"),
-        ({"extra_body": {"stream": True}}, "stream", "invalid_request", "streaming"),
+        ({"extra_body": {"stream": "maybe"}}, "stream", "invalid_request", "bool"),
         ({"output_format": "jpeg"}, "output_format", "invalid_request", "png"),
         ({"background": "transparent"}, "background", "invalid_request", "opaque"),
         ({"n": 9}, "n", "invalid_request", "4"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -13,6 +14,7 @@ from render_gateway.api.openai_shapes import (
     ImageEditFields,
     ImageGenerationBody,
     SizeUnreadable,
+    completed_events,
     edit_request,
     generation_request,
     images_response,
@@ -52,8 +54,8 @@ def test_sizes() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"stream": True}, {"output_format": "webp"}, {"background": "transparent"}, {"n": 5},
-     {"partial_images": 2}, {"size": "10 x 10"}, {"unknown": 1}, {"prompt": ""}],
+    [{"stream": "maybe"}, {"output_format": "webp"}, {"background": "transparent"}, {"n": 5},
+     {"partial_images": 4}, {"size": "10 x 10"}, {"unknown": 1}, {"prompt": ""}],
 )  # fmt: skip
 def test_unsupported_values_and_unknown_fields_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
@@ -67,6 +69,20 @@ def test_accepted_and_ignored_fields() -> None:
          "background": "opaque"},
     )  # fmt: skip
     assert generation_request(body).generation == {"prompt": "p"}
+
+
+def test_stream_events_one_completed_per_image() -> None:
+    result = SyncResult(RATE, outputs=(b"one", b"two"), asset_urls=("/a", "/b"), gpu_seconds=1.0)
+    frames = completed_events(result, 7, {"quality": "hd"}, "64x64").decode().split("\n\n")
+    assert frames[-1] == "" and len(frames) == 3
+    for frame, data in zip(frames[:2], (b"one", b"two"), strict=True):
+        event_line, data_line = frame.split("\n")
+        assert event_line == "event: image_generation.completed"
+        event = orjson.loads(data_line.removeprefix("data: "))
+        assert event["type"] == "image_generation.completed" and event["created_at"] == 7
+        assert base64.b64decode(event["b64_json"]) == data
+        assert (event["size"], event["quality"], event["background"]) == ("64x64", "hd", "auto")
+        assert event["usage"]["gpu_seconds"] == 1.0
 
 
 def test_images_response_inline_or_as_absolute_urls() -> None:
@@ -110,11 +126,12 @@ def test_errors_in_openai_shape() -> None:
     assert openai_error(429, "rate_limited", "slow", {})["error"]["type"] == "rate_limit_error"
     assert openai_error(402, "budget_exceeded", "$", {})["error"]["type"] == "insufficient_quota"
     assert openai_error(503, "no_capacity", "busy", {})["error"]["type"] == "server_error"
-    streamed = openai_error(
-        400, "invalid_request", "stream: Input should be False",
-        {"problems": [{"field": "stream", "message": "Input should be False"}]},
+    png_only = openai_error(
+        400, "invalid_request", "output_format: Input should be 'png'",
+        {"problems": [{"field": "output_format", "message": "Input should be 'png'"}]},
     )["error"]  # fmt: skip
-    assert streamed["param"] == "stream" and streamed["message"].startswith("stream: streaming")
+    assert png_only["param"] == "output_format"
+    assert png_only["message"] == "output_format: only 'png' is produced"
     other = openai_error(
         400, "invalid_request", "n: too big", {"problems": [{"field": "n", "message": "big"}]}
     )["error"]

@@ -25,6 +25,7 @@ from render_gateway.api.openai_shapes import (
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
+    completed_events,
     edit_request,
     generation_request,
     images_response,
@@ -82,10 +83,19 @@ async def retrieve_model(
     raise ApiError(404, "model_not_found", f"no model {model!r}; see GET /v1/models")
 
 
+IMAGES_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the images; with `stream: true`, `image_generation.completed` events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **OPENAI_ERRORS,
+}
+
+
 @router.post(
     "/images/generations",
     response_model=OpenAIImagesResponse,
-    responses=OPENAI_ERRORS,
+    responses=IMAGES_ANSWER,
     summary="Create images (OpenAI), run now on the sync tier",
 )
 async def create_images(
@@ -93,7 +103,7 @@ async def create_images(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
 ) -> Response:
-    return await _run(generation_request(body), body.response_format, body.size, request, principal)
+    return await _run(generation_request(body), body, request, principal)
 
 
 _IMAGE_PART = {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"}
@@ -111,6 +121,8 @@ EDIT_FORM_SCHEMA: dict[str, Any] = {
         "n": {"type": "integer", "minimum": 1, "maximum": 4},
         "size": {**_TEXT, "pattern": r"^(auto|[0-9]{1,5}x[0-9]{1,5})$"},
         "response_format": {"enum": ["url", "b64_json"]},
+        "stream": {"type": "boolean"},
+        "partial_images": {"type": "integer", "minimum": 0, "maximum": 3},
         "output_format": {"enum": ["png"]},
         "background": {"enum": ["auto", "opaque"]},
         "quality": {"enum": ["auto", "standard", "hd", "low", "medium", "high"]},
@@ -137,7 +149,7 @@ def _edit_of(form: EditForm) -> tuple[SyncRequest, ImageEditFields]:
 @router.post(
     "/images/edits",
     response_model=OpenAIImagesResponse,
-    responses=OPENAI_ERRORS,
+    responses=IMAGES_ANSWER,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -156,17 +168,18 @@ async def edit_images(
     except FormUnreadable as exc:
         details = {"field": exc.param} if exc.param else {}
         raise ApiError(400, "invalid_request", str(exc), details) from exc
-    return await _run(sync_request, fields.response_format, fields.size, request, principal)
+    return await _run(sync_request, fields, request, principal)
 
 
 async def _run(
     sync_request: SyncRequest,
-    response_format: str | None,
-    size: str | None,
+    fields: ImageGenerationBody | ImageEditFields,
     request: Request,
     principal: Principal,
 ) -> Response:
-    """Run on the sync tier (``RunNow``) and answer in OpenAI's ``ImagesResponse``."""
+    """Run on the sync tier (``RunNow``) and answer in OpenAI's ``ImagesResponse``, or with
+    ``stream``, its ``image_generation.completed`` events once the run is done (a refusal
+    before that is still a JSON error)."""
     gone = asyncio.Event()  # a client that hangs up cancels the run (and frees the slot)
     watcher = asyncio.create_task(watch_disconnect(request, gone))
     try:
@@ -183,5 +196,11 @@ async def _run(
     if result.gpu_seconds is not None:
         headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
         headers["X-Metered"] = "true" if result.metered else "false"
-    answer = images_response(result, int(time.time()), response_format, str(request.base_url), size)
+    if fields.stream:
+        events = completed_events(result, int(time.time()), fields.model_dump(), fields.size)
+        headers["Cache-Control"] = "no-cache"
+        return Response(events, media_type="text/event-stream", headers=headers)
+    answer = images_response(
+        result, int(time.time()), fields.response_format, str(request.base_url), fields.size
+    )
     return json_response(answer, headers=headers)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from render_gateway.application.sync_run import SyncRequest, SyncResult
@@ -65,18 +66,18 @@ class ImageGenerationBody(BaseModel):
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Render's extension: the seed to run"
     )
-    stream: Literal[False] | None = Field(
-        default=None, description="streaming is not offered: false or absent"
+    stream: bool | None = Field(
+        default=None,
+        description="true: a text/event-stream with one `image_generation.completed` event per"
+        " image, sent when the run ends (no partial images: the backends send no previews)",
     )
-    partial_images: Literal[0] | None = Field(
-        default=None, description="partial images are not offered: 0 or absent"
+    partial_images: int | None = Field(
+        default=None, ge=0, le=3, description="accepted; no partial images are sent"
     )
 
 
 # Why a refused value is refused, in the 400's message (the schema says the same in words).
 REFUSED_BECAUSE = {
-    "stream": "stream: streaming is not offered by this gateway; leave it out or send false",
-    "partial_images": "partial_images: partial images are not sent (no streaming); send 0",
     "output_format": "output_format: only 'png' is produced",
     "background": "background: outputs are opaque; 'transparent' is not offered",
     "output_compression": "output_compression: applies to jpeg/webp only; outputs are PNG",
@@ -186,6 +187,32 @@ def images_response(
         "size": size if size not in (None, "auto") else None,
         "usage": usage.model_dump(),
     }
+
+
+def completed_events(
+    result: SyncResult, created: int, fields: Mapping[str, Any], size: str | None
+) -> bytes:
+    """``stream: true``: one SSE ``image_generation.completed`` event per image (OpenAI's
+    streaming shape; always inline), the usage on each."""
+    usage = OpenAIImageUsage(
+        input_tokens_details={"text_tokens": 0, "image_tokens": 0},
+        gpu_seconds=result.gpu_seconds,
+        metered=result.metered,
+    ).model_dump()
+    frames = []
+    for output in result.outputs:
+        event = {
+            "type": "image_generation.completed",
+            "b64_json": base64.b64encode(output).decode(),
+            "created_at": created,
+            "size": size or "auto",
+            "quality": fields.get("quality") or "auto",
+            "background": fields.get("background") or "auto",
+            "output_format": "png",
+            "usage": usage,
+        }
+        frames.append(b"event: image_generation.completed\ndata: " + orjson.dumps(event) + b"\n\n")
+    return b"".join(frames)
 
 
 def model_id(entry: CatalogModel) -> str:
@@ -336,8 +363,8 @@ class ImageEditFields(BaseModel):
     background: Literal["auto", "opaque"] | None = None
     user: str | None = Field(default=None, max_length=256)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    stream: Literal["false"] | None = None
-    partial_images: Literal["0"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
     input_fidelity: Literal["low", "high"] | None = None
 
 
