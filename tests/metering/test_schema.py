@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import clickhouse_connect
@@ -192,3 +193,41 @@ def open_client(directory: Path) -> Iterator[Client]:
         yield client
     finally:
         client.close()
+
+
+def _unmetered_record(request_id: str, ended_at: float) -> dict[str, object]:
+    record = build_record(
+        request_id=request_id, customer_id="acme", plan="pro", tier="sync", modality="image",
+        family="tri", model="plain", created_at=ended_at - 1, started_at=ended_at - 1,
+        ended_at=ended_at, outcome="success", parameters={}, unit_price=0.001, currency="EUR",
+        attributed_seconds=0.25,
+    )  # fmt: skip
+    assert not record.metered
+    return record.to_dict()
+
+
+def test_a_directory_from_before_migration_6_upgrades_and_counts_unmetered_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 6 (issue 13) on a directory written by the previous release: the rollup gains
+    the unmetered columns, old rows keep their totals, new rows are counted apart."""
+    from render_gateway.metering import schema
+    from render_gateway.metering.queries import TimeRange, usage_totals
+
+    ended_at = time.time() - 60
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "MIGRATIONS", MIGRATIONS[:5])
+        old = open_usage_store(url_of(tmp_path))
+        old.insert(records_to_table([_unmetered_record("req-old", ended_at)]))
+        old.close()
+    upgraded = open_usage_store(url_of(tmp_path))
+    try:
+        assert upgraded.rows("SELECT max(version) FROM schema_migrations") == [(6,)]
+        upgraded.insert(records_to_table([_unmetered_record("req-new", ended_at)]))
+        window = TimeRange.parse(None, None, datetime.now(UTC))
+        totals = usage_totals(upgraded, "acme", window)
+        assert totals.requests == 2 and totals.billable_requests == 2
+        assert totals.unmetered_requests == 1  # the row inserted after the upgrade
+        assert totals.unmetered_gpu_seconds == pytest.approx(0.25)
+    finally:
+        upgraded.close()

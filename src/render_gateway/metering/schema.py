@@ -144,7 +144,8 @@ GROUP BY customer_id, model_name, minute
 # Issue 13: requests whose backend measured nothing (``metered: false``) counted apart, so a
 # customer's usage says how much of it the gateway attributed rather than the backend measured.
 # The view is replaced (dropped and made again): rows inserted between the two statements are
-# not rolled up, so the migration runs at start, before this process writes.
+# not rolled up, so the migration runs at start, before this process writes. Rows rolled up
+# before it keep 0 in the new columns (their records in inference_events still say `metered`).
 _ADD_UNMETERED_COLUMNS = """
 ALTER TABLE metrics_1m
     ADD COLUMN IF NOT EXISTS unmetered_requests UInt64,
