@@ -634,14 +634,41 @@ print(json.dumps({"hot": [list(r) for r in hot], "cold": cold.to_pylist()}, defa
 """
 
 
+def processes_holding(directory: Path) -> list[str]:
+    """``pid cmdline`` of every process with a file under ``directory`` open (from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            if any(t.startswith(str(directory)) for t in targets):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+                found.append(f"{proc.name} {command}")
+        except OSError:
+            continue
+    return found
+
+
 def read_stores(cluster: Cluster) -> dict[str, Any]:
     """Every usage row in the shared chDB and every attestation in the CAS, read by a separate
     process (the embedded chDB opens one path per process: never inside pytest's)."""
-    result = subprocess.run(
-        [sys.executable, "-c", STORE_SCRIPT, f"chdb://{cluster.shared}/usage.chdb",
-         f"file://{cluster.shared}/cas"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE_ENV},
-    )  # fmt: skip
+    command = [sys.executable, "-c", STORE_SCRIPT, f"chdb://{cluster.shared}/usage.chdb",
+               f"file://{cluster.shared}/cas"]  # fmt: skip
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **OFFLINE_ENV},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        # Seen once in a full run (the same read took 1 s afterwards): say who holds the
+        # chDB directory, then read once more; a second stall fails the run with that story.
+        holders = processes_holding(cluster.shared / "usage.chdb")
+        print(f"reading the stores stalled for 120 s; processes holding usage.chdb: {holders}")
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=180,
+            env={**os.environ, **OFFLINE_ENV},
+        )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"reading the stores failed: {result.stderr[-3000:]}")
     loaded: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
