@@ -10,6 +10,7 @@ recovered (requeued while retries last, else failed and billed) through the same
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from render_gateway.api.app import create_app
 from render_gateway.application.services import GatewayServices
-from render_gateway.application.settle import QUEUED, RUNNING, Ending
+from render_gateway.application.settle import FOLLOW_UP_GRACE_S, QUEUED, RUNNING, Ending
 from render_gateway.config import (
     BackendConfig,
     CatalogEntryConfig,
@@ -29,8 +30,10 @@ from render_gateway.config import (
     WebhooksConfig,
 )
 from render_gateway.core.jobs import Job, JobStatus, route_key
+from render_gateway.stores.unavailable import StoreUnavailable
 
-from support.processes import free_port
+from support.processes import free_port, stop_process
+from support.redis_server import start_redis
 
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox"}
 
@@ -179,6 +182,94 @@ async def test_lost_runs_are_requeued_while_retries_last_then_fail_billed(
     assert job["usage"]["status"] == "error"  # a usage record, committed with the status
     assert services.stores.jobs.usage_log.head() == head + 1
     assert await services.stores.budgets.open_reservations() == 0
+
+
+async def test_an_end_whose_follow_ups_never_ran_gets_them_from_the_sweep(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    """A process killed right after the commit of an end: the job is cancelled in the store,
+    but nobody published its terminal event, released its budget hold or enqueued its webhook.
+    The commit listed it as unfollowed; a sweep past the grace runs those follow-ups, once."""
+    services, client = gateway
+    job_id = await submit(client, webhook="http://127.0.0.1:1/hook")
+    jobs = services.stores.jobs
+    ended = await jobs.finish(job_id, JobStatus.cancelled, time.time(), expect=QUEUED)
+    assert ended is not None  # the commit, and then the process is gone
+    assert not await services.stores.events.has_log(job_id)
+    assert await services.stores.budgets.open_reservations() == 1
+    assert await services.stores.webhooks.pending() == 0
+    settlement = services.settlement
+    assert await settlement.follow_up_missed(time.time()) == 0  # within the grace: not yet
+    later = time.time() + FOLLOW_UP_GRACE_S + 1
+    assert await settlement.follow_up_missed(later) == 1
+    events = [e async for e in services.stores.events.follow(job_id)]
+    assert [(e.event, e.data["code"]) for e in events] == [("error", "cancelled")]
+    assert await services.stores.budgets.open_reservations() == 0
+    assert await services.stores.webhooks.pending() == 1
+    assert await jobs.unfollowed(later, 10) == []
+    assert await settlement.follow_up_missed(later) == 0  # confirmed: nothing runs twice
+
+
+async def test_follow_ups_that_ran_and_run_again_change_nothing(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    """A settle that did its follow-ups but died before confirming them (or a sweep on another
+    replica racing it): running them again publishes no second terminal event, enqueues no
+    second webhook, settles no budget twice."""
+    services, client = gateway
+    job_id = await submit(client, webhook="http://127.0.0.1:1/hook")
+    assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
+    jobs = services.stores.jobs
+    assert await jobs.unfollowed(float("inf"), 10) == []  # settle confirmed its follow-ups
+    # Put it back on the list, as a settle cut down before followed_up would have left it.
+    ended = await jobs.get(job_id)
+    assert ended is not None and ended.status is JobStatus.cancelled
+    fresh = await submit(client, webhook="http://127.0.0.1:1/hook")
+    await jobs.finish(fresh, JobStatus.cancelled, time.time(), expect=QUEUED)
+    await services.settlement.settle(ended, Ending.cancelled(), time.time(), expect=QUEUED)
+    later = time.time() + FOLLOW_UP_GRACE_S + 1
+    assert [j.id for j in await jobs.unfollowed(later, 10)] == [fresh]
+    assert await services.settlement.follow_up_missed(later) == 1
+    for done in (job_id, fresh):
+        events = [e async for e in services.stores.events.follow(done)]
+        assert [e.event for e in events] == ["error"], done
+    assert await services.stores.webhooks.pending() == 2  # one per job, not one per follow-up
+    assert await services.stores.budgets.open_reservations() == 0
+
+
+async def test_follow_ups_cut_short_by_an_unreachable_event_bus_run_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The settling process lives, but its event bus (Redis) is down at the moment of the end:
+    the cancel is committed and answered, the terminal event waits for the sweep, which
+    publishes it once Redis is back."""
+    server = start_redis(tmp_path / "redis")
+    base = config_for(tmp_path)
+    config = base.model_copy(
+        update={"stores": base.stores.model_copy(update={"events": server.url})}
+    )
+    services = await GatewayServices.start(config)
+    app = create_app(services.config, started=services)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            job_id = await submit(client)
+            stop_process(server.process)
+            assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
+            ended = await services.stores.jobs.get(job_id)
+            assert ended is not None and ended.status is JobStatus.cancelled
+            later = time.time() + FOLLOW_UP_GRACE_S + 1
+            with pytest.raises(StoreUnavailable):  # still down: it stays unfollowed
+                await services.settlement.follow_up_missed(later)
+            assert [j.id for j in await services.stores.jobs.unfollowed(later, 10)] == [job_id]
+            server = start_redis(tmp_path / "redis", server.port)
+            assert await services.settlement.follow_up_missed(later) == 1
+            events = [e async for e in services.stores.events.follow(job_id)]
+            assert [(e.event, e.data["code"]) for e in events] == [("error", "cancelled")]
+            assert await services.stores.budgets.open_reservations() == 0
+    finally:
+        await services.stop()
+        stop_process(server.process)
 
 
 async def test_recovery_fail_policy_fails_a_lost_run_at_once(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from render_gateway.stores.events import EventBus, JobEvent, open_event_bus
+from render_gateway.stores.events import EventBus, JobEvent, LogEnded, open_event_bus
 from render_gateway.stores.urls import StoreUrlError
 
 WAIT = 5.0  # seconds any one await may take before the test fails instead of hanging
@@ -221,7 +221,7 @@ async def test_nothing_may_follow_a_terminal_event(bus: EventBus, terminal: str)
     await bus.publish(job, "started", {})
     await bus.publish(job, terminal, {})
     for event in ("progress", "complete", "error"):
-        with pytest.raises(RuntimeError, match="already ended"):
+        with pytest.raises(LogEnded, match="already ended"):
             await bus.publish(job, event, {})
     assert [e.event for e in await events_of(bus, job)] == ["started", terminal]
 

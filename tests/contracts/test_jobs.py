@@ -557,6 +557,35 @@ async def test_finish_only_from_an_expected_status(store: JobStore) -> None:
         await store.finish(item.id, JobStatus.running, 1.0, expect=QUEUED)
 
 
+async def test_every_end_is_unfollowed_until_its_follow_ups_are_confirmed(
+    store: JobStore,
+) -> None:
+    # finish lists the job in its own commit; only followed_up takes it off. A queued job that
+    # is cancelled and a run that ends both count; a job that did not end is never listed.
+    ran, cancelled, waiting = job(), job(), job()
+    for item in (ran, cancelled, waiting):
+        await submit(store, item)
+    claimed = await claim(store)
+    assert claimed is not None and claimed.id == ran.id
+    assert await store.unfollowed(float("inf"), 10) == []
+    await store.finish(ran.id, JobStatus.complete, 20.0, expect=RUNNING, outputs=("a_1",))
+    await store.finish(cancelled.id, JobStatus.cancelled, 10.0, expect=QUEUED)
+    listed = await store.unfollowed(float("inf"), 10)
+    assert [j.id for j in listed] == [cancelled.id, ran.id]  # oldest end first
+    assert listed[1].status is JobStatus.complete and listed[1].outputs == ("a_1",)
+    # Only the ends before the bound, at most the limit.
+    assert [j.id for j in await store.unfollowed(20.0, 10)] == [cancelled.id]
+    assert [j.id for j in await store.unfollowed(float("inf"), 1)] == [cancelled.id]
+    # A finish that changes nothing lists nothing again.
+    await store.followed_up(cancelled.id)
+    assert await store.finish(cancelled.id, JobStatus.cancelled, 30.0, expect=QUEUED) is None
+    assert [j.id for j in await store.unfollowed(float("inf"), 10)] == [ran.id]
+    await store.followed_up(ran.id)
+    await store.followed_up(ran.id)  # idempotent: two sweeps may confirm the same job
+    assert await store.unfollowed(float("inf"), 10) == []
+    assert waiting.id not in {j.id for j in await store.unfollowed(float("inf"), 10)}
+
+
 async def test_ttl_expiry_is_reported_not_applied(store: JobStore) -> None:
     soon, later, forever = job(expires_at=50.0), job(expires_at=5000.0), job()
     for item in (soon, later, forever):

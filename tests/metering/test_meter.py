@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from render_gateway.core.budgets import BudgetExceeded, BudgetLimit
+from render_gateway.core.budgets import BudgetExceeded, BudgetLimit, Reservation
 from render_gateway.core.pricing import PlanPrices, PriceTable
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.work import Work
-from render_gateway.stores.budgets import open_budget_store
+from render_gateway.stores.budgets import BudgetStore, open_budget_store
+
+from support.processes import stop_process
+from support.redis_server import start_redis
 
 MONTH_START = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 
@@ -118,3 +122,59 @@ async def simulate(
     # ends, so it may run that one and the next (and one more when the cancel is late).
     bound = concurrency * (step_cost if warm else fixed + (3 if late else 2) * step_cost)
     assert spent <= limit + bound + 1e-9, (spent, limit, bound)
+
+
+def reservation_of(held: Reservation, work: Work) -> dict[str, object]:
+    """What admission stores with a job (application/job_cases.py)."""
+    return {"gpu_seconds": held.amount.gpu_seconds, "cost_nanos": held.amount.cost_nanos,
+            "month": held.month, "work": work.to_dict()}  # fmt: skip
+
+
+def shared_meter(budgets: BudgetStore, limit: float) -> Meter:
+    prices = PriceTable({"default": PlanPrices(0.001, {})})
+    return Meter(prices, budgets, lambda customer, plan: BudgetLimit(limit), CostEstimator(0.2))
+
+
+async def test_a_run_admitted_by_another_replica_is_charged_and_stopped_here() -> None:
+    """Replica A admits, replica B claims and runs: B's meter never saw the admission, and
+    must still charge the run from the reservation stored with the job, and stop it."""
+    budgets = open_budget_store("memory://")
+    admitting, running = shared_meter(budgets, 1.0), shared_meter(budgets, 1.0)
+    work = Work("sd", "tiny", "t2i", 40, 1.0)
+    held = await admitting.admit("j1", "c", "default", work, MONTH_START)
+    running.adopt("j1", "c", "default", reservation_of(held, work))
+    verdicts = [await running.progress("j1", step, 40, 0.1 * step, 0.1 * step)
+                for step in range(1, 41)]  # fmt: skip
+    # 0.1 GPU-s a step against 1.0: stopped at the first step k whose k + 2 crosses it
+    # (0.1 x 11 = 1.1), not let run its 40 steps (4 GPU-s) as it was before adopt.
+    assert verdicts.index(False) + 1 == 9, verdicts
+    unaware = shared_meter(budgets, 1.0)  # what a meter that did not adopt the run does
+    assert await unaware.progress("j1", 20, 40, 2.0, 2.0)
+
+
+async def test_while_the_budget_store_is_down_a_run_goes_only_as_far_as_its_hold(
+    tmp_path: Path,
+) -> None:
+    """Redis down mid-run: a charge cannot be made. The run continues while what the store
+    last confirmed holding for it covers the next steps, and is stopped beyond — never
+    charged blind; a customer without a limit is never stopped for it."""
+    server = start_redis(tmp_path / "redis")
+    budgets = open_budget_store(server.url)
+    try:
+        limited = shared_meter(budgets, 100.0)
+        work = Work("sd", "tiny", "t2i", 40, 1.0)
+        await limited.admit("j1", "c", "default", work, MONTH_START)  # holds 0.2 (the floor)
+        assert await limited.progress("j1", 1, 40, 0.1, 0.1)  # charged: holds 0.3
+        stop_process(server.process)
+        assert await limited.progress("j1", 1, 40, 0.1, 0.1)  # still 0.3: covered
+        assert not await limited.progress("j1", 2, 40, 0.2, 0.2)  # needs 0.4: stop
+        unlimited = Meter(
+            PriceTable({"default": PlanPrices(0.001, {})}), budgets,
+            lambda customer, plan: BudgetLimit(), CostEstimator(0.2),
+        )  # fmt: skip
+        stored = {"gpu_seconds": 0.2, "cost_nanos": 0, "month": "2026-12", "work": work.to_dict()}
+        unlimited.adopt("j2", "c", "default", stored)
+        assert await unlimited.progress("j2", 30, 40, 3.0, 3.0)
+    finally:
+        await budgets.close()
+        stop_process(server.process)

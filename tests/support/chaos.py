@@ -678,6 +678,20 @@ def read_stores(cluster: Cluster) -> dict[str, Any]:
 def full_event_log(
     cluster: Cluster, traffic: Traffic, job: JobRecord, client: httpx.Client
 ) -> list[tuple[int, str]]:
+    """The job's whole event log, read from the start through some replica. A log without
+    its terminal event is read again for up to 30 s: an end whose follow-ups a kill cut short
+    gets its event from a sweep 10 s after the end (Settlement.follow_up_missed)."""
+    deadline = time.monotonic() + 30
+    while True:
+        events = _read_event_log(cluster, traffic, job, client)
+        if any(name in TERMINAL_EVENTS for _, name in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(1.0)
+
+
+def _read_event_log(
+    cluster: Cluster, traffic: Traffic, job: JobRecord, client: httpx.Client
+) -> list[tuple[int, str]]:
     record = SseRecord(job.id)
     for _ in range(3):
         replica = pick(cluster, random.Random())

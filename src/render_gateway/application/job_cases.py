@@ -15,7 +15,7 @@ from render_gateway.application.admission import Admission
 from render_gateway.application.job_views import job_view
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.application.scheduler import JobRunner
-from render_gateway.application.settle import QUEUED, Ending, Settlement
+from render_gateway.application.settle import QUEUED, Ending, Settlement, terminal_event
 from render_gateway.application.webhooks import WebhookSender
 from render_gateway.auth.principal import Principal
 from render_gateway.config import GatewayConfig
@@ -249,11 +249,5 @@ class JobCases:
     def terminal_event(self, job: Job) -> list[tuple[str, dict[str, Any]]]:
         """The terminal event of a job that ended before this process knew of it (a restart,
         another replica), rebuilt from the job store."""
-        if job.status is JobStatus.complete:
-            urls = [self._asset_url(a) for a in job.outputs]
-            return [("complete", {"output": urls[0] if urls else None, "outputs": urls})]
-        if job.error is not None:
-            return [("error", {"code": job.error.code, "message": job.error.message})]
-        if job.status is JobStatus.cancelled:
-            return [("error", {"code": "cancelled", "message": "the job was cancelled"})]
-        return []
+        rebuilt = terminal_event(job, self._asset_url)
+        return [] if rebuilt is None else [rebuilt]

@@ -272,6 +272,9 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         request_id = str(job.extra.get("request_id", job.id))
         started = self._clock()
+        if isinstance(reservation := job.extra.get("reservation"), dict):
+            plan = str(job.extra.get("plan") or "default")
+            self._meter.adopt(job.id, job.customer_id, plan, reservation)
         # Events are for watchers: a store that is unreachable (Redis down) loses one, never
         # the run. The outcome is written again until the store takes it (``_until_stored``).
         with contextlib.suppress(StoreUnavailable):
@@ -283,12 +286,10 @@ class JobRunner:
                     job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
                 )
             elapsed = self._clock() - started
-            try:
-                allowed = await self._meter.progress(
-                    job.id, event.step, event.steps, elapsed, event.gpu_seconds
-                )
-            except StoreUnavailable:  # checked again at the next step, and billed as it ran
-                allowed = True
+            # The budget store unreachable: the meter lets the run go as far as its hold covers.
+            allowed = await self._meter.progress(
+                job.id, event.step, event.steps, elapsed, event.gpu_seconds
+            )
             if not allowed:
                 self._budget_stopped.add(job.id)  # its next step would cross the budget
                 self._cancels[job.id].set()
@@ -471,7 +472,9 @@ class JobRunner:
 
     async def _sweep(self) -> None:
         """Every second: queued jobs past their ttl end; runs whose lease lapsed (a process
-        that died) are recovered; and time alone may free capacity (a half-open breaker)."""
+        that died) are recovered; ended jobs whose follow-ups were cut short get them
+        (Settlement.follow_up_missed); and time alone may free capacity (a half-open
+        breaker)."""
         while True:
             await asyncio.sleep(1.0)
             self.wake()
@@ -493,6 +496,9 @@ class JobRunner:
                 ]
                 if lapsed:
                     await self.recover(lapsed)
+                await self._settlement.follow_up_missed(now)
+            except StoreUnavailable:
+                log.warning("sweep: a store is unreachable; sweeping again in a second")
             except Exception:
                 log.exception("sweep failed")
 

@@ -11,15 +11,22 @@ a crash, a run the drain could not requeue — ends it here, and here only. In o
 3. settles the budget with what the record bills (or releases the hold when nothing ran);
 4. enqueues the webhook, signed, durable.
 
-Steps 2–4 follow the commit; a process killed between them loses nothing that matters for
-billing: the record is in the usage log, budgets are rebuilt from it at start, and the event is
-rebuilt from the job store by any reader. The sync tier has no job; ``sync_request`` appends its
-record and settles its budget the same way, before the response is sent.
+Steps 2–4 (the follow-ups) come after the commit, so a process killed between them — or one
+whose Redis went away just then — would lose them: followers waiting for an end that never
+comes, a budget hold never settled, a webhook never sent. So the commit also lists the job as
+*unfollowed* (``JobStore.unfollowed``), the follow-ups end by confirming it (``followed_up``),
+and ``follow_up_missed`` — run by every replica's scheduler sweep — runs them again for jobs
+that stayed unfollowed for ``FOLLOW_UP_GRACE_S``: the terminal event rebuilt from the job (a
+log that has one already refuses it: ``LogEnded``), the budget settled from the record on the
+job (settled at most once per key), the webhook enqueued under its one delivery id (enqueued
+at most once). The sync tier has no job; ``sync_request`` appends its record and settles its
+budget the same way, before the response is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +37,32 @@ from render_gateway.application.webhooks import WebhookSender
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
 from render_gateway.metering.meter import Meter
-from render_gateway.stores.events import EventBus
+from render_gateway.stores.events import EventBus, LogEnded
 from render_gateway.stores.jobs import JobStore
+from render_gateway.stores.unavailable import StoreUnavailable
 from render_gateway.stores.usage_log import UsageAlreadyLogged
+
+log = logging.getLogger(__name__)
 
 QUEUED = frozenset({JobStatus.queued})
 RUNNING = frozenset({JobStatus.running})
+# How long a job may stay unfollowed before a sweep runs its follow-ups again: far above the
+# milliseconds they take, so a sweep seldom repeats one still under way (harmless if it does).
+FOLLOW_UP_GRACE_S = 10.0
+FOLLOW_UP_BATCH = 100
+
+
+def terminal_event(job: Job, asset_url: Callable[[str], str]) -> tuple[str, dict[str, Any]] | None:
+    """The terminal event of an ended ``job``, rebuilt from the job store: what ``settle``
+    published for it (None while it has not ended)."""
+    if job.status is JobStatus.complete:
+        urls = [asset_url(a) for a in job.outputs]
+        return "complete", {"output": urls[0] if urls else None, "outputs": urls}
+    if job.error is not None and job.status.terminal:
+        return "error", {"code": job.error.code, "message": job.error.message}
+    if job.status is JobStatus.cancelled:
+        return "error", {"code": "cancelled", "message": "the job was cancelled"}
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,17 +129,44 @@ class Settlement:
         )
         if settled is None:
             return None
-        await self._events.publish(job.id, ending.event, ending.data)
-        await self._meter.settled(job.id, record)
         self.finished[settled.status.value] += 1
-        if settled.webhook:
+        try:
+            await self._follow_up(settled, ending.event, ending.data, record)
+        except StoreUnavailable:
+            # The end is committed; what did not happen is done by follow_up_missed.
+            log.warning("job %s: follow-ups cut short (a store is unreachable)", job.id)
+        return settled
+
+    async def _follow_up(
+        self, job: Job, event: str, data: dict[str, Any], record: dict[str, Any] | None
+    ) -> None:
+        """Steps 2–4 for an ended job; each is idempotent, so running them twice is safe."""
+        with contextlib.suppress(LogEnded):  # a follow-up that ran already published it
+            await self._events.publish(job.id, event, data)
+        await self._meter.settled(job.id, record)
+        if job.webhook:
             progress, _ = await self._events.progress(job.id)
             await self._webhooks.send(
-                settled.webhook,
-                job_view(settled, None, progress, None, asset_url=self._asset_url),
-                event_id=f"{settled.id}.{settled.status.value}",
+                job.webhook,
+                job_view(job, None, progress, None, asset_url=self._asset_url),
+                event_id=f"{job.id}.{job.status.value}",
             )
-        return settled
+        await self._jobs.followed_up(job.id)
+
+    async def follow_up_missed(self, now: float) -> int:
+        """Run the follow-ups of the jobs that ended more than ``FOLLOW_UP_GRACE_S`` ago and are
+        still unfollowed (their settling process died or lost a store midway); how many."""
+        done = 0
+        for job in await self._jobs.unfollowed(now - FOLLOW_UP_GRACE_S, FOLLOW_UP_BATCH):
+            rebuilt = terminal_event(job, self._asset_url)
+            if rebuilt is None:  # not ended (cannot be: finish listed it): nothing to follow
+                await self._jobs.followed_up(job.id)
+                continue
+            usage = job.extra.get("usage")
+            await self._follow_up(job, *rebuilt, usage if isinstance(usage, dict) else None)
+            log.info("job %s: its missed follow-ups ran (event, budget, webhook)", job.id)
+            done += 1
+        return done
 
     async def sync_request(self, request_id: str, usage: UsageRecord) -> None:
         """A sync request ended: its record is durable before this returns (the response goes

@@ -20,6 +20,7 @@ from render_gateway.core.usage_records import UsageRecord, build_record, cost_na
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.work import Work
 from render_gateway.stores.budgets import BudgetStore
+from render_gateway.stores.unavailable import StoreUnavailable
 
 # The code a run stopped because its customer's budget ran out ends with (job error, record
 # error code and the sync tier's 402).
@@ -48,6 +49,9 @@ class Meter:
         self.on_learned = on_learned  # e.g. save the estimates (True: a model's first run)
         # key → (its work, its customer, its plan), for the runs of this process
         self._work: dict[str, tuple[Work, str, str]] = {}
+        # key → what the budget store last confirmed it holds for the request (its reservation,
+        # then each charge): how far a run may go while the store cannot be reached
+        self._held: dict[str, Amount] = {}
         self.budget_stops = 0  # runs stopped at a step because their budget ran out
         self.unverified_claims = 0  # records whose backend claim did not verify at settle
 
@@ -64,7 +68,18 @@ class Meter:
             key, customer_id, plan, month_of(now), amount, limit
         )
         self._work[key] = (work, customer_id, plan)
+        self._held[key] = amount
         return reservation
+
+    def adopt(self, key: str, customer_id: str, plan: str, reservation: Mapping[str, Any]) -> None:
+        """A run of this process whose job another replica (or this one before a restart)
+        admitted: charge its progress from the reservation stored with the job. Without it the
+        run would be charged nothing and never stopped at its budget."""
+        if key in self._work or not isinstance(work := reservation.get("work"), Mapping):
+            return
+        self._work[key] = (Work.from_dict(work), customer_id, plan)
+        held = Amount(float(reservation["gpu_seconds"]), int(reservation["cost_nanos"]))
+        self._held.setdefault(key, held)
 
     async def restore(self, key: str, customer_id: str, reservation: Mapping[str, Any]) -> None:
         """Hold again what an admitted job had reserved before a restart."""
@@ -72,6 +87,7 @@ class Meter:
         month, plan = str(reservation["month"]), str(reservation.get("plan", ""))
         limit = self.limit_for(customer_id, plan)
         await self.budgets.reserve(key, customer_id, plan, month, amount, limit, force=True)
+        self._held[key] = amount
         if isinstance(work := reservation.get("work"), Mapping):
             self._work[key] = (Work.from_dict(work), customer_id, plan)
 
@@ -91,7 +107,11 @@ class Meter:
         False when that crosses the budget: the caller stops the run now. The backend is
         already in the next step when the cancel reaches it, and may be in the one after if
         the cancel is late, so the run ends at most one step past the budget (the backend's
-        signed claim is the bill)."""
+        signed claim is the bill).
+
+        While the budget store cannot be reached (Redis down), a run goes on only as far as
+        what the store last confirmed holding for it covers; past that it is stopped, as if its
+        budget had run out: a budget that cannot be checked is not spent blind."""
         known = self._work.get(key)
         if known is None or step <= 0:
             return True
@@ -105,7 +125,18 @@ class Meter:
         else:  # a model never seen, a backend that measures nothing: its wall pace (higher)
             estimate = elapsed_seconds * next_step / step
         needed = self._amount(estimate, plan, work.family)
-        return await self.budgets.charge(key, needed, self.limit_for(customer_id, plan))
+        limit = self.limit_for(customer_id, plan)
+        try:
+            allowed = await self.budgets.charge(key, needed, limit)
+        except StoreUnavailable:
+            held = self._held.get(key)
+            return limit.unlimited or (held is not None and _covers(held, needed, limit))
+        if allowed:
+            held = self._held.get(key, needed)
+            self._held[key] = Amount(
+                max(held.gpu_seconds, needed.gpu_seconds), max(held.cost_nanos, needed.cost_nanos)
+            )
+        return allowed
 
     def record(
         self,
@@ -161,6 +192,7 @@ class Meter:
     async def settled(self, key: str, record: Mapping[str, Any] | None) -> None:
         """A request ended (``record`` as persisted), or was dropped before running (None)."""
         known = self._work.pop(key, None)
+        self._held.pop(key, None)
         if record is None:
             await self.budgets.release(key)
             return
@@ -177,3 +209,10 @@ class Meter:
             gpu_seconds = float(record["gpu_seconds"])
             self.on_learned(self.estimator.observe(known[0], steps, gpu_seconds, finished))
         self.on_record()
+
+
+def _covers(held: Amount, needed: Amount, limit: BudgetLimit) -> bool:
+    """Whether ``held`` already covers ``needed`` in every unit the limit counts."""
+    gpu = limit.gpu_seconds is None or needed.gpu_seconds <= held.gpu_seconds
+    cost = limit.cost_nanos is None or needed.cost_nanos <= held.cost_nanos
+    return gpu and cost

@@ -29,6 +29,10 @@ DEFAULT_KEEP_FINISHED = 10_000
 DEFAULT_RETENTION_S = 3600.0
 
 
+class LogEnded(RuntimeError):
+    """The job's log already has its terminal event: nothing may follow it."""
+
+
 @dataclass(frozen=True)
 class JobEvent:
     id: int  # 1, 2, 3... per job: the SSE id a client resumes after
@@ -43,7 +47,7 @@ class JobEvent:
 class EventBus(Protocol):
     async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> JobEvent:
         """Append to the job's log (numbered from 1) and wake its followers everywhere.
-        RuntimeError once the log has a terminal event: nothing may follow it."""
+        LogEnded once the log has a terminal event: nothing may follow it."""
         ...
 
     async def progress(self, job_id: str) -> tuple[float, int | None]:

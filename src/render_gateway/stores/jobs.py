@@ -145,15 +145,28 @@ class JobStore(Protocol):
     ) -> Job | None:
         """The one way to a terminal ``status``, from a status in ``expect`` only (queued for a
         cancel or a ttl, running for a run's end): takes a queued job out of the queue, ends a
-        running job's lease, merges ``extra`` into the job's extra fields and appends ``usage``
-        to the usage log, all in one commit. None, changing nothing, when the job is in no
-        expected status (another path settled it: exactly once). KeyError for an unknown id.
+        running job's lease, merges ``extra`` into the job's extra fields, appends ``usage``
+        to the usage log and lists the job as ``unfollowed``, all in one commit. None,
+        changing nothing, when the job is in no expected status (another path settled it:
+        exactly once). KeyError for an unknown id.
 
         ``holder`` fences a run's own end: a running job is ended only while its run is held
         by ``holder``. A replica whose lease lapsed and whose job was requeued and claimed by
         another replica has its late result refused (None), so one job never ends twice nor
         bills two runs. None (no fence) is for paths that end a job not as its run's holder:
         a cancel of a queued job, a ttl, the recovery of an expired run."""
+        ...
+
+    async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
+        """Jobs ``finish`` ended before ``ended_before`` whose follow-ups (the terminal event,
+        the budget settlement, the webhook: application/settle.py) ``followed_up`` has not
+        confirmed, oldest end first, at most ``limit``. ``finish`` lists a job here in its own
+        commit, so a process that died (or lost its Redis) between the commit and the
+        follow-ups leaves them for another to run again: each is idempotent."""
+        ...
+
+    async def followed_up(self, job_id: str) -> None:
+        """The job's follow-ups are done: ``unfollowed`` no longer lists it."""
         ...
 
     async def requeue(

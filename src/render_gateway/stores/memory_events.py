@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from render_gateway.stores.events import DEFAULT_KEEP_FINISHED, JobEvent
+from render_gateway.stores.events import DEFAULT_KEEP_FINISHED, JobEvent, LogEnded
 
 
 @dataclass
@@ -42,7 +42,7 @@ class MemoryEventBus:
         if log is None:
             log = self._logs[job_id] = _Log()
         if log.finished:
-            raise RuntimeError(f"job {job_id} already ended; no event may follow")
+            raise LogEnded(f"job {job_id} already ended; no event may follow")
         item = JobEvent(len(log.events) + 1, event, data)
         log.events.append(item)
         if event == "progress":

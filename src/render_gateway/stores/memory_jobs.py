@@ -43,6 +43,7 @@ class MemoryJobStore:
         self._routes: dict[str, str] = {}  # queued job id -> route key
         self._queued_per_customer: Counter[str] = Counter()
         self._leases: dict[str, tuple[str, float]] = {}  # running job id -> (holder, until)
+        self._unfollowed: dict[str, float] = {}  # ended job id -> when, until followed up
         self._next_seq = 0
 
     async def open(self) -> Opened:
@@ -188,6 +189,7 @@ class MemoryJobStore:
         else:
             self._queue.drop(job_id)
             self._leases.pop(job_id, None)
+        self._unfollowed[job_id] = now
         self._jobs[job_id] = job.evolve(
             status=status,
             completed_at=now,
@@ -197,6 +199,13 @@ class MemoryJobStore:
             extra=merge_patch(job.extra, _as_stored(extra or {})),
         )
         return self._copy(job_id)
+
+    async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
+        ended = sorted((at, job_id) for job_id, at in self._unfollowed.items() if at < ended_before)
+        return [self._copy(job_id) for _, job_id in ended[:limit]]
+
+    async def followed_up(self, job_id: str) -> None:
+        self._unfollowed.pop(job_id, None)
 
     def _held_by(self, job: Job, holder: str | None) -> bool:
         """The fence of a run's own end: no holder given, or the running job's lease is its."""

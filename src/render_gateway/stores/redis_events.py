@@ -51,7 +51,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from render_gateway.stores.events import DEFAULT_RETENTION_S, JobEvent
+from render_gateway.stores.events import DEFAULT_RETENTION_S, JobEvent, LogEnded
 from render_gateway.stores.redis_client import key, open_redis
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class RedisEventBus:
             ],
         )
         if int(cast(int, number)) == 0:
-            raise RuntimeError(f"job {job_id} already ended; no event may follow")
+            raise LogEnded(f"job {job_id} already ended; no event may follow")
         return JobEvent(int(cast(int, number)), event, data)
 
     async def progress(self, job_id: str) -> tuple[float, int | None]:

@@ -17,6 +17,8 @@ How the data lies in Redis (``ns`` is the namespace, ``render:jobs`` by default)
   requeued job goes back with its own score, ahead of the jobs admitted after it;
 * ``ns:queued`` — a hash of queued counts: ``total`` and ``c:<customer>``;
 * ``ns:unsettled`` — a sorted set (score ``seq``) of the jobs queued or running;
+* ``ns:unfollowed`` — a sorted set (score ``completed_at``) of the jobs ``finish`` ended whose
+  follow-ups ``followed_up`` has not confirmed;
 * ``ns:ttl`` — a sorted set of the queued jobs that have a ttl, scored by ``expires_at``;
 * ``ns:leases`` — a sorted set of the running jobs, scored by ``lease_until``;
 * ``ns:idempotency`` — a hash ``<len(customer)>:<customer>:<key>`` → job id (the request
@@ -210,6 +212,21 @@ return out
 """
 )
 
+_UNFOLLOWED = (
+    _COMMON
+    + """
+-- ARGV: ns, ended before (exclusive), limit
+local out = {}
+local ended = redis.call('ZRANGEBYSCORE', ns .. ':unfollowed', '-inf', '(' .. ARGV[2],
+                         'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ended) do
+  local flat = redis.call('HGETALL', jkey(id))
+  if #flat > 0 then out[#out + 1] = flat else redis.call('ZREM', ns .. ':unfollowed', id) end
+end
+return out
+"""
+)
+
 _EXPIRED_QUEUED = (
     _COMMON
     + """
@@ -270,6 +287,7 @@ else
   redis.call('HDEL', j, 'holder', 'lease_until')
 end
 redis.call('ZREM', ns .. ':unsettled', id)
+redis.call('ZADD', ns .. ':unfollowed', ARGV[4], id)
 redis.call('HSET', j, 'status', ARGV[3], 'completed_at', ARGV[4], 'outputs', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', j, 'error', ARGV[7])
 else redis.call('HDEL', j, 'error') end
@@ -438,7 +456,7 @@ class RedisJobStore:
         self._get_many, self._expired_runs = script(_GET_MANY), script(_EXPIRED_RUNS)
         self._expired_queued, self._unsettled = script(_EXPIRED_QUEUED), script(_UNSETTLED)
         self._request_cancel, self._finish = script(_REQUEST_CANCEL), script(_FINISH)
-        self._requeue = script(_REQUEUE)
+        self._requeue, self._unfollowed = script(_REQUEUE), script(_UNFOLLOWED)
 
     @property
     def usage_log(self) -> RedisUsageStream:
@@ -640,6 +658,15 @@ class RedisJobStore:
 
     async def unsettled(self) -> list[Job]:
         return [_to_job(flat) for flat in await self._run(self._unsettled)]
+
+    async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
+        rows = await self._run(self._unfollowed, repr(float(ended_before)), limit)
+        return [_to_job(flat) for flat in rows]
+
+    async def followed_up(self, job_id: str) -> None:
+        if self._closed:
+            raise RuntimeError("the job store is closed")
+        await self._client.zrem(f"{self._ns}:unfollowed", job_id)
 
     async def expired_queued(self, now: float) -> list[str]:
         flat = await self._run(self._expired_queued, repr(float(now)))

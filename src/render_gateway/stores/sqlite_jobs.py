@@ -54,8 +54,9 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 
 # 1: jobs and the usage log. 2: cancel_requested, run leases (lease_holder, lease_until), the
-# queued counters behind the depth limits, an index for ttl sweeps.
-SCHEMA_VERSION = 2
+# queued counters behind the depth limits, an index for ttl sweeps. 3: the ``unfollowed`` table
+# (ended jobs whose follow-ups are not confirmed: JobStore.unfollowed).
+SCHEMA_VERSION = 3
 TABLES = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -93,6 +94,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, lane, seq);
 CREATE INDEX IF NOT EXISTS jobs_queued_expiry
     ON jobs (expires_at) WHERE status = 'queued' AND expires_at IS NOT NULL;
+
+-- Ended jobs whose follow-ups (terminal event, budget, webhook) are not confirmed yet.
+CREATE TABLE IF NOT EXISTS unfollowed (
+    job_id TEXT PRIMARY KEY,
+    ended_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS unfollowed_by_end ON unfollowed (ended_at);
 
 CREATE TABLE IF NOT EXISTS queue_depths (
     customer_id TEXT PRIMARY KEY,
@@ -177,7 +185,7 @@ def _error_json(error: JobError | None) -> str | None:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a new, schema 1 or schema 2 file to schema 2. Each step is idempotent (IF NOT
+    """Bring a new, schema 1, 2 or 3 file to schema 3. Each step is idempotent (IF NOT
     EXISTS, a column added only if missing), so a migration cut short resumes on the next open;
     a file from a newer build is refused rather than written to."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -620,6 +628,9 @@ class SqliteJobStore:
             )
             if usage is not None:
                 append_usage_row(conn, usage)
+            conn.execute(
+                "INSERT OR REPLACE INTO unfollowed (job_id, ended_at) VALUES (?, ?)", (job_id, now)
+            )
             job = _select(conn, job_id)
             assert job is not None
             return before, job
@@ -635,6 +646,23 @@ class SqliteJobStore:
 
         outcome = await self._call(settle, mirror)
         return None if outcome is None else outcome[1]
+
+    async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {COLS} FROM unfollowed u JOIN jobs ON jobs.id = u.job_id "  # noqa: S608
+                "WHERE u.ended_at < ? ORDER BY u.ended_at LIMIT ?",
+                (ended_before, limit),
+            )
+            return [_row_to_job(r) for r in rows]
+
+        return await self._read(select)
+
+    async def followed_up(self, job_id: str) -> None:
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM unfollowed WHERE job_id = ?", (job_id,))
+
+        await self._call(forget)
 
     async def requeue(
         self,
