@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from support.gateway import (
-    ONE_WORKER_CONFIG,
+    LOOPBACK_WEBHOOKS_CONFIG,
     GatewayProcess,
     start_gateway,
     stop_gateway,
@@ -22,15 +22,7 @@ from support.gateway import (
 from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
-# The webhook receivers of these tests are on 127.0.0.1 over http: opt in to both.
-CONFIG = (
-    ONE_WORKER_CONFIG
-    + """
-[gateway.webhooks]
-allow_http = true
-allow_private_addresses = true
-"""
-)
+CONFIG = LOOPBACK_WEBHOOKS_CONFIG  # the receivers are on 127.0.0.1 over http
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,11 @@ import pytest
 from render_gateway.application.webhooks import WebhookSecret, verify
 from render_gateway.stores.webhooks import open_webhook_store
 
-from support.gateway import ONE_WORKER_CONFIG, bearer, start_gateway, stop_gateway, wait_done
+from support.gateway import LOOPBACK_WEBHOOKS_CONFIG, bearer, start_gateway, stop_gateway, wait_done
 from support.processes import WorkerProcess, free_port
 from support.worker_api import wait_idle
 
-# The receiver is on 127.0.0.1 over http: opt in to both.
-CONFIG = (
-    ONE_WORKER_CONFIG
-    + """
-[gateway.webhooks]
-allow_http = true
-allow_private_addresses = true
-"""
-)
+CONFIG = LOOPBACK_WEBHOOKS_CONFIG  # the receivers are on 127.0.0.1 over http
 
 
 @dataclass

@@ -33,6 +33,16 @@ tasks = ["t2i", "i2i", "edit"]
 aliases = ["render/tiny-sd-demo"]
 """
 
+# ONE_WORKER_CONFIG for tests whose webhook receivers are on 127.0.0.1 over http: both opted in.
+LOOPBACK_WEBHOOKS_CONFIG = (
+    ONE_WORKER_CONFIG
+    + """
+[gateway.webhooks]
+allow_http = true
+allow_private_addresses = true
+"""
+)
+
 
 @dataclass
 class GatewayProcess:

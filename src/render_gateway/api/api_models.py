@@ -57,6 +57,16 @@ class QueueRouting(BaseModel):
     webhook: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
     ttl: int | None = Field(default=None, ge=60, le=86400)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=64)
+    start_deadline: float | None = Field(
+        default=None, ge=1, le=86400,
+        description="seconds: a job that has not started by then ends cancelled "
+        "(deadline_exceeded), unbilled; the Cancel-After header says the same",
+    )  # fmt: skip
+    webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = Field(
+        default=None, min_length=1, max_length=3,
+        description="what the webhook hears: start (the run started), progress (at most one "
+        "a second), completed (the job ended; the default)",
+    )  # fmt: skip
 
 
 # One body per task (the document's ``oneOf`` on ``task``): each says which inputs its task

@@ -31,22 +31,69 @@ from render_gateway.api.event_stream import (
     until_refused,
 )
 from render_gateway.api.http import json_response, rate_headers, request_id_of
-from render_gateway.application.job_cases import CancelOutcome, SubmitRequest
+from render_gateway.api.preferences import CANCEL_AFTER_PATTERN, parse_duration, parse_prefer
+from render_gateway.application.job_cases import CancelOutcome, SubmitRequest, Submitted
+from render_gateway.application.refusals import RefusalKind, Refused
 from render_gateway.auth.principal import AuthError, Principal
 from render_gateway.core.jobs import JobStatus
 
 router = APIRouter()
 ROUTING_FIELDS = frozenset(
     {"modality", "family", "model", "task", "format", "backend", "priority", "webhook", "ttl",
-     "idempotency_key"}
+     "idempotency_key", "start_deadline", "webhook_events_filter"}
 )  # fmt: skip
+PREFER_HEADER = Header(
+    description="RFC 7240. `wait=N` (N ≤ 60; bare `wait`: 60): answer 200 with the ended job if "
+    "it ends within N seconds, else 202 as without it. Others are ignored."
+)
+CANCEL_AFTER_HEADER = Header(
+    alias="Cancel-After",
+    max_length=32,
+    pattern=CANCEL_AFTER_PATTERN,
+    description="a duration (`90`, `90s`, `5m`, `1h30m`; clamped to 1 s – 24 h): a job not "
+    "started by then ends cancelled as deadline_exceeded, unbilled (the body's start_deadline)",
+)
+
+
+def queued_body(submitted: Submitted, response: Response) -> dict[str, Any]:
+    """The 202 answer of a queued job (``POST /queue``, a sync route asked to respond-async)."""
+    stored = submitted.job
+    response.headers.update(rate_headers(submitted.rate))
+    response.headers["Location"] = f"/jobs/{stored.id}"
+    return {
+        "id": stored.id,
+        "status": stored.status.value,
+        "position": submitted.position,
+        "eta_seconds": submitted.eta_seconds,
+        "events_url": f"/jobs/{stored.id}/events",
+    }
+
+
+def start_deadline(body_seconds: float | None, cancel_after: str | None) -> float | None:
+    """The earlier of the body's ``start_deadline`` and the ``Cancel-After`` header."""
+    deadlines = [] if body_seconds is None else [body_seconds]
+    if cancel_after is not None:
+        try:
+            deadlines.append(parse_duration(cancel_after))
+        except ValueError as exc:
+            raise Refused(
+                RefusalKind.invalid, "invalid_request", str(exc), {"header": "Cancel-After"}
+            ) from None
+    return min(deadlines, default=None)
 
 
 @router.post(
     "/queue",
     status_code=202,
     response_model=QueuedResponse,
-    responses=ERROR_RESPONSES,
+    responses={
+        200: {
+            "model": JobResponse,
+            "description": "with `Prefer: wait=N`: the job ended within N seconds (any end: "
+            "complete, error, cancelled)",
+        },
+        **ERROR_RESPONSES,
+    },
     summary="Queue a generation (async tier)",
 )
 async def submit(
@@ -54,8 +101,12 @@ async def submit(
     request: Request,
     response: Response,
     principal: Annotated[Principal, Depends(caller)],
-) -> dict[str, Any]:
+    prefer: Annotated[list[str] | None, PREFER_HEADER] = None,
+    cancel_after: Annotated[str, CANCEL_AFTER_HEADER] = "",  # "": none given
+) -> Any:
     cases = services(request).job_cases
+    deadline = start_deadline(body.start_deadline, cancel_after or None)
+    preferences = parse_prefer(prefer or [])
     generation = await admit_asset_inputs(
         request, principal, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
     )
@@ -72,21 +123,25 @@ async def submit(
             ttl=body.ttl,
             idempotency_key=body.idempotency_key,
             generation=generation,
-            digest_source=body.model_dump(mode="json"),
+            digest_source={**body.model_dump(mode="json"), "start_deadline": deadline},
+            start_deadline=deadline,
+            webhook_events=(
+                None if body.webhook_events_filter is None else tuple(body.webhook_events_filter)
+            ),
         ),
         principal,
         request_id_of(request),
     )
-    stored = submitted.job
-    response.headers.update(rate_headers(submitted.rate))
-    response.headers["Location"] = f"/jobs/{stored.id}"
-    return {
-        "id": stored.id,
-        "status": stored.status.value,
-        "position": submitted.position,
-        "eta_seconds": submitted.eta_seconds,
-        "events_url": f"/jobs/{stored.id}/events",
-    }
+    answer = queued_body(submitted, response)
+    if preferences.wait_seconds is None:
+        return answer
+    # respond-async means nothing on the async tier: only the wait is applied here.
+    response.headers["Preference-Applied"] = f"wait={preferences.wait_seconds}"
+    ended = await cases.wait_for_end(submitted.job, preferences.wait_seconds)
+    if not ended.status.terminal:
+        return answer
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return json_response(await cases.view(ended), 200, headers)
 
 
 @router.get(

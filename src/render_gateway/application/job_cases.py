@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +17,13 @@ from render_gateway.application.admission import Admission
 from render_gateway.application.job_views import job_view
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.application.scheduler import JobRunner
-from render_gateway.application.settle import QUEUED, Ending, Settlement, terminal_event
+from render_gateway.application.settle import (
+    DEADLINE_EXCEEDED,
+    QUEUED,
+    Ending,
+    Settlement,
+    terminal_event,
+)
 from render_gateway.application.webhooks import WebhookSender
 from render_gateway.auth.principal import Principal
 from render_gateway.config import GatewayConfig
@@ -27,6 +35,11 @@ from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.stores.events import EventBus, JobEvent
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, JobStore, QueueFull
 from render_gateway.url_policy import UrlRefused
+
+# How often a ``Prefer: wait`` re-reads the job store: while the job is queued (no log yet),
+# and while it follows the run's log (which wakes it at the end: this is only the backstop).
+WAIT_QUEUED_RECHECK_S = 0.1
+WAIT_RUNNING_RECHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,20 @@ class SubmitRequest:
     idempotency_key: str | None
     generation: dict[str, Any]  # the generation fields (asset inputs already admitted)
     digest_source: dict[str, Any]  # the whole body, for "same key, same body?"
+    start_deadline: float | None = None  # seconds: a job not started by then is cancelled
+    webhook_events: tuple[str, ...] | None = None  # what the webhook hears (job_webhooks.py)
+
+
+def expiry_of(
+    now: float, ttl: float | None, start_deadline: float | None
+) -> tuple[float | None, dict[str, str]]:
+    """``expires_at`` of a job (the earlier of its ttl and its start deadline: either way a job
+    still queued then ends cancelled, unbilled) and the extra field that says which it was."""
+    ttl_at = now + ttl if ttl else None
+    deadline_at = now + start_deadline if start_deadline else None
+    if deadline_at is not None and (ttl_at is None or deadline_at <= ttl_at):
+        return deadline_at, {"expiry_code": DEADLINE_EXCEEDED}
+    return ttl_at, {}
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,7 @@ class JobCases:
             orjson.dumps(body.digest_source, option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
         job_id = new_job_id()
+        expiry = expiry_of(now, body.ttl, body.start_deadline)
         work = work_of(body.modality, family, model, body.task, format_name, generation)
         reservation = await admission.budget(job_id, principal, work, now)
         job = Job(
@@ -130,9 +158,15 @@ class JobCases:
             created_at=now,
             idempotency_key=body.idempotency_key,
             request_digest=digest,
-            expires_at=now + body.ttl if body.ttl else None,
+            expires_at=expiry[0],
             webhook=body.webhook,
             extra={
+                **expiry[1],
+                **(
+                    {}
+                    if body.webhook_events is None
+                    else {"webhook_events": list(body.webhook_events)}
+                ),
                 "request_id": request_id,
                 "plan": principal.plan,
                 "reservation": {
@@ -239,6 +273,27 @@ class JobCases:
 
     async def refreshed(self, job: Job) -> Job:
         return await self._jobs.get(job.id) or job
+
+    async def wait_for_end(self, job: Job, seconds: float) -> Job:
+        """The job once it has ended, or as it is after ``seconds`` (``Prefer: wait``). Its
+        event log wakes the wait when it has one; the job store is read again between, so an
+        end whose event a crash cut short (settle.py's follow-ups) still ends the wait."""
+        deadline = time.monotonic() + seconds
+        current = job
+        while not current.status.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not await self._events.has_log(job.id):  # queued: nothing to follow yet
+                await asyncio.sleep(min(left, WAIT_QUEUED_RECHECK_S))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, WAIT_RUNNING_RECHECK_S)):
+                        async for event in self._events.follow(job.id):
+                            if event.terminal:
+                                break
+            current = await self._jobs.get(job.id) or current
+        return current
 
     async def has_events(self, job_id: str) -> bool:
         return await self._events.has_log(job_id)

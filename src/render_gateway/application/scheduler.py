@@ -27,7 +27,13 @@ from typing import Any, Literal
 import orjson
 
 from render_gateway.application.asset_inputs import inline_asset_inputs
-from render_gateway.application.settle import QUEUED, RUNNING, Ending, Settlement
+from render_gateway.application.settle import (
+    QUEUED,
+    RUNNING,
+    Ending,
+    Settlement,
+    expiry_ending,
+)
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
 from render_gateway.formats import format_size
@@ -249,6 +255,13 @@ class JobRunner:
                     holder=self._leases.holder,
                 )  # fmt: skip
                 continue
+            if claimed.expires_at is not None and claimed.expires_at <= self._clock():
+                # Past its start deadline (or ttl) before the sweep saw it: it must not start.
+                await self._settlement.settle(
+                    claimed, expiry_ending(claimed), self._clock(), expect=RUNNING,
+                    holder=self._leases.holder,
+                )  # fmt: skip
+                continue
             if not self._pool.serving(family, model, backend):
                 # Its backend left the configuration: fail it, do not block the queue.
                 message = f"no backend serves {family}/{model} any more"
@@ -279,12 +292,15 @@ class JobRunner:
         # the run. The outcome is written again until the store takes it (``_until_stored``).
         with contextlib.suppress(StoreUnavailable):
             await self._events.publish(job.id, "started", {})
+        notify = self._settlement.job_webhooks
+        notify.started(job)
 
         async def progress(event: Progress) -> None:
             with contextlib.suppress(StoreUnavailable):
                 await self._events.publish(
                     job.id, "progress", {"progress": round(event.progress, 6), "step": event.step}
                 )
+            notify.progressed(job, event.progress, event.step)
             elapsed = self._clock() - started
             # The budget store unreachable: the meter lets the run go as far as its hold covers.
             allowed = await self._meter.progress(
@@ -319,6 +335,7 @@ class JobRunner:
                     await self._until_stored(job.id, lambda: self._end(job, started, outcome))
         finally:
             self._cancels.pop(job.id, None)
+            notify.forget(job.id)
             self._events.stop_listening(job.id)
             self._budget_stopped.discard(job.id)
             self._lost.discard(job.id)
@@ -482,15 +499,7 @@ class JobRunner:
                 now = self._clock()
                 for job_id in await self._store.expired_queued(now):
                     if (job := await self._store.get(job_id)) is not None:
-                        ending = Ending(
-                            JobStatus.cancelled,
-                            "error",
-                            {"code": "ttl_expired", "message": "the ttl passed while queued"},
-                            JobError(
-                                "ttl_expired", "the job's ttl passed while it was queued", False
-                            ),
-                        )
-                        await self._settlement.settle(job, ending, now, expect=QUEUED)
+                        await self._settlement.settle(job, expiry_ending(job), now, expect=QUEUED)
                 lapsed = [
                     j for j in await self._store.expired_runs(now) if j.id not in self._cancels
                 ]

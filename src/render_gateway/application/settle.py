@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from render_gateway.application.job_views import job_view
+from render_gateway.application.job_webhooks import JobWebhooks
 from render_gateway.application.webhooks import WebhookSender
 from render_gateway.core.jobs import Job, JobError, JobStatus
 from render_gateway.core.usage_records import UsageRecord
@@ -88,6 +88,20 @@ class Ending:
         return cls(JobStatus.cancelled, "error", data)
 
 
+# A job that did not start before its start deadline (``start_deadline`` / ``Cancel-After``).
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+def expiry_ending(job: Job) -> Ending:
+    """How a job past its ``expires_at`` before it ran ends: cancelled, unbilled, as its start
+    deadline (when that is what set ``expires_at``) or its ttl."""
+    if job.extra.get("expiry_code") == DEADLINE_EXCEEDED:
+        message = "the job did not start before its start deadline"
+        return Ending.failed(JobError(DEADLINE_EXCEEDED, message, False), JobStatus.cancelled)
+    message = "the job's ttl passed while it was queued"
+    return Ending.failed(JobError("ttl_expired", message, False), JobStatus.cancelled)
+
+
 class Settlement:
     def __init__(
         self,
@@ -98,7 +112,8 @@ class Settlement:
         asset_url: Callable[[str], str],
     ) -> None:
         self._jobs, self._events, self._meter = jobs, events, meter
-        self._webhooks, self._asset_url = webhooks, asset_url
+        self._asset_url = asset_url
+        self.job_webhooks = JobWebhooks(webhooks, asset_url)  # the runs' start/progress too
         self.finished: Counter[str] = Counter()  # jobs settled since start, by status
 
     async def settle(
@@ -144,13 +159,11 @@ class Settlement:
         with contextlib.suppress(LogEnded):  # a follow-up that ran already published it
             await self._events.publish(job.id, event, data)
         await self._meter.settled(job.id, record)
-        if job.webhook:
-            progress, _ = await self._events.progress(job.id)
-            await self._webhooks.send(
-                job.webhook,
-                job_view(job, None, progress, None, asset_url=self._asset_url),
-                event_id=f"{job.id}.{job.status.value}",
-            )
+        progress = (await self._events.progress(job.id))[0] if job.webhook else 0.0
+        if not await self.job_webhooks.ended(job, progress):
+            # Not stored (the store refused it, or too many are pending): the sweep tries again.
+            log.warning("job %s: its webhook was not stored; a sweep sends it later", job.id)
+            return
         await self._jobs.followed_up(job.id)
 
     async def follow_up_missed(self, now: float) -> int:
