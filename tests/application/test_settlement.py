@@ -30,6 +30,7 @@ from render_gateway.config import (
     WebhooksConfig,
 )
 from render_gateway.core.jobs import Job, JobStatus, route_key
+from render_gateway.core.months import month_of
 from render_gateway.stores.unavailable import StoreUnavailable
 
 from support.processes import free_port, stop_process
@@ -270,6 +271,46 @@ async def test_follow_ups_cut_short_by_an_unreachable_event_bus_run_once_it_is_b
     finally:
         await services.stop()
         stop_process(server.process)
+
+
+async def test_a_rebuilt_ledger_does_not_count_a_missed_follow_up_twice(tmp_path: Path) -> None:
+    """The embedded ledger: a run ends (status and record in one commit) and the process dies
+    before settling its budget. At the restart the month's spend is rebuilt from the usage log,
+    record included; the sweep that then runs the missed follow-ups must not add it again."""
+    base = config_for(tmp_path)
+    config = base.model_copy(update={"stores": base.stores.model_copy(update={"jobs": None})})
+    first = await GatewayServices.start(config)
+    try:
+        transport = httpx.ASGITransport(app=create_app(first.config, started=first))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            job_id = await submit(client)
+        claimed = await claim_elsewhere(first, job_id)
+        now = time.time()
+        record = first.meter.record(
+            request_id=job_id, customer_id=claimed.customer_id, plan="default", tier="async",
+            modality="image", family="sd", model="tiny", created_at=claimed.created_at,
+            started_at=now - 2, ended_at=now, outcome="success",
+            parameters={"gpu_seconds": 2.0}, job_id=job_id,
+        )  # fmt: skip
+        ended = await first.stores.jobs.finish(
+            job_id, JobStatus.complete, now, expect=RUNNING, usage=record,
+            extra={"usage": record.to_dict()},
+        )  # fmt: skip
+        assert ended is not None and record.billable
+    finally:
+        await first.stop()  # as good as dead: nothing ran after the commit
+    second = await GatewayServices.start(config)
+    try:
+        month = month_of(now)
+        spent = (await second.meter.state(claimed.customer_id, "default", month)).spent
+        assert spent.gpu_seconds == pytest.approx(record.gpu_seconds)  # rebuilt from the log
+        assert await second.settlement.follow_up_missed(now + FOLLOW_UP_GRACE_S + 1) == 1
+        after = (await second.meter.state(claimed.customer_id, "default", month)).spent
+        assert after == spent  # not twice
+        events = [e async for e in second.stores.events.follow(job_id)]
+        assert [e.event for e in events] == ["complete"]
+    finally:
+        await second.stop()
 
 
 async def test_recovery_fail_policy_fails_a_lost_run_at_once(tmp_path: Path) -> None:

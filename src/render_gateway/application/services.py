@@ -172,6 +172,9 @@ class Stores:
                 await closing.close()
 
 
+UNFOLLOWED_AT_START = 1_000_000  # far above what a crash leaves (jobs ended within seconds)
+
+
 async def restore_budgets(jobs: JobStore, meter: Meter) -> None:
     """After a restart: this month's billable usage so far, and the reservations of every job
     that was admitted but has not finished."""
@@ -182,6 +185,11 @@ async def restore_budgets(jobs: JobStore, meter: Meter) -> None:
         if isinstance(reservation := job.extra.get("reservation"), dict):
             plan = job.extra.get("plan")
             await meter.restore(job.id, job.customer_id, {"plan": plan, **reservation})
+    # Jobs that ended before the restart with their follow-ups cut short: their records are in
+    # the month's spend just added, so the sweep that runs those follow-ups must not add them
+    # again (application/settle.py).
+    for job in await jobs.unfollowed(float("inf"), UNFOLLOWED_AT_START):
+        await meter.counted_already(job.id, job.customer_id, month)
     # Every record so far is in the month's spend now: the budgets' backstop must not settle
     # them again (this ledger is new and remembers no settled key).
     await asyncio.to_thread(_ack_all, jobs.usage_log, BUDGET_GROUP)

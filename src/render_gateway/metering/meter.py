@@ -91,6 +91,11 @@ class Meter:
         if isinstance(work := reservation.get("work"), Mapping):
             self._work[key] = (Work.from_dict(work), customer_id, plan)
 
+    async def counted_already(self, key: str, customer_id: str, month: str) -> None:
+        """``key``'s record is in the month's spend already (a ledger rebuilt from the usage
+        log): settle it with nothing more, so that a later settle of it changes nothing."""
+        await self.budgets.settle(key, customer_id, month, Amount())
+
     async def add_spent(self, customer_id: str, month: str, amount: Amount) -> None:
         await self.budgets.add_spent(customer_id, month, amount)
 
