@@ -180,6 +180,9 @@ class GenerationRequest(GenerationFields):
     format: str | None = None
     width: int | None = Field(default=None, ge=1)
     height: int | None = Field(default=None, ge=1)
+    # Intermediate images the backend sends while it runs (OpenAI's ``partial_images``), where
+    # it can decode its latents; the device time they take is the run's, billed as such.
+    previews: int | None = Field(default=None, ge=1, le=3)
 
     @property
     def modality(self) -> Modality:

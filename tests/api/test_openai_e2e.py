@@ -113,18 +113,35 @@ def test_generate_n_images_by_alias_and_a_non_square_size(client: OpenAI) -> Non
     assert all(png_of(image.b64_json).width > 0 for image in result.data)
 
 
-def test_generate_streamed_is_one_completed_event_per_image(client: OpenAI) -> None:
-    """stream: true — no partial images (the backends send no previews), then one
-    image_generation.completed per image, read by the openai client's own stream."""
+def test_generate_streamed_sends_real_partial_images_then_the_completed_ones(
+    client: OpenAI,
+) -> None:
+    """stream: true with partial_images: the worker decodes the run's latents at steps spread
+    over it (2 of the demo model's 4 steps) and the gateway relays each as it comes, then one
+    image_generation.completed per image — read by the openai client's own stream."""
     events = list(
         client.images.generate(
             model="sd/tiny", prompt="a fox", size="64x64", n=2, stream=True, partial_images=2
         )
     )
-    assert [event.type for event in events] == ["image_generation.completed"] * 2
+    kinds = [event.type for event in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"] * 2
+    partials, completed = events[:2], events[2:]
+    assert [event.partial_image_index for event in partials] == [0, 1]
     for event in events:
         assert png_of(event.b64_json).size == (64, 64)
         assert event.output_format == "png" and event.size == "64x64"
+    # Real intermediate states: each partial differs from the others and from the result.
+    pixels = {png_of(event.b64_json).tobytes() for event in [*partials, completed[0]]}
+    assert len(pixels) == 3
+    assert completed[0].usage is not None
+
+
+def test_without_partial_images_a_stream_is_the_completed_images_only(client: OpenAI) -> None:
+    events = list(
+        client.images.generate(model="sd/tiny", prompt="a fox", size="64x64", stream=True)
+    )
+    assert [event.type for event in events] == ["image_generation.completed"]
 
 
 def test_edit_streamed(client: OpenAI) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from render_gateway.kserve import codec
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
+from render_gateway.worker.pipelines import preview_steps
 
 from support.processes import WorkerProcess
 from support.worker_api import stats, wait_idle
@@ -249,6 +250,38 @@ def test_generate_stream_one_progress_event_per_step(worker: WorkerProcess) -> N
     used = [data["gpu_seconds"] for _, data in events[:-1]]
     assert used[0] > 0 and used == sorted(used)
     assert used[-1] <= float(result.parameters["gpu_seconds"])
+
+
+def test_generate_stream_sends_the_previews_asked_for(worker: WorkerProcess) -> None:
+    """previews: 2 of a 6-step run: the latents decoded after steps 2 and 4 (spread evenly,
+    never the last), as base64 PNGs on those progress events; none on the others."""
+    body = {"request": {"prompt": "a fox", "seed": 3, "steps": 6, "previews": 2}}
+    with httpx.stream(
+        "POST", worker.url + "/v2/models/demo/generate_stream", json=body, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        events = list(sse_events(response))
+    with_preview = [data["step"] for kind, data in events if "preview" in data]
+    assert with_preview == [2, 4]
+    previews = [base64.b64decode(data["preview"]) for _, data in events if "preview" in data]
+    final = bytes(codec.response_from_json(events[-1][1]).output("images").data[0])
+    images = [open_png(data) for data in [*previews, final]]
+    assert len({image.tobytes() for image in images}) == 3  # real, different states
+    assert len({image.size for image in images}) == 1
+
+
+@pytest.mark.parametrize("previews", [0, 4, -1, "many"])
+def test_previews_out_of_range_are_refused(worker: WorkerProcess, previews: object) -> None:
+    body = {"request": {"prompt": "a fox", "steps": 2, "previews": previews}}
+    answer = httpx.post(worker.url + "/v2/models/demo/generate", json=body, timeout=60)
+    assert answer.status_code == 400, answer.text
+
+
+def test_preview_steps_spread_over_the_run() -> None:
+    assert preview_steps(None, 10) == () and preview_steps(2, 1) == ()
+    assert preview_steps(1, 4) == (2,)
+    assert preview_steps(3, 8) == (2, 4, 6)
+    assert preview_steps(3, 2) == (1,)  # never the last step (that is the result)
 
 
 def _start_long_stream(

@@ -8,10 +8,13 @@ OpenAI's shape too (http.error_response, for every path under ``/v1/``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from render_gateway.api.deps import caller, services
@@ -27,18 +30,23 @@ from render_gateway.api.openai_shapes import (
     OpenAIModelList,
     completed_events,
     edit_request,
+    error_event,
     generation_request,
     images_response,
     model_entry,
     model_id,
     model_list,
+    partial_image_event,
     read_edit_form,
 )
 from render_gateway.api.sync_routes import watch_disconnect
-from render_gateway.application.sync_run import SyncRequest
+from render_gateway.application.refusals import Refused
+from render_gateway.application.sync_run import SyncRequest, SyncResult
 from render_gateway.auth.principal import Principal
 from render_gateway.catalog import RUNNABLE
+from render_gateway.inference.backend import Progress
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 # OpenAI's ``created`` of a model: when this gateway began offering it (its start).
@@ -178,14 +186,36 @@ async def _run(
     principal: Principal,
 ) -> Response:
     """Run on the sync tier (``RunNow``) and answer in OpenAI's ``ImagesResponse``, or with
-    ``stream``, its ``image_generation.completed`` events once the run is done (a refusal
-    before that is still a JSON error)."""
+    ``stream``, its events: with ``partial_images``, each intermediate image the backend sends
+    as it comes (``image_generation.partial_image``), then ``image_generation.completed`` per
+    image. A refusal before the first event is still a JSON error; after it (the 200 is sent)
+    it is the stream's ``error`` event."""
     gone = asyncio.Event()  # a client that hangs up cancels the run (and frees the slot)
     watcher = asyncio.create_task(watch_disconnect(request, gone))
+    previews: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_preview(image: bytes, _progress: Progress) -> None:
+        previews.put_nowait(image)
+
+    wants_previews = bool(fields.stream and fields.partial_images)
+    run_now = services(request).run_now.run(
+        sync_request, principal, request_id_of(request), gone,
+        on_preview if wants_previews else None,
+    )  # fmt: skip
+    run = asyncio.create_task(run_now)
+    if wants_previews:
+        first = asyncio.create_task(previews.get())
+        await asyncio.wait({run, first}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():  # a preview came first: the answer streams from here on
+            stream = _stream_previews(first.result(), previews, run, gone, watcher, fields)
+            return StreamingResponse(
+                stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        if first.done():
+            previews.put_nowait(first.result())  # came with the end: sent before completed
+        first.cancel()
     try:
-        result = await services(request).run_now.run(
-            sync_request, principal, request_id_of(request), gone
-        )
+        result = await run
     finally:
         watcher.cancel()
     if result.client_gone:
@@ -197,10 +227,69 @@ async def _run(
         headers["X-GPU-Seconds"] = f"{result.gpu_seconds:.6f}"
         headers["X-Metered"] = "true" if result.metered else "false"
     if fields.stream:
-        events = completed_events(result, int(time.time()), fields.model_dump(), fields.size)
+        created = int(time.time())
+        early = [_partial(image, i, created, fields) for i, image in enumerate(_drain(previews))]
+        events = completed_events(result, created, fields.model_dump(), fields.size)
         headers["Cache-Control"] = "no-cache"
-        return Response(events, media_type="text/event-stream", headers=headers)
+        return Response(b"".join(early) + events, media_type="text/event-stream", headers=headers)
     answer = images_response(
         result, int(time.time()), fields.response_format, str(request.base_url), fields.size
     )
     return json_response(answer, headers=headers)
+
+
+def _drain(queue: asyncio.Queue[bytes]) -> list[bytes]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _partial(image: bytes, index: int, created: int, fields: Any) -> bytes:
+    return partial_image_event(image, index, created, fields.model_dump(), fields.size)
+
+
+async def _stream_previews(
+    first: bytes,
+    previews: asyncio.Queue[bytes],
+    run: asyncio.Task[SyncResult],
+    gone: asyncio.Event,
+    watcher: asyncio.Task[None],
+    fields: ImageGenerationBody | ImageEditFields,
+) -> AsyncIterator[bytes]:
+    """The partial images as they come, then the completed images (or the error)."""
+    try:
+        yield _partial(first, 0, int(time.time()), fields)
+        index = 1
+        while not run.done():
+            next_preview = asyncio.create_task(previews.get())
+            await asyncio.wait({run, next_preview}, return_when=asyncio.FIRST_COMPLETED)
+            if next_preview.done():
+                yield _partial(next_preview.result(), index, int(time.time()), fields)
+                index += 1
+            else:
+                next_preview.cancel()
+        for image in _drain(previews):
+            yield _partial(image, index, int(time.time()), fields)
+            index += 1
+        try:
+            result = run.result()
+        except Refused as exc:
+            yield error_event(exc.code, exc.message)
+            return
+        except Exception:
+            log.exception("a streamed image generation failed in the gateway")
+            yield error_event("internal", "internal error; see the gateway log")
+            return
+        if not result.client_gone:
+            yield completed_events(result, int(time.time()), fields.model_dump(), fields.size)
+    finally:
+        watcher.cancel()
+        if not run.done():
+            gone.set()  # the client left mid-stream: stop the run (it settles as cancelled)
+            run.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[SyncResult]) -> None:
+    if not task.cancelled():
+        task.exception()  # a run ended after its client left: its outcome is in its record

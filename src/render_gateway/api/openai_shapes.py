@@ -68,12 +68,15 @@ class ImageGenerationBody(BaseModel):
     )
     stream: bool | None = Field(
         default=None,
-        description="true: a text/event-stream with one `image_generation.completed` event per"
-        " image, sent when the run ends (no partial images: the backends send no previews)",
+        description="true: a text/event-stream: `image_generation.partial_image` events while "
+        "it runs (with partial_images), then one `image_generation.completed` per image",
     )
     partial_images: int | None = Field(
-        default=None, ge=0, le=3, description="accepted; no partial images are sent"
-    )
+        default=None, ge=0, le=3,
+        description="with stream: this many intermediate images, decoded from the run's real "
+        "latents at steps spread over the run, where the backend can preview (the reference "
+        "worker's image models); a backend that cannot sends none, and only completed comes",
+    )  # fmt: skip
 
 
 # Why a refused value is refused, in the 400's message (the schema says the same in words).
@@ -156,7 +159,7 @@ def model_route(model_id: str) -> tuple[str, str]:
 def generation_request(body: ImageGenerationBody) -> SyncRequest:
     """The sync tier's request for an OpenAI image generation (task t2i)."""
     family, model = model_route(body.model)
-    generation: dict[str, Any] = {"prompt": body.prompt}
+    generation: dict[str, Any] = {"prompt": body.prompt, **previews_of(body)}
     if body.n is not None:
         generation["count"] = body.n
     if body.seed is not None:
@@ -164,6 +167,50 @@ def generation_request(body: ImageGenerationBody) -> SyncRequest:
     return SyncRequest(
         "image", family, model, "t2i", None, None, generation, size=parse_size(body.size)
     )
+
+
+def previews_of(body: ImageGenerationBody | ImageEditFields) -> dict[str, int]:
+    """The backend's ``previews`` for OpenAI's ``partial_images`` (only when streaming)."""
+    return {"previews": body.partial_images} if body.stream and body.partial_images else {}
+
+
+def image_event(
+    kind: str, image: bytes, created: int, fields: Mapping[str, Any], size: str | None,
+    **more: Any,
+) -> bytes:  # fmt: skip
+    """One ``image_generation.<kind>`` SSE event (OpenAI's streaming shape), image inline."""
+    event = {
+        "type": f"image_generation.{kind}",
+        "b64_json": base64.b64encode(image).decode(),
+        "created_at": created,
+        "size": size or "auto",
+        "quality": fields.get("quality") or "auto",
+        "background": fields.get("background") or "auto",
+        "output_format": "png",
+        **more,
+    }
+    return f"event: image_generation.{kind}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
+
+
+def partial_image_event(
+    preview: bytes, index: int, created: int, fields: Mapping[str, Any], size: str | None
+) -> bytes:
+    return image_event("partial_image", preview, created, fields, size, partial_image_index=index)
+
+
+def error_event(code: str, message: str) -> bytes:
+    """A stream's ``error`` event: a run that fails after its first partial image, when the
+    answer's status (200) is already sent."""
+    event = {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error" if code.startswith("invalid") else "server_error",
+            "code": code,
+            "message": message,
+            "param": None,
+        },
+    }
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def images_response(
@@ -199,19 +246,10 @@ def completed_events(
         gpu_seconds=result.gpu_seconds,
         metered=result.metered,
     ).model_dump()
-    frames = []
-    for output in result.outputs:
-        event = {
-            "type": "image_generation.completed",
-            "b64_json": base64.b64encode(output).decode(),
-            "created_at": created,
-            "size": size or "auto",
-            "quality": fields.get("quality") or "auto",
-            "background": fields.get("background") or "auto",
-            "output_format": "png",
-            "usage": usage,
-        }
-        frames.append(b"event: image_generation.completed\ndata: " + orjson.dumps(event) + b"\n\n")
+    frames = [
+        image_event("completed", output, created, fields, size, usage=usage)
+        for output in result.outputs
+    ]
     return b"".join(frames)
 
 
@@ -384,7 +422,9 @@ def edit_request(fields: ImageEditFields, files: Mapping[str, list[UploadedFile]
     if len(masks) > 1:
         raise FormUnreadable("mask: send at most one mask", "mask")
     family, model = model_route(fields.model)
-    generation: dict[str, Any] = {"prompt": fields.prompt, "image": _data_uri(images[0])}
+    generation: dict[str, Any] = {
+        "prompt": fields.prompt, "image": _data_uri(images[0]), **previews_of(fields)
+    }  # fmt: skip
     task = "i2i"
     if masks:
         generation["mask"] = _data_uri(masks[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,10 +69,16 @@ class RunNow:
         self._meter, self._settlement, self._asset_url = meter, settlement, asset_url
 
     async def run(
-        self, body: SyncRequest, principal: Principal, request_id: str, gone: asyncio.Event
+        self,
+        body: SyncRequest,
+        principal: Principal,
+        request_id: str,
+        gone: asyncio.Event,
+        on_preview: Callable[[bytes, Progress], Awaitable[None]] | None = None,
     ) -> SyncResult:
         """``gone`` is set when the caller hangs up: the run is stopped on its backend (and
-        its slot freed); so is a run whose budget's next step would be crossed."""
+        its slot freed); so is a run whose budget's next step would be crossed. ``on_preview``
+        gets each intermediate image the backend sends (asked for with ``previews``)."""
         admission = self._admission
         entry = admission.route(body.modality, body.family, body.model, body.task)
         family, model = entry.family, entry.model
@@ -103,6 +109,8 @@ class RunNow:
 
         async def charge(progress: Progress) -> None:
             nonlocal budget_ran_out
+            if progress.preview is not None and on_preview is not None:
+                await on_preview(progress.preview, progress)
             elapsed = time.perf_counter() - started
             if not await self._meter.progress(
                 request_id, progress.step, progress.steps, elapsed, progress.gpu_seconds

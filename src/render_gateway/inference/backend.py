@@ -105,6 +105,7 @@ class Progress:
     steps: int
     progress: float
     gpu_seconds: float | None = None  # the run's device time so far, where the backend says
+    preview: bytes | None = None  # an image of the unfinished run (asked for with previews)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ Both transports (HTTP and gRPC) decode into ``codec.InferResponse`` and read it 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import struct
 import time
@@ -240,7 +242,27 @@ def to_progress(values: Mapping[str, Any]) -> Progress:
     step, steps = _count(values.get("step")), _count(values.get("steps"))
     given = values.get("progress")
     fraction = float(given) if _finite(given) else step / steps if steps > 0 else 0.0
-    return Progress(step, steps, min(1.0, max(0.0, fraction)), gpu_seconds)
+    clamped = min(1.0, max(0.0, fraction))
+    return Progress(step, steps, clamped, gpu_seconds, preview_image(values.get("preview")))
+
+
+# A preview is a best-effort picture of the run so far: anything else where one is expected
+# (not base64, too large, not an image) is dropped, never an error of the run.
+MAX_PREVIEW_BYTES = 8 * 1024 * 1024
+
+
+def preview_image(value: object) -> bytes | None:
+    """The image bytes of a progress report's ``preview`` (base64 PNG, JPEG or WebP)."""
+    if not isinstance(value, str) or len(value) > MAX_PREVIEW_BYTES * 4 // 3 + 4:
+        return None
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if sniff_media_type(data) in PREVIEW_TYPES else None
+
+
+PREVIEW_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 
 
 def _finite(value: object) -> TypeGuard[int | float]:

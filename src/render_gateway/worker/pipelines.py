@@ -72,6 +72,17 @@ class RunPlan:
     # The caller's own fields passed through to the pipeline as they came (its signature
     # accepts them): a pipeline that then fails before its first step failed on them.
     passed_keys: tuple[str, ...] = ()
+    # After which steps to decode the latents into a preview image (the request's previews,
+    # spread evenly over the run; none where the pipeline hands no latents to its callback).
+    preview_steps: tuple[int, ...] = ()
+
+
+def preview_steps(previews: int | None, steps: int) -> tuple[int, ...]:
+    """``previews`` steps spread evenly over a ``steps``-step run, before its last one."""
+    if not previews or steps < 2:
+        return ()
+    return tuple(sorted({max(1, round(steps * i / (previews + 1))) for i in range(1, previews + 1)}
+                        - {steps}))  # fmt: skip
 
 
 @dataclass
@@ -172,6 +183,11 @@ class LoadedModel:
             ignored_keys=tuple(ignored),
             frames_per_second=frames_per_second,
             passed_keys=tuple(passed),
+            preview_steps=(
+                preview_steps(request.previews, steps)
+                if self.modality == "image" and "callback_on_step_end" in accepts
+                else ()
+            ),
         )
 
     def _size(self, request: GenerationRequest) -> tuple[int, int]:
@@ -237,7 +253,7 @@ class LoadedModel:
         plan: RunPlan,
         images: dict[str, Image.Image],
         cancel: threading.Event,
-        on_step: Callable[[int, int, float], None],
+        on_step: Callable[[int, int, float, bytes | None], None],
         meter: Meter,
     ) -> Generated:
         """Run the pipeline; only the call itself is metered (not set-up, not encoding)."""
@@ -247,17 +263,21 @@ class LoadedModel:
         completed = 0
         measurement = Measurement()
 
-        def finished_step(step_index: int, total: int) -> None:
+        def finished_step(step_index: int, total: int, preview: bytes | None = None) -> None:
             nonlocal completed
             completed = step_index + 1
-            on_step(completed, total, measurement.so_far())
+            on_step(completed, total, measurement.so_far(), preview)
             if cancel.is_set():
                 raise RunCancelled(completed)
 
         def step_end(
             pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
         ) -> dict[str, Any]:
-            finished_step(step, int(pipeline.num_timesteps))
+            latents = kwargs.get("latents")
+            preview = None
+            if step + 1 in plan.preview_steps and latents is not None:
+                preview = decode_preview(pipeline, latents)
+            finished_step(step, int(pipeline.num_timesteps), preview)
             return kwargs
 
         def legacy_step(step: int, timestep: Any, latents: Any) -> None:
@@ -303,6 +323,22 @@ class LoadedModel:
             outputs = [encode_png(image) for image in generated.output.images]
             content_type = "image/png"
         return Encoded(outputs, content_type, time.perf_counter() - started)
+
+
+def decode_preview(pipeline: Any, latents: Any) -> bytes | None:
+    """The image the latents of an unfinished run show (the pipeline's own VAE decode and
+    post-processing, as at its end), as PNG; None for a pipeline that has neither."""
+    import torch
+
+    from render_gateway.worker.media import encode_png
+
+    vae, processor = getattr(pipeline, "vae", None), getattr(pipeline, "image_processor", None)
+    if vae is None or processor is None:
+        return None
+    with torch.no_grad():
+        decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    images = processor.postprocess(decoded, output_type="pil")
+    return encode_png(images[0])
 
 
 # ------------------------------------------------------------------------------- loading

@@ -64,6 +64,7 @@ class Progress:
     step: int
     steps: int
     gpu_seconds: float = 0.0  # device time of the run so far (see devices.Measurement.so_far)
+    preview: bytes | None = None  # PNG of the run's latents after this step, when asked for
 
     @property
     def fraction(self) -> float:
@@ -237,8 +238,9 @@ class RunService:
         run.arrived_ns, run.inputs_ready_ns = arrived_ns, inputs_ready_ns
         run.slot_taken_ns = time.perf_counter_ns()
 
-        def on_step(step: int, steps: int, gpu_seconds: float) -> None:
-            loop.call_soon_threadsafe(run.events.put_nowait, Progress(step, steps, gpu_seconds))
+        def on_step(step: int, steps: int, gpu_seconds: float, preview: bytes | None) -> None:
+            progress = Progress(step, steps, gpu_seconds, preview)
+            loop.call_soon_threadsafe(run.events.put_nowait, progress)
 
         def release_slot() -> None:
             loop.call_soon_threadsafe(self._release_slot, slots, run)
@@ -299,15 +301,15 @@ class RunService:
         model: LoadedModel,
         run: Run,
         images: dict[str, Image.Image],
-        on_step: Callable[[int, int, float], None],
+        on_step: Callable[[int, int, float, bytes | None], None],
         release_slot: Callable[[], None],
     ) -> RunOutcome:
         steps_seen = 0
 
-        def report(step: int, steps: int, gpu_seconds: float) -> None:
+        def report(step: int, steps: int, gpu_seconds: float, preview: bytes | None) -> None:
             nonlocal steps_seen
             steps_seen = step
-            on_step(step, steps, gpu_seconds)
+            on_step(step, steps, gpu_seconds, preview)
 
         status: Literal["complete", "cancelled"] = "complete"
 

@@ -10,6 +10,7 @@ status and a Render code), which each transport renders in its own form.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -166,13 +167,17 @@ async def progress_of(run: Run) -> AsyncIterator[Progress]:
 
 
 def progress_fields(run_id: str, progress: Progress) -> dict[str, codec.Scalar]:
-    return {
+    fields: dict[str, codec.Scalar] = {
         "id": run_id,
         "step": progress.step,
         "steps": progress.steps,
         "progress": round(progress.fraction, 6),
         "gpu_seconds": round(progress.gpu_seconds, 6),
     }
+    if progress.preview is not None:  # asked for with ``previews``: a PNG, base64
+        fields["preview"] = base64.b64encode(progress.preview).decode()
+        fields["preview_content_type"] = "image/png"
+    return fields
 
 
 def device_of(state: WorkerState) -> DeviceIdentity:
