@@ -4,13 +4,11 @@ and a cancel that stops the run (the RPC's cancellation is the cancel)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from support.gateway import GatewayProcess, bearer, start_gateway, stop_gateway, wait_done
@@ -47,9 +45,7 @@ def gateway(
 
 
 def records(gateway: GatewayProcess) -> list[dict[str, Any]]:
-    with sqlite3.connect(gateway.data_dir / "jobs.db") as conn:
-        rows = conn.execute("SELECT record, claim FROM usage_log").fetchall()
-    return [{**orjson.loads(record), "usage_claim": claim} for record, claim in rows]
+    return gateway.usage_records()
 
 
 def test_sync_over_grpc_checks_the_workers_claim(

@@ -5,7 +5,6 @@ and what each one bills (issue 13)."""
 from __future__ import annotations
 
 import io
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from PIL import Image
 
@@ -125,9 +123,7 @@ def queue(gateway: GatewayProcess, model: str, backend: str, **body: Any) -> str
 
 
 def records(gateway: GatewayProcess) -> list[dict[str, Any]]:
-    with sqlite3.connect(gateway.data_dir / "jobs.db") as conn:
-        rows = conn.execute("SELECT record FROM usage_log").fetchall()
-    return [orjson.loads(row[0]) for row in rows]
+    return gateway.usage_records()
 
 
 def record_of(gateway: GatewayProcess, *, request_id: str | None = None, job_id: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from support.processes import CLI, OFFLINE_ENV, free_port, stop_process, wait_until_ready
 
@@ -62,6 +64,13 @@ class GatewayProcess:
             capture_output=True, check=True, timeout=60, env={**os.environ, **OFFLINE_ENV},
         )  # fmt: skip
         return result.stdout.decode()
+
+    def usage_records(self) -> list[dict[str, Any]]:
+        """Every usage record in the embedded usage log (jobs.db), with its signed claim."""
+        with sqlite3.connect(self.data_dir / "jobs.db") as conn:
+            rows = conn.execute("SELECT record, claim FROM usage_log").fetchall()
+        conn.close()
+        return [{**orjson.loads(record), "usage_claim": claim} for record, claim in rows]
 
     def new_key(self, customer: str, plan: str = "default") -> str:
         return (
