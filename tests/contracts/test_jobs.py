@@ -647,6 +647,47 @@ async def test_unsettled_lists_queued_and_running_oldest_first(store: JobStore) 
     assert [j.status for j in unsettled] == [JobStatus.queued, JobStatus.running]
 
 
+async def test_listed_pages_one_customers_jobs_of_one_modality(store: JobStore) -> None:
+    """A cursor page over the customer's own jobs of a modality, in admission order or newest
+    first, whatever their status (lanes do not reorder it); others' jobs, another modality's
+    and a request naming none are not in it, and an ``after`` outside it is a KeyError."""
+
+    def of(modality: str | None, customer: str = "c1", lane: Lane = Lane.normal) -> Job:
+        request = {**ROUTE_A, "prompt": "x"} | ({"modality": modality} if modality else {})
+        return job(lane, customer, request=request)
+
+    videos = [of("video", lane=Lane.low), of("video", lane=Lane.high), of("video")]
+    others = [of("image"), of("video", customer="c2"), of(None)]
+    for item in [videos[0], others[0], videos[1], others[1], others[2], videos[2]]:
+        await submit(store, item)
+    running = await claim(store)  # the high one
+    assert running is not None and running.id == videos[1].id
+    await store.finish(running.id, JobStatus.complete, 1.0, expect=RUNNING)
+
+    async def page(after: str | None = None, limit: int = 10, newest: bool = False) -> list[str]:
+        jobs = await store.listed("c1", "video", after=after, limit=limit, newest_first=newest)
+        return [j.id for j in jobs]
+
+    ids = [v.id for v in videos]
+    assert await page() == ids
+    assert await page(newest=True) == ids[::-1]
+    assert await page(limit=2) == ids[:2]
+    assert await page(after=ids[1]) == ids[2:]
+    assert await page(after=ids[2]) == []
+    assert await page(after=ids[1], newest=True) == ids[:1]
+    assert await page(after=ids[2], limit=1, newest=True) == ids[1:2]
+    assert await page(limit=0) == []
+    listed = await store.listed("c1", "video", after=None, limit=10, newest_first=False)
+    assert [j.status for j in listed] == [JobStatus.queued, JobStatus.complete, JobStatus.queued]
+    assert listed[1].request == running.request and listed[1].customer_id == "c1"
+    assert [j.id for j in await store.listed("c1", "image", after=None, limit=10,
+                                             newest_first=True)] == [others[0].id]  # fmt: skip
+    assert await store.listed("c3", "video", after=None, limit=10, newest_first=True) == []
+    for foreign in (others[0].id, others[1].id, others[2].id, new_job_id()):
+        with pytest.raises(KeyError):
+            await page(after=foreign)
+
+
 # ------------------------------------------------- exact positions against a model
 
 

@@ -187,6 +187,15 @@ class JobStore(Protocol):
         """Jobs admitted but not finished (queued or running), oldest first."""
         ...
 
+    async def listed(
+        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+    ) -> list[Job]:
+        """A customer's own jobs of one modality (``request["modality"]``), whatever their
+        status, in admission order or (``newest_first``) its reverse, at most ``limit``: a
+        cursor page. With ``after``, only the jobs that come after that one in this order;
+        KeyError when ``after`` is not one of this customer's jobs of this modality."""
+        ...
+
     async def expired_queued(self, now: float) -> list[str]:
         """Ids of queued jobs whose ttl passed by ``now``; the caller settles each (finish with
         expect={queued})."""

@@ -240,6 +240,26 @@ class MemoryJobStore:
         ids = [j.id for j in self._jobs.values() if not j.status.terminal]
         return [self._copy(job_id) for job_id in sorted(ids, key=self._seq.__getitem__)]
 
+    async def listed(
+        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+    ) -> list[Job]:
+        # A scan, as expired_queued: this store holds what one test queues.
+        ids = sorted(
+            (
+                j.id
+                for j in self._jobs.values()
+                if j.customer_id == customer_id and j.request.get("modality") == modality
+            ),
+            key=self._seq.__getitem__,
+            reverse=newest_first,
+        )
+        start = 0
+        if after is not None:
+            if after not in ids:
+                raise KeyError(after)
+            start = ids.index(after) + 1
+        return [self._copy(job_id) for job_id in ids[start : start + max(limit, 0)]]
+
     async def expired_queued(self, now: float) -> list[str]:
         # A scan: this store holds what one test queues, not a production backlog.
         ids = [

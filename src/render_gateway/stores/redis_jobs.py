@@ -22,7 +22,10 @@ How the data lies in Redis (``ns`` is the namespace, ``render:jobs`` by default)
 * ``ns:ttl`` — a sorted set of the queued jobs that have a ttl, scored by ``expires_at``;
 * ``ns:leases`` — a sorted set of the running jobs, scored by ``lease_until``;
 * ``ns:idempotency`` — a hash ``<len(customer)>:<customer>:<key>`` → job id (the request
-  digest is the job's ``digest``).
+  digest is the job's ``digest``);
+* ``ns:listed:<len(modality)>:<modality>:<customer>`` — a sorted set (score ``seq``) of a
+  customer's jobs of one modality, whatever their status (``listed``). Jobs admitted by a build
+  before it are in none.
 
 Atomicity: every operation that reads and then writes is one Lua script, so it runs whole on
 the server with nothing in between: ``submit`` (idempotency look-up, both depth limits, the
@@ -94,7 +97,7 @@ _SUBMIT = (
     _COMMON
     + """
 -- ARGV: ns, id, customer, lane, idempotency field or '', max customer, max total, expires_at
--- or '', then the job hash's field/value pairs
+-- or '', listing or '' (no modality), then the job hash's field/value pairs
 local id, customer, lane, idem = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 -- The same submit run again (its reply was lost with the connection and the client retried;
 -- ids are random, so no other submit has this one): created once, counted once.
@@ -112,12 +115,13 @@ if tonumber(redis.call('HGET', q, 'total') or '0') >= tonumber(ARGV[7]) then
 end
 local seq = redis.call('INCR', ns .. ':seq')
 local j = jkey(id)
-redis.call('HSET', j, unpack(ARGV, 9))
+redis.call('HSET', j, unpack(ARGV, 10))
 redis.call('HSET', j, 'seq', seq)
 redis.call('ZADD', ns .. ':lane:' .. lane, seq, id)
 redis.call('ZADD', ns .. ':unsettled', seq, id)
 if ARGV[8] ~= '' then redis.call('ZADD', ns .. ':ttl', ARGV[8], id) end
 if idem ~= '' then redis.call('HSET', ns .. ':idempotency', idem, id) end
+if ARGV[9] ~= '' then redis.call('ZADD', ns .. ':listed:' .. ARGV[9], seq, id) end
 count_queued(customer, 1)
 return {'created', redis.call('HGETALL', j)}
 """
@@ -250,6 +254,34 @@ return out
 """
 )
 
+_LISTED = (
+    _COMMON
+    + """
+-- ARGV: ns, listing, after id or '', limit (at least 1), 'desc' or 'asc'
+local set, after, limit = ns .. ':listed:' .. ARGV[2], ARGV[3], tonumber(ARGV[4])
+local desc = ARGV[5] == 'desc'
+local ids
+if after == '' then
+  if desc then ids = redis.call('ZREVRANGE', set, 0, limit - 1)
+  else ids = redis.call('ZRANGE', set, 0, limit - 1) end
+else
+  local score = redis.call('ZSCORE', set, after)
+  if not score then return false end
+  if desc then
+    ids = redis.call('ZREVRANGEBYSCORE', set, '(' .. score, '-inf', 'LIMIT', 0, limit)
+  else
+    ids = redis.call('ZRANGEBYSCORE', set, '(' .. score, '+inf', 'LIMIT', 0, limit)
+  end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local flat = redis.call('HGETALL', jkey(id))
+  if #flat > 0 then out[#out + 1] = flat end
+end
+return out
+"""
+)
+
 _REQUEST_CANCEL = (
     _COMMON
     + """
@@ -351,6 +383,13 @@ def _idempotency_field(customer_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return ""
     return f"{len(customer_id)}:{customer_id}:{idempotency_key}"
+
+
+def _listing(customer_id: str, modality: object) -> str:
+    """The suffix of a customer's listing key for one modality ('' for none: not listed)."""
+    if not isinstance(modality, str):
+        return ""
+    return f"{len(modality)}:{modality}:{customer_id}"
 
 
 def _job_fields(job: Job) -> list[str]:
@@ -457,6 +496,7 @@ class RedisJobStore:
         self._expired_queued, self._unsettled = script(_EXPIRED_QUEUED), script(_UNSETTLED)
         self._request_cancel, self._finish = script(_REQUEST_CANCEL), script(_FINISH)
         self._requeue, self._unfollowed = script(_REQUEUE), script(_UNFOLLOWED)
+        self._listed = script(_LISTED)
 
     @property
     def usage_log(self) -> RedisUsageStream:
@@ -515,6 +555,7 @@ class RedisJobStore:
             max_queued_for_customer,
             max_queued_total,
             _optional_float(job.expires_at) or "",
+            _listing(job.customer_id, job.request.get("modality")),
             *_job_fields(job),
         )
         outcome = _text(reply[0])
@@ -658,6 +699,19 @@ class RedisJobStore:
 
     async def unsettled(self) -> list[Job]:
         return [_to_job(flat) for flat in await self._run(self._unsettled)]
+
+    async def listed(
+        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+    ) -> list[Job]:
+        if limit < 1:
+            return []  # ZRANGE 0 -1 would be every job
+        rows = await self._run(
+            self._listed, _listing(customer_id, modality), after or "", limit,
+            "desc" if newest_first else "asc",
+        )  # fmt: skip
+        if rows is None:
+            raise KeyError(after)
+        return [_to_job(flat) for flat in rows]
 
     async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
         rows = await self._run(self._unfollowed, repr(float(ended_before)), limit)

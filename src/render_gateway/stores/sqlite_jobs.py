@@ -94,6 +94,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, lane, seq);
 CREATE INDEX IF NOT EXISTS jobs_queued_expiry
     ON jobs (expires_at) WHERE status = 'queued' AND expires_at IS NOT NULL;
+-- A customer's jobs of one modality in admission order (JobStore.listed). An index only, not a
+-- schema change: an older build reads and writes the file as before, keeping it up to date.
+CREATE INDEX IF NOT EXISTS jobs_listed
+    ON jobs (customer_id, json_extract(request, '$.modality'), seq);
 
 -- Ended jobs whose follow-ups (terminal event, budget, webhook) are not confirmed yet.
 CREATE TABLE IF NOT EXISTS unfollowed (
@@ -691,6 +695,34 @@ class SqliteJobStore:
         def select(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {COLS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"  # noqa: S608
+            )
+            return [_row_to_job(r) for r in rows]
+
+        return await self._read(select)
+
+    async def listed(
+        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+    ) -> list[Job]:
+        # The WHERE clause repeats the index's expression exactly, so the index serves it.
+        where = "customer_id = ? AND json_extract(request, '$.modality') = ?"
+        direction, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
+
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            arguments: list[Any] = [customer_id, modality]
+            cursor = ""
+            if after is not None:
+                row = conn.execute(
+                    f"SELECT seq FROM jobs WHERE id = ? AND {where}",  # noqa: S608
+                    (after, customer_id, modality),
+                ).fetchone()
+                if row is None:
+                    raise KeyError(after)
+                cursor = f" AND seq {beyond} ?"
+                arguments.append(row[0])
+            rows = conn.execute(
+                f"SELECT {COLS} FROM jobs WHERE {where}{cursor} "  # noqa: S608
+                f"ORDER BY seq {direction} LIMIT ?",
+                (*arguments, max(limit, 0)),
             )
             return [_row_to_job(r) for r in rows]
 
