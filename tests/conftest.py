@@ -33,6 +33,13 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def video_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny video pipeline (TextToVideoSD: t2v, H.264 MP4 out), written by the real CLI
+    (``models make-demo --kind video``); built here, never downloaded."""
+    return make_demo_model(tmp_path_factory.mktemp("models") / "video", kind="video")
+
+
+@pytest.fixture(scope="session")
 def worker(
     demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:

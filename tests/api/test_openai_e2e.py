@@ -240,7 +240,7 @@ def test_generations_are_billed_like_the_native_sync_tier(gateway: GatewayProces
 
 def test_unknown_v1_route_is_an_openai_404(gateway: GatewayProcess, client: OpenAI) -> None:
     response = httpx.post(
-        gateway.url + "/v1/videos", json={}, timeout=30,
+        gateway.url + "/v1/audio/speech", json={}, timeout=30,
         headers={"Authorization": f"Bearer {client.api_key}"},
     )  # fmt: skip
     assert response.status_code == 404

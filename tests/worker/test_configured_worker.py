@@ -24,16 +24,10 @@ from support.processes import (
     OFFLINE_ENV,
     WorkerProcess,
     free_port,
-    make_demo_model,
     start_worker,
     stop_worker,
 )
 from support.worker_api import generated_outputs
-
-
-@pytest.fixture(scope="module")
-def video_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_model(tmp_path_factory.mktemp("models") / "video", kind="video")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from render_gateway.api import (
     info_routes,
     job_routes,
     openai_routes,
+    openai_video_routes,
     reconcile_routes,
     sync_routes,
     usage_routes,
@@ -67,7 +68,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         holder["services"] = started
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
-                   reconcile_routes, openai_routes):  # fmt: skip
+                   reconcile_routes, openai_routes, openai_video_routes):  # fmt: skip
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
             app.include_router(routes.router)

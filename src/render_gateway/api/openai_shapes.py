@@ -84,6 +84,7 @@ REFUSED_BECAUSE = {
     "output_format": "output_format: only 'png' is produced",
     "background": "background: outputs are opaque; 'transparent' is not offered",
     "output_compression": "output_compression: applies to jpeg/webp only; outputs are PNG",
+    "variant": "variant: only 'video' is produced (no thumbnail or spritesheet)",
 }
 
 
@@ -284,6 +285,12 @@ PARAM_OF_CODE = {
 }
 
 
+def _parameter(field: str) -> str:
+    """A validation problem's field as the request names it: ``query.limit`` is ``limit``."""
+    where, dot, name = field.partition(".")
+    return name if dot and where in ("query", "path", "header") else field
+
+
 def error_type(status: int) -> str:
     if status in ERROR_TYPES:
         return ERROR_TYPES[status]
@@ -298,10 +305,10 @@ def openai_error(
     param = details.get("field") if isinstance(details.get("field"), str) else None
     problems = details.get("problems")
     if isinstance(problems, list) and problems and isinstance(problems[0], Mapping):
-        field = str(problems[0].get("field", ""))
+        field = _parameter(str(problems[0].get("field", "")))
         param = field or None
-        reasons = [REFUSED_BECAUSE[f] for p in problems if (f := str(p.get("field", ""))) in
-                   REFUSED_BECAUSE]  # fmt: skip
+        reasons = [REFUSED_BECAUSE[f] for p in problems
+                   if (f := _parameter(str(p.get("field", "")))) in REFUSED_BECAUSE]  # fmt: skip
         if reasons:
             message = "; ".join(dict.fromkeys(reasons))
     param = param or PARAM_OF_CODE.get(code)
@@ -349,8 +356,15 @@ def _media_type(data: bytes) -> str | None:
 
 
 def read_edit_form(content_type: str, body: bytes) -> EditForm:
+    """The parts of an image edit's form: files are ``image``/``image[]``/``mask``."""
+    return read_form(content_type, body, EDIT_FILE_FIELDS)
+
+
+def read_form(content_type: str, body: bytes, file_fields: Iterable[str]) -> EditForm:
     """The parts of a ``multipart/form-data`` body (stdlib email parser: the gateway has no
-    multipart dependency); files are ``image``/``image[]``/``mask``, the rest text fields."""
+    multipart dependency): the parts named in ``file_fields`` are images (a ``name[]`` one is
+    filed under ``name``), the rest text fields."""
+    file_fields = frozenset(file_fields)
     if (
         not content_type.lower().startswith("multipart/form-data")
         or "boundary=" not in content_type
@@ -370,7 +384,7 @@ def read_edit_form(content_type: str, body: bytes) -> EditForm:
             raise FormUnreadable("a form part has no name")
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
-        if name in EDIT_FILE_FIELDS:
+        if name in file_fields:
             media = _media_type(data)
             if media is None:
                 raise FormUnreadable(f"{name}: not a PNG, JPEG or WebP image", name.rstrip("[]"))

@@ -60,6 +60,9 @@ class SubmitRequest:
     digest_source: dict[str, Any]  # the whole body, for "same key, same body?"
     start_deadline: float | None = None  # seconds: a job not started by then is cancelled
     webhook_events: tuple[str, ...] | None = None  # what the webhook hears (job_webhooks.py)
+    # An explicit width × height instead of a format (the OpenAI video route's ``size``):
+    # checked against the model's side limits and forwarded as ``width``/``height``.
+    size: tuple[int, int] | None = None
 
 
 def expiry_of(
@@ -116,7 +119,12 @@ class JobCases:
         entry = admission.route(body.modality, body.family, body.model, body.task)
         family, model = entry.family, entry.model
         generation = admission.generation(body.task, body.generation)
-        format_name = admission.format(entry, body.task, body.format)
+        if body.size is None:
+            format_name = admission.format(entry, body.task, body.format)
+        else:
+            admission.size(entry, body.task, *body.size)
+            format_name = None
+            generation = {**generation, "width": body.size[0], "height": body.size[1]}
         admission.backend(family, model, body.backend)
         if body.webhook is not None:
             try:  # the customer hears now, not when the webhook would fail
@@ -265,11 +273,48 @@ class JobCases:
         )
 
     def output_url(self, job: Job) -> str:
+        return self._asset_url(self.output(job))
+
+    @staticmethod
+    def output(job: Job) -> str:
+        """The asset id of the job's first output; conflict while it has none."""
         if job.status is not JobStatus.complete or not job.outputs:
             raise Refused(
                 RefusalKind.conflict, "not_complete", f"job {job.id} is {job.status.value}"
             )
-        return self._asset_url(job.outputs[0])
+        return job.outputs[0]
+
+    async def progress(self, job: Job) -> float:
+        """0–1 from the run's step events: 1 once complete, 0 while queued."""
+        if job.status is JobStatus.complete:
+            return 1.0
+        if job.status is JobStatus.queued:
+            return 0.0
+        progress, _ = await self._events.progress(job.id)
+        return progress
+
+    async def listed(
+        self,
+        principal: Principal,
+        modality: str,
+        *,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+    ) -> tuple[list[Job], bool]:
+        """A cursor page of the caller's own jobs of ``modality`` and whether more follow;
+        an ``after`` that is not one of them is not_found (others' jobs look absent)."""
+        try:
+            jobs = await self._jobs.listed(
+                principal.customer_id, modality, after=after, limit=limit + 1,
+                newest_first=newest_first,
+            )  # fmt: skip
+        except KeyError:
+            raise Refused(
+                RefusalKind.not_found, "job_not_found", f"after: no {modality} job {after!r}",
+                {"field": "after"},
+            ) from None  # fmt: skip
+        return jobs[:limit], len(jobs) > limit
 
     async def refreshed(self, job: Job) -> Job:
         return await self._jobs.get(job.id) or job
