@@ -5,11 +5,13 @@ document that OpenAPI cannot state, each written in the document's descriptions 
   366 days. OpenAPI bounds each parameter, not one against the other.
 * ``format`` must be one the model offers for the task: the live catalog (GET /models) says
   which, e.g. i2i takes none; the document can only list the modality's formats.
-* ``size`` of ``POST /v1/images/generations`` must fit the sides the model's backends take
-  (their metadata's ``min_side``, ``max_side``, ``size_multiple``): the live catalog, not a
-  pattern. That route's errors are OpenAI's ``{"error": {"code", "param", …}}``.
-* The ``image``/``mask`` files of ``POST /v1/images/edits`` must be PNG, JPEG or WebP bytes;
-  the document can only say ``format: binary``.
+* ``size`` of ``POST /v1/images/generations``, ``/v1/images/edits`` and ``/v1/videos`` must fit
+  the sides the model's backends take (their metadata's ``min_side``, ``max_side``,
+  ``size_multiple``): the live catalog, not a pattern. Those routes' errors are OpenAI's
+  ``{"error": {"code", "param", …}}``.
+* The ``image``/``mask`` files of ``POST /v1/images/edits`` and the ``input_reference`` file
+  of ``POST /v1/videos`` must be PNG, JPEG or WebP bytes; the document can only say
+  ``format: binary``.
 * ``webhook`` must go where the operator's policy allows (https, public addresses after DNS,
   ``allowed_hosts``): configuration and DNS, not a pattern.
 
@@ -119,14 +121,15 @@ def breaks_a_stated_rule(case: Any, response: Any) -> bool:
     if response.status_code != 400:
         return False
     operation = (case.operation.method.upper(), case.operation.path)
-    if operation == ("POST", "/v1/images/edits"):
+    if operation in (("POST", "/v1/images/edits"), ("POST", "/v1/videos")):
         message = str(_openai_error(response).get("message", ""))
         field = message.split(":", 1)[0]
         body = case.body if isinstance(case.body, dict) else {}
         unreadable = message.endswith(": not a PNG, JPEG or WebP image") and field in body
         if unreadable and not is_image(body[field]):
             return True
-    if operation in (("POST", "/v1/images/generations"), ("POST", "/v1/images/edits")):
+    if operation in (("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"),
+                     ("POST", "/v1/videos")):  # fmt: skip
         # OpenAI's error has no details: the limits are read from its message (catalog.py's
         # "takes sides MIN–MAX, multiples of M"), and the size judged against them here.
         error = _openai_error(response)

@@ -151,3 +151,8 @@ def test_list_page() -> None:
                                      "last_id": None, "has_more": False}  # fmt: skip
     page = video_list([{"id": "a"}, {"id": "b"}], True)
     assert (page["first_id"], page["last_id"], page["has_more"]) == ("a", "b", True)
+
+
+def test_a_body_neither_json_nor_a_form_is_refused() -> None:
+    with pytest.raises(VideoRequestInvalid, match="JSON .* or multipart/form-data"):
+        read_video_create("text/plain", b"model=m")

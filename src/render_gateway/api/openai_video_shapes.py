@@ -124,9 +124,14 @@ def read_video_create(content_type: str, body: bytes) -> tuple[VideoCreateFields
     JSON body or a multipart form; VideoRequestInvalid naming what is wrong."""
     image: str | None = None
     try:
-        if content_type.lower().startswith("application/json"):
+        kind = content_type.lower()
+        if kind.startswith("application/json"):
             # Strict: JSON's types are what the document says (a seed is a number, not text).
             fields = VideoCreateFields.model_validate_json(body or b"null", strict=True)
+        elif not kind.startswith("multipart/form-data"):
+            raise VideoRequestInvalid(
+                "send the body as JSON (application/json) or multipart/form-data", None
+            )
         else:
             form = read_form(content_type, body, VIDEO_FILE_FIELDS)
             uploads = form.files.get("input_reference", [])
@@ -347,4 +352,5 @@ VIDEO_FORM_SCHEMA: dict[str, Any] = {
         "seed": _SEED,
     },
     "additionalProperties": False,
+    "not": {"required": ["input_reference", "input_reference[image_url]"]},  # one image
 }  # fmt: skip
