@@ -362,7 +362,7 @@ def test_reference_objects_in_json_and_form_fields(client: OpenAI, gateway: Gate
         ({"form": {"input_reference[image_url]": png}}, 404, "model", "'i2v'"),
         ({"form": {"input_reference[file_id]": "file_1"}}, 400, "input_reference",
          "no Files API"),
-        ({"json": {"seconds": "4", "seed": "7"}}, 400, "seed", "valid integer"),
+        ({"json": {"seconds": "4", "seed": "7"}}, 400, "seed", "an integer"),
         ({"json": {"seconds": True}}, 400, "seconds", "not offered"),
     ]  # fmt: skip
     for send, status, param, says in cases:

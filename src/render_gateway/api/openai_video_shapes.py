@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from render_gateway.api.openai_shapes import (
     FormUnreadable,
@@ -81,17 +88,43 @@ class VideoCreateFields(BaseModel):
 
     @field_validator("seconds", mode="before")
     @classmethod
-    def _whole_seconds(cls, value: Any) -> Any:
+    def _whole_seconds(cls, value: Any, info: ValidationInfo) -> Any:
         """ "4" (OpenAI's strings) or 4 (a JSON number), 1–10."""
         if value is None:
             return None
-        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        number = _integer(value, info)
+        text = str(number) if number is not None else value
         if text not in SECONDS:
             raise ValueError(
                 f"{value!r} is not offered: whole seconds 1–{MAX_SECONDS} (Render's clips are "
                 f"at most {MAX_SECONDS} s; OpenAI's 12 is not offered)"
             )
         return text
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        number = _integer(value, info)
+        if number is None:
+            raise ValueError("an integer")
+        return number
+
+
+def _integer(value: Any, info: ValidationInfo) -> int | None:
+    """An integer as JSON Schema reads one (7, or 7.0; never true), or form text ("7"); None
+    for anything else (JSON text is not a number)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    form = isinstance(info.context, Mapping) and info.context.get("form")
+    if form and isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 def _problems(exc: ValidationError) -> VideoRequestInvalid:
@@ -126,8 +159,8 @@ def read_video_create(content_type: str, body: bytes) -> tuple[VideoCreateFields
     try:
         kind = content_type.lower()
         if kind.startswith("application/json"):
-            # Strict: JSON's types are what the document says (a seed is a number, not text).
-            fields = VideoCreateFields.model_validate_json(body or b"null", strict=True)
+            # JSON's types are the document's (a seed is a number, not text: _integer).
+            fields = VideoCreateFields.model_validate_json(body or b"null")
         elif not kind.startswith("multipart/form-data"):
             raise VideoRequestInvalid(
                 "send the body as JSON (application/json) or multipart/form-data", None
@@ -135,7 +168,7 @@ def read_video_create(content_type: str, body: bytes) -> tuple[VideoCreateFields
         else:
             form = read_form(content_type, body, VIDEO_FILE_FIELDS)
             uploads = form.files.get("input_reference", [])
-            fields = VideoCreateFields.model_validate(_nested(form.fields))
+            fields = VideoCreateFields.model_validate(_nested(form.fields), context={"form": True})
             if len(uploads) > 1 or (uploads and fields.input_reference is not None):
                 raise VideoRequestInvalid(
                     "input_reference: send one image, as a file or as image_url",
@@ -352,5 +385,4 @@ VIDEO_FORM_SCHEMA: dict[str, Any] = {
         "seed": _SEED,
     },
     "additionalProperties": False,
-    "not": {"required": ["input_reference", "input_reference[image_url]"]},  # one image
 }  # fmt: skip
