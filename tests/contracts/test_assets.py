@@ -17,7 +17,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-from render_gateway.stores.assets import ASSET_ID, Asset, AssetNotFound, AssetStore, CorruptAsset
+from render_gateway.core.ids import new_asset_id
+from render_gateway.stores.assets import (
+    ASSET_ID,
+    Asset,
+    AssetExists,
+    AssetNotFound,
+    AssetStore,
+    CorruptAsset,
+)
 from render_gateway.stores.object_assets import open_asset_store
 
 from support.moto import BUCKET, REGION, S3_CREDENTIALS, Moto
@@ -170,3 +178,24 @@ async def test_equal_bytes_are_stored_once_under_random_ids(
     for asset in results:
         fetched, data = await store.get(asset.id)
         assert data == b"same" and fetched.owner == asset.owner
+
+
+async def test_a_chosen_id_is_written_once(store: AssetStore) -> None:
+    """An upload's id is drawn when its URL is signed and written by its PUT: the first write
+    wins, every later one (the same bytes, or others, even at once) is AssetExists."""
+    chosen = new_asset_id()
+    first = await store.put(b"upload", "image/png", "alice", asset_id=chosen)
+    assert first.id == chosen and await store.get(chosen) == (first, b"upload")
+    for data in (b"upload", b"other"):
+        with pytest.raises(AssetExists):
+            await store.put(data, "image/png", "alice", asset_id=chosen)
+    racing = new_asset_id()
+    results = await asyncio.gather(
+        *(store.put(b"race", "image/png", "bob", asset_id=racing) for _ in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Asset) for r in results) == 1
+    assert all(isinstance(r, Asset | AssetExists) for r in results)
+    assert await store.describe(chosen) == first
+    with pytest.raises(ValueError):
+        await store.put(b"x", "image/png", "alice", asset_id="a_../records/xx")

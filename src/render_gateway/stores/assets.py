@@ -29,6 +29,10 @@ class AssetNotFound(KeyError):
     """No asset has this id (or it is not an asset id at all)."""
 
 
+class AssetExists(RuntimeError):
+    """An asset already has the id a write asked for (an upload URL used twice)."""
+
+
 class CorruptAsset(RuntimeError):
     """The stored bytes no longer hash to their record's BLAKE3 (they were changed at rest), or
     they are missing, or the record itself cannot be read."""
@@ -48,9 +52,13 @@ def is_asset_id(value: str) -> bool:
 
 
 class AssetStore(Protocol):
-    async def put(self, data: bytes, content_type: str, owner: str) -> Asset:
-        """Store ``data`` under a new random id owned by ``owner``. Create-only: nothing is
-        ever overwritten. :class:`CorruptAsset` if a stored copy of these bytes was altered."""
+    async def put(
+        self, data: bytes, content_type: str, owner: str, asset_id: str | None = None
+    ) -> Asset:
+        """Store ``data`` under a new random id owned by ``owner``, or under ``asset_id`` (one
+        drawn earlier with ``ids.new_asset_id``: an upload's). Create-only: nothing is ever
+        overwritten, and :class:`AssetExists` if ``asset_id`` is taken, so a given id is
+        written once. :class:`CorruptAsset` if a stored copy of these bytes was altered."""
         ...
 
     async def get(self, asset_id: str) -> tuple[Asset, bytes]:

@@ -27,6 +27,7 @@ from render_gateway.stores.assets import (
     ASSET_ID,
     LEGACY_ASSET_ID,
     Asset,
+    AssetExists,
     AssetNotFound,
     AssetStore,
     CorruptAsset,
@@ -74,8 +75,12 @@ class ObjectAssetStore:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
 
-    async def put(self, data: bytes, content_type: str, owner: str) -> Asset:
-        return await asyncio.to_thread(self._put, data, content_type, owner)
+    async def put(
+        self, data: bytes, content_type: str, owner: str, asset_id: str | None = None
+    ) -> Asset:
+        if asset_id is not None and not ASSET_ID.fullmatch(asset_id):
+            raise ValueError(f"{asset_id!r} is not an asset id")  # never becomes a key
+        return await asyncio.to_thread(self._put, data, content_type, owner, asset_id)
 
     async def get(self, asset_id: str) -> tuple[Asset, bytes]:
         return await asyncio.to_thread(self._get, asset_id)
@@ -83,7 +88,7 @@ class ObjectAssetStore:
     async def describe(self, asset_id: str) -> Asset:
         return await asyncio.to_thread(self._describe, asset_id)
 
-    def _put(self, data: bytes, content_type: str, owner: str) -> Asset:
+    def _put(self, data: bytes, content_type: str, owner: str, chosen: str | None) -> Asset:
         digest = blake3.blake3(data).hexdigest()
         try:
             # False when the same bytes are already stored: the key is their hash.
@@ -95,16 +100,21 @@ class ObjectAssetStore:
                 f"the stored bytes of BLAKE3 {digest} in {self.objects.url} do not hash to it"
             ) from None
         while True:
-            asset = Asset(new_asset_id(), content_type, len(data), owner, digest)
+            asset = Asset(chosen or new_asset_id(), content_type, len(data), owner, digest)
             record = orjson.dumps(
                 {"owner": owner, "content_type": content_type, "size": len(data),
                  "blake3": digest, "created_at": time.time()}
             )  # fmt: skip
             try:
-                self.objects.put_new(record_key(asset.id), record)
+                # False: an identical record was already there, i.e. not written by this call.
+                created = self.objects.put_new(record_key(asset.id), record)
             except ObjectExists:
-                continue  # an id drawn twice (about 2^-100): draw again, never overwrite
-            return asset
+                created = False
+            if created:
+                return asset
+            if chosen is not None:
+                raise AssetExists(chosen)  # the id was asked for: its one write is spent
+            # an id drawn twice (about 2^-100): draw again, never overwrite
 
     def _describe(self, asset_id: str) -> Asset:
         # Only well-formed ids become keys: nothing a caller sends can name another object.
