@@ -287,6 +287,10 @@ class GatewayConfig(_Section):
     # The key of those URLs (base64, mode 0600), read and never created, so that a URL minted
     # by one replica verifies on every other. Unset: <data_dir>/asset_url_secret.
     asset_url_secret_file: Path | None = None
+    # How long an upload URL of POST /uploads may be used (the contract's hour), and how long
+    # its PUT may take to send the bytes (up to 50 MiB: longer than body_timeout_seconds).
+    upload_url_ttl_seconds: int = Field(default=3600, ge=1, le=24 * 3600)
+    upload_timeout_seconds: float = Field(default=600.0, gt=0, le=3600)
     recovery: Literal["requeue", "fail"] = "requeue"
     max_job_retries: int = Field(default=2, ge=0)
     # On SIGTERM running jobs get this long to finish (and be billed) before they are stopped

@@ -19,6 +19,7 @@ from render_gateway.api import (
     openai_video_routes,
     reconcile_routes,
     sync_routes,
+    upload_routes,
     usage_routes,
 )
 from render_gateway.api.api_models import exact_pass_through_bounds
@@ -68,7 +69,8 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         holder["services"] = started
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
-                   reconcile_routes, openai_routes, openai_video_routes):  # fmt: skip
+                   reconcile_routes, openai_routes, openai_video_routes,
+                   upload_routes):  # fmt: skip
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
             app.include_router(routes.router)
@@ -83,6 +85,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         RequestBodyGuard,
         limit=config.max_body_bytes,
         timeout_seconds=config.body_timeout_seconds,
+        streamed=upload_routes.streams_body,
     )
     app.add_middleware(LatencyMiddleware, histogram=latency)
     app.add_middleware(RequestIdMiddleware)

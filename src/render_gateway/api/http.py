@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,7 +75,9 @@ REFUSAL_STATUS = {
     RefusalKind.payment: 402,
     RefusalKind.forbidden: 403,
     RefusalKind.not_found: 404,
+    RefusalKind.timeout: 408,
     RefusalKind.conflict: 409,
+    RefusalKind.gone: 410,
     RefusalKind.too_many: 429,
     RefusalKind.upstream: 502,
     RefusalKind.unavailable: 503,
@@ -204,11 +207,19 @@ class RequestBodyGuard:
     than ``MAX_JSON_DEPTH``, integers beyond 64 bits, ``NaN``) → 400. The body is then handed to
     the app as one message; later ``receive`` calls (disconnect watching) pass through."""
 
-    def __init__(self, app: ASGIApp, limit: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        timeout_seconds: float,
+        streamed: Callable[[Scope], bool] = lambda scope: False,
+    ) -> None:
         self.app, self.limit, self.timeout_seconds = app, limit, timeout_seconds
+        # Requests whose route streams the body under its own limits (an upload's PUT).
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not declares_body(scope):
+        if scope["type"] != "http" or not declares_body(scope) or self.streamed(scope):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))

@@ -18,6 +18,8 @@ class RefusalKind(StrEnum):
     not_found = "not_found"  # the model, backend or job does not exist for this caller (404)
     forbidden = "forbidden"  # the caller's plan may not do this (403)
     conflict = "conflict"  # the state does not allow it (409)
+    timeout = "timeout"  # the request's body did not arrive in time (408)
+    gone = "gone"  # it was valid and has lapsed for good: an expired upload URL (410)
     payment = "payment"  # the budget does not allow it (402)
     too_many = "too_many"  # rate limit or queue quota (429)
     unavailable = "unavailable"  # no capacity now (503)

@@ -32,6 +32,7 @@ from render_gateway.application.scheduler import JobRunner, RunLeases
 from render_gateway.application.settle import Settlement
 from render_gateway.application.singleton import SingletonRole, process_holder_id
 from render_gateway.application.sync_run import RunNow
+from render_gateway.application.uploads import Uploads
 from render_gateway.application.usage_holder import (
     UsageReadLocator,
     derived_advertise_url,
@@ -286,6 +287,7 @@ class GatewayServices:
     run_now: RunNow
     usage_queries: UsageQueries  # the read side: its own ClickHouse client
     asset_inputs: AssetInputs
+    uploads: Uploads  # POST /uploads and its PUT
     audit: AuditParts
     reconciler: Reconciler
     clients: dict[str, InferenceBackend]
@@ -422,7 +424,10 @@ class GatewayServices:
         services = cls(
             config, stores, pool, session, authenticator, asset_urls, meter, webhooks,
             settlement, runner, job_cases, run_now, usage_queries,
-            AssetInputs(stores.assets, asset_urls), audit, reconciler, clients, node_keys,
+            AssetInputs(stores.assets, asset_urls),
+            Uploads(stores.assets, asset_urls, config.upload_url_ttl_seconds,
+                    config.upload_timeout_seconds),
+            audit, reconciler, clients, node_keys,
             local_worker, estimates,
         )  # fmt: skip
         services._offered = offered
