@@ -99,3 +99,42 @@ async def test_503s_are_retried_a_bounded_number_of_times(busy: str, kind: str) 
         "req_x",
         100,
     )
+
+
+def test_an_upload_declares_then_puts_without_credentials() -> None:
+    """The two requests ``upload`` makes, read off the sans-IO core: the declaration with the
+    key, the PUT of the signed URL without it, with the type read from the bytes."""
+    from render_gateway.client.protocol import Protocol, image_type_of
+
+    data = b"\x89PNG\r\n\x1a\n" + b"\0" * 20
+    assert image_type_of(data) == "image/png"
+    assert image_type_of(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert image_type_of(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
+    assert image_type_of(b"GIF89a") is None
+    core = Protocol("http://gw.test:8080", "rk_secret", RetryPolicy(max_retries=0))
+    operation = core.upload(data, None)
+    declare = next(operation)
+    assert isinstance(declare, httpx.Request)
+    assert (declare.method, str(declare.url)) == ("POST", "http://gw.test:8080/uploads")
+    assert declare.headers["authorization"] == "Bearer rk_secret"
+    assert declare.content == b'{"content_type":"image/png","bytes":28}'
+    ticket = {"id": "a_x", "upload_url": "http://gw.test:8080/uploads/a_x?signature=s"}
+    put = operation.send(httpx.Response(200, json=ticket, request=declare))
+    assert isinstance(put, httpx.Request)
+    assert (put.method, str(put.url)) == ("PUT", ticket["upload_url"])
+    assert "authorization" not in put.headers and put.headers["content-type"] == "image/png"
+    assert put.content == data
+    stored = {"id": "a_x", "asset_url": "/assets/a_x?expires=1&signature=t",
+              "content_type": "image/png", "bytes": 28}  # fmt: skip
+    with pytest.raises(StopIteration) as done:
+        operation.send(httpx.Response(201, json=stored, headers={"X-Request-Id": "req_1"}))
+    asset = done.value.value
+    assert asset.url == "http://gw.test:8080/assets/a_x?expires=1&signature=t"
+    assert (asset.id, asset.path, asset.size, asset.request_id) == (
+        "a_x",
+        "/assets/a_x",
+        28,
+        "req_1",
+    )
+    with pytest.raises(RenderError, match="not a PNG, JPEG or WebP"):
+        next(core.upload(b"GIF89a....", None))  # refused before anything is sent

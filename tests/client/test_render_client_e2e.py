@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -303,6 +304,47 @@ async def test_a_429_is_retried_after_its_retry_after(kind: str, gateway: Gatewa
         await close(impatient)
     assert generated.data and statuses[0] == 429 and statuses[-1] == 200
     assert time.monotonic() - started >= 0.5  # it waited as Retry-After asked
+
+
+async def test_upload_then_use_it_as_an_input(
+    kind: str, gateway: GatewayProcess, alice: Client, tmp_path: Path
+) -> None:
+    """``upload`` (bytes, or a file's path) gives an asset of the caller's, readable by its
+    signed URL and usable as ``image=`` by URL or by path; another customer cannot use it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    asset = await call(alice.upload(png))
+    assert asset.id.startswith("a_") and (asset.content_type, asset.size) == ("image/png", len(png))
+    assert asset.request_id.startswith("req_")
+    assert httpx.get(asset.url).content == png  # absolute, signed: no credentials needed
+    generated = await call(
+        alice.generate("image", "sd", "tiny", "i2i", prompt="a fox", image=asset.url, steps=2)
+    )
+    Image.open(io.BytesIO(generated.data)).verify()
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(jpeg, "JPEG")
+    picture = tmp_path / "picture.jpg"
+    picture.write_bytes(jpeg.getvalue())
+    from_file = await call(alice.upload(picture))
+    assert from_file.content_type == "image/jpeg" and from_file.size == len(jpeg.getvalue())
+    job = await call(alice.submit("image", "sd", "tiny", "i2i", prompt="a fox",
+                                  image=from_file.path, steps=2))  # fmt: skip
+    assert (await call(job.wait(timeout=60))).status == "complete"
+    with pytest.raises(InvalidRequestError) as mislabelled:
+        await call(alice.upload(png, "image/webp"))  # the gateway reads the bytes
+    assert mislabelled.value.code == "upload_not_image"
+    with pytest.raises(InvalidRequestError):
+        await call(alice.upload(b"just text"))  # no type to declare: refused before sending
+    bob = make_client(kind, gateway.url, gateway.new_key("bob-uploads"))
+    try:
+        with pytest.raises(InvalidRequestError) as refused:
+            await call(bob.submit("image", "sd", "tiny", "i2i", prompt="a fox", image=asset.path))
+        assert refused.value.details["asset_id"] == asset.id
+        with pytest.raises(AuthenticationError):
+            await call(make_client(kind, gateway.url, None).upload(png))
+    finally:
+        await close(bob)
 
 
 async def test_errors_are_typed_from_the_gateway_body(

@@ -17,7 +17,14 @@ from render_gateway.client.errors import (
     UnavailableError,
     WaitTimeout,
 )
-from render_gateway.client.protocol import Generated, JobEvent, JobState, Queued, RetryPolicy
+from render_gateway.client.protocol import (
+    Generated,
+    JobEvent,
+    JobState,
+    Queued,
+    RetryPolicy,
+    UploadedAsset,
+)
 from render_gateway.client.sync import Job, RenderClient
 from render_gateway.client.verification import (
     ProofVerificationError,
@@ -49,6 +56,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "UnavailableError",
+    "UploadedAsset",
     "VerifiedProof",
     "WaitTimeout",
     "WebhookVerificationError",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,9 +22,15 @@ from render_gateway.client.protocol import (
     Protocol,
     Queued,
     RetryPolicy,
+    UploadedAsset,
 )
 
 T = TypeVar("T")
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 class AsyncRenderClient:
@@ -126,6 +133,14 @@ class AsyncRenderClient:
     ) -> dict[str, Any]:
         """``GET /usage``: the report as the gateway sends it (docs/API.md)."""
         return await self.run(self.protocol.usage(from_, to, group_by, customer_id))
+
+    async def upload(
+        self, source: bytes | str | os.PathLike[str], content_type: str | None = None
+    ) -> UploadedAsset:
+        """Upload an image (bytes, or a file's path) as an asset of yours: PNG, JPEG or WebP,
+        up to 50 MiB; the type is read from the bytes unless given."""
+        data = source if isinstance(source, bytes) else await asyncio.to_thread(_read, source)
+        return await self.run(self.protocol.upload(data, content_type))
 
     async def proof(self, request_id: str) -> dict[str, Any]:
         """``GET /audit/proofs/{request_id}``: check it with ``verify_proof``."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -21,9 +22,15 @@ from render_gateway.client.protocol import (
     Protocol,
     Queued,
     RetryPolicy,
+    UploadedAsset,
 )
 
 T = TypeVar("T")
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 class RenderClient:
@@ -126,6 +133,14 @@ class RenderClient:
     ) -> dict[str, Any]:
         """``GET /usage``: the report as the gateway sends it (docs/API.md)."""
         return self.run(self.protocol.usage(from_, to, group_by, customer_id))
+
+    def upload(
+        self, source: bytes | str | os.PathLike[str], content_type: str | None = None
+    ) -> UploadedAsset:
+        """Upload an image (bytes, or a file's path) as an asset of yours: PNG, JPEG or WebP,
+        up to 50 MiB; the type is read from the bytes unless given."""
+        data = source if isinstance(source, bytes) else _read(source)
+        return self.run(self.protocol.upload(data, content_type))
 
     def proof(self, request_id: str) -> dict[str, Any]:
         """``GET /audit/proofs/{request_id}``: check it with ``verify_proof``."""
