@@ -277,6 +277,12 @@ def test_declarations_are_checked_and_need_credentials(
     for content_type, size in (("image/gif", 10), ("text/html", 10), ("image/png", 0),
                                ("image/png", -5), ("image/png", 50 * MIB + 1)):  # fmt: skip
         assert_error(create(gateway, alice, content_type, size), 400, "invalid_request")
+    for size in (True, "10", 10.5):  # a size is a JSON integer, nothing read as one
+        refused = httpx.post(
+            f"{gateway.url}/uploads", json={"content_type": "image/png", "bytes": size},
+            headers=alice,
+        )  # fmt: skip
+        assert_error(refused, 400, "invalid_request")
     extra = httpx.post(
         f"{gateway.url}/uploads",
         json={"content_type": "image/png", "bytes": 10, "owner": "bob"}, headers=alice,

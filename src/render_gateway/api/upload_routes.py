@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Scope
@@ -38,6 +38,15 @@ class UploadRequest(BaseModel):
     size: int = Field(
         alias="bytes", ge=1, le=MAX_UPLOAD_BYTES, description="the exact size the PUT must send"
     )
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _a_json_integer(cls, value: object) -> object:
+        # ``true`` or ``"10"`` is not a size (lax mode would read them as 1 and 10); 10.0 is,
+        # as JSON Schema's ``integer`` says.
+        if isinstance(value, bool | str):
+            raise ValueError("a JSON integer")
+        return value
 
 
 class UploadTicket(BaseModel):
