@@ -219,7 +219,10 @@ class RequestBodyGuard:
         self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not declares_body(scope) or self.streamed(scope):
+        if scope["type"] == "http" and self.streamed(scope):
+            await self.app(scope, receive, closing_on_refusal(send))
+            return
+        if scope["type"] != "http" or not declares_body(scope):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
@@ -265,6 +268,19 @@ class RequestBodyGuard:
 
         response = error_response(Request(scope), error)
         await response(scope, no_body, send)
+
+
+def closing_on_refusal(send: Send) -> Send:
+    """``send`` adding ``Connection: close`` to an error answer: a streamed body refused before
+    it was read whole (a wrong signature, size or type) is not drained, the connection ends."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return sending
 
 
 MAX_JSON_DEPTH = 64

@@ -14,8 +14,7 @@ from starlette.types import Scope
 
 from render_gateway.api.api_models import ERROR_RESPONSES, ErrorBody
 from render_gateway.api.deps import caller, services
-from render_gateway.api.http import ApiError, api_error_of, json_response
-from render_gateway.application.refusals import Refused
+from render_gateway.api.http import json_response
 from render_gateway.application.uploads import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from render_gateway.auth.principal import Principal
 
@@ -27,12 +26,15 @@ ImageType = Literal["image/png", "image/jpeg", "image/webp"]
 
 def streams_body(scope: Scope) -> bool:
     """The upload PUT reads its own body, streamed under its own limits: the body guard
-    (``max_body_bytes``, ``body_timeout_seconds``) lets it through."""
-    return scope.get("method") == "PUT" and str(scope.get("path", "")).startswith(_PREFIX)
+    (``max_body_bytes``, ``body_timeout_seconds``) lets it through, and closes the connection
+    after any refusal instead of draining the rest of the body."""
+    path = str(scope.get("path", ""))
+    asset_id = path.removeprefix(_PREFIX)
+    return scope.get("method") == "PUT" and path.startswith(_PREFIX) and "/" not in asset_id
 
 
 class UploadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     content_type: ImageType = Field(description="the type the PUT must send, and its bytes be")
     size: int = Field(
@@ -154,11 +156,6 @@ async def put_upload(
             request.headers.get("content-length"),
             request.stream(),
         )
-    except Refused as refused:
-        error: ApiError = api_error_of(refused)
-        # The rest of the body may still be on its way: it is not read, the connection closes.
-        error.headers.setdefault("Connection", "close")
-        raise error from None
     except ClientDisconnect:
         return Response(status_code=499)  # nobody is listening; the status is for the log
     return json_response(
