@@ -21,6 +21,7 @@ from render_gateway.api import (
     sync_routes,
     upload_routes,
     usage_routes,
+    ws_routes,
 )
 from render_gateway.api.api_models import exact_pass_through_bounds
 from render_gateway.api.http import (
@@ -34,9 +35,10 @@ from render_gateway.api.http import (
     unexpected_error_handler,
     validation_error_handler,
 )
-from render_gateway.api.metrics import LatencyMiddleware, make_registry
+from render_gateway.api.metrics import LatencyMiddleware, SocketCollector, make_registry
 from render_gateway.application.refusals import Refused
 from render_gateway.application.services import GatewayServices
+from render_gateway.application.socket_jobs import SocketStats
 from render_gateway.config import GatewayConfig
 from render_gateway.stores.unavailable import StoreUnavailable
 
@@ -64,13 +66,15 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
+    app.state.socket_stats = SocketStats()  # GET /ws's connections, for /metrics
+    registry.register(SocketCollector(app.state.socket_stats))
     if started is not None:  # usable at once (an in-process client runs no lifespan)
         app.state.services = started
         holder["services"] = started
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
                    reconcile_routes, openai_routes, openai_video_routes,
-                   upload_routes):  # fmt: skip
+                   upload_routes, ws_routes):  # fmt: skip
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
             app.include_router(routes.router)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import HTTPConnection
 
 from render_gateway.api.api_models import ERROR_RESPONSES
 from render_gateway.api.deps import caller, is_admin, services
@@ -52,7 +53,7 @@ async def owned_asset(request: Request, asset_id: str, principal: Principal) -> 
     return found
 
 
-def _own_hosts(request: Request) -> set[str]:
+def _own_hosts(request: HTTPConnection) -> set[str]:
     """The hosts an absolute asset URL of this gateway may name: the one the request came in
     on, and the address it listens on."""
     config = services(request).config
@@ -63,7 +64,7 @@ def _own_hosts(request: Request) -> set[str]:
 
 
 async def admit_asset_inputs(
-    request: Request, principal: Principal, generation: dict[str, Any]
+    request: HTTPConnection, principal: Principal, generation: dict[str, Any]
 ) -> dict[str, Any]:
     """``image``/``mask`` naming an asset of this gateway, checked for the caller
     (application/asset_inputs.py); the request supplies the hosts its URLs may name."""

@@ -9,13 +9,14 @@ from typing import Annotated
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from render_gateway.api.http import ApiError
 from render_gateway.application.services import GatewayServices
 from render_gateway.auth.principal import AuthError, Principal
 
 
-def services(request: Request) -> GatewayServices:
+def services(request: HTTPConnection) -> GatewayServices:
     found: GatewayServices = request.app.state.services
     return found
 
@@ -42,7 +43,7 @@ async def caller(
         ) from exc
 
 
-def is_admin(request: Request, principal: Principal) -> bool:
+def is_admin(request: HTTPConnection, principal: Principal) -> bool:
     """Whether the caller's plan may read and run what is everyone's (usage, reconciliation)."""
     plan = services(request).config.plans.get(principal.plan)
     return plan is not None and plan.admin

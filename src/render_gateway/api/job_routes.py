@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import HTTPConnection
 
 from render_gateway.api.api_models import (
     ERROR_RESPONSES,
@@ -17,6 +18,7 @@ from render_gateway.api.api_models import (
     REDIRECT_RESPONSE,
     CancelRecorded,
     JobResponse,
+    QueueBody,
     QueuedResponse,
     QueueRequest,
 )
@@ -82,6 +84,44 @@ def start_deadline(body_seconds: float | None, cancel_after: str | None) -> floa
     return min(deadlines, default=None)
 
 
+async def submit_queue_body(
+    connection: HTTPConnection,
+    principal: Principal,
+    body: QueueBody,
+    request_id: str,
+    cancel_after: str | None = None,
+) -> Submitted:
+    """POST /queue's admission of a validated body (``GET /ws``'s generate messages too);
+    ``cancel_after``: the request's ``Cancel-After`` header, if any."""
+    cases = services(connection).job_cases
+    deadline = start_deadline(body.start_deadline, cancel_after)
+    generation = await admit_asset_inputs(
+        connection, principal, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
+    )
+    return await cases.submit(
+        SubmitRequest(
+            modality=body.modality,
+            family=body.family,
+            model=body.model,
+            task=body.task,
+            format=body.format,
+            backend=body.backend,
+            priority=body.priority,
+            webhook=body.webhook,
+            ttl=body.ttl,
+            idempotency_key=body.idempotency_key,
+            generation=generation,
+            digest_source={**body.model_dump(mode="json"), "start_deadline": deadline},
+            start_deadline=deadline,
+            webhook_events=(
+                None if body.webhook_events_filter is None else tuple(body.webhook_events_filter)
+            ),
+        ),
+        principal,
+        request_id,
+    )
+
+
 @router.post(
     "/queue",
     status_code=202,
@@ -104,39 +144,16 @@ async def submit(
     prefer: Annotated[list[str] | None, PREFER_HEADER] = None,
     cancel_after: Annotated[str, CANCEL_AFTER_HEADER] = "",  # "": none given
 ) -> Any:
-    cases = services(request).job_cases
-    deadline = start_deadline(body.start_deadline, cancel_after or None)
     preferences = parse_prefer(prefer or [])
-    generation = await admit_asset_inputs(
-        request, principal, body.model_dump(exclude_none=True, exclude=set(ROUTING_FIELDS))
-    )
-    submitted = await cases.submit(
-        SubmitRequest(
-            modality=body.modality,
-            family=body.family,
-            model=body.model,
-            task=body.task,
-            format=body.format,
-            backend=body.backend,
-            priority=body.priority,
-            webhook=body.webhook,
-            ttl=body.ttl,
-            idempotency_key=body.idempotency_key,
-            generation=generation,
-            digest_source={**body.model_dump(mode="json"), "start_deadline": deadline},
-            start_deadline=deadline,
-            webhook_events=(
-                None if body.webhook_events_filter is None else tuple(body.webhook_events_filter)
-            ),
-        ),
-        principal,
-        request_id_of(request),
+    submitted = await submit_queue_body(
+        request, principal, body, request_id_of(request), cancel_after or None
     )
     answer = queued_body(submitted, response)
     if preferences.wait_seconds is None:
         return answer
     # respond-async means nothing on the async tier: only the wait is applied here.
     response.headers["Preference-Applied"] = f"wait={preferences.wait_seconds}"
+    cases = services(request).job_cases
     ended = await cases.wait_for_end(submitted.job, preferences.wait_seconds)
     if not ended.status.terminal:
         return answer

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from render_gateway.application.reconciler import ReconcileState
 from render_gateway.application.services import GatewayServices
+from render_gateway.application.socket_jobs import SocketStats
 from render_gateway.audit.batcher import BatcherStats
 from render_gateway.metering.writer import WriterStats
 from render_gateway.scheduling.breaker import BreakerState
@@ -90,6 +91,27 @@ class GatewayCollector(Collector):
         if svc.audit.batcher is not None:  # and the audit role
             yield from audit_metrics(svc.audit.batcher.stats)
         yield from reconcile_metrics(svc.reconciler.state)
+
+
+class SocketCollector(Collector):
+    """GET /ws: open connections, the jobs they relay, and what slow readers missed."""
+
+    def __init__(self, stats: SocketStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauges = {
+            "render_ws_connections": ("WebSocket connections open now", self._stats.connections),
+            "render_ws_jobs_followed": (
+                "Jobs whose events WebSocket connections relay now", self._stats.followed),
+            "render_ws_dropped_messages_total": (
+                "Progress messages dropped for slow WebSocket readers since start",
+                self._stats.dropped),
+        }  # fmt: skip
+        for name, (help_text, value) in gauges.items():
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], float(value))
+            yield gauge
 
 
 def audit_metrics(stats: BatcherStats) -> Iterator[GaugeMetricFamily]:
