@@ -43,6 +43,11 @@ SUBPROTOCOL = "render"
 BEARER_SUBPROTOCOL = "bearer."
 POLICY_VIOLATION = 1008  # RFC 6455: credentials refused (or no longer valid)
 TRY_AGAIN_LATER = 1013  # the key store could not be asked
+INTERNAL_ERROR = 1011
+CLOSE_REASONS = {
+    POLICY_VIOLATION: "credentials no longer accepted",
+    TRY_AGAIN_LATER: "credentials cannot be checked now; reconnect shortly",
+}
 FLUSH_SECONDS = 1.0  # how long a closing connection waits for its last messages to go out
 _QUEUE_BODY: TypeAdapter[Any] = TypeAdapter(QueueRequest)
 
@@ -130,8 +135,13 @@ async def jobs_socket(websocket: WebSocket) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if not task.cancelled() and task.exception() is None:
-                close_code = task.result()
+            if task.cancelled():
+                continue
+            if (failure := task.exception()) is not None:
+                log.error("websocket connection failed", exc_info=failure)
+                close_code = INTERNAL_ERROR
+            elif (code := task.result()) is not None:
+                close_code = code
     finally:
         reader, writer, checker = tasks
         reader.cancel()
@@ -147,7 +157,7 @@ async def jobs_socket(websocket: WebSocket) -> None:
         stats.connections -= 1
     if close_code is not None:
         with contextlib.suppress(Exception):  # the client may have gone meanwhile
-            await websocket.close(close_code, "credentials no longer accepted")
+            await websocket.close(close_code, CLOSE_REASONS.get(close_code, ""))
 
 
 async def _read(websocket: WebSocket, jobs: SocketJobs, outbox: Outbox, limit: int) -> None:

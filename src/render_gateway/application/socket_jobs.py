@@ -102,6 +102,7 @@ class SocketStats:
 class _Followed:
     job_id: str
     task: asyncio.Task[None] | None = field(default=None)
+    forgotten: bool = False
 
 
 def error_message(
@@ -153,6 +154,14 @@ def queue_body_of(message: dict[str, Any]) -> dict[str, Any]:
     return {**generation, **routing}
 
 
+def _what_type(kind: Any) -> str:
+    if kind is None:
+        return "missing"
+    if isinstance(kind, str) and len(kind) <= 32:  # echoed only when short
+        return f"{kind!r} is not a message type"
+    return "not a message type"
+
+
 def _invalid(text: str, field_name: str) -> Refused:
     return Refused(RefusalKind.invalid, "invalid_request", text, {"field": field_name})
 
@@ -191,12 +200,7 @@ class SocketJobs:
             client_id = client_id_of(message)
             kind = message.get("type")
             if kind not in ("generate", "cancel"):
-                raise _invalid(
-                    f"type: {kind!r} is not a message type (generate, cancel)"
-                    if kind is not None
-                    else "type: missing (generate, cancel)",
-                    "type",
-                )
+                raise _invalid(f"type: {_what_type(kind)} (generate, cancel)", "type")
             if client_id is None:
                 raise _invalid(
                     f"id: a string of 1-{MAX_CLIENT_ID_CHARS} characters or an integer", "id"
@@ -273,6 +277,18 @@ class SocketJobs:
         followed.task = asyncio.create_task(
             self._relay(client_id, job, followed), name=f"ws-relay-{job.id}"
         )
+        # A callback, not a ``finally``: a task cancelled before it first ran runs no code.
+        followed.task.add_done_callback(lambda _: self._forget(client_id, followed))
+
+    def _forget(self, client_id: ClientId, followed: _Followed) -> None:
+        """The id is free again (once, whichever of the terminal event, the relay's end or
+        the connection's close comes first)."""
+        if followed.forgotten:
+            return
+        followed.forgotten = True
+        if self._jobs.get(client_id) is followed:
+            del self._jobs[client_id]
+        self._stats.followed -= 1
 
     async def _cancel(self, client_id: ClientId) -> None:
         followed = self._jobs.get(client_id)
@@ -304,6 +320,8 @@ class SocketJobs:
             while True:
                 try:
                     async for item in watch(self._cases, current, after):
+                        if item.terminal:  # the id is free once the client can know it
+                            self._forget(client_id, followed)
                         self._send_event(client_id, job.id, item)
                         if item.terminal:
                             return
@@ -312,6 +330,7 @@ class SocketJobs:
                     # The log ended without its terminal event (trimmed): the store has it.
                     current = await self._cases.refreshed(current)
                     for name, data in self._cases.terminal_event(current):
+                        self._forget(client_id, followed)
                         self._send_event(client_id, job.id, Watched(name, data, None))
                         return
                     if current.status.terminal:
@@ -333,10 +352,6 @@ class SocketJobs:
                     job_id=job.id,
                 )
             )
-        finally:
-            if self._jobs.get(client_id) is followed:
-                del self._jobs[client_id]
-            self._stats.followed -= 1
 
     def _send_event(self, client_id: ClientId, job_id: str, item: Watched) -> None:
         data = item.data
@@ -360,9 +375,12 @@ class SocketJobs:
 
     async def close(self) -> None:
         """The connection has ended: stop relaying (the jobs themselves go on)."""
-        tasks = [f.task for f in self._jobs.values() if f.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        followed = list(self._jobs.items())
+        for _, entry in followed:
+            if entry.task is not None:
+                entry.task.cancel()
+        for client_id, entry in followed:
+            if entry.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await entry.task
+            self._forget(client_id, entry)
