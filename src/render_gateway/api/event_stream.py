@@ -15,9 +15,6 @@ T = TypeVar("T")
 
 # Event ids are counters from 1; 18 digits keep any value inside 64 bits.
 LAST_EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
-# The id of a terminal event rebuilt from the store (a job that ended before this process knew
-# of it): past any live event's id, so a client that saw it and reconnects is closed at once.
-REBUILT_TERMINAL_ID = 10**18 - 1
 EVENT_NAMES = ("position", "started", "progress", "preview", "complete", "error")
 # How often a long-lived stream asks again whether its caller is still allowed in.
 STREAM_AUTH_RECHECK_SECONDS = 2.0

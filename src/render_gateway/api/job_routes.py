@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,7 +26,6 @@ from render_gateway.api.deps import caller, services
 from render_gateway.api.event_stream import (
     EVENT_STREAM_RESPONSE,
     LAST_EVENT_ID_PATTERN,
-    REBUILT_TERMINAL_ID,
     STREAM_AUTH_RECHECK_SECONDS,
     EventStream,
     until_refused,
@@ -36,8 +34,8 @@ from render_gateway.api.http import json_response, rate_headers, request_id_of
 from render_gateway.api.preferences import CANCEL_AFTER_PATTERN, parse_duration, parse_prefer
 from render_gateway.application.job_cases import CancelOutcome, SubmitRequest, Submitted
 from render_gateway.application.refusals import RefusalKind, Refused
+from render_gateway.application.job_watch import watch
 from render_gateway.auth.principal import AuthError, Principal
-from render_gateway.core.jobs import JobStatus
 
 router = APIRouter()
 ROUTING_FIELDS = frozenset(
@@ -238,30 +236,9 @@ async def job_events(
     credentials = request.headers.get("authorization")
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        current = job
-        last_position: int | None = None
-        # While queued (and nothing has happened yet), report position changes.
-        while current.status is JobStatus.queued and not await cases.has_events(job_id):
-            position = await cases.position(current)
-            if position != last_position:
-                data = {"position": position, "eta_seconds": cases.eta_seconds(current, position)}
-                yield ServerSentEvent(orjson.dumps(data).decode(), event="position")
-                last_position = position
-            await asyncio.sleep(0.25)
-            current = await cases.refreshed(current)
-        if not await cases.has_events(job_id):
-            # A job that ended before this process knew of it (e.g. before a restart).
-            if after >= REBUILT_TERMINAL_ID:
-                return  # the client has had it
-            for name, data in cases.terminal_event(current):
-                yield ServerSentEvent(
-                    orjson.dumps(data).decode(), event=name, id=str(REBUILT_TERMINAL_ID)
-                )
-            return
-        async for item in cases.follow(job_id, after):
-            yield ServerSentEvent(
-                orjson.dumps(item.data).decode(), event=item.event, id=str(item.id)
-            )
+        async for item in watch(cases, job, after):
+            event_id = None if item.id is None else str(item.id)  # position events have none
+            yield ServerSentEvent(orjson.dumps(item.data).decode(), event=item.event, id=event_id)
 
     async def still_allowed() -> bool:
         try:
