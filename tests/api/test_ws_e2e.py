@@ -232,6 +232,11 @@ def test_no_or_forged_credentials_are_refused_at_the_handshake(gateway: GatewayP
             connect(ws_url(gateway), additional_headers=headers, open_timeout=10)
         assert refused.value.response.status_code == 401
         assert orjson.loads(refused.value.response.body)["error"] == code
+    # A token in the query is not read (it would be in every access log): no credentials.
+    key = gateway.new_key("ws-query")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{ws_url(gateway)}?token={key}&api_key={key}", open_timeout=10)
+    assert orjson.loads(refused.value.response.body)["error"] == "missing_credentials"
     forged = "rk_" + "B" * 40
     with pytest.raises(InvalidStatus) as refused:
         connect(

@@ -103,6 +103,12 @@ class _Followed:
     job_id: str
     task: asyncio.Task[None] | None = field(default=None)
     forgotten: bool = False
+    # Clear while a cancel of the job is being asked: its answer (``cancelling``) goes out
+    # before the terminal event that the cancel itself may publish.
+    cancel_answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.cancel_answered.set()
 
 
 def error_message(
@@ -298,11 +304,14 @@ class SocketJobs:
                 "job_not_found",
                 f"no job in flight on this connection with id {client_id!r}",
             )
+        followed.cancel_answered.clear()
         try:
             outcome = await self._cases.cancel(followed.job_id, self._principal)
         except Refused as exc:
             self._outbox.put(self._refusal(client_id, exc, job_id=followed.job_id))
             return
+        finally:
+            followed.cancel_answered.set()  # wakes the relay only at its next turn: after the put
         # The job's terminal event follows from its relay (error, code "cancelled"); a cancel
         # only recorded (no run answered) ends the job when its run is recovered.
         self._outbox.put(
@@ -320,8 +329,9 @@ class SocketJobs:
             while True:
                 try:
                     async for item in watch(self._cases, current, after):
-                        if item.terminal:  # the id is free once the client can know it
-                            self._forget(client_id, followed)
+                        if item.terminal:
+                            await followed.cancel_answered.wait()
+                            self._forget(client_id, followed)  # free once the client knows
                         self._send_event(client_id, job.id, item)
                         if item.terminal:
                             return
@@ -330,6 +340,7 @@ class SocketJobs:
                     # The log ended without its terminal event (trimmed): the store has it.
                     current = await self._cases.refreshed(current)
                     for name, data in self._cases.terminal_event(current):
+                        await followed.cancel_answered.wait()
                         self._forget(client_id, followed)
                         self._send_event(client_id, job.id, Watched(name, data, None))
                         return
@@ -344,12 +355,13 @@ class SocketJobs:
             raise
         except Exception:
             log.exception("websocket relay of job %s failed", job.id)
+            # Not the job's end (no ``job_id`` beside the code): its events stopped coming.
             self._outbox.put(
                 error_message(
                     client_id,
                     "internal",
                     f"lost the events of job {job.id}; poll GET /jobs/{job.id}",
-                    job_id=job.id,
+                    {"job_id": job.id},
                 )
             )
 
