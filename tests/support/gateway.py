@@ -81,7 +81,11 @@ class GatewayProcess:
 
 
 def start_gateway(
-    data_dir: Path, config: str, port: int | None = None, timeout: float = 180.0
+    data_dir: Path,
+    config: str,
+    port: int | None = None,
+    timeout: float = 180.0,
+    log_level: str = "warning",
 ) -> GatewayProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "gateway.toml"
@@ -91,7 +95,7 @@ def start_gateway(
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [*CLI, "serve", "--config", str(config_path), "--data-dir", str(data_dir),
-             "--port", str(port), "--log-level", "warning"],
+             "--port", str(port), "--log-level", log_level],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV},
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
