@@ -33,8 +33,8 @@ from render_gateway.api.event_stream import (
 from render_gateway.api.http import json_response, rate_headers, request_id_of
 from render_gateway.api.preferences import CANCEL_AFTER_PATTERN, parse_duration, parse_prefer
 from render_gateway.application.job_cases import CancelOutcome, SubmitRequest, Submitted
-from render_gateway.application.refusals import RefusalKind, Refused
 from render_gateway.application.job_watch import watch
+from render_gateway.application.refusals import RefusalKind, Refused
 from render_gateway.auth.principal import AuthError, Principal
 
 router = APIRouter()
