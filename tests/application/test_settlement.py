@@ -29,6 +29,7 @@ from render_gateway.config import (
     StoresConfig,
     WebhooksConfig,
 )
+from render_gateway.core.ids import new_job_id
 from render_gateway.core.jobs import Job, JobStatus, route_key
 from render_gateway.core.months import month_of
 from render_gateway.stores.unavailable import StoreUnavailable
@@ -209,6 +210,30 @@ async def test_an_end_whose_follow_ups_never_ran_gets_them_from_the_sweep(
     assert await services.stores.webhooks.pending() == 1
     assert await jobs.unfollowed(later, 10) == []
     assert await settlement.follow_up_missed(later) == 0  # confirmed: nothing runs twice
+
+
+async def test_a_webhook_the_policy_now_refuses_does_not_hold_back_any_follow_up(
+    gateway: tuple[GatewayServices, httpx.AsyncClient],
+) -> None:
+    """A job whose webhook the sender refuses by its form (stored before the policy changed;
+    here written to the store directly, which keeps what it is given) still gets its event and
+    is confirmed by the sweep, and the job that ended after it in the same sweep too."""
+    services, client = gateway
+    jobs = services.stores.jobs
+    template = await jobs.get(await submit(client))
+    assert template is not None
+    poisoned = template.evolve(id=new_job_id(), webhook="ftp://127.0.0.1/hook")
+    await jobs.submit(poisoned, max_queued_for_customer=100, max_queued_total=100)
+    plain = await submit(client, webhook="http://127.0.0.1:1/hook")
+    await jobs.finish(poisoned.id, JobStatus.cancelled, time.time() - 1, expect=QUEUED)
+    await jobs.finish(plain, JobStatus.cancelled, time.time(), expect=QUEUED)
+    later = time.time() + FOLLOW_UP_GRACE_S + 1
+    assert await services.settlement.follow_up_missed(later) == 2
+    assert await jobs.unfollowed(later, 10) == []  # the queued template never ended
+    for done in (poisoned.id, plain):
+        events = [e async for e in services.stores.events.follow(done)]
+        assert [e.event for e in events] == ["error"], done
+    assert await services.stores.webhooks.pending() == 1  # the plain one; the refused: none
 
 
 async def test_follow_ups_that_ran_and_run_again_change_nothing(

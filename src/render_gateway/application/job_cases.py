@@ -34,6 +34,7 @@ from render_gateway.metering.work import work_of
 from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.stores.events import EventBus, JobEvent
 from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, JobStore, QueueFull
+from render_gateway.stores.unavailable import StoreUnavailable
 from render_gateway.url_policy import UrlRefused
 
 # How often a ``Prefer: wait`` re-reads the job store: while the job is queued (no log yet),
@@ -324,6 +325,12 @@ class JobCases:
         event log wakes the wait when it has one; the job store is read again between, so an
         end whose event a crash cut short (settle.py's follow-ups) still ends the wait."""
         deadline = time.monotonic() + seconds
+        current = job
+        with contextlib.suppress(StoreUnavailable):  # the job is queued: answer as without wait
+            current = await self._wait(job, deadline)
+        return current
+
+    async def _wait(self, job: Job, deadline: float) -> Job:
         current = job
         while not current.status.terminal:
             left = deadline - time.monotonic()

@@ -15,6 +15,8 @@ Each delivery has its own ``webhook-id`` (``<job>.start``, ``<job>.progress.<ste
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -22,6 +24,8 @@ from typing import Any, Literal
 from render_gateway.application.job_views import job_view
 from render_gateway.application.webhooks import WebhookSender
 from render_gateway.core.jobs import Job
+
+log = logging.getLogger(__name__)
 
 WebhookEvent = Literal["start", "progress", "completed"]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("start", "progress", "completed")
@@ -50,17 +54,16 @@ class JobWebhooks:
         self._last_progress.pop(job.id, None)
         if "completed" not in webhook_events(job):
             return True
-        assert job.webhook is not None
-        return await self._sender.send(
-            job.webhook, self._view(job, progress), event_id=f"{job.id}.{job.status.value}"
-        )
+        sent = self._send(job, self._view(job, progress), f"{job.id}.{job.status.value}")
+        # None: refused by its form (the policy changed since the submit): it can never be
+        # stored, so it must not hold the job's other follow-ups back either.
+        return True if sent is None else await sent
 
     # A run's own moments are handed to the sender and not awaited: its store write must not
     # hold up the run's progress stream (the sender stores it in the background, durably).
     def started(self, job: Job) -> None:
         if "start" in webhook_events(job):
-            assert job.webhook is not None
-            self._sender.send(job.webhook, self._view(job, 0.0), event_id=f"{job.id}.start")
+            self._send(job, self._view(job, 0.0), f"{job.id}.start")
 
     def progressed(self, job: Job, progress: float, step: int) -> None:
         if "progress" not in webhook_events(job):
@@ -69,14 +72,23 @@ class JobWebhooks:
         if now - self._last_progress.get(job.id, float("-inf")) < PROGRESS_EVERY_S:
             return
         self._last_progress[job.id] = now
-        assert job.webhook is not None
-        self._sender.send(
-            job.webhook, self._view(job, progress), event_id=f"{job.id}.progress.{step}"
-        )
+        self._send(job, self._view(job, progress), f"{job.id}.progress.{step}")
 
     def forget(self, job_id: str) -> None:
         """The run ended here: drop its progress throttle."""
         self._last_progress.pop(job_id, None)
+
+    def _send(
+        self, job: Job, payload: dict[str, Any], event_id: str
+    ) -> asyncio.Future[bool] | None:
+        """Hand the delivery to the sender; None (logged) when it refuses the URL or the id at
+        once — a webhook must never break a run or an end."""
+        assert job.webhook is not None
+        try:
+            return self._sender.send(job.webhook, payload, event_id=event_id)
+        except ValueError as exc:  # UrlRefused included
+            log.warning("job %s: webhook %s not sent: %s", job.id, event_id, exc)
+            return None
 
     def _view(self, job: Job, progress: float) -> dict[str, Any]:
         return job_view(job, None, progress, None, asset_url=self._asset_url)

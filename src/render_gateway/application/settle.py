@@ -176,7 +176,14 @@ class Settlement:
                 await self._jobs.followed_up(job.id)
                 continue
             usage = job.extra.get("usage")
-            await self._follow_up(job, *rebuilt, usage if isinstance(usage, dict) else None)
+            try:
+                await self._follow_up(job, *rebuilt, usage if isinstance(usage, dict) else None)
+            except StoreUnavailable:
+                raise  # the rest would fail the same way: the next sweep tries again
+            except Exception:
+                # One job that cannot be followed up must not hold back the others behind it.
+                log.exception("job %s: its missed follow-ups failed; tried again later", job.id)
+                continue
             log.info("job %s: its missed follow-ups ran (event, budget, webhook)", job.id)
             done += 1
         return done
