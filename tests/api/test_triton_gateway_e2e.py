@@ -259,9 +259,12 @@ def test_a_customer_is_not_billed_for_the_run_http_could_not_stop(
     second = unique("next")
     answer = sync(gateway, "plain", "http", prompt=second, sleep_s=0.1)
     assert answer.status_code == 200, answer.text
-    assert int(answer.headers["x-duration-ms"]) > 1000  # it did wait behind the first run
+    waited_s = int(answer.headers["x-duration-ms"]) / 1000
+    assert waited_s > 1.0  # it did wait behind the first run
     record = record_of(gateway, request_id=answer.headers["x-request-id"])
-    assert not record["metered"] and record["gpu_seconds"] < 0.6, record
+    # Billed its own run (0.1 s, plus what a loaded machine adds around it: 0.65 s seen in a
+    # CI run), not its wait inside Triton: before the fix it was billed the whole duration.
+    assert not record["metered"] and record["gpu_seconds"] < waited_s / 2, (record, waited_s)
 
 
 def test_a_timeout_stops_the_model_once_and_bills_nothing(
