@@ -13,6 +13,8 @@ from render_gateway import __version__
 from render_gateway.api import (
     asset_routes,
     audit_routes,
+    console_routes,
+    identity_routes,
     info_routes,
     job_routes,
     openai_routes,
@@ -74,7 +76,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     for routes in (job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
                    reconcile_routes, openai_routes, openai_video_routes,
-                   upload_routes, ws_routes):  # fmt: skip
+                   upload_routes, ws_routes, identity_routes, console_routes):  # fmt: skip
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
             app.include_router(routes.router)
