@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-pytriton-0.7.0
 
-.PHONY: install system-deps triton-env run worker cluster demo-model test test-fast lint format bench openapi clean
+.PHONY: install system-deps triton-env run worker cluster demo-model test test-fast lint format bench openapi screenshots clean
 
 install: $(STAMP)
 
@@ -87,6 +87,11 @@ bench: install system-deps
 	$(PY) bench/replicas.py
 	$(PY) bench/chaos.py
 	$(PY) bench/grpc_vs_http.py
+
+# The console's pictures in docs/console/ (README links them), taken by its browser test
+# against a live gateway and worker.
+screenshots: install system-deps
+	RENDER_CONSOLE_SCREENSHOTS=docs/console $(PY) -m pytest -q tests/console/test_console_e2e.py
 
 # Regenerate docs/openapi.json from the app (a test fails when it is stale).
 openapi: install
