@@ -50,11 +50,15 @@ worker: install demo-model
 cluster: install demo-model system-deps
 	$(PY) scripts/cluster.py --data-dir $(DATA_DIR)/cluster --model $(DEMO_MODEL) $(ARGS)
 
-# Debian packages the tests start as real servers (redis-server on free ports, never 6379).
+# Debian packages the tests start as real servers (redis-server on free ports, never 6379),
+# and the headless browser the console and /docs tests drive (chromium through chromedriver).
 system-deps:
 	@command -v redis-server >/dev/null || { \
 		echo "installing Debian's redis-server (the tests start their own on free ports)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+		echo "installing Debian's chromium and chromium-driver (the browser tests run it headless)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 $(TRITON_STAMP):
 	@test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)

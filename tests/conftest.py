@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
+from support.browser import missing_browser, running_browser
 from support.processes import (
     WorkerProcess,
     kill_leftovers,
@@ -75,6 +77,18 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSe
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def browser() -> Iterator[WebDriver]:
+    """Headless Debian Chromium through chromedriver (support/browser.py), for the whole session:
+    no network beyond 127.0.0.1, console log kept. Load pages with ``open_page(browser, url)``
+    and check ``js_errors(browser)`` after; skipped only where /usr/bin/chromium is absent."""
+    reason = missing_browser()
+    if reason is not None:
+        pytest.skip(reason)
+    with running_browser() as driver:
+        yield driver
+
+
 # ``make test-fast`` runs what needs no server process: unit, contract and in-process tests. A
 # module that starts workers or gateways imports one of these helpers, and is marked
 # ``processes`` for it (``-m "not processes"`` leaves it out).
@@ -83,10 +97,11 @@ PROCESS_HELPERS = (
     "support.gateway",
     "support.audit_store",
     "support.triton_server",
+    "support.browser",
     "subprocess",
 )
 # Fixtures that start a server process: a test using one is marked ``processes`` as well.
-PROCESS_FIXTURES = ("triton_server", "grpc_worker")
+PROCESS_FIXTURES = ("triton_server", "grpc_worker", "browser")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
