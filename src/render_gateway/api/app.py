@@ -14,6 +14,7 @@ from render_gateway.api import (
     asset_routes,
     audit_routes,
     console_routes,
+    docs_routes,
     identity_routes,
     info_routes,
     job_routes,
@@ -65,6 +66,9 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         version=__version__,
         description="Inference gateway for generative media with metered, verifiable billing.",
         lifespan=lifespan,
+        # FastAPI's own viewers load their scripts from CDNs: docs_routes serves /docs offline.
+        docs_url=None,
+        redoc_url=None,
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
@@ -80,6 +84,8 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
             app.include_router(routes.router)
+    app.include_router(docs_routes.router)  # beside /openapi.json, on every process as it is
+    app.mount(docs_routes.STATIC_PATH, docs_routes.static_files, name="docs-static")
     exact_pass_through_bounds(app)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(Refused, refused_handler)
