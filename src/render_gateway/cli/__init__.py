@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from render_gateway.cli import reconcile, serve, usage, worker
+from render_gateway.cli import capacity, reconcile, serve, usage, worker
 from render_gateway.cli.audit import audit_app
 from render_gateway.cli.keys import keys_app
 from render_gateway.cli.models import models_app
@@ -16,6 +16,7 @@ app.command()(worker.worker)
 app.command()(serve.serve)
 app.command()(usage.usage)
 app.command()(reconcile.reconcile)
+app.command()(capacity.capacity)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")

@@ -19,6 +19,7 @@ from render_gateway.client import RenderClient, RenderConnectionError, RenderErr
 # as a table, the same as the reports it builds itself when it can open the stores.
 UsageReport = dict[str, Any]  # GET /usage: the shape of metering.report.usage_report
 ReconciliationReport = dict[str, Any]  # POST /reconciliations: ReconcileResult.to_json()
+CapacityReport = dict[str, Any]  # GET /capacity: application.capacity.capacity_report
 
 
 class GatewayError(Exception):
@@ -55,6 +56,13 @@ class GatewayClient:
         return self._call(
             "GET", "/usage", params={k: v for k, v in params.items() if v is not None}
         )
+
+    def capacity(self, window: float, target_wait: float, model: str | None) -> CapacityReport:
+        """GET /capacity (admin keys only)."""
+        params = {"window": f"{window:g}", "target_wait": f"{target_wait:g}"}
+        if model is not None:
+            params["model"] = model
+        return self._call("GET", "/capacity", params=params)
 
     def reconcile(
         self, start: str, end: str, threshold: float, repair: bool

@@ -28,6 +28,7 @@ from typing import Any
 
 from render_gateway.auth.private_file import read_private_text
 from render_gateway.config import MeteringConfig
+from render_gateway.metering.capacity_queries import ModelTraffic, model_traffic
 from render_gateway.metering.queries import (
     TimeRange,
     latency_quantiles,
@@ -116,3 +117,9 @@ class UsageQueries:
             }
 
         return await asyncio.to_thread(read)
+
+    async def capacity_traffic(
+        self, time_range: TimeRange, model: str | None
+    ) -> list[ModelTraffic]:
+        """Per model: requests, service-time moments, waits and arrivals (capacity planning)."""
+        return await asyncio.to_thread(lambda: model_traffic(self.store(), time_range, model))
