@@ -149,6 +149,12 @@ def test_two_gateways_share_keys_one_bucket_revocations_and_usage_reads(
     # The admins' dashboard is relayed too; an admin's customer_id query goes along.
     dashboard = httpx.get(b.url + "/usage/dashboard", headers=bearer(a.admin_key), timeout=30)
     assert dashboard.status_code == 200 and "per_minute" in dashboard.json()
+    # So is capacity planning: the holder's read of the store, both replicas' slots shared.
+    capacity = httpx.get(b.url + "/capacity", headers=bearer(a.admin_key), timeout=30)
+    assert capacity.status_code == 200, capacity.text
+    assert [(m["model"], m["requests"]) for m in capacity.json()["models"]] == [
+        ("image/sd/tiny", on_holder["totals"]["requests"])
+    ]
     other_customer = usage_of(b, a.admin_key, {**window, "customer_id": "shared-customer"})
     assert other_customer.json()["totals"] == on_holder["totals"]
     # The holder's refusals come back as they are: a customer may not read another's usage.
