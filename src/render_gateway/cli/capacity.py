@@ -124,7 +124,7 @@ def _print(report: dict[str, Any]) -> None:
         console.print("no requests in the window")
     for plan in report["models"]:
         title = (
-            f"{plan['model']}: {plan['requests']} requests, {plan['servers']} servers,"
+            f"{plan['model']}: {plan['requests']} requests, c = {plan['servers']} servers,"
             f" planned with {plan['planning_model'] or '—'}"
         )
         table = Table("figure", "value", "unit", "formula", title=title)
