@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from render_gateway.core.capacity import (
+    MAX_POINTS,
     MGC,
     MMC,
     Observation,
@@ -140,7 +141,15 @@ def test_servers_needed_is_the_smallest_that_meets_the_target(
     assert points[needed].p95_wait_s <= target and points[needed].utilisation < 1
     if needed - 1 in points:
         assert points[needed - 1].p95_wait_s > target
-    assert max(points) >= min(2 * needed, max(points))
+    stable_from = math.floor(rate * mean) + 1
+    assert min(points) == stable_from  # the series starts at the fewest stable servers
+    last = max(2 * needed, stable_from + 1)  # ... and runs to about twice the servers needed
+    span = last - stable_from + 1
+    if span <= MAX_POINTS:
+        assert sorted(points) == list(range(stable_from, last + 1))
+    else:  # strided, with the servers needed kept
+        stride = math.ceil(span / MAX_POINTS)
+        assert last - stride < max(points) <= last and len(points) <= MAX_POINTS + 2
 
 
 # ---------------------------------------------------------------- simulation
