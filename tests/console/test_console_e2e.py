@@ -123,6 +123,27 @@ def points(driver: WebDriver, chart: str) -> list[dict[str, str]]:
     return found
 
 
+def listed_jobs(driver: WebDriver) -> set[str]:
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-job]"))
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr[data-job]")
+    return {row.get_attribute("data-job") or "" for row in rows}
+
+
+def shown_problem(driver: WebDriver) -> str:
+    """The error code the page shows, once it shows one."""
+    box = wait_for(driver, lambda d: (b := d.find_element(By.ID, "problem")).is_displayed() and b)
+    return str(box.get_attribute("data-code"))
+
+
+def attribute(driver: WebDriver, element_id: str, name: str) -> str | None:
+    value: str | None = driver.find_element(By.ID, element_id).get_attribute(name)
+    return value
+
+
+def data_of(driver: WebDriver, selector: str, name: str) -> list[str | None]:
+    return [node.get_attribute(name) for node in driver.find_elements(By.CSS_SELECTOR, selector)]
+
+
 def test_an_admin_signs_in_and_every_page_shows_real_data(
     browser: WebDriver, gateway: GatewayProcess, traffic: Traffic
 ) -> None:
@@ -142,9 +163,9 @@ def test_an_admin_signs_in_and_every_page_shows_real_data(
     shown(browser, "backends")
 
     browser.get(f"{gateway.url}/console/jobs")
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-job]"))
-    listed = {r.get_attribute("data-job") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-job]")}
-    assert set(traffic.jobs["ada"] + traffic.jobs["bob"]) <= listed  # an admin sees everyone's
+    assert set(traffic.jobs["ada"] + traffic.jobs["bob"]) <= listed_jobs(
+        browser
+    )  # an admin sees everyone's
     shown(browser, "jobs")
 
     browser.get(f"{gateway.url}/console/usage")
@@ -186,7 +207,9 @@ def test_the_overview_charts_plot_the_apis_numbers(
     assert len(drawn) == len(expected)
     for point in drawn:
         moment = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(int(point["x"]) / 1000))
-        match = [v for (key, t), v in expected.items() if key == point["series"] and t.startswith(moment)]
+        match = [
+            v for (key, t), v in expected.items() if key == point["series"] and t.startswith(moment)
+        ]
         assert match and float(point["y"]) == pytest.approx(match[0])
     assert {p["series"] for p in drawn} >= {"ada", "bob"}
     ada = sum(float(p["y"]) for p in drawn if p["series"] == "ada") * seconds
@@ -198,22 +221,18 @@ def test_a_customer_sees_only_their_own(
 ) -> None:
     sign_in(browser, gateway, traffic.keys["ada"])
     wait_for(browser, lambda d: d.current_url.endswith("/console/jobs"))
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-job]"))
-    listed = {r.get_attribute("data-job") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-job]")}
-    assert listed == set(traffic.jobs["ada"])
+    assert listed_jobs(browser) == set(traffic.jobs["ada"])
     nav = browser.find_element(By.ID, "nav").text
     assert "Overview" not in nav and "Backends" not in nav and "Jobs" in nav
     browser.get(f"{gateway.url}/console/jobs/{traffic.jobs['bob'][0]}")  # bob's job
-    problem = wait_for(browser, lambda d: d.find_element(By.ID, "problem").is_displayed() and d.find_element(By.ID, "problem"))
-    assert problem.get_attribute("data-code") == "not_found"
+    assert shown_problem(browser) == "not_found"
     assert browser.find_element(By.TAG_NAME, "h1").text == "No such job"
     browser.get(f"{gateway.url}/console/overview")  # an admin's page
-    problem = wait_for(browser, lambda d: d.find_element(By.ID, "problem").is_displayed() and d.find_element(By.ID, "problem"))
-    assert problem.get_attribute("data-code") == "forbidden"
+    assert shown_problem(browser) == "forbidden"
     assert points(browser, "chart-requests") == []
     browser.get(f"{gateway.url}/console/usage")
-    totals = wait_for(browser, lambda d: "ada" in d.find_element(By.ID, "totals").text and d.find_element(By.ID, "totals"))
-    assert "bob" not in totals.text
+    wait_for(browser, lambda d: "ada" in d.find_element(By.ID, "totals").text)
+    assert "bob" not in browser.find_element(By.ID, "totals").text
     assert js_errors(browser) == []
 
 
@@ -224,7 +243,7 @@ def test_the_job_page_checks_its_proof_in_the_browser(
     job_id = traffic.jobs["ada"][0]
     browser.get(f"{gateway.url}/console/jobs/{job_id}")
     wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
-    types = [li.get_attribute("data-type") for li in browser.find_elements(By.CSS_SELECTOR, "#timeline li")]
+    types = data_of(browser, "#timeline li", "data-type")
     assert types[0] == "queued" and "started" in types and types[-1] == "complete"
     image = browser.find_element(By.ID, "output-media")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
@@ -235,16 +254,21 @@ def test_the_job_page_checks_its_proof_in_the_browser(
     deadline = time.monotonic() + 30  # the request's batch is sealed within batch_seconds
     while True:
         browser.find_element(By.ID, "fetch-proof").click()
-        verdict = wait_for(browser, lambda d: d.find_element(By.ID, "proof-result").get_attribute("data-ok") or d.find_element(By.ID, "problem").is_displayed())
+        verdict = wait_for(
+            browser,
+            lambda d: (
+                attribute(d, "proof-result", "data-ok")
+                or d.find_element(By.ID, "problem").is_displayed()
+            ),
+        )
         if verdict == "true" or time.monotonic() > deadline:
             break
         time.sleep(0.3)
     result = browser.find_element(By.ID, "proof-result")
     assert result.get_attribute("data-ok") == "true", result.text
-    steps = [li.get_attribute("data-step") for li in result.find_elements(By.CSS_SELECTOR, "li[data-step]")]
-    assert len(steps) >= 4 and all(
-        li.get_attribute("data-ok") == "true" for li in result.find_elements(By.CSS_SELECTOR, "li[data-step]")
-    )
+    steps = data_of(browser, "#proof-result li[data-step]", "data-step")
+    assert {"checkpoint_signature", "log_inclusion", "row_inclusion", "claim"} <= set(steps)
+    assert set(data_of(browser, "#proof-result li[data-step]", "data-ok")) == {"true"}
     shown(browser, "job-proof")
 
     bundle = json.loads(browser.find_element(By.ID, "proof-json").get_attribute("value"))
@@ -254,7 +278,7 @@ def test_the_job_page_checks_its_proof_in_the_browser(
     area = browser.find_element(By.ID, "proof-json")
     browser.execute_script("arguments[0].value = arguments[1]", area, json.dumps(bundle))
     browser.find_element(By.ID, "check-proof").click()
-    wait_for(browser, lambda d: d.find_element(By.ID, "proof-result").get_attribute("data-ok") == "false")
+    wait_for(browser, lambda d: attribute(d, "proof-result", "data-ok") == "false")
     assert "does NOT verify" in browser.find_element(By.ID, "proof-result").text
     assert js_errors(browser) == []
 

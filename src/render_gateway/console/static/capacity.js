@@ -9,9 +9,12 @@ function card(model) {
   const chart = el("div", { class: "chart", dataset: { model: model.model } });
   const figures = el("table", { class: "wide figures" },
     el("thead", {}, el("tr", {}, el("th", {}, "figure"), el("th", {}, "value"), el("th", {}, "formula"))),
-    el("tbody", {}, ...(model.figures || []).map((f) => el("tr", { dataset: { figure: f.name } }, el("td", {}, f.name), el("td", {}, fmt.number(f.value, 4) + (f.unit ? " " + f.unit : "")), el("td", {}, el("code", {}, f.formula || ""))))));
+    el("tbody", {}, ...Object.entries(model.figures || {}).map(([name, f]) => el("tr", { dataset: { figure: name } },
+      el("td", {}, name.replaceAll("_", " ")),
+      el("td", { dataset: { value: String(f.value) } }, f.value === null ? "undefined (unstable)" : fmt.number(f.value, 4) + (f.unit ? " " + f.unit : "")),
+      el("td", {}, el("code", {}, f.formula || ""))))));
   const warnings = el("ul", { class: "warnings" }, ...(model.warnings || []).map((w) => el("li", { class: "bad" }, w)));
-  const node = el("section", { class: "card", dataset: { model: model.model } }, el("h2", {}, model.model), figures, warnings, el("h3", {}, "Predicted queue wait vs GPUs"), chart);
+  const node = el("section", { class: "card", dataset: { model: model.model } }, el("h2", {}, `${model.model} · ${model.requests} requests · ${model.servers} GPU slots · ${model.planning_model || "no model"}`), figures, warnings, el("h3", {}, "Predicted queue wait vs GPUs"), chart);
   const series = model.by_servers || [];
   queueMicrotask(() => lineChart(chart, [
     { key: "mean wait (s)", points: series.filter((p) => Number.isFinite(p.mean_wait_s)).map((p) => ({ x: p.servers, y: p.mean_wait_s })) },

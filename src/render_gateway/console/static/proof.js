@@ -76,6 +76,23 @@ const utf8 = new TextEncoder();
  *   checked ("none": the backend signs nothing; "unverified": the gateway could not verify it
  *   when the request settled, so the row proves its place in the log only).
  */
+// A signed checkpoint note alone (the console's billing-integrity page): whether `logKey`
+// signed it, and what it says. Never throws for a bad note.
+export async function verifyCheckpoint(note, logKey) {
+  try {
+    requireCrypto();
+    const verifier = await parseVerifierKey(logKey);
+    const checkpoint = parseCheckpoint(await openNote(requireString(note, "checkpoint"), verifier));
+    return {
+      ok: true,
+      error: null,
+      checkpoint: { origin: checkpoint.origin, size: Number(checkpoint.size), root_hash: b64encode(checkpoint.rootHash) },
+    };
+  } catch (error) {
+    return { ok: false, error: String(error && error.message ? error.message : error), checkpoint: null };
+  }
+}
+
 export async function verifyBundle(bundle, { logKey, nodeKeys } = {}) {
   const pinned = logKey !== undefined && logKey !== null;
   const result = {
