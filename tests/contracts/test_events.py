@@ -9,6 +9,7 @@ for Redis a second connection, so the cross-replica tests below mean something t
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -153,6 +154,32 @@ async def test_follow_replays_the_events_after_any_id(bus: EventBus) -> None:
 
 async def test_follow_of_a_job_without_a_log_ends_at_once(bus: EventBus) -> None:
     assert await events_of(bus, new_job()) == []
+
+
+async def test_each_event_carries_when_it_was_published_and_log_reads_them(
+    bus: EventBus, replica: EventBus
+) -> None:
+    job_id = new_job()
+    assert await replica.log(job_id) == []  # no log yet
+    before = time.time()
+    published = [
+        await bus.publish(job_id, "started", {}),
+        await bus.publish(job_id, "progress", {"progress": 0.5, "step": 1}),
+    ]
+    log = await replica.log(job_id)  # as it stands: a running job's log, without waiting
+    assert log == published
+    published.append(await bus.publish(job_id, "complete", {"outputs": ["a"]}))
+    after = time.time()
+    log = await replica.log(job_id)
+    assert [(e.id, e.event, e.data) for e in log] == [
+        (1, "started", {}), (2, "progress", {"progress": 0.5, "step": 1}),
+        (3, "complete", {"outputs": ["a"]}),
+    ]  # fmt: skip
+    stamps = [e.at for e in log]
+    assert all(at is not None and before <= at <= after for at in stamps), stamps
+    assert stamps == sorted(stamps)  # type: ignore[type-var]
+    assert stamps == [e.at for e in published]
+    assert [e.at for e in await events_of(replica, job_id)] == stamps  # follow carries them too
 
 
 # Live following.

@@ -31,7 +31,9 @@ from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.stores.jobs import (
     CancelResult,
     IdempotencyConflict,
+    JobFilter,
     JobStore,
+    LaneSnapshot,
     QueueFull,
     open_job_store,
 )
@@ -665,7 +667,7 @@ async def test_listed_pages_one_customers_jobs_of_one_modality(store: JobStore) 
     await store.finish(running.id, JobStatus.complete, 1.0, expect=RUNNING)
 
     async def page(after: str | None = None, limit: int = 10, newest: bool = False) -> list[str]:
-        jobs = await store.listed("c1", "video", after=after, limit=limit, newest_first=newest)
+        jobs = await store.listed(VIDEOS_OF_C1, after=after, limit=limit, newest_first=newest)
         return [j.id for j in jobs]
 
     ids = [v.id for v in videos]
@@ -677,15 +679,109 @@ async def test_listed_pages_one_customers_jobs_of_one_modality(store: JobStore) 
     assert await page(after=ids[1], newest=True) == ids[:1]
     assert await page(after=ids[2], limit=1, newest=True) == ids[1:2]
     assert await page(limit=0) == []
-    listed = await store.listed("c1", "video", after=None, limit=10, newest_first=False)
+    listed = await store.listed(VIDEOS_OF_C1, after=None, limit=10, newest_first=False)
     assert [j.status for j in listed] == [JobStatus.queued, JobStatus.complete, JobStatus.queued]
     assert listed[1].request == running.request and listed[1].customer_id == "c1"
-    assert [j.id for j in await store.listed("c1", "image", after=None, limit=10,
+    images = JobFilter(customer_id="c1", modality="image")
+    assert [j.id for j in await store.listed(images, after=None, limit=10,
                                              newest_first=True)] == [others[0].id]  # fmt: skip
-    assert await store.listed("c3", "video", after=None, limit=10, newest_first=True) == []
+    nobodys = JobFilter(customer_id="c3", modality="video")
+    assert await store.listed(nobodys, after=None, limit=10, newest_first=True) == []
     for foreign in (others[0].id, others[1].id, others[2].id, new_job_id()):
         with pytest.raises(KeyError):
             await page(after=foreign)
+
+
+VIDEOS_OF_C1 = JobFilter(customer_id="c1", modality="video")
+
+
+async def test_listed_filters_by_customer_status_model_and_time(store: JobStore) -> None:
+    """Without a modality a customer's jobs of every modality; without a customer everyone's
+    (an admin's list). Status, family/model and the created_at range narrow the page, and a
+    cursor stays valid after its job left the status filtered on (its scope is the customer)."""
+    base = 1_000_000.0
+    c1 = [
+        job(customer="c1", route=ROUTE_A, created_at=base + 1),
+        job(customer="c1", route=ROUTE_B, created_at=base + 2),
+        job(customer="c1", route=ROUTE_A, created_at=base + 3),
+    ]
+    c2 = [job(customer="c2", route=ROUTE_B, created_at=base + 4)]
+    for item in [c1[0], c1[1], c2[0], c1[2]]:
+        await submit(store, item)
+    first = await claim(store)  # c1[0], the head
+    assert first is not None and first.id == c1[0].id
+
+    async def ids(where: JobFilter, after: str | None = None, limit: int = 10) -> list[str]:
+        jobs = await store.listed(where, after=after, limit=limit, newest_first=True)
+        return [j.id for j in jobs]
+
+    assert await ids(JobFilter(customer_id="c1")) == [c1[2].id, c1[1].id, c1[0].id]
+    assert await ids(JobFilter()) == [c1[2].id, c2[0].id, c1[1].id, c1[0].id]
+    assert await ids(JobFilter(), after=c2[0].id, limit=1) == [c1[1].id]
+    queued = JobFilter(customer_id="c1", status=JobStatus.queued)
+    assert await ids(queued) == [c1[2].id, c1[1].id]
+    assert await ids(JobFilter(customer_id="c1", status=JobStatus.running)) == [c1[0].id]
+    assert await ids(JobFilter(family="sd", model="b")) == [c2[0].id, c1[1].id]
+    assert await ids(JobFilter(customer_id="c1", family="sd", model="a")) == [c1[2].id, c1[0].id]
+    assert await ids(JobFilter(family="other", model="a")) == []
+    window = JobFilter(created_from=base + 2, created_before=base + 4)
+    assert await ids(window) == [c1[2].id, c1[1].id]  # from inclusive, before exclusive
+    assert await ids(JobFilter(customer_id="c1", created_from=base + 3)) == [c1[2].id]
+    # c1[2] ends: a page of queued jobs after it goes on all the same.
+    assert await claim(store) is not None  # c1[1]
+    assert await ids(queued, after=c1[2].id) == []
+    assert await ids(JobFilter(customer_id="c1"), after=c1[2].id, limit=1) == [c1[1].id]
+    with pytest.raises(KeyError):
+        await ids(JobFilter(customer_id="c1"), after=c2[0].id)  # another customer's
+    with pytest.raises(KeyError):
+        await ids(JobFilter(), after=new_job_id())
+
+
+async def test_listed_finds_matches_far_apart(store: JobStore) -> None:
+    """A filter that matches few jobs in a long history still fills its page, in order (Redis
+    walks its index in chunks: the matches lie several chunks apart)."""
+    rare = [job(customer="c1", route=ROUTE_B) for _ in range(3)]
+    common = [job(customer="c1") for _ in range(330)]
+    order = [*common[:110], rare[0], *common[110:220], rare[1], *common[220:], rare[2]]
+    for item in order:
+        await submit(store, item)
+    where = JobFilter(customer_id="c1", family="sd", model="b")
+    page = await store.listed(where, after=None, limit=2, newest_first=True)
+    assert [j.id for j in page] == [rare[2].id, rare[1].id]
+    rest = await store.listed(where, after=page[-1].id, limit=2, newest_first=True)
+    assert [j.id for j in rest] == [rare[0].id]
+    oldest_first = await store.listed(where, after=None, limit=5, newest_first=False)
+    assert [j.id for j in oldest_first] == [r.id for r in rare]
+
+
+async def test_queue_snapshot_reports_depths_heads_and_running(store: JobStore) -> None:
+    empty = await store.queue_snapshot()
+    assert list(empty.lanes) == ["high", "normal", "low"]
+    assert all(lane == LaneSnapshot(0, None) for lane in empty.lanes.values())
+    assert empty.running == 0
+    items = [
+        job(Lane.normal, created_at=100.0),
+        job(Lane.normal, created_at=200.0),
+        job(Lane.low, created_at=50.0),
+        job(Lane.high, created_at=300.0),
+    ]
+    for item in items:
+        await submit(store, item)
+    running = await claim(store)  # the high one
+    assert running is not None and running.id == items[3].id
+    snapshot = await store.queue_snapshot()
+    assert snapshot.lanes == {
+        "high": LaneSnapshot(0, None),
+        "normal": LaneSnapshot(2, 100.0),
+        "low": LaneSnapshot(1, 50.0),
+    }
+    assert snapshot.running == 1
+    await store.finish(items[0].id, JobStatus.cancelled, 1.0, expect=QUEUED)
+    await store.requeue(running.id, count_retry=False)
+    snapshot = await store.queue_snapshot()
+    assert snapshot.lanes["normal"] == LaneSnapshot(1, 200.0)
+    assert snapshot.lanes["high"] == LaneSnapshot(1, 300.0)
+    assert snapshot.running == 0
 
 
 # ------------------------------------------------- exact positions against a model

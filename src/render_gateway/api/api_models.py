@@ -158,6 +158,50 @@ class JobResponse(BaseModel):
     usage: JobUsage | None = Field(default=None, description="what the job used, once it ended")
 
 
+class ListedJob(JobResponse):
+    customer_id: str
+
+
+class JobList(BaseModel):
+    data: list[ListedJob] = Field(description="newest first")
+    has_more: bool
+    next_after: str | None = Field(
+        description="pass as `after` for the next page (the last job's id); null: no more"
+    )
+
+
+class TimelineEvent(BaseModel):
+    type: str = Field(
+        description="queued, started, progress, preview, complete, error, cancelled (others "
+        "may be added)"
+    )
+    at: str | None = Field(description="ISO 8601; null for an event recorded without a time")
+    data: dict[str, Any]
+
+
+class JobTimeline(BaseModel):
+    id: str
+    events: list[TimelineEvent]
+    source: Literal["events", "job"] = Field(
+        description="`events`: the job's recorded event log; `job`: rebuilt from the job's own "
+        "times (no log: never started, or the log was pruned)"
+    )
+
+
+class LaneStats(BaseModel):
+    lane: Literal["high", "normal", "low"]
+    depth: int = Field(ge=0)
+    oldest_wait_seconds: float | None = Field(
+        description="now minus the created_at of the lane's head (its oldest job); null: empty"
+    )
+
+
+class QueueStats(BaseModel):
+    lanes: list[LaneStats]
+    running: int = Field(ge=0)
+    queued: int = Field(ge=0)
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str

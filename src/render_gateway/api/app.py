@@ -18,6 +18,7 @@ from render_gateway.api import (
     docs_routes,
     identity_routes,
     info_routes,
+    job_read_routes,
     job_routes,
     openai_routes,
     openai_video_routes,
@@ -80,9 +81,9 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         holder["services"] = started
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     routers = (
-        job_routes, sync_routes, info_routes, asset_routes, usage_routes, audit_routes,
-        reconcile_routes, openai_routes, openai_video_routes, upload_routes, ws_routes,
-        identity_routes, capacity_routes, console_routes,
+        job_read_routes, job_routes, sync_routes, info_routes, asset_routes, usage_routes,
+        audit_routes, reconcile_routes, openai_routes, openai_video_routes, upload_routes,
+        ws_routes, identity_routes, capacity_routes, console_routes,
     )  # fmt: skip
     for routes in routers:
         # Health, readiness and metrics on every process; the rest with the api role.

@@ -31,6 +31,15 @@ class GatewayCollector(Collector):
         for lane, count in svc.queue_depth.items():  # refreshed by the /metrics route
             depth.add_metric([lane], count)
         yield depth
+        waited = GaugeMetricFamily(
+            "render_queue_oldest_wait_seconds",
+            "How long the oldest queued job of each lane has waited (0 when the lane is empty)",
+            labels=["lane"],
+        )
+        now = time.time()
+        for lane, created_at in svc.queue_oldest.items():
+            waited.add_metric([lane], 0.0 if created_at is None else max(0.0, now - created_at))
+        yield waited
         running = GaugeMetricFamily("render_jobs_running", "Jobs being dispatched now")
         running.add_metric([], svc.runner.running)
         yield running

@@ -34,6 +34,7 @@ from render_gateway.application.refusals import Refused
 from render_gateway.auth.principal import Principal
 from render_gateway.core.jobs import Job
 from render_gateway.stores.assets import AssetNotFound, CorruptAsset
+from render_gateway.stores.jobs import JobFilter
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -137,8 +138,9 @@ async def list_videos(
 ) -> Response:
     cases = services(request).job_cases
     jobs, has_more = await cases.listed(
-        principal, "video", after=after, limit=limit, newest_first=order == "desc"
-    )
+        JobFilter(customer_id=principal.customer_id, modality="video"),
+        after=after, limit=limit, newest_first=order == "desc",
+    )  # fmt: skip
     return json_response(video_list([await _video(request, job) for job in jobs], has_more))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from render_gateway.application.admission import Admission
+from render_gateway.application.job_timeline import timeline
 from render_gateway.application.job_views import job_view
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.application.scheduler import JobRunner
@@ -33,7 +34,14 @@ from render_gateway.core.lanes import Lane
 from render_gateway.metering.work import work_of
 from render_gateway.scheduling.backend_pool import BackendPool
 from render_gateway.stores.events import EventBus, JobEvent
-from render_gateway.stores.jobs import CancelResult, IdempotencyConflict, JobStore, QueueFull
+from render_gateway.stores.jobs import (
+    CancelResult,
+    IdempotencyConflict,
+    JobFilter,
+    JobStore,
+    QueueFull,
+    QueueSnapshot,
+)
 from render_gateway.stores.unavailable import StoreUnavailable
 from render_gateway.url_policy import UrlRefused
 
@@ -296,26 +304,33 @@ class JobCases:
 
     async def listed(
         self,
-        principal: Principal,
-        modality: str,
+        where: JobFilter,
         *,
         after: str | None,
         limit: int,
         newest_first: bool,
+        unknown_after: RefusalKind = RefusalKind.not_found,
     ) -> tuple[list[Job], bool]:
-        """A cursor page of the caller's own jobs of ``modality`` and whether more follow;
-        an ``after`` that is not one of them is not_found (others' jobs look absent)."""
+        """A cursor page of the jobs ``where`` matches and whether more follow; an ``after``
+        outside its scope (another customer's job looks absent) is refused as
+        ``unknown_after``. Who may read which customer's jobs is the caller's check."""
         try:
             jobs = await self._jobs.listed(
-                principal.customer_id, modality, after=after, limit=limit + 1,
-                newest_first=newest_first,
-            )  # fmt: skip
+                where, after=after, limit=limit + 1, newest_first=newest_first
+            )
         except KeyError:
             raise Refused(
-                RefusalKind.not_found, "job_not_found", f"after: no {modality} job {after!r}",
+                unknown_after, "job_not_found", f"after: no such job {after!r} to page after",
                 {"field": "after"},
             ) from None  # fmt: skip
         return jobs[:limit], len(jobs) > limit
+
+    async def timeline(self, job: Job) -> dict[str, Any]:
+        """The job's events in order (application/job_timeline.py)."""
+        return timeline(job, await self._events.log(job.id), self._asset_url)
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        return await self._jobs.queue_snapshot()
 
     async def refreshed(self, job: Job) -> Job:
         return await self._jobs.get(job.id) or job

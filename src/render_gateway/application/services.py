@@ -297,6 +297,8 @@ class GatewayServices:
     metering: MeteringRole | None = None  # its parts run while this process holds the lease
     usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
+    # Each lane's head's created_at (None: empty), refreshed with queue_depth.
+    queue_oldest: dict[str, float | None] = field(default_factory=dict)
     _roles: list[SingletonRole] = field(default_factory=list, repr=False)
     _role_tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -532,7 +534,10 @@ class GatewayServices:
 
     async def refresh_gauges(self) -> None:
         """What /metrics reads that lives in a store (and so must be awaited)."""
-        self.queue_depth = await self.stores.jobs.depth()
+        snapshot = await self.stores.jobs.queue_snapshot()
+        lanes = snapshot.lanes
+        self.queue_depth = {lane: state.depth for lane, state in lanes.items()}
+        self.queue_oldest = {lane: state.oldest_created_at for lane, state in lanes.items()}
 
     async def _probe_once(self) -> None:
         clients = self.clients

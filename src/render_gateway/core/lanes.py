@@ -248,10 +248,15 @@ class LaneQueue:
 
     def peek(self) -> str | None:
         for lane in Lane:
-            slot = self._indexes[lane].first()
-            if slot is not None:
-                return self._ids[lane][slot]
+            head = self.head(lane)
+            if head is not None:
+                return head
         return None
+
+    def head(self, lane: Lane) -> str | None:
+        """The job of ``lane`` that runs first among that lane's (None when it is empty)."""
+        slot = self._indexes[lane].first()
+        return None if slot is None else self._ids[lane][slot]
 
     def pop(self) -> str | None:
         job_id = self.peek()

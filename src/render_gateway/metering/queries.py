@@ -30,7 +30,9 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _parse_instant(text: str, name: str) -> datetime:
+def parse_instant(text: str, name: str) -> datetime:
+    """An API request's ISO 8601 date or datetime (UTC without an offset); QueryError names
+    ``name`` when it is not one."""
     try:
         # A date alone is its midnight; a datetime without an offset is UTC.
         return _utc(datetime.fromisoformat(text.strip()))
@@ -54,9 +56,9 @@ class TimeRange:
     ) -> TimeRange:
         """The range of an API request's ``from``/``to``: ``to`` defaults to ``now`` and
         ``from`` to ``default_days`` before ``to``."""
-        end = _parse_instant(to_text, "to") if to_text else _utc(now)
+        end = parse_instant(to_text, "to") if to_text else _utc(now)
         start = (
-            _parse_instant(from_text, "from") if from_text else end - timedelta(days=default_days)
+            parse_instant(from_text, "from") if from_text else end - timedelta(days=default_days)
         )
         if start >= end:
             raise QueryError(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from render_gateway.stores.urls import parse_store_url
@@ -38,6 +38,9 @@ class JobEvent:
     id: int  # 1, 2, 3... per job: the SSE id a client resumes after
     event: str
     data: dict[str, Any]
+    # When it was published (seconds since the epoch, the publisher's clock); None for an
+    # event a build before the timestamps published (GET /jobs/{id}/timeline shows null).
+    at: float | None = field(default=None, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -52,6 +55,11 @@ class EventBus(Protocol):
 
     async def progress(self, job_id: str) -> tuple[float, int | None]:
         """The latest ``progress`` event's progress and step; (0.0, None) without a log."""
+        ...
+
+    async def log(self, job_id: str) -> list[JobEvent]:
+        """The job's events published so far, in order, without waiting for more; [] when it
+        has no log (never started, or dropped by the bound on finished logs)."""
         ...
 
     async def has_log(self, job_id: str) -> bool:

@@ -52,6 +52,53 @@ class CancelResult(StrEnum):
 
 
 @dataclass(frozen=True)
+class JobFilter:
+    """Which jobs ``JobStore.listed`` pages through. ``customer_id`` None: every customer's (an
+    admin's read); the scope of a cursor is the customer and the modality, so a page goes on
+    after a job that has since left ``status`` (a queued job that ended meanwhile). The other
+    fields only narrow what is returned."""
+
+    customer_id: str | None = None
+    modality: str | None = None  # ``request["modality"]``
+    status: JobStatus | None = None
+    family: str | None = None  # ``request["family"]``
+    model: str | None = None  # ``request["model"]`` (with ``family``: "family/model")
+    created_from: float | None = None  # created_at >= this
+    created_before: float | None = None  # created_at < this
+
+    def in_scope(self, job: Job) -> bool:
+        """Whether ``job`` is within the cursor's scope (customer and modality)."""
+        return (self.customer_id is None or job.customer_id == self.customer_id) and (
+            self.modality is None or job.request.get("modality") == self.modality
+        )
+
+    def matches(self, job: Job) -> bool:
+        request = job.request
+        return (
+            self.in_scope(job)
+            and (self.status is None or job.status is self.status)
+            and (self.family is None or request.get("family") == self.family)
+            and (self.model is None or request.get("model") == self.model)
+            and (self.created_from is None or job.created_at >= self.created_from)
+            and (self.created_before is None or job.created_at < self.created_before)
+        )
+
+
+@dataclass(frozen=True)
+class LaneSnapshot:
+    depth: int
+    oldest_created_at: float | None  # created_at of the lane's head (admitted first); None: empty
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What is waiting and running now (GET /queue/stats, the /metrics gauges)."""
+
+    lanes: dict[str, LaneSnapshot]  # every lane, in priority order, empty ones included
+    running: int
+
+
+@dataclass(frozen=True)
 class Opened:
     # Jobs left 'running' by a process that is gone, oldest first (for the embedded store, which
     # one process owns: every job running at open). They stay running until the caller requeues
@@ -188,12 +235,16 @@ class JobStore(Protocol):
         ...
 
     async def listed(
-        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+        self, where: JobFilter, *, after: str | None, limit: int, newest_first: bool
     ) -> list[Job]:
-        """A customer's own jobs of one modality (``request["modality"]``), whatever their
-        status, in admission order or (``newest_first``) its reverse, at most ``limit``: a
-        cursor page. With ``after``, only the jobs that come after that one in this order;
-        KeyError when ``after`` is not one of this customer's jobs of this modality."""
+        """The jobs ``where`` matches, in admission order or (``newest_first``) its reverse, at
+        most ``limit``: a cursor page. With ``after``, only the jobs that come after that one
+        in this order; KeyError when ``after`` is not a job in ``where``'s scope (its customer,
+        if any, and modality, if any: ``JobFilter.in_scope``)."""
+        ...
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        """Per lane its depth and its head's created_at, and how many jobs are running."""
         ...
 
     async def expired_queued(self, now: float) -> list[str]:

@@ -8,6 +8,7 @@ job store instead (the SSE route does that).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class MemoryEventBus:
             log = self._logs[job_id] = _Log()
         if log.finished:
             raise LogEnded(f"job {job_id} already ended; no event may follow")
-        item = JobEvent(len(log.events) + 1, event, data)
+        item = JobEvent(len(log.events) + 1, event, data, time.time())
         log.events.append(item)
         if event == "progress":
             log.progress = float(data.get("progress", log.progress))
@@ -59,6 +60,10 @@ class MemoryEventBus:
     async def progress(self, job_id: str) -> tuple[float, int | None]:
         log = self._logs.get(job_id)
         return (log.progress, log.step) if log else (0.0, None)
+
+    async def log(self, job_id: str) -> list[JobEvent]:
+        log = self._logs.get(job_id)
+        return [] if log is None else list(log.events)
 
     async def has_log(self, job_id: str) -> bool:
         return job_id in self._logs

@@ -20,8 +20,11 @@ from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.jobs import (
     CancelResult,
     IdempotencyConflict,
+    JobFilter,
+    LaneSnapshot,
     Opened,
     QueueFull,
+    QueueSnapshot,
     check_finish,
     merge_patch,
 )
@@ -241,24 +244,29 @@ class MemoryJobStore:
         return [self._copy(job_id) for job_id in sorted(ids, key=self._seq.__getitem__)]
 
     async def listed(
-        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+        self, where: JobFilter, *, after: str | None, limit: int, newest_first: bool
     ) -> list[Job]:
         # A scan, as expired_queued: this store holds what one test queues.
-        ids = sorted(
-            (
-                j.id
-                for j in self._jobs.values()
-                if j.customer_id == customer_id and j.request.get("modality") == modality
-            ),
+        scope = sorted(
+            (j.id for j in self._jobs.values() if where.in_scope(j)),
             key=self._seq.__getitem__,
             reverse=newest_first,
         )
         start = 0
         if after is not None:
-            if after not in ids:
+            if after not in scope:
                 raise KeyError(after)
-            start = ids.index(after) + 1
-        return [self._copy(job_id) for job_id in ids[start : start + max(limit, 0)]]
+            start = scope.index(after) + 1
+        page = [job_id for job_id in scope[start:] if where.matches(self._jobs[job_id])]
+        return [self._copy(job_id) for job_id in page[: max(limit, 0)]]
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        lanes = {}
+        for lane in Lane:
+            head = self._queue.head(lane)
+            oldest = None if head is None else self._jobs[head].created_at
+            lanes[lane.name] = LaneSnapshot(self._queue.depth(lane), oldest)
+        return QueueSnapshot(lanes, len(self._leases))
 
     async def expired_queued(self, now: float) -> list[str]:
         # A scan: this store holds what one test queues, not a production backlog.

@@ -4,7 +4,8 @@ How the data lies in Redis (every key under ``render:``):
 
 * ``render:events:<job>`` — a Stream, the job's log. Entry ``n`` has the explicit stream id
   ``<n>-0`` (so "the events after ``after``" is ``XREAD … <after>-0``) and the fields ``n`` (the
-  event number, 1, 2, 3…), ``event`` and ``data`` (JSON).
+  event number, 1, 2, 3…), ``event``, ``data`` (JSON) and ``at`` (when it was published: the
+  publisher's clock, seconds since the epoch; absent from entries of builds before it).
 * ``render:events-state:<job>`` — a Hash: ``last`` (the last number given), ``progress`` and
   ``step`` (the latest progress event's values, ``step`` as JSON) and, once the log is finished,
   ``ended`` (the terminal event's number).
@@ -44,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -71,7 +73,7 @@ _PUBLISH = """
 local stream, state = KEYS[1], KEYS[2]
 if redis.call('HEXISTS', state, 'ended') == 1 then return 0 end
 local n = redis.call('HINCRBY', state, 'last', 1)
-redis.call('XADD', stream, n .. '-0', 'n', n, 'event', ARGV[1], 'data', ARGV[2])
+redis.call('XADD', stream, n .. '-0', 'n', n, 'event', ARGV[1], 'data', ARGV[2], 'at', ARGV[7])
 if ARGV[3] ~= '' then redis.call('HSET', state, 'progress', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', state, 'step', ARGV[4]) end
 if ARGV[5] == '1' then
@@ -130,7 +132,8 @@ def _entries(reply: object) -> list[tuple[object, dict[object, object]]]:
 def _event(fields: dict[object, object]) -> JobEvent:
     values = {_text(k): v for k, v in fields.items()}
     data = json.loads(_text(values["data"]))
-    return JobEvent(int(_text(values["n"])), _text(values["event"]), cast(dict[str, Any], data))
+    at = float(_text(values["at"])) if "at" in values else None
+    return JobEvent(int(_text(values["n"])), _text(values["event"]), cast(dict[str, Any], data), at)
 
 
 class RedisEventBus:
@@ -158,6 +161,7 @@ class RedisEventBus:
             if "step" in data:
                 step = json.dumps(data["step"])
         item = JobEvent(0, event, data)
+        at = time.time()
         number = await self._publish(
             keys=[_stream(job_id), _state(job_id)],
             args=[
@@ -167,11 +171,12 @@ class RedisEventBus:
                 step,
                 "1" if item.terminal else "0",
                 self._retention_ms,
+                repr(at),
             ],
         )
         if int(cast(int, number)) == 0:
             raise LogEnded(f"job {job_id} already ended; no event may follow")
-        return JobEvent(int(cast(int, number)), event, data)
+        return JobEvent(int(cast(int, number)), event, data, at)
 
     async def progress(self, job_id: str) -> tuple[float, int | None]:
         progress, step = cast(
@@ -181,6 +186,10 @@ class RedisEventBus:
             float(_text(progress)) if progress is not None else 0.0,
             cast(int | None, json.loads(_text(step))) if step is not None else None,
         )
+
+    async def log(self, job_id: str) -> list[JobEvent]:
+        entries = cast(list[Any], await self._client.xrange(_stream(job_id), "-", "+"))
+        return [_event(cast(dict[object, object], fields)) for _, fields in entries]
 
     async def has_log(self, job_id: str) -> bool:
         return int(await self._client.exists(_stream(job_id))) > 0

@@ -25,7 +25,10 @@ How the data lies in Redis (``ns`` is the namespace, ``render:jobs`` by default)
   digest is the job's ``digest``);
 * ``ns:listed:<len(modality)>:<modality>:<customer>`` — a sorted set (score ``seq``) of a
   customer's jobs of one modality, whatever their status (``listed``). Jobs admitted by a build
-  before it are in none.
+  before it are in none;
+* ``ns:by-customer:<customer>`` and ``ns:all`` — sorted sets (score ``seq``) of a customer's
+  jobs of every modality and of every customer's jobs (``listed`` without a modality, or for an
+  admin). Jobs admitted by a build before them are in neither.
 
 Atomicity: every operation that reads and then writes is one Lua script, so it runs whole on
 the server with nothing in between: ``submit`` (idempotency look-up, both depth limits, the
@@ -56,8 +59,11 @@ from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.jobs import (
     CancelResult,
     IdempotencyConflict,
+    JobFilter,
+    LaneSnapshot,
     Opened,
     QueueFull,
+    QueueSnapshot,
     check_finish,
     merge_patch,
 )
@@ -73,6 +79,7 @@ from render_gateway.stores.redis_usage_log import (
 from render_gateway.stores.unavailable import StoreUnavailable
 
 LANES = tuple(lane.name for lane in sorted(Lane))  # high, normal, low: strict priority order
+LIST_CHUNK = 100  # jobs one listing script looks at
 
 # Shared helpers: ``ns`` is ARGV[1] in every script.
 _COMMON = """
@@ -122,6 +129,8 @@ redis.call('ZADD', ns .. ':unsettled', seq, id)
 if ARGV[8] ~= '' then redis.call('ZADD', ns .. ':ttl', ARGV[8], id) end
 if idem ~= '' then redis.call('HSET', ns .. ':idempotency', idem, id) end
 if ARGV[9] ~= '' then redis.call('ZADD', ns .. ':listed:' .. ARGV[9], seq, id) end
+redis.call('ZADD', ns .. ':by-customer:' .. customer, seq, id)
+redis.call('ZADD', ns .. ':all', seq, id)
 count_queued(customer, 1)
 return {'created', redis.call('HGETALL', j)}
 """
@@ -148,6 +157,22 @@ _DEPTH = (
 local depth = {}
 for i, lane in ipairs(LANES) do depth[i] = redis.call('ZCARD', ns .. ':lane:' .. lane) end
 return depth
+"""
+)
+
+_QUEUE_SNAPSHOT = (
+    _COMMON
+    + """
+-- Per lane its depth and its head's static JSON (false when empty), then the running count.
+local out = {}
+for _, lane in ipairs(LANES) do
+  local set = ns .. ':lane:' .. lane
+  out[#out + 1] = redis.call('ZCARD', set)
+  local head = redis.call('ZRANGE', set, 0, 0)[1]
+  out[#out + 1] = head and redis.call('HGET', jkey(head), 'static') or false
+end
+out[#out + 1] = redis.call('ZCARD', ns .. ':leases')
+return out
 """
 )
 
@@ -257,28 +282,36 @@ return out
 _LISTED = (
     _COMMON
     + """
--- ARGV: ns, listing, after id or '', limit (at least 1), 'desc' or 'asc'
-local set, after, limit = ns .. ':listed:' .. ARGV[2], ARGV[3], tonumber(ARGV[4])
-local desc = ARGV[5] == 'desc'
+-- One chunk of a listing: ARGV: ns, set (after ns), after id or '', chunk size, 'desc' or
+-- 'asc', status or '' (the one filter checked here: the rest are checked by the caller).
+-- Returns {the chunk's job hashes of that status, the last id looked at or '' at the end};
+-- false when ``after`` is not in the set.
+local set, after, chunk = ns .. ':' .. ARGV[2], ARGV[3], tonumber(ARGV[4])
+local desc, status = ARGV[5] == 'desc', ARGV[6]
 local ids
 if after == '' then
-  if desc then ids = redis.call('ZREVRANGE', set, 0, limit - 1)
-  else ids = redis.call('ZRANGE', set, 0, limit - 1) end
+  if desc then ids = redis.call('ZREVRANGE', set, 0, chunk - 1)
+  else ids = redis.call('ZRANGE', set, 0, chunk - 1) end
 else
   local score = redis.call('ZSCORE', set, after)
   if not score then return false end
   if desc then
-    ids = redis.call('ZREVRANGEBYSCORE', set, '(' .. score, '-inf', 'LIMIT', 0, limit)
+    ids = redis.call('ZREVRANGEBYSCORE', set, '(' .. score, '-inf', 'LIMIT', 0, chunk)
   else
-    ids = redis.call('ZRANGEBYSCORE', set, '(' .. score, '+inf', 'LIMIT', 0, limit)
+    ids = redis.call('ZRANGEBYSCORE', set, '(' .. score, '+inf', 'LIMIT', 0, chunk)
   end
 end
 local out = {}
 for _, id in ipairs(ids) do
-  local flat = redis.call('HGETALL', jkey(id))
-  if #flat > 0 then out[#out + 1] = flat end
+  local j = jkey(id)
+  if status == '' or redis.call('HGET', j, 'status') == status then
+    local flat = redis.call('HGETALL', j)
+    if #flat > 0 then out[#out + 1] = flat end
+  end
 end
-return out
+local last = ''
+if #ids == chunk then last = ids[#ids] end
+return {out, last}
 """
 )
 
@@ -496,7 +529,7 @@ class RedisJobStore:
         self._expired_queued, self._unsettled = script(_EXPIRED_QUEUED), script(_UNSETTLED)
         self._request_cancel, self._finish = script(_REQUEST_CANCEL), script(_FINISH)
         self._requeue, self._unfollowed = script(_REQUEUE), script(_UNFOLLOWED)
-        self._listed = script(_LISTED)
+        self._listed, self._queue_snapshot = script(_LISTED), script(_QUEUE_SNAPSHOT)
 
     @property
     def usage_log(self) -> RedisUsageStream:
@@ -701,17 +734,49 @@ class RedisJobStore:
         return [_to_job(flat) for flat in await self._run(self._unsettled)]
 
     async def listed(
-        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+        self, where: JobFilter, *, after: str | None, limit: int, newest_first: bool
     ) -> list[Job]:
         if limit < 1:
-            return []  # ZRANGE 0 -1 would be every job
-        rows = await self._run(
-            self._listed, _listing(customer_id, modality), after or "", limit,
-            "desc" if newest_first else "asc",
-        )  # fmt: skip
-        if rows is None:
-            raise KeyError(after)
-        return [_to_job(flat) for flat in rows]
+            return []
+        if after is not None:
+            anchor = await self.get(after)
+            if anchor is None or not where.in_scope(anchor):
+                raise KeyError(after)
+        if where.customer_id is None:
+            index = "all"  # a modality, if any, is checked below with the other filters
+        elif where.modality is None:
+            index = f"by-customer:{where.customer_id}"
+        else:
+            index = f"listed:{_listing(where.customer_id, where.modality)}"
+        status = "" if where.status is None else where.status.value
+        found: list[Job] = []
+        cursor = after or ""
+        # Chunk by chunk, each one short script: a selective filter over a long history walks
+        # many chunks without holding Redis for the whole walk.
+        while len(found) < limit:
+            reply = await self._run(
+                self._listed, index, cursor, LIST_CHUNK, "desc" if newest_first else "asc", status
+            )
+            if reply is None:
+                raise KeyError(after)  # admitted before the index existed
+            rows, last = reply
+            for flat in rows:
+                job = _to_job(flat)
+                if where.matches(job) and len(found) < limit:
+                    found.append(job)
+            cursor = _text(last)
+            if not cursor:
+                break
+        return found
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        reply = await self._run(self._queue_snapshot)
+        lanes = {}
+        for i, lane in enumerate(LANES):
+            depth, static = reply[2 * i], reply[2 * i + 1]
+            oldest = None if not static else float(orjson.loads(static)["created_at"])
+            lanes[lane] = LaneSnapshot(int(depth), oldest)
+        return QueueSnapshot(lanes, int(reply[-1]))
 
     async def unfollowed(self, ended_before: float, limit: int) -> list[Job]:
         rows = await self._run(self._unfollowed, repr(float(ended_before)), limit)

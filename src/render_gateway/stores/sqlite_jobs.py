@@ -40,8 +40,11 @@ from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.jobs import (
     CancelResult,
     IdempotencyConflict,
+    JobFilter,
+    LaneSnapshot,
     Opened,
     QueueFull,
+    QueueSnapshot,
     check_finish,
 )
 from render_gateway.stores.sqlite_usage_log import (
@@ -98,6 +101,9 @@ CREATE INDEX IF NOT EXISTS jobs_queued_expiry
 -- schema change: an older build reads and writes the file as before, keeping it up to date.
 CREATE INDEX IF NOT EXISTS jobs_listed
     ON jobs (customer_id, json_extract(request, '$.modality'), seq);
+-- A customer's jobs of every modality in admission order (GET /jobs); every customer's is the
+-- seq column's own unique index. An index only, as jobs_listed.
+CREATE INDEX IF NOT EXISTS jobs_by_customer ON jobs (customer_id, seq);
 
 -- Ended jobs whose follow-ups (terminal event, budget, webhook) are not confirmed yet.
 CREATE TABLE IF NOT EXISTS unfollowed (
@@ -701,32 +707,72 @@ class SqliteJobStore:
         return await self._read(select)
 
     async def listed(
-        self, customer_id: str, modality: str, *, after: str | None, limit: int, newest_first: bool
+        self, where: JobFilter, *, after: str | None, limit: int, newest_first: bool
     ) -> list[Job]:
-        # The WHERE clause repeats the index's expression exactly, so the index serves it.
-        where = "customer_id = ? AND json_extract(request, '$.modality') = ?"
+        # The scope's terms repeat the indexes' expressions exactly, so an index serves them;
+        # the other filters are checked on the rows the index walks.
+        scope: list[str] = []
+        scope_args: list[Any] = []
+        if where.customer_id is not None:
+            scope.append("customer_id = ?")
+            scope_args.append(where.customer_id)
+        if where.modality is not None:
+            scope.append("json_extract(request, '$.modality') = ?")
+            scope_args.append(where.modality)
+        narrow: list[str] = []
+        narrow_args: list[Any] = []
+        for term, value in (
+            ("status = ?", None if where.status is None else where.status.value),
+            ("json_extract(request, '$.family') = ?", where.family),
+            ("json_extract(request, '$.model') = ?", where.model),
+            ("created_at >= ?", where.created_from),
+            ("created_at < ?", where.created_before),
+        ):
+            if value is not None:
+                narrow.append(term)
+                narrow_args.append(value)
         direction, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
 
         def select(conn: sqlite3.Connection) -> list[Job]:
-            arguments: list[Any] = [customer_id, modality]
-            cursor = ""
+            terms, arguments = [*scope, *narrow], [*scope_args, *narrow_args]
             if after is not None:
                 row = conn.execute(
-                    f"SELECT seq FROM jobs WHERE id = ? AND {where}",  # noqa: S608
-                    (after, customer_id, modality),
+                    f"SELECT seq FROM jobs WHERE {' AND '.join(['id = ?', *scope])}",  # noqa: S608
+                    (after, *scope_args),
                 ).fetchone()
                 if row is None:
                     raise KeyError(after)
-                cursor = f" AND seq {beyond} ?"
+                terms.append(f"seq {beyond} ?")
                 arguments.append(row[0])
+            clause = f"WHERE {' AND '.join(terms)} " if terms else ""
             rows = conn.execute(
-                f"SELECT {COLS} FROM jobs WHERE {where}{cursor} "  # noqa: S608
-                f"ORDER BY seq {direction} LIMIT ?",
+                f"SELECT {COLS} FROM jobs {clause}ORDER BY seq {direction} LIMIT ?",  # noqa: S608
                 (*arguments, max(limit, 0)),
             )
             return [_row_to_job(r) for r in rows]
 
         return await self._read(select)
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        def select(conn: sqlite3.Connection) -> tuple[dict[str, float | None], int]:
+            oldest: dict[str, float | None] = {}
+            for lane in Lane:  # each lane's head by jobs_by_status (status, lane, seq)
+                row = conn.execute(
+                    "SELECT created_at FROM jobs WHERE status = 'queued' AND lane = ? "
+                    "ORDER BY seq LIMIT 1",
+                    (int(lane),),
+                ).fetchone()
+                oldest[lane.name] = None if row is None else row[0]
+            (running,) = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'running'"
+            ).fetchone()
+            return oldest, int(running)
+
+        oldest, running = await self._read(select)
+        lanes = {
+            lane.name: LaneSnapshot(self._queue.depth(lane), oldest[lane.name]) for lane in Lane
+        }
+        return QueueSnapshot(lanes, running)
 
     async def expired_queued(self, now: float) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
