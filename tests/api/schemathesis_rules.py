@@ -15,6 +15,9 @@ document that OpenAPI cannot state, each written in the document's descriptions 
 * ``POST /v1/videos`` takes one reference image: the ``input_reference`` file or the
   ``input_reference[image_url]`` field, not both (a ``not`` in the form's schema breaks
   schemathesis's coverage phase on binary parts).
+* ``GET /jobs``: ``from`` must come before ``to`` (no span limit, no defaults), and ``after``
+  must be a job of the listing's scope: a text that is not even a job id's shape (``j_`` and
+  17 base62 characters) is none.
 * ``webhook`` must go where the operator's policy allows (https, public addresses after DNS,
   ``allowed_hosts``): configuration and DNS, not a pattern.
 
@@ -34,6 +37,7 @@ import schemathesis
 from schemathesis.openapi.checks import RejectedPositiveData
 
 MAX_SPAN = timedelta(days=366)
+JOB_ID = re.compile(r"j_[0-9A-Za-z]{17}")  # core/ids.py's new_job_id
 # Operation → (where its range is, days before ``to`` that ``from`` defaults to).
 RANGED = {
     ("GET", "/usage"): ("query", 30),
@@ -158,6 +162,13 @@ def breaks_a_stated_rule(case: Any, response: Any) -> bool:
         )
         offered = details.get("offered")
         return asked is not None and isinstance(offered, list) and asked not in offered
+    if operation == ("GET", "/jobs"):
+        query = case.query or {}
+        if code == "job_not_found" and details.get("field") == "after":
+            return not JOB_ID.fullmatch(str(query.get("after", "")))
+        if code == "invalid_request" and details.get("field") == "from":
+            start, end = _instant(query.get("from")), _instant(query.get("to"))
+            return start is not None and end is not None and start >= end
     if operation == ("POST", "/queue") and code == "invalid_request":
         webhook = case.body.get("webhook") if isinstance(case.body, dict) else None
         return webhook is not None and details.get("field") == "webhook"
