@@ -239,3 +239,55 @@ def test_a_delete_on_one_replica_stops_the_run_on_another_and_sse_follows_it(
         usage = done["usage"]
         assert usage["status"] == "cancelled" and usage["billable"] and usage["gpu_seconds"] > 0
         assert httpx.get(f"{a.url}/jobs/{job_id}", headers=admin).json()["status"] == "cancelled"
+
+
+def test_job_reads_span_the_replicas(worker: WorkerProcess, tmp_path: Path) -> None:
+    """GET /jobs on one replica lists what was queued through the other (the Redis job store's
+    indexes), customers their own and admins everyone's; a timeline read on the replica that
+    did not run the job has every event's time (the Redis event bus); /queue/stats counts the
+    queue on Redis."""
+    with two_gateways(worker, tmp_path, '["api"]') as (a, b):
+        admin = bearer(a.admin_key)
+        alice, bob = bearer(a.new_key("alice")), bearer(a.new_key("bob"))
+
+        def queue(headers: dict[str, str]) -> str:
+            answer = httpx.post(b.url + "/queue", json=BODY, headers=headers, timeout=30)
+            assert answer.status_code == 202, answer.text
+            job_id: str = answer.json()["id"]
+            return job_id
+
+        alices = [queue(alice), queue(alice)]
+        bobs = [queue(bob)]
+        for job_id in alices:
+            wait_done(a, alice, job_id)
+        wait_done(a, bob, bobs[0])
+
+        def listed(headers: dict[str, str], **params: Any) -> list[str]:
+            answer = httpx.get(a.url + "/jobs", params=params, headers=headers, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return [job["id"] for job in answer.json()["data"]]
+
+        assert listed(alice) == alices[::-1]
+        assert listed(bob, status="complete", model="sd/tiny") == bobs
+        assert listed(admin) == [bobs[0], *alices[::-1]]
+        assert listed(admin, customer_id="alice", limit=1) == alices[1:]
+        refused = httpx.get(a.url + "/jobs", params={"customer_id": "alice"}, headers=bob)
+        assert refused.status_code == 403, refused.text
+
+        timeline = httpx.get(f"{b.url}/jobs/{alices[0]}/timeline", headers=alice).json()
+        assert timeline["source"] == "events"
+        types = [event["type"] for event in timeline["events"]]
+        assert types[:2] == ["queued", "started"] and types[-1] == "complete"
+        assert "progress" in types
+        stamps = [datetime.fromisoformat(event["at"]) for event in timeline["events"]]
+        assert stamps == sorted(stamps)
+
+        stats = httpx.get(f"{b.url}/queue/stats", headers=admin).json()
+        assert stats == {
+            "lanes": [
+                {"lane": lane, "depth": 0, "oldest_wait_seconds": None}
+                for lane in ("high", "normal", "low")
+            ],
+            "running": 0,
+            "queued": 0,
+        }
