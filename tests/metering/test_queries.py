@@ -421,3 +421,19 @@ def test_group_by_parsing() -> None:
 def test_usage_breakdown_refuses_an_unknown_grouping(data: Dataset) -> None:
     with pytest.raises(QueryError, match="unknown customer"):
         usage_breakdown(data.store, "acme", whole_range(), ("customer",))
+
+
+@pytest.mark.parametrize(
+    ("from_text", "to_text"),
+    [
+        ("0001-01-01T00:00:00+01:00", None),  # UTC would be in year 0
+        (None, "0001-01-02"),  # the default 30 days before it would be
+        ("2024-01-01", "9999-12-31T23:59:59-01:00"),
+    ],
+)
+def test_instants_past_the_calendars_edge_are_query_errors(
+    from_text: str | None, to_text: str | None
+) -> None:
+    """Refused as a 400 naming the bound, never an OverflowError (a 500)."""
+    with pytest.raises(QueryError):
+        TimeRange.parse(from_text, to_text, datetime(2026, 12, 1, tzinfo=UTC))

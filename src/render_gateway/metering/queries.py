@@ -36,7 +36,7 @@ def parse_instant(text: str, name: str) -> datetime:
     try:
         # A date alone is its midnight; a datetime without an offset is UTC.
         return _utc(datetime.fromisoformat(text.strip()))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an offset past the calendar's edge
         raise QueryError(
             f"{name}={text!r} is not an ISO 8601 date or datetime"
             " (e.g. 2024-05-01 or 2024-05-01T12:00:00Z)"
@@ -57,9 +57,14 @@ class TimeRange:
         """The range of an API request's ``from``/``to``: ``to`` defaults to ``now`` and
         ``from`` to ``default_days`` before ``to``."""
         end = parse_instant(to_text, "to") if to_text else _utc(now)
-        start = (
-            parse_instant(from_text, "from") if from_text else end - timedelta(days=default_days)
-        )
+        try:
+            start = (
+                parse_instant(from_text, "from")
+                if from_text
+                else end - timedelta(days=default_days)
+            )
+        except OverflowError:  # a `to` near year 1 leaves no room for the default span
+            raise QueryError(f"to={to_text!r} leaves no room for the default range") from None
         if start >= end:
             raise QueryError(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
         if end - start > timedelta(days=MAX_SPAN_DAYS):
