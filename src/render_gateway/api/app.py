@@ -13,6 +13,7 @@ from render_gateway import __version__
 from render_gateway.api import (
     asset_routes,
     audit_routes,
+    backend_routes,
     capacity_routes,
     console_routes,
     docs_routes,
@@ -82,8 +83,8 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     serves_customers = "api" in config.roles  # a scheduler- or singleton-only process does not
     routers = (
         job_read_routes, job_routes, sync_routes, info_routes, asset_routes, usage_routes,
-        audit_routes, reconcile_routes, openai_routes, openai_video_routes, upload_routes,
-        ws_routes, identity_routes, capacity_routes, console_routes,
+        audit_routes, reconcile_routes, backend_routes, openai_routes, openai_video_routes,
+        upload_routes, ws_routes, identity_routes, capacity_routes, console_routes,
     )  # fmt: skip
     for routes in routers:
         # Health, readiness and metrics on every process; the rest with the api role.

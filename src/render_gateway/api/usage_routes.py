@@ -17,7 +17,7 @@ from render_gateway.api.api_models import (
     INSTANT,
     UsageResponse,
 )
-from render_gateway.api.deps import caller, require_admin, services
+from render_gateway.api.deps import caller, is_admin, require_admin, services
 from render_gateway.api.http import ApiError
 from render_gateway.api.usage_relay import relay_usage_read, usage_unavailable
 from render_gateway.application.services import GatewayServices
@@ -27,6 +27,14 @@ from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import NANOS
 from render_gateway.metering.queries import QueryError, TimeRange, parse_group_by
 from render_gateway.metering.read_side import UsageStoreError
+from render_gateway.metering.record_lookup import StoredRecord
+from render_gateway.metering.series import (
+    BUCKET_SECONDS,
+    SERIES_GROUPINGS,
+    SeriesPoint,
+    parse_bucket,
+    parse_series_group_by,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -143,3 +151,126 @@ async def get_dashboard(
     except UsageStoreError as exc:
         raise store_unavailable(exc) from exc
     return {"from": time_range.start.isoformat(), "to": time_range.end.isoformat(), **body}
+
+
+def record_json(record: StoredRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "job_id": record.job_id,
+        "timestamp": record.timestamp.isoformat(),
+        "customer_id": record.customer_id,
+        "model_name": record.model_name,
+        "status": record.status,
+        "error_code": record.error_code,
+        "gpu_seconds": record.gpu_seconds,
+        "queue_time_ms": record.queue_time_us / 1000,
+        "inference_time_ms": record.inference_time_us / 1000,
+        "total_time_ms": record.total_time_us / 1000,
+        "cost": record.cost_nanos / NANOS,
+        "cost_nanos": record.cost_nanos,
+        "currency": record.currency,
+        "backend": record.backend,
+        "device_uuid": record.device_uuid,
+        "metered": record.metered,
+        "billable": record.billable,
+    }
+
+
+@router.get(
+    "/usage/records",
+    response_model=dict[str, Any],
+    responses=ERROR_RESPONSES,
+    summary="The usage records of one request or one job",
+)
+async def get_records(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    job_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    request_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> dict[str, Any] | Response:
+    """As the hot path holds them, oldest first (a retried job has one per run that ended).
+    Give exactly one of ``job_id`` and ``request_id``. A customer sees only their own records:
+    another customer's request or job answers an empty list, as an unknown one does. Admins
+    see anyone's."""
+    svc = services(request)
+    if (job_id is None) == (request_id is None):
+        raise ApiError(400, "invalid_request", "give exactly one of job_id and request_id")
+    # Whose records may be read is judged here, before any relay (the holder judges again).
+    customer = None if is_admin(request, principal) else principal.customer_id
+    place = await usage_read_place(svc)
+    if not place.here and (answer := await relayed(svc, place, request, "/usage/records")):
+        return answer
+    try:
+        records = await svc.usage_queries.records(
+            request_id=request_id, job_id=job_id, customer_id=customer
+        )
+    except UsageStoreError as exc:
+        raise store_unavailable(exc) from exc
+    return {"records": [record_json(r) for r in records]}
+
+
+def point_json(point: SeriesPoint) -> dict[str, Any]:
+    return {
+        "t": point.t.isoformat(),
+        "requests": point.requests,
+        "errors": point.errors,
+        "timeouts": point.timeouts,
+        "gpu_seconds": round(point.gpu_seconds, 6),
+        "cost": point.cost_nanos / NANOS,
+        "cost_nanos": point.cost_nanos,
+        "all_gpu_seconds": round(point.all_gpu_seconds, 6),
+    }
+
+
+@router.get(
+    "/usage/series",
+    response_model=dict[str, Any],
+    responses=ERROR_RESPONSES,
+    summary="Requests, errors, GPU-seconds and cost per bucket, for charts (admins)",
+)
+async def get_series(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller)],
+    from_: Annotated[
+        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+    ] = None,
+    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    bucket: Annotated[
+        # The enum is for the document; parse_bucket checks it, naming what is allowed.
+        str | None, Query(max_length=40, json_schema_extra={"enum": list(BUCKET_SECONDS)})
+    ] = None,
+    group_by: Annotated[
+        str | None, Query(max_length=40, json_schema_extra={"enum": list(SERIES_GROUPINGS)})
+    ] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> dict[str, Any] | Response:
+    """From the per-minute rollup GET /usage reads, so a series sums to the range's usage.
+    Defaults: the last 24 hours; ``bucket`` minute for ranges up to 6 hours, hour up to 7 days,
+    else day (at most a week of minutes' worth of buckets); ``group_by`` none (one series,
+    ``all``). ``t`` is a bucket's start (UTC); buckets without a request are left out."""
+    svc = services(request)
+    require_admin(request, principal, "usage series are for admins")
+    try:
+        time_range = TimeRange.parse(from_, to, datetime.now(UTC), default_days=1)
+        chosen = parse_bucket(bucket, time_range)
+        grouping = parse_series_group_by(group_by)
+    except QueryError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from exc
+    place = await usage_read_place(svc)
+    if not place.here and (answer := await relayed(svc, place, request, "/usage/series")):
+        return answer
+    try:
+        series = await svc.usage_queries.series(time_range, chosen, grouping, customer_id, model)
+    except UsageStoreError as exc:
+        raise store_unavailable(exc) from exc
+    return {
+        "from": time_range.start.isoformat(),
+        "to": time_range.end.isoformat(),
+        "bucket": chosen,
+        "group_by": grouping,
+        "series": [
+            {"key": key, "points": [point_json(p) for p in points]}
+            for key, points in series.items()
+        ],
+    }

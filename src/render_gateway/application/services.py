@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from render_gateway.application.admission import Admission
 from render_gateway.application.asset_inputs import AssetInputs
 from render_gateway.application.asset_urls import AssetUrlSigner
+from render_gateway.application.audit_verifications import AuditVerifications
 from render_gateway.application.cluster_agreement import enforce_agreement, use_shared_password
 from render_gateway.application.job_cases import JobCases
 from render_gateway.application.local_worker import DEMO_MODEL, LocalWorker, start_local_worker
@@ -296,6 +297,9 @@ class GatewayServices:
     estimates: EstimatesFile | None = None  # the cost models, saved again on stop
     metering: MeteringRole | None = None  # its parts run while this process holds the lease
     usage_reads: UsageReadLocator | None = None  # here, or relayed to metering's holder
+    # Backend id → the id of the node key it last presented (GET /backends shows it).
+    backend_key_ids: dict[str, str] = field(default_factory=dict)
+    audit_verifications: AuditVerifications = field(default_factory=AuditVerifications)
     queue_depth: dict[str, int] = field(default_factory=dict)  # refreshed for /metrics
     # Each lane's head's created_at (None: empty), refreshed with queue_depth.
     queue_oldest: dict[str, float | None] = field(default_factory=dict)
@@ -574,6 +578,7 @@ class GatewayServices:
             log.error("backend %s sent a node key whose id does not match it; ignored", backend_id)
             return
         self.node_keys[claimed_id] = raw
+        self.backend_key_ids[backend_id] = claimed_id
 
     async def _probe_backends(self, every: float = 5.0) -> None:
         while True:

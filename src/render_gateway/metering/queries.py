@@ -319,3 +319,39 @@ def operator_hourly(store: UsageStore, time_range: TimeRange) -> list[OperatorHo
         )
         for hour, device, gpu, n, customers, batch_sum, batch_max, errors, timeouts in rows
     ]
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    error_code: str | None  # None: a failure that named no code
+    model_name: str
+    count: int
+
+
+# From the raw table: no rollup keeps the error code. Failed requests are few, and the range
+# prunes the table's day partitions.
+ERRORS_BY_CODE_SQL = """
+SELECT error_code, model_name, count()
+FROM inference_events
+WHERE timestamp >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
+    AND timestamp < fromUnixTimestamp64Micro({end_us:Int64}, 'UTC')
+    AND status IN ('error', 'timeout')
+    AND ({customer:Nullable(String)} IS NULL OR customer_id = {customer:Nullable(String)})
+    AND ({model:Nullable(String)} IS NULL OR model_name = {model:Nullable(String)})
+GROUP BY error_code, model_name
+ORDER BY count() DESC, model_name, error_code
+"""
+
+
+def errors_by_code(
+    store: UsageStore,
+    time_range: TimeRange,
+    customer_id: str | None = None,
+    model_name: str | None = None,
+) -> list[ErrorCount]:
+    """Failed requests (status error or timeout) per error code and model, most first."""
+    rows = _rows(store, ERRORS_BY_CODE_SQL, time_range, customer=customer_id, model=model_name)
+    return [
+        ErrorCount(None if code is None else str(code), str(model), int(n))
+        for code, model, n in rows
+    ]

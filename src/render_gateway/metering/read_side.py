@@ -28,14 +28,18 @@ from typing import Any
 
 from render_gateway.auth.private_file import read_private_text
 from render_gateway.config import MeteringConfig
+from render_gateway.metering.backend_activity import BackendActivity, backend_activity
 from render_gateway.metering.capacity_queries import ModelTraffic, model_traffic
 from render_gateway.metering.queries import (
     TimeRange,
+    errors_by_code,
     latency_quantiles,
     operator_hourly,
     per_minute,
 )
+from render_gateway.metering.record_lookup import StoredRecord, find_records
 from render_gateway.metering.report import usage_report
+from render_gateway.metering.series import SeriesPoint, usage_series
 from render_gateway.metering.store import (
     UsageStore,
     UsageStoreError,
@@ -114,6 +118,9 @@ class UsageQueries:
                 "per_minute": [asdict(r) for r in minutes],
                 "latency": [asdict(r) for r in latency_quantiles(store, time_range, model)],
                 "operators": [asdict(r) for r in operator_hourly(store, time_range)],
+                "errors_by_code": [
+                    asdict(r) for r in errors_by_code(store, time_range, customer_id, model)
+                ],
             }
 
         return await asyncio.to_thread(read)
@@ -123,3 +130,30 @@ class UsageQueries:
     ) -> list[ModelTraffic]:
         """Per model: requests, service-time moments, waits and arrivals (capacity planning)."""
         return await asyncio.to_thread(lambda: model_traffic(self.store(), time_range, model))
+
+    async def series(
+        self,
+        time_range: TimeRange,
+        bucket: str,
+        group_by: str,
+        customer_id: str | None,
+        model: str | None,
+    ) -> dict[str, list[SeriesPoint]]:
+        """Charts' series per bucket (metering/series.py)."""
+        return await asyncio.to_thread(
+            lambda: usage_series(self.store(), time_range, bucket, group_by, customer_id, model)
+        )
+
+    async def records(
+        self, *, request_id: str | None, job_id: str | None, customer_id: str | None
+    ) -> list[StoredRecord]:
+        """A request's or a job's records (metering/record_lookup.py)."""
+        return await asyncio.to_thread(
+            lambda: find_records(
+                self.store(), request_id=request_id, job_id=job_id, customer_id=customer_id
+            )
+        )
+
+    async def backend_activity(self, window: TimeRange) -> dict[str, BackendActivity]:
+        """Each backend's last device and latest failures (metering/backend_activity.py)."""
+        return await asyncio.to_thread(lambda: backend_activity(self.store(), window))
