@@ -157,6 +157,16 @@ def test_two_gateways_share_keys_one_bucket_revocations_and_usage_reads(
     ]
     other_customer = usage_of(b, a.admin_key, {**window, "customer_id": "shared-customer"})
     assert other_customer.json()["totals"] == on_holder["totals"]
+    # GET /backends on b: its own pool, with the hot path's part (the device) relayed from a.
+    listed = httpx.get(b.url + "/backends", headers=bearer(a.admin_key), timeout=30).json()
+    assert "usage_unavailable" not in listed
+    assert listed["backends"] and all(x["device_uuid"] for x in listed["backends"])
+    # A job's records through b, read on a.
+    job_on_b = next(job_id for gateway, job_id in job_ids if gateway is b)
+    records = httpx.get(
+        b.url + "/usage/records", headers=headers, params={"job_id": job_on_b}, timeout=30
+    ).json()["records"]
+    assert [r["job_id"] for r in records] == [job_on_b]
     # The holder's refusals come back as they are: a customer may not read another's usage.
     refused = usage_of(b, key, {"customer_id": "admin"})
     assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
@@ -195,6 +205,11 @@ def test_when_the_holder_is_gone_usage_is_a_503_without_paths(
             dashboard = httpx.get(b.url + "/usage/dashboard", headers=admin, timeout=30)
             assert dashboard.status_code == 503
             assert_no_path(dashboard.json(), a.data_dir, b.data_dir)
+            # The backends still list: only the hot path's part is missing, and says so.
+            listed = httpx.get(b.url + "/backends", headers=admin, timeout=30)
+            assert listed.status_code == 200 and listed.json()["usage_unavailable"] is True
+            assert all(x["device_uuid"] is None and x["recent_failures"] == []
+                       for x in listed.json()["backends"])  # fmt: skip
             time.sleep(wait)  # ROLE_LEASE_SECONDS and a little
 
 

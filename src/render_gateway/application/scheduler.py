@@ -315,7 +315,10 @@ class JobRunner:
                 outcome = await self._dispatch_when_possible(job, request_id, progress)
             except BackendError as exc:
                 error = JobError(exc.code, str(exc), exc.retriable)
-                await self._until_stored(job.id, lambda: self._end_with_error(job, started, error))
+                failed_on = exc.backend_id or ""
+                await self._until_stored(
+                    job.id, lambda: self._end_with_error(job, started, error, failed_on)
+                )
             except Exception:
                 log.exception("job %s failed in the gateway", job.id)
                 # The customer gets a code; the exception (maybe with paths) is in the log.
@@ -447,9 +450,11 @@ class JobRunner:
         )
         self.service_times.observe(job.request["family"], job.request["model"], now - started)
 
-    async def _end_with_error(self, job: Job, started: float, error: JobError) -> None:
+    async def _end_with_error(
+        self, job: Job, started: float, error: JobError, backend_id: str = ""
+    ) -> None:
         now = self._clock()
-        usage = self._usage(job, started, now, "", {}, "error", error.code)
+        usage = self._usage(job, started, now, backend_id, {}, "error", error.code)
         await self._settlement.settle(
             job, Ending.failed(error), now, expect=RUNNING, usage=usage,
             holder=self._leases.holder,

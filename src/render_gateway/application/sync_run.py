@@ -156,7 +156,7 @@ class RunNow:
                 RefusalKind.unavailable, "no_capacity", str(exc), retry_after_seconds=1
             ) from exc
         except BackendError as exc:
-            await finish("error", {}, None, exc.code)
+            await finish("error", {}, exc.backend_id, exc.code)
             kind = RefusalKind.invalid if exc.status == 400 else RefusalKind.upstream
             raise Refused(kind, exc.code, str(exc), {"retriable": exc.retriable}) from exc
         except BaseException:

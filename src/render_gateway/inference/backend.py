@@ -44,6 +44,9 @@ class BackendError(Exception):
         self.code = code
         self.retriable = retriable
         self.retry_after = retry_after
+        # The backend that failed, once the dispatcher knows it: failed requests' usage
+        # records name it (GET /backends shows each backend's latest failures from them).
+        self.backend_id: str | None = None
 
 
 # How Triton's core words a model's own failure (its execute raised or returned an error), over

@@ -205,6 +205,7 @@ class Dispatcher:
             try:
                 result = await self._attempt(lease, generation, request_id, on_progress, cancel)
             except BackendError as error:
+                error.backend_id = error.backend_id or lease.backend.spec.id
                 if cancel.is_set():  # the stream broke because we stopped it: no retry
                     return DispatchOutcome(Cancelled(request_id, {}), lease.backend.spec.id, 0)
                 if not error.retriable:
