@@ -1,8 +1,12 @@
 """Schemathesis hook (loaded with SCHEMATHESIS_HOOKS by test_openapi_fuzz.py): the rules of the
 document that OpenAPI cannot state, each written in the document's descriptions and API.md.
 
-* Usage, dashboard and reconciliation ranges ``[from, to)`` must run forwards and span at most
-  366 days. OpenAPI bounds each parameter, not one against the other.
+* Usage, dashboard, series and reconciliation ranges ``[from, to)`` must run forwards and span
+  at most 366 days. OpenAPI bounds each parameter, not one against the other.
+* A usage series' ``bucket`` must make at most 10080 points over its range (one parameter
+  against two others).
+* ``GET /usage/records`` takes exactly one of ``job_id`` and ``request_id``: OpenAPI cannot
+  make two query parameters exclusive.
 * ``format`` must be one the model offers for the task: the live catalog (GET /models) says
   which, e.g. i2i takes none; the document can only list the modality's formats.
 * ``size`` of ``POST /v1/images/generations``, ``/v1/images/edits`` and ``/v1/videos`` must fit
@@ -38,10 +42,13 @@ from schemathesis.openapi.checks import RejectedPositiveData
 
 MAX_SPAN = timedelta(days=366)
 JOB_ID = re.compile(r"j_[0-9A-Za-z]{17}")  # core/ids.py's new_job_id
+BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86_400}
+MAX_BUCKETS = 7 * 24 * 60
 # Operation → (where its range is, days before ``to`` that ``from`` defaults to).
 RANGED = {
     ("GET", "/usage"): ("query", 30),
     ("GET", "/usage/dashboard"): ("query", 1),
+    ("GET", "/usage/series"): ("query", 1),
     ("POST", "/reconciliations"): ("body", 30),
 }
 
@@ -67,12 +74,32 @@ def range_is_broken(where: str, default_days: int, values: Any) -> bool:
     start = _instant(start_text) if start_text is not None else None
     if end is None or (start_text is not None and start is None):
         return False  # not a parsable instant: that 400 is not this rule's
+    start = _start(start, end, default_days)
+    return start is None or start >= end or end - start > MAX_SPAN
+
+
+def _start(start: datetime | None, end: datetime, default_days: int) -> datetime | None:
+    """``from`` or its default; None when there is no instant that far before ``to``."""
+    if start is not None:
+        return start
+    try:
+        return end - timedelta(days=default_days)
+    except OverflowError:
+        return None  # e.g. to=0001-01-01
+
+
+def too_many_buckets(values: Any) -> bool:
+    """Whether a series' explicit ``bucket`` makes more than MAX_BUCKETS points."""
+    if not isinstance(values, dict) or values.get("bucket") not in BUCKET_SECONDS:
+        return False
+    end = _instant(values["to"]) if values.get("to") is not None else datetime.now(UTC)
+    if end is None:
+        return False
+    start = _start(_instant(values.get("from")), end, 1)
     if start is None:
-        try:
-            start = end - timedelta(days=default_days)
-        except OverflowError:
-            return True  # e.g. to=0001-01-01: no instant before it
-    return start >= end or end - start > MAX_SPAN
+        return False
+    span = (end - start).total_seconds()
+    return span / BUCKET_SECONDS[values["bucket"]] > MAX_BUCKETS
 
 
 def _error(response: Any) -> tuple[str | None, dict[str, Any]]:
@@ -153,6 +180,12 @@ def breaks_a_stated_rule(case: Any, response: Any) -> bool:
         size = case.body.get("size") if isinstance(case.body, dict) else None
         return size_breaks_limits(size, limits)
     code, details = _error(response)
+    if operation == ("GET", "/usage/records") and code == "invalid_request":
+        query = case.query or {}
+        return ("job_id" in query) == ("request_id" in query)
+    series = operation == ("GET", "/usage/series")
+    if series and code == "invalid_request" and too_many_buckets(case.query):
+        return True
     if operation in RANGED and code == "invalid_request":
         where, default_days = RANGED[operation]
         return range_is_broken(where, default_days, case.query if where == "query" else case.body)

@@ -136,7 +136,8 @@ async def get_dashboard(
 ) -> dict[str, Any] | Response:
     """From the rollups: requests, errors, GPU-seconds and latency per minute; p50/p90/p95/p99
     latency per model (t-digests); GPU-seconds, requests, customers and utilisation per device
-    and hour. Defaults to the last 24 hours."""
+    and hour. And failed requests per error code and model (``errors_by_code``, from the raw
+    table: no rollup keeps the code). Defaults to the last 24 hours."""
     svc = services(request)
     require_admin(request, principal, "the dashboard is for admins")
     try:
