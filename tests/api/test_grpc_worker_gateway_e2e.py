@@ -63,6 +63,11 @@ def test_sync_over_grpc_checks_the_workers_claim(
     (record,) = [r for r in records(gateway) if r["request_id"] == request_id]
     assert record["usage_claim"] and record["claim_error"] is None
     assert record["node_public_key"]  # checked with the key read from node_url
+    # The operators' view names the protocol and the key it was checked with.
+    listed = httpx.get(f"{gateway.url}/backends", headers=bearer(gateway.admin_key), timeout=30)
+    (backend,) = listed.json()["backends"]
+    assert (backend["id"], backend["protocol"], backend["healthy"]) == ("worker-grpc", "grpc", True)
+    assert backend["node_key_id"] and backend["served"] == 1
     wait_idle(grpc_worker.process)
 
 
