@@ -278,11 +278,19 @@ class JobRunner:
                 fresh = None  # meanwhile reaches it through the listener, or at its settling)
             if fresh is not None and fresh.cancel_requested:
                 cancel.set()
-            task = asyncio.create_task(self._run(claimed), name=f"job-{claimed.id}")
+            first_try = asyncio.Event()
+            task = asyncio.create_task(self._run(claimed, first_try), name=f"job-{claimed.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            # The next claim waits until this job holds its slot (or found none free): the
+            # claim counted that slot free, and claiming again before it is taken would claim
+            # more jobs than there are slots. Those would wait for a slot while "running",
+            # out of their lanes' order, and their wait would be counted as inference time.
+            holding = asyncio.ensure_future(first_try.wait())
+            await asyncio.wait({task, holding}, return_when=asyncio.FIRST_COMPLETED)
+            holding.cancel()
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, first_try: asyncio.Event) -> None:
         request_id = str(job.extra.get("request_id", job.id))
         started = self._clock()
         if isinstance(reservation := job.extra.get("reservation"), dict):
@@ -312,7 +320,7 @@ class JobRunner:
 
         try:
             try:
-                outcome = await self._dispatch_when_possible(job, request_id, progress)
+                outcome = await self._dispatch_when_possible(job, request_id, progress, first_try)
             except BackendError as exc:
                 error = JobError(exc.code, str(exc), exc.retriable)
                 failed_on = exc.backend_id or ""
@@ -367,6 +375,7 @@ class JobRunner:
         job: Job,
         request_id: str,
         progress: Callable[[Progress], Any],
+        first_try: asyncio.Event,
     ) -> DispatchOutcome:
         """Dispatch; if every slot went elsewhere meanwhile (the sync tier, a breaker probe),
         wait for one instead of failing the job."""
@@ -384,6 +393,7 @@ class JobRunner:
                     progress,
                     cancel,
                     request.get("backend"),
+                    first_try,
                 )
             except NoCapacity:
                 with contextlib.suppress(TimeoutError):

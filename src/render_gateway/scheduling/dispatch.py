@@ -158,7 +158,10 @@ class Dispatcher:
         on_progress: OnProgress = _ignore_progress,
         cancel: asyncio.Event | None = None,
         backend_type: str | None = None,
+        first_try: asyncio.Event | None = None,
     ) -> DispatchOutcome:
+        """``first_try`` is set once the first attempt holds a slot or found none (the scheduler
+        claims its next job then)."""
         cancel = cancel or asyncio.Event()
         tried: set[str] = set()
         last_error: BackendError | None = None
@@ -167,6 +170,8 @@ class Dispatcher:
             if cancel.is_set():
                 return DispatchOutcome(Cancelled(request_id, {}), "", attempt - 1)
             lease, token, full = await self._acquire(family, model, backend_type, tried, serving)
+            if first_try is not None:
+                first_try.set()
             if lease is None and not full:
                 if last_error is not None:
                     raise _given_up(last_error, family, model)
