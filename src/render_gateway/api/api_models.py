@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from render_gateway.formats import IMAGE_FORMATS, VIDEO_FORMATS
@@ -260,6 +260,12 @@ INSTANT: dict[str, Any] = {
         {"type": "string", "format": "date-time", "minLength": 1, "maxLength": 40},
     ]
 }
+
+# A report's [from, to) query parameters (GET /usage, /usage/dashboard, /usage/series).
+FromInstant = Annotated[
+    str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
+]
+ToInstant = Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)]
 INSTANT_OR_NULL: dict[str, Any] = {"anyOf": [*INSTANT["anyOf"], {"type": "null"}]}
 # ``group_by`` of usage: ``model``, ``day``, both or neither, comma-separated (whitespace around
 # a name allowed, as metering.queries.parse_group_by reads it).

@@ -14,7 +14,8 @@ from starlette.responses import Response
 from render_gateway.api.api_models import (
     ERROR_RESPONSES,
     GROUP_BY_PATTERN,
-    INSTANT,
+    FromInstant,
+    ToInstant,
     UsageResponse,
 )
 from render_gateway.api.deps import caller, is_admin, require_admin, services
@@ -73,10 +74,8 @@ def store_unavailable(exc: UsageStoreError) -> ApiError:
 async def get_usage(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    from_: Annotated[
-        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
-    ] = None,
-    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    from_: FromInstant = None,
+    to: ToInstant = None,
     group_by: Annotated[
         # The pattern is for the document; parse_group_by checks it, naming an unknown grouping.
         str | None, Query(max_length=40, json_schema_extra={"pattern": GROUP_BY_PATTERN})
@@ -127,10 +126,8 @@ async def get_usage(
 async def get_dashboard(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    from_: Annotated[
-        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
-    ] = None,
-    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    from_: FromInstant = None,
+    to: ToInstant = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> dict[str, Any] | Response:
@@ -232,10 +229,8 @@ def point_json(point: SeriesPoint) -> dict[str, Any]:
 async def get_series(
     request: Request,
     principal: Annotated[Principal, Depends(caller)],
-    from_: Annotated[
-        str | None, Query(alias="from", min_length=1, max_length=40, json_schema_extra=INSTANT)
-    ] = None,
-    to: Annotated[str | None, Query(min_length=1, max_length=40, json_schema_extra=INSTANT)] = None,
+    from_: FromInstant = None,
+    to: ToInstant = None,
     bucket: Annotated[
         # The enum is for the document; parse_bucket checks it, naming what is allowed.
         str | None, Query(max_length=40, json_schema_extra={"enum": list(BUCKET_SECONDS)})

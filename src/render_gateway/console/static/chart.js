@@ -24,16 +24,23 @@ function niceTicks(low, high, count = 4) {
   return ticks;
 }
 
-function label(value, kind) {
+const DAY_MS = 86400000;
+
+// span: the x range drawn, so a month's axis shows dates and an hour's the time (UTC).
+function label(value, kind, span = 0) {
   if (kind === "time") {
-    const moment = new Date(value);
-    return moment.toISOString().slice(11, 16);
+    const iso = new Date(value).toISOString();
+    if (span > 3 * DAY_MS) return iso.slice(5, 10);
+    if (span > DAY_MS / 2) return `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
+    return iso.slice(11, 16);
   }
   return Math.abs(value) >= 1000 ? value.toExponential(1) : String(Number(value.toPrecision(3)));
 }
 
 // series: [{key, points: [{x, y}]}] with x a number (ms since the epoch for "time").
-export function lineChart(container, series, { xKind = "time", yLabel = "", xLabel = "" } = {}) {
+// xDomain: the x range to draw (a time chart shows the whole window asked for, not just the
+// buckets that had traffic).
+export function lineChart(container, series, { xKind = "time", yLabel = "", xLabel = "", xDomain = null } = {}) {
   const points = series.flatMap((s) => s.points);
   container.replaceChildren();
   container.dataset.series = String(series.length);
@@ -43,7 +50,7 @@ export function lineChart(container, series, { xKind = "time", yLabel = "", xLab
   }
   const xs = points.map((p) => p.x);
   const ys = points.map((p) => p.y);
-  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [x0, x1] = xDomain || [Math.min(...xs), Math.max(...xs)];
   if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
   const y1 = Math.max(...ys, 0) * 1.1 || 1;
   const y0 = Math.min(0, ...ys);
@@ -58,13 +65,15 @@ export function lineChart(container, series, { xKind = "time", yLabel = "", xLab
   }
   const xTicks = xKind === "time" ? [x0, (x0 + x1) / 2, x1] : niceTicks(x0, x1, 6);
   for (const tick of xTicks) {
-    const text = svg("text", { x: sx(tick), y: HEIGHT - 8, "text-anchor": "middle", class: "tick" });
-    text.textContent = label(tick, xKind);
+    // The ends' labels lean inwards so that neither is cut off at the chart's edge.
+    const anchor = tick === x0 ? "start" : tick === x1 ? "end" : "middle";
+    const text = svg("text", { x: sx(tick), y: HEIGHT - 8, "text-anchor": anchor, class: "tick" });
+    text.textContent = label(tick, xKind, x1 - x0);
     root.append(text);
   }
   if (xLabel) {
-    const text = svg("text", { x: WIDTH - PAD.right, y: HEIGHT - 8, "text-anchor": "end", class: "axis" });
-    text.textContent = xLabel;
+    const text = svg("text", { x: WIDTH - PAD.right, y: HEIGHT - PAD.bottom - 6, "text-anchor": "end", class: "axis" });
+    text.textContent = `${xLabel} →`;
     root.append(text);
   }
   series.forEach((s, index) => {

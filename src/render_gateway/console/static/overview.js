@@ -13,15 +13,16 @@ function window_() {
   return { from: from.toISOString(), to: to.toISOString() };
 }
 
-function plot(id, series, bucket, value) {
-  const seconds = BUCKET_SECONDS[bucket];
+function plot(id, answer, value) {
+  const seconds = BUCKET_SECONDS[answer.bucket];
+  const series = answer.series;
   lineChart(
     document.getElementById(id),
     series.map((s) => ({
       key: s.key,
       points: s.points.map((p) => ({ x: Date.parse(p.t), y: value(p, seconds) })),
     })),
-    { yLabel: id },
+    { yLabel: id, xLabel: "", xDomain: [Date.parse(answer.from), Date.parse(answer.to)] },
   );
 }
 
@@ -36,9 +37,9 @@ async function refresh() {
   for (const id of ["chart-requests", "chart-gpu", "chart-cost"]) {
     Object.assign(document.getElementById(id).dataset, { from: series.from, to: series.to, bucket: series.bucket, group: series.group_by });
   }
-  plot("chart-requests", series.series, series.bucket, (p, s) => p.requests / s);
-  plot("chart-gpu", series.series, series.bucket, (p, s) => p.gpu_seconds / s);
-  plot("chart-cost", series.series, series.bucket, (p) => p.cost);
+  plot("chart-requests", series, (p, s) => p.requests / s);
+  plot("chart-gpu", series, (p, s) => p.gpu_seconds / s);
+  plot("chart-cost", series, (p) => p.cost);
   rows(document.getElementById("queue"), queue.lanes, (lane) => [lane.lane, lane.depth, fmt.seconds(lane.oldest_wait_seconds)]);
   document.getElementById("queue-running").textContent = `${queue.running} running, ${queue.queued} queued`;
   rows(document.getElementById("latency"), dashboard.latency, (row) => [row.model_name, fmt.ms(row.p50_ms), fmt.ms(row.p95_ms), fmt.ms(row.p99_ms), row.count]);
