@@ -8,6 +8,7 @@ screenshots writes docs/console/)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -32,8 +35,13 @@ CONFIG = (
 [gateway.audit]
 batch_records = 2
 batch_seconds = 0.3
+
+[gateway.jwt]
+algorithms = ["HS256"]
+hs256_secret_file = "{secret_file}"
 """
 )
+JWT_SECRET = "console-test-secret-of-at-least-32-bytes"
 SMALL = {"width": 64, "height": 64, "steps": 2}
 QUEUED = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", **SMALL}
 SCREENSHOTS = os.environ.get("RENDER_CONSOLE_SCREENSHOTS")
@@ -80,7 +88,11 @@ class Traffic:
 def gateway(
     worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    process = start_gateway(tmp_path_factory.mktemp("console"), CONFIG.format(worker=worker.url))
+    data = tmp_path_factory.mktemp("console")
+    secret_file = data / "jwt.secret"
+    secret_file.write_text(JWT_SECRET)
+    secret_file.chmod(0o600)
+    process = start_gateway(data, CONFIG.format(worker=worker.url, secret_file=secret_file))
     yield process
     stop_gateway(process)
     wait_idle(worker)
@@ -92,15 +104,19 @@ def traffic(gateway: GatewayProcess) -> Traffic:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    # A page that navigates (sign-in moves on to the first page) leaves stale elements behind.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, 0.1, ignored).until(condition)
 
 
 def sign_in(driver: WebDriver, gateway: GatewayProcess, key: str) -> None:
     driver.get(f"{gateway.url}/console")
     driver.execute_script("sessionStorage.clear()")
     driver.get(f"{gateway.url}/console")
+    js_errors(driver)  # read (and so forget) what earlier pages logged
     driver.find_element(By.ID, "token").send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+    wait_for(driver, lambda d: d.current_url != f"{gateway.url}/console")
     wait_for(driver, lambda d: d.find_element(By.ID, "who").text != "")
 
 
@@ -108,10 +124,19 @@ def shown(driver: WebDriver, name: str) -> None:
     """The page is settled: no error shown and no JavaScript error logged; saved if asked."""
     problem = driver.find_element(By.ID, "problem")
     assert not problem.is_displayed(), f"{name}: {problem.text}"
-    assert js_errors(driver) == [], name
+    errors = js_errors(driver)
+    assert errors == [], (name, errors)
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
+        # The whole page, not just the window (Chrome's DevTools protocol captures past it).
+        metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})  # type: ignore[attr-defined]
+        size = {k: metrics["cssContentSize"][k] for k in ("width", "height")}
+        shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True,
+             "clip": {"x": 0, "y": 0, "scale": 1, **size}},
+        )  # fmt: skip
+        (Path(SCREENSHOTS) / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 def points(driver: WebDriver, chart: str) -> list[dict[str, str]]:
@@ -225,11 +250,15 @@ def test_a_customer_sees_only_their_own(
     nav = browser.find_element(By.ID, "nav").text
     assert "Overview" not in nav and "Backends" not in nav and "Jobs" in nav
     browser.get(f"{gateway.url}/console/jobs/{traffic.jobs['bob'][0]}")  # bob's job
-    assert shown_problem(browser) == "not_found"
+    assert shown_problem(browser) == "job_not_found"
     assert browser.find_element(By.TAG_NAME, "h1").text == "No such job"
     browser.get(f"{gateway.url}/console/overview")  # an admin's page
     assert shown_problem(browser) == "forbidden"
     assert points(browser, "chart-requests") == []
+    # The browser logs the API's refusal of bob's job, and nothing else: the admin page asked
+    # no admin route (GET /me said who this is first).
+    refusals = {entry["message"].split(" ")[0] for entry in js_errors(browser)}
+    assert refusals == {f"{gateway.url}/jobs/{traffic.jobs['bob'][0]}"}
     browser.get(f"{gateway.url}/console/usage")
     wait_for(browser, lambda d: "ada" in d.find_element(By.ID, "totals").text)
     assert "bob" not in browser.find_element(By.ID, "totals").text
@@ -281,6 +310,30 @@ def test_the_job_page_checks_its_proof_in_the_browser(
     wait_for(browser, lambda d: attribute(d, "proof-result", "data-ok") == "false")
     assert "does NOT verify" in browser.find_element(By.ID, "proof-result").text
     assert js_errors(browser) == []
+
+
+def test_a_jwt_signs_in_and_a_forged_one_is_refused(
+    browser: WebDriver, gateway: GatewayProcess, traffic: Traffic
+) -> None:
+    token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 600}, JWT_SECRET, "HS256")
+    sign_in(browser, gateway, token)
+    assert browser.find_element(By.ID, "who").text.startswith("carol · ")
+    wait_for(browser, lambda d: "no jobs match" in d.find_element(By.ID, "jobs").text)
+    assert js_errors(browser) == []
+
+    forged = jwt.encode(
+        {"sub": "ada", "exp": int(time.time()) + 600},
+        "not-the-secret-but-just-as-long-as-it",
+        "HS256",
+    )
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{gateway.url}/console")
+    browser.find_element(By.ID, "token").send_keys(forged)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+    assert shown_problem(browser) in {"unauthenticated", "invalid_token"}
+    assert "expired=1" in browser.current_url
+    assert browser.execute_script("return sessionStorage.length") == 0  # nothing kept
+    assert {e["message"].split(" ")[0] for e in js_errors(browser)} == {f"{gateway.url}/me"}
 
 
 def test_console_pages_are_self_contained_and_locked_down(gateway: GatewayProcess) -> None:
