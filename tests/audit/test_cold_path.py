@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -113,6 +114,46 @@ async def test_a_batch_is_sealed_when_its_oldest_record_is_old_enough(
         assert batcher.stats.attested == 4
     finally:
         await asyncio.to_thread(batcher.stop, 5.0)
+
+
+class CountingStream:
+    """The usage stream, counting the batcher's reads of records."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.reads = stream, 0
+
+    def read_group(self, group: str, count: int) -> Any:
+        self.reads += 1
+        return self._stream.read_group(group, count)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+async def test_appends_cost_the_batcher_no_read_until_a_batch_is_due(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> None:
+    """Records are read only to seal a batch: a notify per append wakes the thread only once
+    enough have come to fill one (it used to decode the whole backlog on every append)."""
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    stream = CountingStream(jobs.usage_log)
+    batcher = AttestationBatcher(
+        stream, log_opener(objects, load_signer(tmp_path, ORIGIN)), 50, 3600
+    )  # type: ignore[arg-type]
+    batcher.start()
+    try:
+        for index in range(49):
+            await append(jobs, range(index, index + 1))
+            batcher.notify()
+        await asyncio.sleep(0.3)
+        assert stream.reads == 0 and batcher.stats.batches == 0
+        assert batcher.stats.backlog in range(0, 50)  # counted without reading the records
+        await append(jobs, range(49, 50))
+        batcher.notify()
+        await until(lambda: batcher.stats.batches == 1, within=0.9)  # the count woke it
+        assert stream.reads == 1 and batcher.stats.attested == 50
+    finally:
+        await asyncio.to_thread(batcher.stop, 0)
 
 
 async def test_a_lost_cursor_never_batches_a_record_twice(

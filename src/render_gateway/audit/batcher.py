@@ -62,6 +62,11 @@ class AttestationBatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._seal_now = False
+        # Appends since the thread last looked, and how many would fill a batch: notify wakes
+        # the thread only then (or it wakes when the oldest record falls due), so a request
+        # costs the batcher nothing until there is a batch to seal.
+        self._appended = 0
+        self._wake_after = 1
         self._progress = threading.Condition()
         self._thread: threading.Thread | None = None
         self.audit_log: AuditLog | None = None
@@ -72,8 +77,11 @@ class AttestationBatcher:
         self._thread.start()
 
     def notify(self) -> None:
-        """More records were appended (cheap; safe on the event loop)."""
-        self._wake.set()
+        """A record was appended (cheap; safe on the event loop). An increment lost to a race
+        with the thread's reset only delays a full batch to its time-based wake."""
+        self._appended += 1
+        if self._appended >= self._wake_after:
+            self._wake.set()
 
     def seal(self, timeout: float) -> bool:
         """Batch everything in the usage stream now, however few; True once it is in the log."""
@@ -108,14 +116,15 @@ class AttestationBatcher:
 
     def _run(self) -> None:
         backoff = 0.0
+        due_in = 0.0  # the first pass looks at once
         try:
-            first = True
             while not self._stopping.is_set():
                 if backoff:
                     self._stopping.wait(backoff)
-                elif not first:
-                    self._wake.wait(min(1.0, self._batch_seconds))
-                first = False
+                elif due_in > 0:
+                    # At least once a second: a record appended by another replica (a shared
+                    # stream) notifies no one here.
+                    self._wake.wait(min(1.0, due_in))
                 self._wake.clear()
                 if self._stopping.is_set():
                     return
@@ -128,7 +137,7 @@ class AttestationBatcher:
                             log.exception("after opening the audit log")
                         self.audit_log = opened
                         self.stats.log_size = opened.size
-                    self._batch_what_is_due(self.audit_log)
+                    due_in = self._batch_what_is_due(self.audit_log)
                     backoff = 0.0
                 except Exception as exc:  # the store or the log: retry; records stay on disk
                     self.stats.errors += 1
@@ -140,21 +149,30 @@ class AttestationBatcher:
             if close is not None:
                 close()
 
-    def _batch_what_is_due(self, audit_log: AuditLog) -> None:
+    def _batch_what_is_due(self, audit_log: AuditLog) -> float:
+        """Seal every batch that is due; the seconds until the next one falls due by age."""
         if audit_log.last_usage_seq > self._stream.acked(GROUP):
             # The log is ahead of the ack (a crash between a leaf and its ack): what the log
             # holds is done, so the group's position is moved up to it before any read.
             self._stream.ack(GROUP, audit_log.last_usage_seq)
         while True:
             seal_now, self._seal_now = self._seal_now, False
-            rows = self._stream.read_group(GROUP, self._batch_records)
+            self._appended = 0
+            # The count and the oldest record's time, without reading the records: nothing
+            # is decoded until a batch is due.
+            waiting, oldest = self._stream.lag(GROUP)
             self._observe()
-            if not rows:
-                return
+            if not waiting or oldest is None:
+                self._wake_after = self._batch_records
+                return self._batch_seconds
+            age = self._clock() - oldest
+            if not (waiting >= self._batch_records or seal_now or age >= self._batch_seconds):
+                self._wake_after = self._batch_records - waiting
+                return self._batch_seconds - age
+            rows = self._stream.read_group(GROUP, self._batch_records)
+            if not rows:  # counted but not readable yet (another writer's append): soon
+                return min(1.0, self._batch_seconds)
             full = len(rows) == self._batch_records
-            age = self._clock() - float(rows[0].record["timestamp"])
-            if not (full or seal_now or age >= self._batch_seconds):
-                return
             batch = [attestation(r.seq, r.record) for r in rows]
             leaf = audit_log.append(batch)
             try:
@@ -167,7 +185,7 @@ class AttestationBatcher:
             self.stats.log_size = audit_log.size
             self._observe()
             if not full:
-                return
+                return self._batch_seconds if not self._seal_now else 0.0
 
     def _observe(self) -> None:
         self.stats.acked = self._stream.acked(GROUP)
