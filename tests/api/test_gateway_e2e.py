@@ -303,6 +303,13 @@ def test_credentials_are_verified(gateway: GatewayProcess) -> None:
     carol_key_id = next(
         part for part in listed.replace("│", " ").split() if part.startswith("key_")
     )
+    # Verified once (so the gateway holds it as verified), then revoked by another process.
+    assert (
+        httpx.get(f"{gateway.url}/me", headers={"Authorization": f"Bearer {secret}"}).json()[
+            "customer_id"
+        ]
+        == "carol"
+    )
     gateway.cli("keys", "revoke", carol_key_id)
     assert_error(
         httpx.post(url, json=job_body(), headers={"Authorization": f"Bearer {secret}"}),

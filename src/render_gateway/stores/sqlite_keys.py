@@ -39,6 +39,10 @@ def _row_to_key(row: tuple[Any, ...]) -> ApiKey:
     return ApiKey(key_id, customer_id, plan, created_at, revoked_at)
 
 
+# Verified keys kept at most (each a few hundred bytes); more distinct keys start the set over.
+_VERIFIED_KEPT = 10_000
+
+
 class SqliteApiKeyStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self._path = path
@@ -47,6 +51,13 @@ class SqliteApiKeyStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        # Keys verified since the database last changed. SQLite's data_version moves whenever
+        # another connection (a revocation, by the CLI or another replica) commits, and reading
+        # it touches only the WAL index in shared memory: cheap enough for the event loop, so a
+        # request costs no thread hand-off, and a revocation still takes effect at once.
+        self._watch: sqlite3.Connection | None = None  # the event loop's: data_version only
+        self._verified: dict[bytes, ApiKey] = {}
+        self._verified_at: int | None = None  # the data_version they were read at
 
     async def create(self, customer_id: str, plan: str) -> tuple[ApiKey, str]:
         key, secret = new_key(customer_id, plan, self._clock())
@@ -79,6 +90,11 @@ class SqliteApiKeyStore:
 
     async def authenticate(self, secret: str) -> ApiKey:
         digest = secret_digest(secret)
+        version = self._data_version()
+        if version is not None and version == self._verified_at:
+            known = self._verified.get(digest)
+            if known is not None:
+                return active_key(known)
 
         def find(conn: sqlite3.Connection) -> ApiKey | None:
             # The index compares hashes, so its timing reveals nothing usable about the secret.
@@ -88,7 +104,28 @@ class SqliteApiKeyStore:
             ).fetchone()
             return _row_to_key(row) if row else None
 
-        return active_key(await self._call(find))
+        found = await self._call(find)
+        # Filed under the version read *before* the lookup: a change committed meanwhile has
+        # moved it, so the next call looks again. Unknown secrets are never kept (guessing
+        # cannot fill memory), and the whole set is bounded.
+        if version is not None and found is not None:
+            if version != self._verified_at or len(self._verified) >= _VERIFIED_KEPT:
+                self._verified, self._verified_at = {}, version
+            self._verified[digest] = found
+        return active_key(found)
+
+    def _data_version(self) -> int | None:
+        """The database's change counter as the watch connection sees it (None until the
+        store has been opened by a lookup, so the file exists with its schema)."""
+        if self._watch is None:
+            if self._conn is None or self._closed:
+                return None
+            self._watch = sqlite3.connect(self._path, check_same_thread=False)
+        try:
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:  # closing meanwhile: the lookup answers (or says it is closed)
+            return None
+        return int(version)
 
     async def list(self) -> builtins.list[ApiKey]:
         def select(conn: sqlite3.Connection) -> builtins.list[ApiKey]:
@@ -156,6 +193,9 @@ class SqliteApiKeyStore:
     def _close(self) -> None:
         with self._lock:
             self._closed = True
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
