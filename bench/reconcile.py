@@ -259,6 +259,7 @@ class Events:
             "claim_signature": signature_strings(rng, n),
             "node_key_id": const(NODE_KEY_ID, pa.string()),
             "node_public_key": const(NODE_PUBLIC_KEY, pa.string()),
+            "claim_error": pa.nulls(n, pa.string()),  # every claim verified at settle
         }
         cold = pa.Table.from_arrays([cold_columns[f.name] for f in SCHEMA], schema=SCHEMA)
         return hot, cold
