@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from render_gateway.audit.attestations import SERIAL_READ
 from render_gateway.audit.leaves import BatchLeaf
 from render_gateway.audit.log import AuditLog
 
@@ -98,6 +99,7 @@ class ProofIndex:
             table = pq.read_table(
                 io.BytesIO(audit_log.cas.get(leaf.batch_blake3)),
                 columns=["request_id", "customer_id"],
+                **SERIAL_READ,
             )
             ids, customers = (table.column(n).to_pylist() for n in ("request_id", "customer_id"))
             self._add(leaf.index, list(zip(ids, customers, strict=True)))

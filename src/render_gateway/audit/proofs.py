@@ -15,7 +15,12 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from render_gateway.audit.attestations import canonical, from_parquet, row_leaf_hashes
+from render_gateway.audit.attestations import (
+    SERIAL_READ,
+    canonical,
+    from_parquet,
+    row_leaf_hashes,
+)
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import CHECKPOINTS_PREFIX, LEAVES_PREFIX, BatchLeaf
 from render_gateway.audit.log import AuditLog
@@ -42,7 +47,8 @@ def locate(
     """The leaf, its rows and the row index holding ``request_id`` (newest batches first)."""
     for leaf in reversed(leaves):
         data = cas.get(leaf.batch_blake3)
-        ids = pq.read_table(io.BytesIO(data), columns=["request_id"]).column(0).to_pylist()
+        table = pq.read_table(io.BytesIO(data), columns=["request_id"], **SERIAL_READ)
+        ids = table.column(0).to_pylist()
         if request_id in ids:
             return leaf, from_parquet(data), ids.index(request_id)
     raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
