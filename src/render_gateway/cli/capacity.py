@@ -13,10 +13,10 @@ from render_gateway.cli.common import (
     DataDirOption,
     GatewayUrlOption,
     JsonOption,
+    echo_report,
     fail,
+    from_store_or_gateway,
     gateway_config,
-    gateway_url,
-    key_for_running_gateway,
 )
 from render_gateway.config import GatewayConfig
 
@@ -46,7 +46,7 @@ def capacity(
     Reads the configured usage store directly (the queue depth is then unknown); when a
     running gateway owns the embedded store, asks its GET /capacity with --api-key instead."""
     from render_gateway.application.capacity import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
-    from render_gateway.metering.store import UsageStoreError, UsageStoreLocked
+    from render_gateway.metering.store import UsageStoreError
 
     if not MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS:
         fail(f"--window must be {MIN_WINDOW_SECONDS} to {MAX_WINDOW_SECONDS} seconds", 2)
@@ -54,18 +54,15 @@ def capacity(
         fail("--target-wait must be 0 to 86400 seconds", 2)
     gateway = gateway_config(config, data_dir)
     try:
-        report = _from_store(gateway, window, target_wait, model)
-    except UsageStoreLocked as exc:
-        key = key_for_running_gateway(exc, api_key)
-        report = _over_http(gateway_url(gateway, url), key, window, target_wait, model)
+        report = from_store_or_gateway(
+            gateway,
+            lambda: _from_store(gateway, window, target_wait, model),
+            lambda base, key: _over_http(base, key, window, target_wait, model),
+            url, api_key,
+        )  # fmt: skip
     except UsageStoreError as exc:
         fail(str(exc), 1)
-    if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        _print(report)
+    echo_report(report, json_output, _print)
 
 
 def _from_store(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -59,6 +60,34 @@ def key_for_running_gateway(locked: Exception, api_key: str | None) -> str:
             2,
         )
     return api_key
+
+
+def from_store_or_gateway(
+    gateway: GatewayConfig,
+    here: Callable[[], dict[str, Any]],
+    over_http: Callable[[str, str], dict[str, Any]],
+    url: str | None,
+    api_key: str | None,
+) -> dict[str, Any]:
+    """``here()`` on the configured usage store; when a running gateway owns the embedded
+    store (chDB allows one process), ``over_http(its URL, key)`` instead. Any other
+    UsageStoreError is the caller's to report."""
+    from render_gateway.metering.store import UsageStoreLocked
+
+    try:
+        return here()
+    except UsageStoreLocked as exc:
+        return over_http(gateway_url(gateway, url), key_for_running_gateway(exc, api_key))
+
+
+def echo_report(report: dict[str, Any], json_output: bool, table: Callable[[Any], None]) -> None:
+    """A command's answer: indented JSON with --json, else its table."""
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        table(report)
 
 
 def audit_objects(gateway: GatewayConfig, cas: str | None, create: bool = True) -> ObjectStore:

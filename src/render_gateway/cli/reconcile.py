@@ -14,10 +14,10 @@ from render_gateway.cli.common import (
     GatewayUrlOption,
     JsonOption,
     audit_objects,
+    echo_report,
     fail,
+    from_store_or_gateway,
     gateway_config,
-    gateway_url,
-    key_for_running_gateway,
 )
 from render_gateway.config import GatewayConfig
 
@@ -50,7 +50,7 @@ def reconcile(
     """Hot path against cold path over a window; exit 0 when reconciled, 1 on discrepancies
     (listed), 2 when either side cannot be read."""
     from render_gateway.metering.queries import QueryError, TimeRange
-    from render_gateway.metering.store import UsageStoreError, UsageStoreLocked
+    from render_gateway.metering.store import UsageStoreError
 
     gateway = gateway_config(config, data_dir)
     try:  # one window, whichever way the run goes
@@ -59,18 +59,15 @@ def reconcile(
         fail(str(exc), 2)
     limit = gateway.reconcile.threshold if threshold is None else threshold
     try:
-        report = _reconcile_here(gateway, window, limit, repair)
-    except UsageStoreLocked as exc:
-        key = key_for_running_gateway(exc, api_key)
-        report = _reconcile_over_http(gateway_url(gateway, url), key, window, limit, repair)
+        report = from_store_or_gateway(
+            gateway,
+            lambda: _reconcile_here(gateway, window, limit, repair),
+            lambda base, key: _reconcile_over_http(base, key, window, limit, repair),
+            url, api_key,
+        )  # fmt: skip
     except UsageStoreError as exc:
         report = {"status": "error", "error": f"the hot path (ClickHouse) is unreachable: {exc}"}
-    if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        _print_reconciliation(report)
+    echo_report(report, json_output, _print_reconciliation)
     raise typer.Exit({"reconciled": 0, "discrepancies": 1}.get(report["status"], 2))
 
 

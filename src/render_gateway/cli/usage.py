@@ -13,10 +13,10 @@ from render_gateway.cli.common import (
     DataDirOption,
     GatewayUrlOption,
     JsonOption,
+    echo_report,
     fail,
+    from_store_or_gateway,
     gateway_config,
-    gateway_url,
-    key_for_running_gateway,
 )
 from render_gateway.config import GatewayConfig
 
@@ -47,22 +47,19 @@ def usage(
 
     Reads the configured usage store directly; when a running gateway owns the embedded store
     (chDB allows one process), asks that gateway's GET /usage with --api-key instead."""
-    from render_gateway.metering.store import UsageStoreError, UsageStoreLocked
+    from render_gateway.metering.store import UsageStoreError
 
     gateway = gateway_config(config, data_dir)
     try:
-        report = _usage_from_store(gateway, customer, from_, to, group_by)
-    except UsageStoreLocked as exc:
-        key = key_for_running_gateway(exc, api_key)
-        report = _usage_over_http(gateway_url(gateway, url), key, customer, from_, to, group_by)
+        report = from_store_or_gateway(
+            gateway,
+            lambda: _usage_from_store(gateway, customer, from_, to, group_by),
+            lambda base, key: _usage_over_http(base, key, customer, from_, to, group_by),
+            url, api_key,
+        )  # fmt: skip
     except UsageStoreError as exc:
         fail(str(exc), 1)
-    if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        _print_usage(report)
+    echo_report(report, json_output, _print_usage)
 
 
 def _usage_from_store(
