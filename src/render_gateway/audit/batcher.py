@@ -161,7 +161,7 @@ class AttestationBatcher:
             # The count and the oldest record's time, without reading the records: nothing
             # is decoded until a batch is due.
             waiting, oldest = self._stream.lag(GROUP)
-            self._observe()
+            self._observe(waiting)
             if not waiting or oldest is None:
                 self._wake_after = self._batch_records
                 return self._batch_seconds
@@ -187,8 +187,9 @@ class AttestationBatcher:
             if not full:
                 return self._batch_seconds if not self._seal_now else 0.0
 
-    def _observe(self) -> None:
+    def _observe(self, backlog: int | None = None) -> None:
+        """Publish the group's position and backlog (``backlog``: just read by the caller)."""
         self.stats.acked = self._stream.acked(GROUP)
-        self.stats.backlog, _ = self._stream.lag(GROUP)
+        self.stats.backlog = self._stream.lag(GROUP)[0] if backlog is None else backlog
         with self._progress:
             self._progress.notify_all()
