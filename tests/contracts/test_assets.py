@@ -55,7 +55,11 @@ def _local_backend(tmp_path: Path) -> Backend:
         (root / _blob_key(asset.blake3)).write_bytes(data)
 
     def count_blobs() -> int:
-        return sum(1 for p in root.rglob("*") if p.is_file() and "records" not in p.parts)
+        return sum(
+            1
+            for p in root.rglob("*")
+            if p.is_file() and "records" not in p.parts and not p.name.startswith("records.sqlite")
+        )
 
     return Backend(url=root.as_uri(), tamper=tamper, count_blobs=count_blobs)
 

@@ -8,6 +8,11 @@ store URLs are checked.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import blake3
@@ -15,7 +20,8 @@ import orjson
 import pytest
 
 from render_gateway.stores import local_objects
-from render_gateway.stores.assets import AssetNotFound, CorruptAsset
+from render_gateway.stores.asset_records import RECORDS_FILE, SqliteAssetRecords
+from render_gateway.stores.assets import AssetExists, AssetNotFound, CorruptAsset
 from render_gateway.stores.local_objects import LocalDirectoryObjects
 from render_gateway.stores.object_assets import open_asset_store
 from render_gateway.stores.urls import StoreUrlError
@@ -67,16 +73,98 @@ async def test_an_existing_assets_directory_reads_as_before(tmp_path: Path) -> N
     assert again.blake3 == owned_digest and (await store.get(again.id))[1] == owned
 
 
-async def test_new_writes_keep_the_directory_layout(tmp_path: Path) -> None:
-    """The layout is the compatibility promise: blobs under their hash, records under ids."""
+async def test_new_writes_keep_blobs_under_their_hash_and_records_in_one_file(
+    tmp_path: Path,
+) -> None:
+    """Blobs keep the layout earlier versions wrote; new records are rows of records.sqlite
+    (group-committed), one per id, never a file per request."""
     root = tmp_path / "assets"
-    asset = await open_asset_store(root.as_uri()).put(b"bytes", "image/png", "alice")
+    store = open_asset_store(root.as_uri())
+    asset = await store.put(b"bytes", "image/png", "alice")
+    await store.close()
     assert _blob_path(root, asset.blake3).read_bytes() == b"bytes"
-    record = orjson.loads((root / "records" / asset.id[2:4] / f"{asset.id}.json").read_bytes())
+    assert not (root / "records").exists()
+    with sqlite3.connect(root / RECORDS_FILE) as conn:
+        rows = conn.execute("SELECT id, record FROM asset_records").fetchall()
+    assert [row[0] for row in rows] == [asset.id]
+    record = orjson.loads(rows[0][1])
     assert record["owner"] == "alice" and record["blake3"] == asset.blake3
     assert record["content_type"] == "image/png" and record["size"] == 5
     leftovers = [p.name for p in root.rglob("*") if "#" in p.name or p.name.startswith(".tmp")]
     assert leftovers == []  # obstore's staging files are linked into place and removed
+
+
+async def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
+    """The point of the records file: 64 concurrent writes take far fewer than 64 commits, and
+    every one of them is readable (durable) once its put returns, from another process's
+    connection too."""
+    root = tmp_path / "assets"
+    store = open_asset_store(root.as_uri())
+    assets = await asyncio.gather(
+        *(store.put(f"out {i}".encode(), "image/png", "alice") for i in range(64))
+    )
+    records = store.records
+    assert isinstance(records, SqliteAssetRecords)
+    commits = records.commits
+    assert 1 <= commits < 32
+    reader = open_asset_store(root.as_uri())
+    for i, asset in enumerate(assets):
+        fetched, data = await reader.get(asset.id)
+        assert data == f"out {i}".encode() and fetched == asset
+    await asyncio.gather(store.close(), reader.close())
+
+
+async def test_an_id_taken_in_the_earlier_json_layout_stays_taken(tmp_path: Path) -> None:
+    """A chosen id (an upload's) whose record an earlier version wrote as JSON is spent: the
+    records file never takes a second write for it."""
+    root = tmp_path / "assets"
+    _write_like_an_earlier_version(root)
+    store = open_asset_store(root.as_uri())
+    with pytest.raises(AssetExists):
+        await store.put(b"other bytes", "image/png", "mallory", asset_id=OWNED_ID)
+    asset, _ = await store.get(OWNED_ID)
+    assert asset.owner == "alice"
+    await store.close()
+
+
+async def test_a_put_killed_before_its_commit_leaves_no_record(tmp_path: Path) -> None:
+    """kill -9 between the bytes and the record's commit: a real child process is killed while
+    its record write is held inside the transaction; afterwards the id has no record (the
+    bytes, content-addressed, may stay), and the store opens and writes as before."""
+    root = tmp_path / "assets"
+    script = f"""
+import asyncio, os, sqlite3, sys
+from pathlib import Path
+from render_gateway.stores.object_assets import open_asset_store
+
+async def main() -> None:
+    store = open_asset_store(Path({str(root)!r}).as_uri())
+    records = store.records
+    writer = records._running_writer()
+    await asyncio.wrap_future(writer.ready)
+    def stall(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO asset_records VALUES ('a_00000000000000000', x'7b7d')")
+        print("inside", flush=True)
+        import time; time.sleep(60)
+    writer.submit(stall)
+    await store.put(b"never recorded", "image/png", "alice", asset_id="a_AAAAAAAAAAAAAAAAA")
+
+asyncio.run(main())
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, env={**os.environ}
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == b"inside"
+    child.kill()
+    child.wait()
+    store = open_asset_store(root.as_uri())
+    for asset_id in ("a_00000000000000000", "a_AAAAAAAAAAAAAAAAA"):
+        with pytest.raises(AssetNotFound):
+            await store.describe(asset_id)
+    asset = await store.put(b"after", "image/png", "alice", asset_id="a_AAAAAAAAAAAAAAAAA")
+    assert (await store.get(asset.id))[1] == b"after"
+    await store.close()
 
 
 async def test_a_record_without_bytes_is_corrupt(tmp_path: Path) -> None:

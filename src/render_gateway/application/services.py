@@ -169,7 +169,7 @@ class Stores:
                 await probe.close()
         await self.jobs.close()
         for closing in (self.limits, self.budgets, self.events, self.keys, self.webhooks,
-                        self.leases, self.slots):  # fmt: skip
+                        self.leases, self.slots, self.assets):  # fmt: skip
             with contextlib.suppress(Exception):
                 await closing.close()
 

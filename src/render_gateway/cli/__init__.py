@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from render_gateway.cli import capacity, reconcile, serve, usage, worker
+from render_gateway.cli.assets import assets_app
 from render_gateway.cli.audit import audit_app
 from render_gateway.cli.keys import keys_app
 from render_gateway.cli.models import models_app
@@ -20,6 +21,7 @@ app.command()(capacity.capacity)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(assets_app, name="assets")
 
 
 def main() -> None:

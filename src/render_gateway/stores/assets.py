@@ -69,3 +69,7 @@ class AssetStore(Protocol):
     async def describe(self, asset_id: str) -> Asset:
         """The record alone (owner, type, size), without reading the bytes."""
         ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release the store's threads and files."""
+        ...

@@ -1,11 +1,12 @@
 """The asset store on an :class:`ObjectStore`: ``file:///abs/dir`` or ``s3://bucket/prefix``.
 
-Keys are those of the directory earlier versions wrote, so an existing ``<data_dir>/assets``
-opened as ``file://<data_dir>/assets`` reads as before:
+Blob keys are those of the directory earlier versions wrote, so an existing
+``<data_dir>/assets`` opened as ``file://<data_dir>/assets`` reads as before:
 
 * ``ab/cd/abcd…`` — the bytes, under their BLAKE3 hex (two levels of fan-out);
-* ``records/XY/a_?XY….json`` — one record per asset (owner, type, size, hash), fanned out on
-  the id's first two characters;
+* one record per asset (owner, type, size, hash) by id, in ``records.sqlite`` on a ``file://``
+  store (group-committed) or as ``records/XY/a_?XY….json`` objects on ``s3://`` (and read from
+  there on a directory earlier versions wrote): see ``asset_records.py``;
 * ``ab/cd/abcd….json`` — the record of a legacy asset (id ``a_`` + the hex), no owner.
 
 Every write is create-only (the object store never overwrites), and every read re-hashes the
@@ -23,6 +24,12 @@ import blake3
 import orjson
 
 from render_gateway.core.ids import new_asset_id
+from render_gateway.stores.asset_records import (
+    AssetRecords,
+    ObjectAssetRecords,
+    SqliteAssetRecords,
+    UnreadableRecord,
+)
 from render_gateway.stores.assets import (
     ASSET_ID,
     LEGACY_ASSET_ID,
@@ -53,16 +60,16 @@ def open_asset_store(url: str, **options: str | bool) -> AssetStore:
     if parsed.scheme == "file":  # durable on return, and cheaper than obstore's LocalStore
         if options:
             raise ValueError(f"{SETTING}: file:// URLs take no options, got {sorted(options)}")
-        return ObjectAssetStore(LocalDirectoryObjects(parsed.sqlite_path(), url))
-    return ObjectAssetStore(open_object_store(url, setting_name=SETTING, create=True, **options))
+        objects = LocalDirectoryObjects(parsed.sqlite_path(), url)
+        return ObjectAssetStore(
+            objects, SqliteAssetRecords(objects.root, ObjectAssetRecords(objects))
+        )
+    bucket = open_object_store(url, setting_name=SETTING, create=True, **options)
+    return ObjectAssetStore(bucket, ObjectAssetRecords(bucket))
 
 
 def blob_key(digest: str) -> str:
     return f"{digest[:2]}/{digest[2:4]}/{digest}"
-
-
-def record_key(asset_id: str) -> str:
-    return f"records/{asset_id[2:4]}/{asset_id}.json"
 
 
 def legacy_record_key(digest: str) -> str:
@@ -72,15 +79,28 @@ def legacy_record_key(digest: str) -> str:
 class ObjectAssetStore:
     """:class:`AssetStore` over ``objects``; the bytes of equal outputs are stored once."""
 
-    def __init__(self, objects: ObjectStore) -> None:
-        self.objects = objects
+    def __init__(self, objects: ObjectStore, records: AssetRecords) -> None:
+        self.objects, self.records = objects, records
 
     async def put(
         self, data: bytes, content_type: str, owner: str, asset_id: str | None = None
     ) -> Asset:
         if asset_id is not None and not ASSET_ID.fullmatch(asset_id):
             raise ValueError(f"{asset_id!r} is not an asset id")  # never becomes a key
-        return await asyncio.to_thread(self._put, data, content_type, owner, asset_id)
+        # The bytes are durable before any record names them.
+        digest = await asyncio.to_thread(self._put_bytes, data)
+        while True:
+            asset = Asset(asset_id or new_asset_id(), content_type, len(data), owner, digest)
+            record = {"owner": owner, "content_type": content_type, "size": len(data),
+                      "blake3": digest, "created_at": time.time()}  # fmt: skip
+            if await self.records.add(asset.id, record):
+                return asset
+            if asset_id is not None:
+                raise AssetExists(asset_id)  # the id was asked for: its one write is spent
+            # an id drawn twice (about 2^-100): draw again, never overwrite
+
+    async def close(self) -> None:
+        await self.records.close()
 
     async def get(self, asset_id: str) -> tuple[Asset, bytes]:
         return await asyncio.to_thread(self._get, asset_id)
@@ -88,7 +108,7 @@ class ObjectAssetStore:
     async def describe(self, asset_id: str) -> Asset:
         return await asyncio.to_thread(self._describe, asset_id)
 
-    def _put(self, data: bytes, content_type: str, owner: str, chosen: str | None) -> Asset:
+    def _put_bytes(self, data: bytes) -> str:
         digest = blake3.blake3(data).hexdigest()
         try:
             # False when the same bytes are already stored: the key is their hash.
@@ -99,27 +119,18 @@ class ObjectAssetStore:
             raise CorruptAsset(
                 f"the stored bytes of BLAKE3 {digest} in {self.objects.url} do not hash to it"
             ) from None
-        while True:
-            asset = Asset(chosen or new_asset_id(), content_type, len(data), owner, digest)
-            record = orjson.dumps(
-                {"owner": owner, "content_type": content_type, "size": len(data),
-                 "blake3": digest, "created_at": time.time()}
-            )  # fmt: skip
-            try:
-                # False: an identical record was already there, i.e. not written by this call.
-                created = self.objects.put_new(record_key(asset.id), record)
-            except ObjectExists:
-                created = False
-            if created:
-                return asset
-            if chosen is not None:
-                raise AssetExists(chosen)  # the id was asked for: its one write is spent
-            # an id drawn twice (about 2^-100): draw again, never overwrite
+        return digest
 
     def _describe(self, asset_id: str) -> Asset:
         # Only well-formed ids become keys: nothing a caller sends can name another object.
         if ASSET_ID.fullmatch(asset_id):
-            return _asset(asset_id, self._record(asset_id, record_key(asset_id)))
+            try:
+                meta = self.records.find(asset_id)
+            except UnreadableRecord:
+                raise CorruptAsset(f"asset {asset_id} has an unreadable record") from None
+            if meta is None:
+                raise AssetNotFound(asset_id)
+            return _asset(asset_id, meta)
         if LEGACY_ASSET_ID.fullmatch(asset_id):
             digest = asset_id[2:]
             meta = self._record(asset_id, legacy_record_key(digest))
