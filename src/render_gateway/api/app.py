@@ -72,6 +72,10 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         # FastAPI's own viewers load their scripts from CDNs: docs_routes serves /docs offline.
         docs_url=None,
         redoc_url=None,
+        # FastAPI's native OpenTelemetry, off: the gateway exports Prometheus metrics and sets
+        # no OTel provider, yet asking whether one is set (environment reads) took ~10% of the
+        # event loop's time on every request (docs/BENCHMARKS.md, issue 16).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
