@@ -147,16 +147,23 @@ async def submit(
         request, principal, body, request_id_of(request), cancel_after or None
     )
     answer = queued_body(submitted, response)
+    # Answered as built (orjson), not through response_model: the model documents the
+    # shape, and FastAPI's re-validation of every answer cost more than the rest of its
+    # serialising (docs/BENCHMARKS.md, issue 16); the schemathesis suite checks the shape.
     if preferences.wait_seconds is None:
-        return answer
+        return json_response(answer, 202, _headers_of(response))
     # respond-async means nothing on the async tier: only the wait is applied here.
     response.headers["Preference-Applied"] = f"wait={preferences.wait_seconds}"
     cases = services(request).job_cases
     ended = await cases.wait_for_end(submitted.job, preferences.wait_seconds)
     if not ended.status.terminal:
-        return answer
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    return json_response(await cases.view(ended), 200, headers)
+        return json_response(answer, 202, _headers_of(response))
+    return json_response(await cases.view(ended), 200, _headers_of(response))
+
+
+def _headers_of(response: Response) -> dict[str, str]:
+    """The headers set on FastAPI's injected response, for a response built here."""
+    return {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
 
 
 @router.get(
@@ -164,9 +171,10 @@ async def submit(
 )
 async def get_job(
     job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
-) -> dict[str, Any]:
+) -> Response:
     cases = services(request).job_cases
-    return await cases.view(await cases.owned(job_id, principal))
+    # As built, not re-validated through response_model (see submit).
+    return json_response(await cases.view(await cases.owned(job_id, principal)))
 
 
 @router.delete(
