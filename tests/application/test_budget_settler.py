@@ -5,6 +5,7 @@ replicas' shape)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from render_gateway.stores.jobs import JobStore, open_job_store
 from render_gateway.stores.redis_budgets import RedisBudgetStore
 from render_gateway.stores.redis_client import key, open_redis
 from render_gateway.stores.redis_jobs import open_redis_job_store
-from render_gateway.stores.usage_log import BUDGET_GROUP
+from render_gateway.stores.usage_log import BUDGET_GROUP, LoggedUsage, UsageStream
 
 from support.redis_server import RedisServer, redis_server
 
@@ -144,3 +145,45 @@ async def test_records_older_than_last_month_are_acked_without_a_settle(parts: P
 def test_previous_month_crosses_the_year() -> None:
     assert previous_month("2026-01") == "2025-12"
     assert previous_month("2026-12") == "2026-11"
+
+
+class CountedReads:
+    """The store's usage stream, counting the backstop's reads (every call goes through)."""
+
+    def __init__(self, stream: UsageStream) -> None:
+        self._stream, self.reads = stream, 0
+
+    def read_group(self, group: str, count: int) -> list[LoggedUsage]:
+        self.reads += 1
+        return self._stream.read_group(group, count)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+async def test_a_burst_of_commits_is_read_in_one_batch_and_all_settled(parts: Parts) -> None:
+    """Eight commits (the budget holds ten), each notifying the running backstop: it reads
+    them together (not once per commit: the reads were a share of every request's CPU), and
+    settles every one."""
+    stream = CountedReads(parts.jobs.usage_log)
+    settler = BudgetSettler(
+        stream,
+        parts.meter.settle_budget,
+    )  # type: ignore[arg-type]
+    settler.start()
+    await asyncio.sleep(0.05)  # its first catch-up (nothing yet) is done
+    reads_before = stream.reads
+    for _ in range(8):
+        await ended_without_its_settle(parts, gpu_seconds=0.1)
+        settler.notify()
+    deadline = time.monotonic() + 5
+    while parts.jobs.usage_log.acked(BUDGET_GROUP) != parts.jobs.usage_log.head():
+        assert time.monotonic() < deadline, "the backstop did not catch up"
+        await asyncio.sleep(0.02)
+    await settler.stop()
+    assert settler.settled == 8
+    # One batch read plus the empty read that ends a catch-up, maybe one more round if the
+    # burst straddled a wake: far fewer than one per commit.
+    assert stream.reads - reads_before <= 4
+    state = await parts.meter.state("c1", "default", month_of(time.time()))
+    assert state.spent.gpu_seconds == pytest.approx(0.8)

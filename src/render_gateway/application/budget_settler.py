@@ -46,10 +46,16 @@ class BudgetSettler:
         *,
         batch: int = 500,
         idle_seconds: float = 1.0,
+        coalesce_seconds: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._log, self._settle = usage_log, settle_budget
         self._batch, self._idle, self._clock = batch, idle_seconds, clock
+        # A wake waits this long for more records before reading: the backstop is off every
+        # request's path (the in-line settle is on it), so reading a burst in one batch (two
+        # thread hand-offs) instead of record by record costs nothing it promises. It read on
+        # every commit's notify before: ~4% of the event loop under sync load (issue 16).
+        self._coalesce = coalesce_seconds
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.settled = 0  # records whose settle only the backstop made (a missed in-line one)
@@ -91,6 +97,9 @@ class BudgetSettler:
                 await self.catch_up()
             except Exception:  # a store that is down: the entries wait, unacked
                 log.exception("budget settler: catching up failed; retrying")
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self._idle)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(self._coalesce)  # let the burst that woke it arrive
             self._wake.clear()
