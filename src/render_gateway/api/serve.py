@@ -22,6 +22,7 @@ from render_gateway.api.app import create_app
 from render_gateway.application.services import GatewayServices
 from render_gateway.application.usage_holder import derived_advertise_url
 from render_gateway.config import GatewayConfig
+from render_gateway.startup_heap import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,11 @@ async def _serve(config: GatewayConfig, sock: socket.socket, log_level: str) -> 
     except Exception as exc:  # a refusal: one line; the traceback only at debug level
         log.debug("the gateway could not start", exc_info=True)
         raise StartRefused(f"the gateway cannot start: {_one_line(exc)}") from exc
+    app = create_app(config, services)
+    freeze_startup_heap()  # after everything long-lived exists, before the first request
     server = _DrainingServer(
         uvicorn.Config(
-            create_app(config, services), log_level=log_level, http="httptools",
+            app, log_level=log_level, http="httptools",
             # Sync requests in flight get the same grace as running jobs (cut off, their
             # runs would be cancelled and billed as such on every deploy).
             lifespan="on", timeout_graceful_shutdown=math.ceil(config.drain_seconds),
