@@ -72,7 +72,8 @@ def all_rows(objects: ObjectStore) -> list[dict[str, object]]:
     cas = ContentStore(objects)
     rows: list[dict[str, object]] = []
     for key in objects.list(LEAVES_PREFIX):
-        rows += from_parquet(cas.get(BatchLeaf.decode(objects.get(key)).batch_blake3))
+        leaf = BatchLeaf.decode(objects.get(key))
+        rows += from_parquet(cas.get(leaf.batch_blake3), leaf.version)
     return rows
 
 
@@ -125,6 +126,10 @@ class CountingStream:
     def read_group(self, group: str, count: int) -> Any:
         self.reads += 1
         return self._stream.read_group(group, count)
+
+    def read_group_raw(self, group: str, count: int) -> Any:
+        self.reads += 1
+        return self._stream.read_group_raw(group, count)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -181,7 +186,9 @@ async def test_a_lost_cursor_never_batches_a_record_twice(
 async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
     tmp_path: Path,
 ) -> None:
-    env = {**os.environ, "PYTHONPATH": str(DRIVER.parents[1])}
+    # The driver runs the code under test (a PYTHONPATH of the test run's own comes first).
+    paths = [str(DRIVER.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     rng = random.Random(7)
     start = 0
     for _ in range(4):

@@ -18,7 +18,12 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.audit.attestations import from_parquet, records_root, to_parquet
+from render_gateway.audit.attestations import (
+    from_parquet,
+    rows_table,
+    table_records_root,
+    to_parquet,
+)
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
@@ -44,7 +49,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def batch_rows(data: Path, index: int) -> tuple[BatchLeaf, list[dict[str, Any]]]:
     objects = open_object_store((data / "cas").as_uri())
     leaf = BatchLeaf.decode(objects.get(leaf_key(index)))
-    return leaf, from_parquet(ContentStore(objects).get(leaf.batch_blake3))
+    return leaf, from_parquet(ContentStore(objects).get(leaf.batch_blake3), leaf.version)
 
 
 def restore_batch(data: Path, leaf: BatchLeaf, rows: list[dict[str, Any]]) -> BatchLeaf:
@@ -53,7 +58,7 @@ def restore_batch(data: Path, leaf: BatchLeaf, rows: list[dict[str, Any]]) -> Ba
     objects = open_object_store((data / "cas").as_uri())
     digest = ContentStore(objects).put(to_parquet(rows))
     edited = dataclasses.replace(
-        leaf, batch_blake3=digest, records_root=records_root(rows).hex(),
+        leaf, batch_blake3=digest, records_root=table_records_root(rows_table(rows)).hex(),
         gpu_seconds=sum(float(row["gpu_seconds"]) for row in rows),
     )  # fmt: skip
     (data / "cas" / leaf_key(leaf.index)).write_bytes(edited.encode())

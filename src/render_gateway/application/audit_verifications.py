@@ -67,7 +67,9 @@ def verify_and_record(
     view = LogAsOf(objects, size)
     try:
         verifiers = trusted_verifiers(view, [signer.verifier()])
-        report = verify_log(view, verifiers, origin, signed, allow_empty=True)
+        # In this process (workers=1): a worker would open the store by its URL, around the
+        # view's size limit, and a gateway should not spawn processes per request.
+        report = verify_log(view, verifiers, origin, signed, allow_empty=True, workers=1)
     except ObjectStoreError:
         raise
     except Exception as exc:  # stored bytes the verifier cannot take are a finding, not a 500

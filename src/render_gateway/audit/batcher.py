@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from render_gateway.audit.attestations import attestation
+import pyarrow as pa
+
+from render_gateway.audit.attestations import attestations_table
 from render_gateway.audit.leaves import BatchLeaf
 from render_gateway.audit.log import AuditLog
 from render_gateway.stores.usage_log import COLD_PATH_GROUP, UsageStream
@@ -49,8 +50,8 @@ class AttestationBatcher:
         batch_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_open: Callable[[AuditLog], None] = lambda _log: None,
-        on_append: Callable[[AuditLog, BatchLeaf, Sequence[Mapping[str, Any]]], None] = (
-            lambda _log, _leaf, _rows: None
+        on_append: Callable[[AuditLog, BatchLeaf, pa.Table], None] = (
+            lambda _log, _leaf, _batch: None
         ),
     ) -> None:
         """``on_open`` runs once the log is open, ``on_append`` after each batch is in it (both
@@ -169,11 +170,12 @@ class AttestationBatcher:
             if not (waiting >= self._batch_records or seal_now or age >= self._batch_seconds):
                 self._wake_after = self._batch_records - waiting
                 return self._batch_seconds - age
-            rows = self._stream.read_group(GROUP, self._batch_records)
-            if not rows:  # counted but not readable yet (another writer's append): soon
+            seqs, records, claims = self._stream.read_group_raw(GROUP, self._batch_records)
+            if not seqs:  # counted but not readable yet (another writer's append): soon
                 return min(1.0, self._batch_seconds)
-            full = len(rows) == self._batch_records
-            batch = [attestation(r.seq, r.record) for r in rows]
+            full = len(seqs) == self._batch_records
+            # Column-wise, from the stored JSON: no Python dict per record.
+            batch = attestations_table(seqs, records, claims)
             leaf = audit_log.append(batch)
             try:
                 self._on_append(audit_log, leaf, batch)

@@ -9,7 +9,10 @@ import orjson
 
 from render_gateway.audit.merkle import leaf_hash
 
-LEAF_VERSION = 1
+# A leaf's version is its batch's row encoding (attestations.ROW_V1 / ROW_V2): how the rows
+# are hashed into ``records_root``. The leaf is in the signed tree, so its version is too.
+LEAF_VERSION = 2
+LEAF_VERSIONS = (1, 2)
 LEAVES_PREFIX = "log/leaves/"
 CHECKPOINTS_PREFIX = "log/checkpoints/"
 
@@ -64,6 +67,6 @@ class BatchLeaf:
             raise LeafError(f"not a leaf: {exc}") from exc
         if leaf.encode() != data:
             raise LeafError("leaf bytes are not in canonical form")
-        if leaf.version != LEAF_VERSION:
+        if leaf.version not in LEAF_VERSIONS:
             raise LeafError(f"unknown leaf version {leaf.version}")
         return leaf

@@ -17,7 +17,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from render_gateway.audit.attestations import records_root, to_parquet
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from render_gateway.audit.attestations import (
+    ATTESTATION_VERSION,
+    SCHEMA,
+    rows_table,
+    table_records_root,
+    to_parquet,
+)
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import trusted_verifiers
 from render_gateway.audit.leaves import (
@@ -101,25 +110,32 @@ class AuditLog:
         if self.size and (self.checkpoint is None or self.checkpoint.size < self.size):
             self._sign_checkpoint()
 
-    def append(self, rows: Sequence[Mapping[str, Any]]) -> BatchLeaf:
-        """Store one batch of attestation rows (in usage-log order) and commit it to the log."""
-        if not rows:
+    def append(self, batch: pa.Table | Sequence[Mapping[str, Any]]) -> BatchLeaf:
+        """Store one batch of attestations (a table of SCHEMA, or rows, in usage-log order)
+        and commit it to the log, as a version-2 batch."""
+        table = batch if isinstance(batch, pa.Table) else rows_table(batch)
+        if not table.num_rows:
             raise ValueError("an empty batch")
-        self._record_node_keys(rows)
-        digest = self.cas.put(to_parquet(rows))
+        if table.schema != SCHEMA:
+            raise ValueError("the batch does not have the attestation schema")
+        self._record_node_keys(table)
+        digest = self.cas.put(to_parquet(table))
         previous = self.leaves[-1].timestamp_us if self.leaves else 0
-        ended = [int(row["ended_at_us"]) for row in rows]
+        ended = pc.min_max(table.column("ended_at_us"))
+        seqs = table.column("usage_seq")
         leaf = BatchLeaf(
             index=self.size,
             batch_blake3=digest,
-            records_root=records_root(rows).hex(),
-            count=len(rows),
-            gpu_seconds=sum(float(row["gpu_seconds"]) for row in rows),
-            first_usage_seq=int(rows[0]["usage_seq"]),
-            last_usage_seq=int(rows[-1]["usage_seq"]),
-            window_start_us=min(ended),
-            window_end_us=max(ended),
+            records_root=table_records_root(table).hex(),
+            count=table.num_rows,
+            # Python's left-to-right sum, as version-1 leaves were summed.
+            gpu_seconds=sum(table.column("gpu_seconds").to_pylist()),
+            first_usage_seq=int(seqs[0].as_py()),
+            last_usage_seq=int(seqs[-1].as_py()),
+            window_start_us=int(ended["min"].as_py()),
+            window_end_us=int(ended["max"].as_py()),
             timestamp_us=max(round(self._clock() * 1_000_000), previous + 1),
+            version=ATTESTATION_VERSION,
         )
         self.objects.put_new(leaf_key(leaf.index), leaf.encode())
         with self.lock:
@@ -128,12 +144,19 @@ class AuditLog:
             self._sign_checkpoint()
         return leaf
 
-    def _record_node_keys(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _record_node_keys(self, table: pa.Table) -> None:
         """Sign a note for every node key the rows' claims were verified with that the log has
         not recorded yet: a verifier's trust-on-first-use anchors, written before the rows."""
-        for row in rows:
+        keys = table.column("node_public_key")
+        if keys.null_count == len(keys):
+            return
+        # Rows whose key the log has not recorded, in row order; the loop takes each key's first.
+        known = pc.is_in(keys, value_set=pa.array(list(self.node_keys), pa.string()))
+        fresh = pc.and_(pc.invert(known), pc.is_valid(keys))
+        wanted = table.filter(fresh).select(["node_public_key", "node_key_id", "backend"])
+        for row in wanted.to_pylist():
             public_key = row["node_public_key"]
-            if public_key is None or public_key in self.node_keys:
+            if public_key in self.node_keys:
                 continue
             key = NodeKey(
                 row["node_key_id"], public_key, row["backend"] or "-",

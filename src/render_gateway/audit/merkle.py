@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
+
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -42,8 +44,30 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def root(leaf_hashes: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) per RFC 6962 §2.1, in O(n); the empty tree hashes to SHA-256("")."""
-    return _range_root(leaf_hashes, 0, len(leaf_hashes))
+    """MTH(D[n]) per RFC 6962 §2.1, in O(n); the empty tree hashes to SHA-256("").
+
+    Level by level: pair the nodes left to right and carry an odd last node up unchanged. That
+    is the RFC's tree (it splits at the largest power of two below n, so the left part is
+    always perfect and only the rightmost node of a level can lack a sibling), and each level's
+    ``0x01 ‖ left ‖ right`` messages are laid out in one buffer instead of built per node."""
+    if not leaf_hashes:
+        return EMPTY_ROOT
+    level = b"".join(leaf_hashes)
+    if len(level) != HASH_SIZE * len(leaf_hashes):
+        raise ValueError(f"leaf hashes are {HASH_SIZE} bytes each")
+    sha256 = hashlib.sha256
+    while len(level) > HASH_SIZE:
+        pairs, odd = divmod(len(level) // HASH_SIZE, 2)
+        width = 1 + 2 * HASH_SIZE
+        messages = np.empty((pairs, width), np.uint8)
+        messages[:, 0] = _NODE_PREFIX[0]
+        messages[:, 1:] = np.frombuffer(level, np.uint8, pairs * 2 * HASH_SIZE).reshape(pairs, -1)
+        view = memoryview(messages.tobytes())
+        parents = [sha256(view[at : at + width]).digest() for at in range(0, len(view), width)]
+        if odd:
+            parents.append(level[-HASH_SIZE:])
+        level = b"".join(parents)
+    return level
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from render_gateway.audit.attestations import SERIAL_READ
@@ -69,12 +69,13 @@ class ProofIndex:
         row = self._conn().execute("SELECT leaves FROM indexed").fetchone()
         return int(row[0])
 
-    def add(self, audit_log: AuditLog, leaf: BatchLeaf, rows: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, audit_log: AuditLog, leaf: BatchLeaf, batch: pa.Table) -> None:
         """Index a batch just sealed into ``audit_log`` (after any leaf a failed add missed)."""
         if leaf.index > self.leaves:
             self.catch_up(audit_log)
             return
-        self._add(leaf.index, [(str(r["request_id"]), str(r["customer_id"])) for r in rows])
+        ids, customers = (batch.column(n).to_pylist() for n in ("request_id", "customer_id"))
+        self._add(leaf.index, list(zip(ids, customers, strict=True)))
 
     def _add(self, index: int, rows: Sequence[tuple[str, str]]) -> None:
         conn = self._conn()

@@ -13,13 +13,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from render_gateway.audit.attestations import (
+    ROW_V1,
+    SCHEMAS,
     SERIAL_READ,
     canonical,
-    from_parquet,
-    row_leaf_hashes,
+    encode_json_row,
+    read_batch,
+    rows_table,
+    table_leaf_hashes,
 )
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import CHECKPOINTS_PREFIX, LEAVES_PREFIX, BatchLeaf
@@ -43,14 +48,14 @@ class BundleError(ValueError):
 
 def locate(
     cas: ContentStore, leaves: Sequence[BatchLeaf], request_id: str
-) -> tuple[BatchLeaf, list[dict[str, Any]], int]:
-    """The leaf, its rows and the row index holding ``request_id`` (newest batches first)."""
+) -> tuple[BatchLeaf, pa.Table, int]:
+    """The leaf, its batch and the row index holding ``request_id`` (newest batches first)."""
     for leaf in reversed(leaves):
         data = cas.get(leaf.batch_blake3)
         table = pq.read_table(io.BytesIO(data), columns=["request_id"], **SERIAL_READ)
         ids = table.column(0).to_pylist()
         if request_id in ids:
-            return leaf, from_parquet(data), ids.index(request_id)
+            return leaf, read_batch(data, leaf.version), ids.index(request_id)
     raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
 
 
@@ -60,9 +65,12 @@ def make_bundle(
     checkpoint: Checkpoint,
     verifier_key: str,
     leaf: BatchLeaf,
-    rows: list[dict[str, Any]],
+    rows: pa.Table | Sequence[Mapping[str, Any]],
     row_index: int,
 ) -> dict[str, Any]:
+    """The bundle for row ``row_index`` of ``leaf``'s batch (its table, or its rows)."""
+    if not isinstance(rows, pa.Table):
+        rows = rows_table(rows, SCHEMAS[leaf.version])
     if leaf.index >= checkpoint.size:
         raise ProofNotFound("the request's batch is not yet covered by a signed checkpoint")
     log_proof = tree.inclusion_proof(leaf.index, checkpoint.size)
@@ -74,10 +82,12 @@ def _bundle(
     verifier_key: str,
     leaf: BatchLeaf,
     log_proof: Sequence[bytes],
-    rows: list[dict[str, Any]],
+    batch: pa.Table,
     row_index: int,
 ) -> dict[str, Any]:
-    row_proof = MerkleLog(row_leaf_hashes(rows)).inclusion_proof(row_index)
+    row_proof = MerkleLog(table_leaf_hashes(batch, leaf.version)).inclusion_proof(row_index)
+    # Shown as canonical JSON whatever the version: a version-2 row's verifier re-encodes it.
+    row = batch.slice(row_index, 1).to_pylist()[0]
     return {
         "version": BUNDLE_VERSION,
         "log_public_key": verifier_key,
@@ -85,7 +95,7 @@ def _bundle(
         "leaf": leaf.encode().decode(),
         "leaf_index": leaf.index,
         "log_proof": [base64.b64encode(h).decode() for h in log_proof],
-        "row": canonical(rows[row_index]).decode(),
+        "row": canonical(row, batch.schema.names).decode(),
         "row_index": row_index,
         "row_proof": [base64.b64encode(h).decode() for h in row_proof],
     }
@@ -116,10 +126,16 @@ def verify_bundle(
         )  # fmt: skip
         row_bytes = bundle["row"].encode()
         row = orjson.loads(row_bytes)
-        if canonical(row) != row_bytes:
+        if not isinstance(row, dict):
+            raise BundleError("the row is not a JSON object")
+        # The leaf (in the signed tree) says how its rows were hashed: as this JSON (version
+        # 1), or as the binary encoding of the row it holds (version 2).
+        schema = SCHEMAS[leaf.version]
+        hashed = row_bytes if leaf.version == ROW_V1 else encode_json_row(row, schema)
+        if canonical(row, schema.names) != row_bytes:
             raise BundleError("the row is not in canonical form")
         verify_inclusion(
-            leaf_hash(row_bytes), bundle["row_index"], leaf.count,
+            leaf_hash(hashed), bundle["row_index"], leaf.count,
             [base64.b64decode(h, validate=True) for h in bundle["row_proof"]],
             bytes.fromhex(leaf.records_root),
         )  # fmt: skip
@@ -156,7 +172,7 @@ def bundle_from_store(
     checkpoint = Checkpoint.parse(text)
     covered = leaves[: checkpoint.size]
     leaf, rows, index = locate(ContentStore(objects), covered, request_id)
-    if customer_id is not None and rows[index]["customer_id"] != customer_id:
+    if customer_id is not None and rows.column("customer_id")[index].as_py() != customer_id:
         raise ProofNotFound(f"no attestation for request {request_id!r} in the log")
     tree = MerkleLog(item.hash for item in covered)
     return make_bundle(tree, note, checkpoint, verifier_key, leaf, rows, index)
@@ -180,7 +196,7 @@ def bundle_from_log(
         if checkpoint is None or note is None or leaf.index >= checkpoint.size:
             raise ProofNotFound("the request's batch is not yet covered by a signed checkpoint")
         log_proof = audit_log.tree.inclusion_proof(leaf.index, checkpoint.size)
-    rows = from_parquet(audit_log.cas.get(leaf.batch_blake3))
-    if rows[found.row]["request_id"] != request_id:
+    rows = read_batch(audit_log.cas.get(leaf.batch_blake3), leaf.version)
+    if found.row >= rows.num_rows or rows.column("request_id")[found.row].as_py() != request_id:
         raise ProofNotFound(f"the proof index is out of step with leaf {leaf.index}")
     return _bundle(note, verifier_key, leaf, log_proof, rows, found.row)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import base64
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from render_gateway.audit.attestations import from_parquet, records_root
+from render_gateway.audit.attestations import read_batch, table_records_root
 from render_gateway.audit.cas import ContentStore, IntegrityError
 from render_gateway.audit.leaves import (
     CHECKPOINTS_PREFIX,
@@ -25,7 +31,7 @@ from render_gateway.audit.node_keys import NodeKey, recorded_node_keys
 from render_gateway.audit.reconcile_runs import verify_runs
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
 from render_gateway.signing_keys import key_id as node_key_id
-from render_gateway.stores.objects import ObjectMissing, ObjectStore
+from render_gateway.stores.objects import ObjectMissing, ObjectStore, open_object_store
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
 
 
@@ -72,12 +78,14 @@ def verify_log(
     check_claims: bool = True,
     pinned: Mapping[str, str] | None = None,
     allow_empty: bool = False,
+    workers: int | None = None,
 ) -> Report:
     """Everything verify checks; ``check_claims=False`` skips the backends' per-record Ed25519
     signatures (the slow part), checking only the log's own structure and hashes. ``pinned``
     (key id → base64 node key) are the only node keys a claim may be signed by; without it, a
     claim's key must be one the log recorded in a signed node key note (trust on first use).
-    A store with nothing in it fails unless ``allow_empty``."""
+    A store with nothing in it fails unless ``allow_empty``. ``workers``: processes that check
+    batches (None: every core for a large log in a local store, else this process alone)."""
     report = Report(claims_checked=check_claims, pinned=pinned is not None)
     leaves = _load_leaves(objects, report)
     tree = MerkleLog(leaf.hash for leaf in leaves)
@@ -89,7 +97,7 @@ def verify_log(
         set(pinned.values()) if pinned is not None else {k.public_key for k in report.node_keys},
         "a pinned node key (--node-keys)" if pinned is not None else "recorded by the log",
     )
-    _check_batches(ContentStore(objects), leaves, report, progress, anchors)
+    _check_batches(objects, leaves, report, progress, anchors, workers)
     _check_checkpoints(objects, verifiers, origin, tree, leaves, report)
     if not tree.size and not report.checkpoints and not allow_empty:
         report.fail("log", f"nothing to verify: no leaves and no checkpoints in {objects.url}")
@@ -144,71 +152,150 @@ class AnchorKeys:
     source: str  # for the finding: "… which is not <source>"
 
 
+# A log this large (records), in a local store, is checked on every core: below it, starting the
+# processes (each imports pyarrow) costs more than it saves.
+POOL_MIN_RECORDS = 200_000
+
+
+@dataclass
+class BatchCheck:
+    """What checking one batch found: plain values, so a worker process can return it."""
+
+    records: int = 0
+    gpu_seconds: float = 0.0
+    unclaimed: int = 0
+    unverified: list[tuple[str, str]] = field(default_factory=list)
+    findings: list[tuple[str, str]] = field(default_factory=list)
+    read: bool = False  # the batch was read (its records count)
+
+
 def _check_batches(
-    cas: ContentStore,
+    objects: ObjectStore,
     leaves: Sequence[BatchLeaf],
     report: Report,
     progress: Callable[[int, int], None],
     anchors: AnchorKeys,
+    workers: int | None,
 ) -> None:
+    if workers is None:
+        local = objects.url.startswith("file:")
+        big = sum(leaf.count for leaf in leaves) >= POOL_MIN_RECORDS
+        workers = len(os.sched_getaffinity(0)) if local and big else 1
+    workers = max(1, min(workers, len(leaves)))
+    if workers == 1:
+        cas, node_keys = ContentStore(objects), dict[str, Ed25519PublicKey]()
+        results = (
+            _check_batch(cas, leaf, report.claims_checked, anchors, node_keys) for leaf in leaves
+        )
+        for done, result in enumerate(results):
+            _merge(report, result)
+            progress(done + 1, len(leaves))
+        return
+    # Batches are independent: contiguous runs of leaves go to worker processes as plain values
+    # (the store's URL, the leaves' bytes) and come back as BatchChecks, merged in log order.
+    # Spawned, not forked: verify also runs inside the gateway, whose threads a fork would copy.
+    runs = [leaves[at : at + 8] for at in range(0, len(leaves), 8)]
+    done = 0
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        tasks = [
+            (objects.url, [leaf.encode() for leaf in run], report.claims_checked,
+             sorted(anchors.public_keys), anchors.source)
+            for run in runs
+        ]  # fmt: skip
+        for checks in pool.map(_check_run, *zip(*tasks, strict=True)):
+            for result in checks:
+                _merge(report, result)
+                done += 1
+                progress(done, len(leaves))
+
+
+def _check_run(
+    url: str, encoded: list[bytes], check_claims: bool, public_keys: list[str], source: str
+) -> list[BatchCheck]:
+    """A worker process's share: these leaves' batches, from the store at ``url``."""
+    cas = ContentStore(open_object_store(url, create=False))
+    anchors = AnchorKeys(set(public_keys), source)
     node_keys: dict[str, Ed25519PublicKey] = {}
-    for done, leaf in enumerate(leaves):
-        where = f"leaf {leaf.index} (batch {leaf.batch_blake3[:16]}…)"
-        try:
-            rows = from_parquet(cas.get(leaf.batch_blake3))
-        except IntegrityError:
-            report.fail(where, "the batch's bytes do not match its hash (altered)")
-            continue
-        except ObjectMissing:
-            report.fail(where, "the batch is missing from the store (deleted)")
-            continue
-        except ValueError as exc:
-            report.fail(where, f"the batch cannot be read: {exc}")
-            continue
-        _check_batch(leaf, rows, where, report, node_keys, anchors)
-        progress(done + 1, len(leaves))
+    leaves = [BatchLeaf.decode(data) for data in encoded]
+    return [_check_batch(cas, leaf, check_claims, anchors, node_keys) for leaf in leaves]
+
+
+def _merge(report: Report, result: BatchCheck) -> None:
+    report.unclaimed += result.unclaimed
+    report.unverified += [Finding(where, what) for where, what in result.unverified]
+    for where, what in result.findings:
+        report.fail(where, what)
+    report.records += result.records
+    report.gpu_seconds += result.gpu_seconds
 
 
 def _check_batch(
+    cas: ContentStore,
     leaf: BatchLeaf,
-    rows: list[dict[str, Any]],
-    where: str,
-    report: Report,
-    node_keys: dict[str, Ed25519PublicKey],
+    check_claims: bool,
     anchors: AnchorKeys,
-) -> None:
-    gpu_seconds = math.fsum(float(row["gpu_seconds"]) for row in rows)
-    if len(rows) != leaf.count:
-        report.fail(where, f"holds {len(rows)} records, its leaf says {leaf.count}")
-    if records_root(rows).hex() != leaf.records_root:
-        report.fail(where, "its records do not hash to the leaf's records root")
+    node_keys: dict[str, Ed25519PublicKey],
+) -> BatchCheck:
+    """Re-hash one batch and check it against its leaf, from its Arrow columns: rows become
+    Python mappings only for the claims pass, and only the rows with a claim to check."""
+    where = f"leaf {leaf.index} (batch {leaf.batch_blake3[:16]}…)"
+    result = BatchCheck()
+    try:
+        table = read_batch(cas.get(leaf.batch_blake3), leaf.version)
+    except IntegrityError:
+        result.findings.append((where, "the batch's bytes do not match its hash (altered)"))
+        return result
+    except ObjectMissing:
+        result.findings.append((where, "the batch is missing from the store (deleted)"))
+        return result
+    except ValueError as exc:
+        result.findings.append((where, f"the batch cannot be read: {exc}"))
+        return result
+    fail = result.findings.append
+    result.read = True
+    count = table.num_rows
+    seconds = table.column("gpu_seconds")
+    if seconds.null_count:
+        fail((where, f"{seconds.null_count} of its records have no GPU-seconds"))
+    gpu_seconds = math.fsum(value for value in seconds.to_pylist() if value is not None)
+    if count != leaf.count:
+        fail((where, f"holds {count} records, its leaf says {leaf.count}"))
+    if table_records_root(table, leaf.version).hex() != leaf.records_root:
+        fail((where, "its records do not hash to the leaf's records root"))
     if not math.isclose(gpu_seconds, leaf.gpu_seconds, rel_tol=1e-12, abs_tol=1e-9):
-        report.fail(where, f"sums to {gpu_seconds} GPU-seconds, its leaf says {leaf.gpu_seconds}")
-    seqs = [int(row["usage_seq"]) for row in rows]
-    if seqs != list(range(leaf.first_usage_seq, leaf.last_usage_seq + 1)):
-        report.fail(where, "its usage records are not the leaf's contiguous range")
-    for position, row in enumerate(rows):
-        record = f"{where} record {position} ({row['request_id']})"
-        report.unclaimed += row["claim_payload"] is None
-        if row["claim_payload"] is not None and row["claim_error"] is not None:
-            report.unverified.append(Finding(record, row["claim_error"]))
-            continue
-        if not report.claims_checked:
-            continue
-        problem = claim_problem(row, node_keys)
-        signed = row["claim_payload"] is not None
-        if problem is None and signed and row["node_public_key"] not in anchors.public_keys:
-            problem = (
-                f"the claim is signed by node key {row['node_key_id']}, which is not "
-                f"{anchors.source}"
+        fail((where, f"sums to {gpu_seconds} GPU-seconds, its leaf says {leaf.gpu_seconds}"))
+    seqs = table.column("usage_seq")
+    expected = np.arange(leaf.first_usage_seq, leaf.last_usage_seq + 1, dtype=np.int64)
+    if seqs.null_count or not np.array_equal(seqs.to_numpy(), expected):
+        fail((where, "its usage records are not the leaf's contiguous range"))
+    payload, settle_error = table.column("claim_payload"), table.column("claim_error")
+    result.unclaimed = payload.null_count
+    signed = pc.is_valid(payload)
+    unverified = np.flatnonzero(pc.and_(signed, pc.is_valid(settle_error)).to_numpy(False))
+    if len(unverified):
+        picked = table.select(["request_id", "claim_error"]).take(pa.array(unverified))
+        for position, row in zip(unverified.tolist(), picked.to_pylist(), strict=True):
+            result.unverified.append(
+                (f"{where} record {position} ({row['request_id']})", row["claim_error"])
             )
-        if problem:
-            report.fail(record, problem)
-    report.records += len(rows)
-    report.gpu_seconds += gpu_seconds
+    if check_claims:
+        checked = np.flatnonzero(pc.and_(signed, pc.is_null(settle_error)).to_numpy(False))
+        rows = table.take(pa.array(checked, pa.int64())).to_pylist() if len(checked) else []
+        for position, row in zip(checked.tolist(), rows, strict=True):
+            problem = claim_problem(row, node_keys)
+            if problem is None and row["node_public_key"] not in anchors.public_keys:
+                problem = (
+                    f"the claim is signed by node key {row['node_key_id']}, which is not "
+                    f"{anchors.source}"
+                )
+            if problem:
+                fail((f"{where} record {position} ({row['request_id']})", problem))
+    result.records, result.gpu_seconds = count, gpu_seconds
+    return result
 
 
-def claim_problem(row: dict[str, Any], node_keys: dict[str, Ed25519PublicKey]) -> str | None:
+def claim_problem(row: Mapping[str, Any], node_keys: dict[str, Ed25519PublicKey]) -> str | None:
     """Why the row's backend claim does not hold (None when it holds or there is none)."""
     if row["claim_payload"] is None:
         return None  # a backend that signs nothing (a plain Triton model): counted, not failed

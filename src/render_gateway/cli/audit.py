@@ -103,6 +103,15 @@ def audit_verify(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="An empty store verifies (else it fails).")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that check batches. Default: every core for a log of 200,000 "
+            "records or more in a file:// store, else one.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -131,6 +140,7 @@ def audit_verify(
             objects, verifiers, origin or gateway.audit.origin, trusted,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             check_claims=not skip_claims, pinned=pinned, allow_empty=allow_empty,
+            workers=workers,
         )  # fmt: skip
     summary = {
         "ok": report.ok, "leaves": report.leaves, "records": report.records,

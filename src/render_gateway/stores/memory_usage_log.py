@@ -84,6 +84,16 @@ class MemoryUsageStream:
         chosen = self._after_position(group, count)
         return [seq for seq, _ in chosen], [entry.record_json for _, entry in chosen]
 
+    def read_group_raw(
+        self, group: str, count: int
+    ) -> tuple[list[int], list[bytes], list[str | None]]:
+        chosen = self._after_position(group, count)
+        return (
+            [seq for seq, _ in chosen],
+            [entry.record_json for _, entry in chosen],
+            [entry.claim for _, entry in chosen],
+        )
+
     def ack(self, group: str, seq: int) -> None:
         with self._lock:
             self._positions[group] = max(self._positions.get(group, 0), seq)

@@ -244,6 +244,17 @@ class RedisUsageStream:
         chosen = self._range(group, count)
         return [seq for seq, _ in chosen], [fields[b"record"] for _, fields in chosen]
 
+    def read_group_raw(
+        self, group: str, count: int
+    ) -> tuple[list[int], list[bytes], list[str | None]]:
+        chosen = self._range(group, count)
+        claims = [fields.get(b"claim") for _, fields in chosen]
+        return (
+            [seq for seq, _ in chosen],
+            [fields[b"record"] for _, fields in chosen],
+            [None if claim is None else _text(claim) for claim in claims],
+        )
+
     def ack(self, group: str, seq: int) -> None:
         # appendfsync decides durability on the server; the reply comes after the write.
         self._ack(keys=[f"{self.namespace}:acked"], args=[group, int(seq)])

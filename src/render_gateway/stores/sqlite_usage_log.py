@@ -132,6 +132,12 @@ class SqliteUsageStream:
         rows = self._conn().execute(_READ_GROUP_JSON_SQL, (group, count)).fetchall()
         return [seq for seq, _ in rows], [record for _, record in rows]
 
+    def read_group_raw(
+        self, group: str, count: int
+    ) -> tuple[list[int], list[bytes], list[str | None]]:
+        rows = self._conn().execute(_READ_GROUP_SQL, (group, count)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
     def ack(self, group: str, seq: int) -> None:
         def advance(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -74,6 +74,13 @@ class UsageStream(Protocol):
         signed claim), which the hot path parses in bulk."""
         ...
 
+    def read_group_raw(
+        self, group: str, count: int
+    ) -> tuple[list[int], list[bytes], list[str | None]]:
+        """As ``read_group``, unparsed: sequence numbers, the records' stored JSON (without the
+        signed claim) and the claims' text, which the cold path turns into columns in bulk."""
+        ...
+
     def ack(self, group: str, seq: int) -> None:
         """Everything up to ``seq`` is done for the group. Durable on return; the position
         never moves back (an older ack is a no-op)."""

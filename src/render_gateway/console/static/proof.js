@@ -15,7 +15,9 @@
 // the key (from `render-gateway audit pubkey`, obtained out of band).
 
 export const BUNDLE_VERSION = 1;
-export const LEAF_VERSION = 1;
+// A leaf's version is how its batch's rows were hashed: 1, each row's canonical JSON text;
+// 2, each row's binary encoding (ROW_V2_COLUMNS below; byte-exactly in docs/AUDIT.md).
+export const LEAF_VERSIONS = Object.freeze([1, 2]);
 
 // The steps, in the order they run; a failure names the step it happened in.
 export const STEPS = Object.freeze([
@@ -54,8 +56,26 @@ const CLAIM_TEXT_FIELDS = [
   "key_id",
 ];
 const CLAIM_COUNT_FIELDS = ["seed", "steps_completed", "version"];
-// Which of a parsed object's keys held an integer literal (JSON.parse cannot tell 3 from 3.0).
+// Which of a parsed object's keys held an integer literal (JSON.parse cannot tell 3 from 3.0),
+// and the literal of each number (an int64 above 2^53 is exact only as its digits).
 const INTEGER_KEYS = Symbol("integer keys");
+const NUMBER_LITERALS = Symbol("number literals");
+// Version-2 rows: the attestation columns in order with their Arrow types (SCHEMA in
+// src/render_gateway/audit/attestations.py; a test holds the two to each other).
+const ROW_V2_MAGIC = [0x52, 0x47, 0x41, 0x02]; // "RGA" 0x02
+const ROW_V2_COLUMNS = [
+  ["usage_seq", "int64"], ["event_id", "string"], ["request_id", "string"],
+  ["job_id", "string"], ["customer_id", "string"], ["plan", "string"], ["tier", "string"],
+  ["model", "string"], ["backend", "string"], ["device_uuid", "string"],
+  ["device_kind", "string"], ["status", "string"], ["error_code", "string"],
+  ["ended_at_us", "int64"], ["queue_time_us", "int64"], ["inference_time_us", "int64"],
+  ["gpu_seconds", "double"], ["metered", "bool"], ["billable", "bool"],
+  ["unit_price", "double"], ["currency", "string"], ["cost_nanos", "int64"],
+  ["claim_payload", "string"], ["claim_signature", "string"], ["node_key_id", "string"],
+  ["node_public_key", "string"], ["claim_error", "string"], ["claim_window", "string"],
+];
+const INT64_MIN = -(1n << 63n);
+const INT64_MAX = (1n << 63n) - 1n;
 const utf8 = new TextEncoder();
 
 /**
@@ -152,9 +172,11 @@ export async function verifyBundle(bundle, { logKey, nodeKeys } = {}) {
       return `leaf ${leaf.index} is in the tree of ${checkpoint.size}`;
     });
     await step("row", () => {
-      rowBytes = utf8.encode(requireString(bundle.row, "row"));
-      row = parseCanonicalJson(bundle.row, "the row");
+      const text = requireString(bundle.row, "row");
+      row = parseCanonicalJson(text, "the row");
       if (!isObject(row)) throw new Error("the row is not a JSON object");
+      // The leaf (in the signed tree) says what its rows were hashed as.
+      rowBytes = leaf.version === 1 ? utf8.encode(text) : encodeRowV2(row);
       return `request ${row.request_id}`;
     });
     await step("row_inclusion", async () => {
@@ -327,7 +349,9 @@ function parseLeaf(text) {
   if (missing.length || unknown.length) {
     throw new Error(`not a leaf: missing ${JSON.stringify(missing)}, unknown ${JSON.stringify(unknown)}`);
   }
-  if (leaf.version !== LEAF_VERSION) throw new Error(`unknown leaf version ${leaf.version}`);
+  if (!LEAF_VERSIONS.includes(leaf.version)) {
+    throw new Error(`unknown leaf version ${leaf.version}`);
+  }
   requireIndex(leaf.index, "the leaf's index");
   requireIndex(leaf.count, "the leaf's count");
   return leaf;
@@ -505,9 +529,13 @@ function parseCanonicalJson(text, what) {
     const found = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(at));
     if (!found) fail("unexpected character");
     at += found[0].length;
-    return { value: Number(found[0]), integer: found[2] === undefined && found[3] === undefined };
+    return {
+      value: Number(found[0]),
+      integer: found[2] === undefined && found[3] === undefined,
+      literal: found[0],
+    };
   };
-  const value = (holder, key) => {
+  const value = (holder, key, literals) => {
     const char = text[at];
     if (char === "{") return object();
     if (char === "[") return array();
@@ -515,15 +543,18 @@ function parseCanonicalJson(text, what) {
     if (char === "t") return literal("true", true);
     if (char === "f") return literal("false", false);
     if (char === "n") return literal("null", null);
-    const { value: parsed, integer } = number();
+    const { value: parsed, integer, literal } = number();
     if (integer && holder) holder.add(key);
+    if (literals) literals.set(key, literal);
     return parsed;
   };
   const object = () => {
     at += 1;
     const result = {};
     const integers = new Set();
+    const literals = new Map();
     Object.defineProperty(result, INTEGER_KEYS, { value: integers });
+    Object.defineProperty(result, NUMBER_LITERALS, { value: literals });
     let previous = null;
     if (text[at] === "}") {
       at += 1;
@@ -539,7 +570,8 @@ function parseCanonicalJson(text, what) {
       if (text[at] !== ":") fail("expected ':'");
       at += 1;
       Object.defineProperty(result, key, {
-        value: value(integers, key), enumerable: true, writable: true, configurable: true,
+        value: value(integers, key, literals), enumerable: true, writable: true,
+        configurable: true,
       });
       if (text[at] === ",") {
         at += 1;
@@ -573,6 +605,50 @@ function parseCanonicalJson(text, what) {
   const parsed = value(null, null);
   if (at !== text.length) fail("trailing characters");
   return parsed;
+}
+
+// A parsed row's version-2 bytes (encode_json_row in src/render_gateway/audit/attestations.py):
+// "RGA" 0x02, then each column in order as a tag (0 null, 1 value) and its value, little-endian
+// (int64 8 bytes, double 8 bytes, bool 1 byte, string a uint32 length and UTF-8); a null's value
+// bytes are zeros.
+function encodeRowV2(row) {
+  const keys = Object.keys(row);
+  const names = ROW_V2_COLUMNS.map(([name]) => name);
+  if (keys.length !== names.length || !names.every((name) => keys.includes(name))) {
+    throw new Error("the row does not have exactly the attestation columns");
+  }
+  const parts = [Uint8Array.from(ROW_V2_MAGIC)];
+  for (const [name, type] of ROW_V2_COLUMNS) {
+    const value = row[name];
+    const wrong = () => new Error(`the row's ${name} is not a ${type} (or null)`);
+    if (type === "string") {
+      if (value !== null && typeof value !== "string") throw wrong();
+      const bytes = value === null ? new Uint8Array(0) : utf8.encode(value);
+      const head = new Uint8Array(5);
+      head[0] = value === null ? 0 : 1;
+      new DataView(head.buffer).setUint32(1, bytes.length, true);
+      parts.push(head, bytes);
+      continue;
+    }
+    const field = new Uint8Array(type === "bool" ? 2 : 9);
+    parts.push(field);
+    if (value === null) continue;
+    const view = new DataView(field.buffer);
+    field[0] = 1;
+    if (type === "bool") {
+      if (typeof value !== "boolean") throw wrong();
+      field[1] = value ? 1 : 0;
+    } else if (type === "int64") {
+      if (typeof value !== "number" || !row[INTEGER_KEYS].has(name)) throw wrong();
+      const exact = BigInt(row[NUMBER_LITERALS].get(name));
+      if (exact < INT64_MIN || exact > INT64_MAX) throw wrong();
+      view.setBigInt64(1, exact, true);
+    } else {
+      if (typeof value !== "number" || row[INTEGER_KEYS].has(name)) throw wrong();
+      view.setFloat64(1, value, true);
+    }
+  }
+  return concat(...parts);
 }
 
 function compareCodePoints(a, b) {
