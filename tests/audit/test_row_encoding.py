@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from render_gateway.audit.attestations import (
-    COLUMNS_V1,
     ROW_V2_MAGIC,
     SCHEMA,
     SCHEMA_V1,
@@ -27,7 +26,6 @@ from render_gateway.audit.attestations import (
     encode_json_row,
     encode_row,
     read_batch,
-    records_root,
     row_leaf_bytes,
     rows_table,
     table_leaf_hashes,
@@ -37,13 +35,13 @@ from render_gateway.audit.attestations import (
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer, public_key_line
 from render_gateway.audit.leaves import BatchLeaf, leaf_key
-from render_gateway.audit.log import AuditLog, open_audit_log
+from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.merkle import leaf_hash
 from render_gateway.audit.proofs import BundleError, bundle_from_store, verify_bundle
 from render_gateway.audit.verify import verify_log
 from render_gateway.stores.objects import open_object_store
 
-from support.audit_fixtures import signed_record
+from support.audit_fixtures import append_v1, signed_record
 
 ORIGIN = "render-gateway/test"
 PROOF_JS = Path(__file__).resolve().parents[2] / "src/render_gateway/console/static/proof.js"
@@ -194,26 +192,6 @@ def test_a_record_the_column_wise_path_does_not_expect_falls_back_to_attestation
 
 
 # --- Version-1 batches in a log that now writes version 2 -------------------------------
-
-
-def append_v1(audit_log: AuditLog, rows: list[dict[str, Any]]) -> BatchLeaf:
-    """What the log appended before version 2: canonical JSON rows of the version-1 columns."""
-    rows = [{name: row[name] for name in COLUMNS_V1} for row in rows]
-    digest = audit_log.cas.put(to_parquet(rows_table(rows, SCHEMA_V1)))
-    ended = [row["ended_at_us"] for row in rows]
-    leaf = BatchLeaf(
-        index=audit_log.size, batch_blake3=digest, records_root=records_root(rows).hex(),
-        count=len(rows), gpu_seconds=sum(row["gpu_seconds"] for row in rows),
-        first_usage_seq=rows[0]["usage_seq"], last_usage_seq=rows[-1]["usage_seq"],
-        window_start_us=min(ended), window_end_us=max(ended),
-        timestamp_us=(audit_log.leaves[-1].timestamp_us + 1) if audit_log.leaves else 1, version=1,
-    )  # fmt: skip
-    audit_log.objects.put_new(leaf_key(leaf.index), leaf.encode())
-    with audit_log.lock:
-        audit_log.leaves.append(leaf)
-        audit_log.tree.append(leaf.hash)
-        audit_log._sign_checkpoint()
-    return leaf
 
 
 @pytest.fixture

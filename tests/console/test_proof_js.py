@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from render_gateway.audit.attestations import canonical
+from render_gateway.audit.attestations import canonical, encode_json_row
 from render_gateway.audit.leaves import BatchLeaf
 from render_gateway.audit.merkle import MerkleLog, leaf_hash
 from render_gateway.audit.proofs import BundleError, make_bundle, verify_bundle
@@ -195,7 +195,7 @@ def flip_base64(encoded: str) -> str:
 
 def with_row(bundle: dict[str, Any], **changes: Any) -> dict[str, Any]:
     row = {**orjson.loads(bundle["row"]), **changes}
-    return {**bundle, "row": canonical(row).decode()}
+    return {**bundle, "row": canonical(row, list(row)).decode()}
 
 
 def with_checkpoint_text(
@@ -300,6 +300,11 @@ def test_a_claim_by_an_unpinned_node_key_fails(
 # --- Bundles a lying log signs: the row is in the log, its claim is not the backend's --------
 
 
+def row_hashed_as(leaf: BatchLeaf, row: dict[str, Any]) -> bytes:
+    """The bytes a row of ``leaf``'s version is hashed as (canonical JSON, or version 2)."""
+    return canonical(row) if leaf.version == 1 else encode_json_row(row)
+
+
 def signed_by_a_test_log(bundle: dict[str, Any], **row_changes: Any) -> tuple[dict[str, Any], str]:
     """``bundle``'s row (changed) as the only row of a one-leaf log signed by a fresh key, so
     every proof and signature holds and only the claim can fail; and that log's key."""
@@ -307,7 +312,7 @@ def signed_by_a_test_log(bundle: dict[str, Any], **row_changes: Any) -> tuple[di
     real_leaf = BatchLeaf.decode(bundle["leaf"].encode())
     leaf = dataclasses.replace(
         real_leaf, index=0, count=1, gpu_seconds=float(row["gpu_seconds"]),
-        records_root=MerkleLog([leaf_hash(canonical(row))]).root().hex(),
+        records_root=MerkleLog([leaf_hash(row_hashed_as(real_leaf, row))]).root().hex(),
     )  # fmt: skip
     tree = MerkleLog([leaf.hash])
     checkpoint = Checkpoint("test.render/log", 1, tree.root())

@@ -6,9 +6,19 @@ import base64
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from render_gateway.audit.attestations import (
+    COLUMNS_V1,
+    SCHEMA_V1,
+    records_root,
+    rows_table,
+    to_parquet,
+)
+from render_gateway.audit.leaves import BatchLeaf, leaf_key
+from render_gateway.audit.log import AuditLog
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.signing_keys import key_id
 from render_gateway.usage_claim import UsageClaim, sign_claim
@@ -42,3 +52,23 @@ def signed_record(
     if claimed is not None:  # a record that says its claim verified although it does not
         record = replace(record, node_public_key=NODE_PUBLIC_KEY, claim_error=None)
     return record
+
+
+def append_v1(audit_log: AuditLog, rows: list[dict[str, Any]]) -> BatchLeaf:
+    """What the log appended before version 2: canonical JSON rows of the version-1 columns."""
+    rows = [{name: row[name] for name in COLUMNS_V1} for row in rows]
+    digest = audit_log.cas.put(to_parquet(rows_table(rows, SCHEMA_V1)))
+    ended = [row["ended_at_us"] for row in rows]
+    leaf = BatchLeaf(
+        index=audit_log.size, batch_blake3=digest, records_root=records_root(rows).hex(),
+        count=len(rows), gpu_seconds=sum(row["gpu_seconds"] for row in rows),
+        first_usage_seq=rows[0]["usage_seq"], last_usage_seq=rows[-1]["usage_seq"],
+        window_start_us=min(ended), window_end_us=max(ended),
+        timestamp_us=(audit_log.leaves[-1].timestamp_us + 1) if audit_log.leaves else 1, version=1,
+    )  # fmt: skip
+    audit_log.objects.put_new(leaf_key(leaf.index), leaf.encode())
+    with audit_log.lock:
+        audit_log.leaves.append(leaf)
+        audit_log.tree.append(leaf.hash)
+        audit_log._sign_checkpoint()
+    return leaf

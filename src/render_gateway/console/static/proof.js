@@ -532,7 +532,7 @@ function parseCanonicalJson(text, what) {
     return {
       value: Number(found[0]),
       integer: found[2] === undefined && found[3] === undefined,
-      literal: found[0],
+      digits: found[0],
     };
   };
   const value = (holder, key, literals) => {
@@ -543,9 +543,9 @@ function parseCanonicalJson(text, what) {
     if (char === "t") return literal("true", true);
     if (char === "f") return literal("false", false);
     if (char === "n") return literal("null", null);
-    const { value: parsed, integer, literal } = number();
+    const { value: parsed, integer, digits } = number();
     if (integer && holder) holder.add(key);
-    if (literals) literals.set(key, literal);
+    if (literals) literals.set(key, digits);
     return parsed;
   };
   const object = () => {
