@@ -9,7 +9,8 @@ by offline verification, with the BLAKE3 throughput of the same machine as the f
 (2) Verify: ``verify_log`` over the store, as ``render-gateway audit verify`` runs it:
     re-hash every batch, re-derive every records root, every leaf, the tree and every
     checkpoint; once with every backend claim's Ed25519 signature checked (the default) and
-    once with ``--skip-claims``.
+    with ``--skip-claims``, each in this process alone and with a worker process per core
+    (``--workers``; the CLI's default uses them from 200,000 records in a file:// store).
 (3) Floor: BLAKE3 over the same batch files' bytes (what verification must at least read and
     hash), and Ed25519 verifications per second (what checking one claim per record costs).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import platform
 import sys
 import tempfile
@@ -71,11 +73,11 @@ def write(data: Path, jobs: SqliteJobStore, batch_records: int) -> float:
     return elapsed
 
 
-def verify(data: Path, check_claims: bool) -> tuple[float, int]:
+def verify(data: Path, check_claims: bool, workers: int) -> tuple[float, int]:
     objects = open_object_store((data / "cas").as_uri())
     verifier = load_signer(data, ORIGIN).verifier()
     started = time.perf_counter()
-    report = verify_log(objects, [verifier], ORIGIN, check_claims=check_claims)
+    report = verify_log(objects, [verifier], ORIGIN, check_claims=check_claims, workers=workers)
     elapsed = time.perf_counter() - started
     assert report.ok, report.findings[:5]
     return elapsed, report.records
@@ -115,8 +117,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-records", type=int, default=10_000)
+    parser.add_argument(
+        "--skip-claims-only", action="store_true",
+        help="time verify --skip-claims only (the with-claims runs take ~8 ms per 100 records)",
+    )  # fmt: skip
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; "
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; "
           f"Python {platform.python_version()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
@@ -129,8 +135,13 @@ def main() -> None:
         asyncio.run(jobs.close())
         blobs = batch_bytes(data)
         size = sum(map(len, blobs))
-        claims_s, records = verify(data, check_claims=True)
-        structure_s, _ = verify(data, check_claims=False)
+        cores = len(os.sched_getaffinity(0))
+        structure_s, records = verify(data, check_claims=False, workers=1)
+        claims_s = claims_pool_s = float("nan")
+        if not args.skip_claims_only:
+            claims_s, _ = verify(data, check_claims=True, workers=1)
+            claims_pool_s, _ = verify(data, check_claims=True, workers=cores)
+        structure_pool_s, _ = verify(data, check_claims=False, workers=cores)
         floor_s = blake3_floor(blobs)
         verifies = ed25519_rate()
     n = args.records
@@ -140,20 +151,26 @@ def main() -> None:
     print(f"{'':58}{'records/s':>12}{'µs/record':>11}")
     rows = [
         ("write: usage log -> attestations -> CAS -> log + checkpoint", n / seconds),
-        ("verify, every backend claim checked (the default)", n / claims_s),
-        ("verify --skip-claims (hashes, roots, leaves, checkpoints)", n / structure_s),
+        ("verify, every backend claim checked, 1 process", n / claims_s),
+        (f"verify, every backend claim checked, {cores} processes", n / claims_pool_s),
+        ("verify --skip-claims (hashes, roots, leaves), 1 process", n / structure_s),
+        (f"verify --skip-claims, {cores} processes", n / structure_pool_s),
         ("floor: BLAKE3 over the same batch bytes", n / floor_s),
         ("floor: Ed25519 verifications per second (one per claim)", verifies),
     ]
     for label, rate in rows:
+        if rate != rate:  # not measured (--skip-claims-only)
+            continue
         print(f"{label:58}{rate:12,.0f}{1e6 / rate:11.2f}")
     print(f"\nBLAKE3: {size / floor_s / 1e9:.2f} GB/s on one thread")
-    print(f"write >= 100,000 records/s: {n / seconds:,.0f} -> "
-          f"{'meets' if n / seconds >= 100_000 else 'MISSES'}")  # fmt: skip
-    for label, secs in (("with claims", claims_s), ("--skip-claims", structure_s)):
-        rate = n / secs
-        print(f"verify >= 500,000 records/s ({label}): {rate:,.0f} -> "
-              f"{'meets' if rate >= 500_000 else 'MISSES'}")  # fmt: skip
+    best = n / min(structure_s, structure_pool_s)
+    print(f"write >= 150,000 records/s: {n / seconds:,.0f} -> "
+          f"{'meets' if n / seconds >= 150_000 else 'MISSES'}")  # fmt: skip
+    print(f"verify --skip-claims >= 1,000,000 records/s (best of 1 and {cores} processes): "
+          f"{best:,.0f} -> {'meets' if best >= 1_000_000 else 'MISSES'}")  # fmt: skip
+    if not args.skip_claims_only:
+        print(f"verify with claims: {n / min(claims_s, claims_pool_s):,.0f} records/s against "
+              f"{verifies * cores:,.0f} Ed25519 verifications/s on {cores} cores")  # fmt: skip
 
 
 if __name__ == "__main__":

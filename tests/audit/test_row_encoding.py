@@ -128,6 +128,21 @@ def test_null_and_empty_string_and_zero_encode_apart() -> None:
     assert len(set(table_leaf_hashes(table))) == 3
 
 
+def test_byte_exact_vectors_as_docs_audit_md_gives_them() -> None:
+    nulls = {f.name: None for f in SCHEMA}
+    widths = {pa.int64(): 8, pa.float64(): 8, pa.bool_(): 1, pa.string(): 4}
+    assert encode_row(nulls) == b"RGA\x02" + b"".join(
+        b"\x00" + bytes(widths[f.type]) for f in SCHEMA
+    )
+    assert len(encode_row(nulls)) == 166
+    some = {**nulls, "usage_seq": 1, "event_id": "é"}
+    assert encode_row(some).startswith(bytes.fromhex("524741020101000000000000000102000000c3a9"))
+    full = {**some, "gpu_seconds": 0.5, "metered": True}
+    encoded = encode_row(full)
+    assert bytes.fromhex("01000000000000e03f") in encoded  # 0.5, little-endian binary64
+    assert decode_row(encoded) == full
+
+
 def test_decode_refuses_what_no_row_encodes_to() -> None:
     encoded = encode_row({f.name: None for f in SCHEMA})
     for bad, why in [
