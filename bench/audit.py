@@ -10,7 +10,7 @@ by offline verification, with the BLAKE3 throughput of the same machine as the f
     re-hash every batch, re-derive every records root, every leaf, the tree and every
     checkpoint; once with every backend claim's Ed25519 signature checked (the default) and
     with ``--skip-claims``, each in this process alone and with a worker process per core
-    (``--workers``; the CLI uses them by default from 50,000 records, 1,000,000 with
+    (``--workers``; the CLI uses them by default from 200,000 records, 2,000,000 with
     ``--skip-claims``, in a file:// store).
 (3) Floor: BLAKE3 over the same batch files' bytes (what verification must at least read and
     hash), and Ed25519 verifications per second (what checking one claim per record costs).

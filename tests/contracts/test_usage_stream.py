@@ -9,6 +9,7 @@ last ack, again and again until it acks them, and an ack never moves back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -168,6 +169,23 @@ async def test_the_bulk_form_is_the_same_entries_without_the_claim(stream: Usage
     full = stream.read_group("clickhouse", 3)
     assert [orjson.loads(b) for b in blobs] == [
         {k: v for k, v in e.record.items() if k != "usage_claim"} for e in full
+    ]
+
+
+async def test_the_raw_form_is_the_same_entries_with_the_claim_apart(stream: UsageStream) -> None:
+    """What the cold path's batcher reads: the stored JSON and the claim's text, unparsed."""
+    records = [
+        dataclasses.replace(usage(gpu=float(i)), usage_claim=f'{{"n":{i}}}') for i in range(4)
+    ]
+    records[2] = dataclasses.replace(records[2], usage_claim=None)
+    for record in records:
+        await stream.append_usage(record)
+    seqs, blobs, claims = stream.read_group_raw("audit", 3)
+    assert seqs == [1, 2, 3]
+    assert claims == ['{"n":0}', '{"n":1}', None]
+    full = stream.read_group("audit", 3)
+    assert [{**orjson.loads(b), "usage_claim": c} for b, c in zip(blobs, claims, strict=True)] == [
+        e.record for e in full
     ]
 
 

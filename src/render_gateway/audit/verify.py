@@ -157,9 +157,11 @@ class AnchorKeys:
 
 
 # A log this large (records), in a local store, is checked on every core by default: below it,
-# starting the processes (about a second: each imports pyarrow) costs more than it saves. With
-# every claim checked a record costs ~100 µs (Ed25519); for the structure alone, ~3 µs.
-POOL_MIN_RECORDS = {True: 50_000, False: 1_000_000}  # by check_claims
+# starting and stopping the processes (about 1.5 s here: each imports pyarrow) costs more than it
+# saves. With every claim checked a record costs ~100-170 µs (Ed25519); the structure, ~3-5 µs.
+# (On the shared 2-core development machine the pool did not pay at 50,000-300,000 records:
+# docs/BENCHMARKS.md.)
+POOL_MIN_RECORDS = {True: 200_000, False: 2_000_000}  # by check_claims
 
 
 @dataclass

@@ -108,8 +108,8 @@ def audit_verify(
         typer.Option(
             "--workers",
             min=1,
-            help="Processes that check batches. Default: every core for a file:// log of 50,000 "
-            "records or more (1,000,000 with --skip-claims), else one.",
+            help="Processes that check batches. Default: every core for a file:// log of 200,000 "
+            "records or more (2,000,000 with --skip-claims), else one.",
         ),
     ] = None,
     json_output: JsonOption = False,
