@@ -112,15 +112,18 @@ def test_the_bulk_json_path_builds_the_same_table() -> None:
     assert bulk.column("error_code").to_pylist() == [None, "timeout", None]
 
 
-def test_the_bulk_json_path_refuses_a_record_missing_a_required_field() -> None:
+# timestamp and family: a record without them was stored with a 1970 timestamp (its row then
+# dropped by the TTL) instead of being refused.
+@pytest.mark.parametrize("field", ["customer_id", "timestamp", "family"])
+def test_the_bulk_json_path_refuses_a_record_missing_a_required_field(field: str) -> None:
     import orjson
     import pyarrow as pa
 
     from render_gateway.metering.columns import records_json_to_table
 
     broken = record().to_dict()
-    del broken["customer_id"]
-    with pytest.raises(pa.ArrowInvalid, match="customer_id"):
+    del broken[field]
+    with pytest.raises(pa.ArrowInvalid, match=field):
         records_json_to_table([orjson.dumps(broken)])
 
 

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from render_gateway.core.usage_records import build_record, new_event_id
-from render_gateway.metering.columns import records_to_table
+from render_gateway.metering.columns import records_json_to_table, records_to_table
 from render_gateway.metering.store import (
     ClickHouseUsageStore,
     UsageStoreError,
@@ -122,6 +123,69 @@ def test_an_outage_raises_and_the_retry_after_it_lands_once(store: ClickHouseUsa
     store.insert(table, dedup_token="outage")
     store.insert(table, dedup_token="outage")
     assert counts(store) == (10, 10, 10, 10)
+
+
+def stored_json(records: list[dict[str, Any]]) -> bytes:
+    """The batch as the usage stream hands it over: each record's JSON, one a line."""
+    return b"\n".join(
+        orjson.dumps({k: v for k, v in r.items() if k != "usage_claim"}) for r in records
+    )
+
+
+def edge_records() -> list[dict[str, Any]]:
+    """Records that exercise every derivation: families in any case, optional fields null or
+    missing, an error code, no dims, odd timestamps."""
+    records = batch(6)
+    records[0].update(family="FLUX", timestamp=float(int(NOW)) + 0.8226836)
+    records[1].update(family="sd", status="error", error_code="backend_error", input_dims=[])
+    records[2].update(device_uuid=None, job_id=None, backend=None, device_kind=None)
+    for name in ("input_tokens", "output_tokens", "num_steps", "batch_size", "input_dims"):
+        del records[3][name]
+    records[4].update(timestamp=float(int(NOW)) + 0.0000005, gpu_seconds=0.1 + 0.2)  # 0.3...04
+    records[5].update(family="Lumina", extra={"nested": {"x": [1, 2]}}, claim_error="no key")
+    return records
+
+
+def test_a_json_batch_stores_exactly_what_the_arrow_path_stores(
+    store: ClickHouseUsageStore,
+) -> None:
+    records = edge_records()
+    store.insert_json(stored_json(records), dedup_token="json")
+    store.rows("CREATE TABLE arrow_copy AS inference_events")
+    store.append("arrow_copy", records_json_to_table(
+        [orjson.dumps(r) for r in records]))  # fmt: skip
+    for a, b in (("inference_events", "arrow_copy"), ("arrow_copy", "inference_events")):
+        assert store.rows(f"SELECT count() FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})") == [
+            (0,)
+        ]
+    assert counts(store) == (6, 6, 6, 6)
+    assert store.rows("SELECT toString(model_type) FROM inference_events ORDER BY request_id") == [
+        ("rectified_flow",), ("other",), ("rectified_flow",), ("rectified_flow",),
+        ("rectified_flow",), ("rectified_flow",),
+    ]  # fmt: skip
+
+
+def test_a_retried_json_batch_is_counted_once_in_the_table_and_every_rollup(
+    store: ClickHouseUsageStore,
+) -> None:
+    data = stored_json(batch(40))
+    store.insert_json(data, dedup_token="json-1")
+    store.insert_json(data, dedup_token="json-1")
+    assert counts(store) == (40, 40, 40, 40)
+
+
+def test_a_json_batch_with_a_record_missing_a_required_field_stores_nothing(
+    store: ClickHouseUsageStore,
+) -> None:
+    records = batch(5)
+    del records[3]["customer_id"]
+    with pytest.raises(UsageStoreError, match="lacks a required field"):
+        store.insert_json(stored_json(records), dedup_token="broken")
+    records[3]["family"] = None
+    records[3]["customer_id"] = "acme"
+    with pytest.raises(UsageStoreError, match="lacks a required field"):
+        store.insert_json(stored_json(records), dedup_token="broken-2")
+    assert counts(store)[0] == 0
 
 
 def test_a_query_error_is_a_store_error(store: ClickHouseUsageStore) -> None:

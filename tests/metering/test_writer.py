@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from render_gateway.core.usage_records import UsageRecord, build_record
@@ -159,3 +160,41 @@ async def test_the_same_batch_inserted_twice_counts_once(tmp_path: Path) -> None
         assert counts(store)[:2] == (12, 12)
     finally:
         store.close()
+
+
+async def test_a_malformed_record_is_skipped_and_the_rest_of_its_batch_lands_once(
+    jobs: JobStore, tmp_path: Path
+) -> None:
+    """The store parses the batch's JSON and refuses it whole (a record lacks its timestamp);
+    the writer converts that batch itself, skips the one record, and goes on with JSON."""
+    good = [usage(i) for i in range(6)]
+    for record in good[:3]:
+        await jobs.usage_log.append_usage(record)
+    broken = usage(99).to_dict()
+    del broken["timestamp"]
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute(
+            "INSERT INTO usage_log (event_id, customer_id, month, timestamp, billable,"
+            " gpu_seconds, cost_nanos, record, claim) VALUES (?, '', '2026-12', ?, 1, 0, 0, ?,"
+            " NULL)",
+            (broken["event_id"], time.time(), orjson.dumps(broken)),
+        )
+    for record in good[3:]:
+        await jobs.usage_log.append_usage(record)
+    writer = UsageWriter(jobs.usage_log, opener(tmp_path / "ch"), batch_rows=4, flush_interval=0.05)
+    writer.start()
+    try:
+        assert await asyncio.to_thread(writer.wait_caught_up, 20.0)
+        assert writer.store is not None
+        raw, rolled, stored_gpu = counts(writer.store)
+        assert (raw, rolled) == (6, 6)
+        assert stored_gpu == pytest.approx(sum(r.gpu_seconds for r in good), abs=1e-9)
+        assert writer.stats.dropped == 1 and writer.stats.store_errors == 0
+        assert jobs.usage_log.acked(GROUP) == 7
+        # After the start (checked against stored ids) and the refused batch, JSON again.
+        await append(jobs, writer, range(10, 15))
+        assert await asyncio.to_thread(writer.wait_caught_up, 20.0)
+        assert counts(writer.store)[:2] == (11, 11)
+        assert writer.stats.already_present == 0
+    finally:
+        await asyncio.to_thread(writer.stop, 5.0)

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import math
 import os
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,13 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from render_gateway.metering.columns import (
+    COLUMNS,
+    JSON_INSERT_SETTINGS,
+    JSON_REQUIRED,
+    JSON_SELECT,
+    JSON_STRUCTURE,
+)
 from render_gateway.metering.schema import (
     EVENTS_TABLE,
     apply_migrations,
@@ -49,6 +57,8 @@ class UsageStore(Protocol):
 
     def insert(self, table: pa.Table, dedup_token: str | None = None) -> None: ...
 
+    def insert_json(self, records: bytes, dedup_token: str) -> None: ...
+
     def existing_event_ids(
         self, event_ids: Sequence[str], since: float, until: float
     ) -> set[str]: ...
@@ -56,6 +66,8 @@ class UsageStore(Protocol):
     def rows(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]: ...
+
+    def arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table: ...
     def append(self, table_name: str, table: pa.Table) -> None: ...
 
     def ping(self) -> bool: ...
@@ -68,9 +80,15 @@ class ClickHouseUsageStore:
     the read side each open their own, so a slow query never waits in front of an insert."""
 
     def __init__(
-        self, client: Client, url: str, retention_days: int, secret: str | None = None
+        self,
+        client: Client,
+        url: str,
+        retention_days: int,
+        secret: str | None = None,
+        embedded: bool = False,
     ) -> None:
         self.url = url
+        self.embedded = embedded  # chDB in this process (else a ClickHouse server over HTTP)
         self.retention_days = retention_days
         self._client = client
         self._secret = secret  # scrubbed from error messages
@@ -107,6 +125,38 @@ class ClickHouseUsageStore:
         with self._session(f"insert of {table.num_rows} rows") as client:
             client.insert_arrow(EVENTS_TABLE, table, settings=settings)
 
+    def insert_json(self, records: bytes, dedup_token: str) -> None:
+        """Insert usage records given as the usage stream stores them: JSON objects, one a line.
+        ClickHouse parses them and derives the table's columns (``columns.JSON_SELECT``); a
+        record that lacks a required field, or any it cannot parse, fails the whole insert
+        (nothing of it is stored) with :class:`UsageStoreError`."""
+        if not records:
+            return
+        settings: dict[str, str | int] = {
+            **JSON_INSERT_SETTINGS,
+            "insert_deduplication_token": dedup_token,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+        }
+        clause = ", ".join(f"{name} = {_sql_value(value)}" for name, value in settings.items())
+        head = f"INSERT INTO {EVENTS_TABLE} ({', '.join(COLUMNS)}) SETTINGS {clause} SELECT"
+        structure = _sql_value(JSON_STRUCTURE)
+        with self._session("insert of a JSON batch") as client:
+            if not self.embedded:
+                # A server reads the body as the input() of the statement: one HTTP request.
+                client.command(
+                    f"{head} {JSON_SELECT} FROM input({structure}) WHERE {JSON_REQUIRED}"
+                    " FORMAT JSONEachRow",
+                    data=records,
+                )
+                return
+            # chDB takes no request body: the batch goes through a file, as clickhouse-connect
+            # does for its own inserts into chDB (INSERT ... FROM INFILE).
+            with tempfile.NamedTemporaryFile(prefix="usage-batch-", suffix=".jsonl") as batch:
+                batch.write(records)
+                batch.flush()
+                source = f"file({_sql_value(batch.name)}, 'JSONEachRow', {structure})"
+                client.command(f"{head} {JSON_SELECT} FROM {source} WHERE {JSON_REQUIRED}")
+
     def append(self, table_name: str, table: pa.Table) -> None:
         """Insert an Arrow table into another table of the schema (e.g. reconciliation_runs)."""
         with self._session(f"insert into {table_name}") as client:
@@ -134,6 +184,13 @@ class ClickHouseUsageStore:
             result = client.query(sql, parameters=dict(parameters or {}))
             return [tuple(row) for row in result.result_rows]
 
+    def arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
+        """The result as an Arrow table (columns named by the query): no Python object per
+        value, for results of many rows."""
+        with self._session("query") as client:
+            table: pa.Table = client.query_arrow(sql, parameters=dict(parameters or {}))
+            return table
+
     def ping(self) -> bool:
         """Whether the store answers now (never raises)."""
         with self._lock:
@@ -150,6 +207,13 @@ class ClickHouseUsageStore:
                 return
             self._closed = True
             self._client.close()
+
+
+def _sql_value(value: str | int) -> str:
+    """A ClickHouse literal: an int as it is, a string quoted and escaped."""
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -293,7 +357,9 @@ def open_usage_store(
         client = _connect_chdb(parsed.path, shown)
     else:
         client = _connect_http(parsed, shown)
-    store = ClickHouseUsageStore(client, shown, retention_days, secret=parsed.password)
+    store = ClickHouseUsageStore(
+        client, shown, retention_days, secret=parsed.password, embedded=parsed.path is not None
+    )
     if not migrate:
         return store
     try:

@@ -178,18 +178,36 @@ class UsageWriter:
             if not seqs:
                 return
             self.stats.in_flight = len(seqs)
-            table = self._table(seqs, blobs)
-            if suspect and table.num_rows:
-                table = self._without_present(store, table)
-            if table.num_rows:
-                store.insert(table, dedup_token=_token(table))
-                self.stats.written += table.num_rows
-                self.stats.batches += 1
+            if not suspect:
+                suspect = not self._insert_json(store, blobs)
+            if suspect:  # after a start or a failure, or a batch the store could not parse
+                table = self._table(seqs, blobs)
+                if table.num_rows:
+                    table = self._without_present(store, table)
+                if table.num_rows:
+                    store.insert(table, dedup_token=_token(table))
+                    self.stats.written += table.num_rows
+                    self.stats.batches += 1
             self._stream.ack(GROUP, seqs[-1])
             self._observe()
             suspect = False
             if len(seqs) < self._batch_rows:
                 return
+
+    def _insert_json(self, store: UsageStore, blobs: Sequence[bytes]) -> bool:
+        """The normal path: the stored JSON as it is, parsed by the store. False when the store
+        refused it; the batch then goes the careful way (converted here, one bad record
+        skipped, checked against the event ids already stored: a refusal may also be an outage,
+        or a reply lost after the insert landed)."""
+        data = b"\n".join(blobs)
+        try:
+            store.insert_json(data, dedup_token=blake3.blake3(data).hexdigest())
+        except UsageStoreError as exc:
+            log.warning("usage store refused a batch of %d records as JSON: %s", len(blobs), exc)
+            return False
+        self.stats.written += len(blobs)
+        self.stats.batches += 1
+        return True
 
     def _table(self, seqs: Sequence[int], blobs: Sequence[bytes]) -> pa.Table:
         try:
