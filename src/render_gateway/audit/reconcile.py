@@ -11,8 +11,10 @@ otherwise; a side that cannot be read makes the run an ``error`` — never an em
 
 from __future__ import annotations
 
-import io
+import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from render_gateway.audit.attestations import SCHEMA
+from render_gateway.audit.attestations import SCHEMA, SERIAL_READ
 from render_gateway.audit.cas import ContentStore, IntegrityError
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
 from render_gateway.metering.columns import records_to_table
@@ -31,9 +33,18 @@ from render_gateway.metering.store import UsageStore
 from render_gateway.stores.objects import ObjectMissing, ObjectStore
 
 Status = Literal["reconciled", "discrepancies", "error"]
-# The totals need four columns; the ids are read again, only when some key differs.
-TOTALS_COLUMNS = ["customer_id", "model", "ended_at_us", "gpu_seconds"]
+# The totals need three columns (and ``ended_at_us`` in the batches across the window's edges);
+# the ids are read again, only when some key differs, and only for the rows of those keys.
+TOTALS_COLUMNS = ["customer_id", "model", "gpu_seconds"]
 EVENT_COLUMNS = ["event_id", "request_id", *TOTALS_COLUMNS]
+# Columns of few distinct values, read for the totals as Arrow dictionaries: Parquet stores them
+# dictionary-encoded, and decoding them to one string per row was most of the read's cost.
+_DICTIONARY_COLUMNS = ("customer_id", "model")
+# Batches are fetched, re-hashed and parsed on this many threads of our own (each read on its
+# calling thread, SERIAL_READ): BLAKE3, the object store's read and Parquet's decoding release
+# the GIL. Arrow's own pool is not used: its threads left alive abort a CLI at exit
+# (apache/arrow#34314); ours are joined before reconcile returns.
+_READ_THREADS = max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass(frozen=True)
@@ -108,50 +119,75 @@ def reconcile(
 ) -> Reconciliation:
     run = Reconciliation(uuid.uuid4().hex, window.start, window.end, threshold)
     run.counts = dict.fromkeys(_LISTS, 0)
-    try:
-        cold = _cold_events(objects, window, TOTALS_COLUMNS, run)
-    except Exception as exc:  # any failure to read the authoritative side is an error
-        return _failed(run, f"the cold path (CAS) could not be read: {exc}")
-    try:
-        hot_keys = _hot_keys(usage, window)
-    except Exception as exc:
-        return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
-    with duckdb.connect() as db:
-        db.register("cold", cold)
-        cold_keys = {
-            (c, m): (int(n), float(g))
-            for c, m, n, g in db.execute(
-                "SELECT customer_id, model, count(*), coalesce(sum(gpu_seconds), 0) FROM cold "
-                "GROUP BY ALL"
-            ).fetchall()
-        }
-        _compare_keys(run, hot_keys, cold_keys)
-        if not run.keys:
-            return run
-        differing = [(k.customer_id, k.model) for k in run.keys]
+    with ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="reconcile") as pool:
+        # The hot side's aggregate runs in ClickHouse while the cold side is read here.
+        hot_query = pool.submit(_hot_keys, usage, window)
         try:
-            events = _cold_events(objects, window, None if repair else EVENT_COLUMNS, None)
-        except Exception as exc:
+            cold = _cold_events(objects, window, TOTALS_COLUMNS, run, pool=pool, dictionary=True)
+        except Exception as exc:  # any failure to read the authoritative side is an error
+            hot_query.exception()  # waited for, whatever it did
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
         try:
-            hot = _hot_events(usage, window, differing)
+            hot_keys = hot_query.result()
         except Exception as exc:
             return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
-        db.register("hot", hot)
-        db.register("cold_events", events)
-        db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
-                                           "model": [m for _, m in differing]}))  # fmt: skip
-        db.execute(
-            "CREATE TEMP TABLE cold_k AS SELECT * FROM cold_events "
-            "SEMI JOIN differing USING (customer_id, model)"
-        )
-        _name_requests(run, db, cap)
-        if repair and run.counts["missing_in_hot"]:
+        with duckdb.connect() as db:
+            db.register("cold", cold)
+            cold_keys = {
+                (str(c), str(m)): (int(n), float(g))
+                for c, m, n, g in db.execute(
+                    "SELECT customer_id, model, count(*), coalesce(sum(gpu_seconds), 0) "
+                    "FROM cold GROUP BY ALL"
+                ).fetchall()
+            }
+            del cold
+            db.unregister("cold")
+            _compare_keys(run, hot_keys, cold_keys)
+            if not run.keys:
+                return run
+            differing = [(k.customer_id, k.model) for k in run.keys]
             try:
-                run.repaired = _repair(usage, db)
+                events = _cold_events(
+                    objects, window, None if repair else EVENT_COLUMNS, None, pool=pool,
+                    keep=_of_keys(differing),
+                )  # fmt: skip
             except Exception as exc:
-                return _failed(run, f"the repair failed: {exc}")
+                return _failed(run, f"the cold path (CAS) could not be read: {exc}")
+            try:
+                hot = _hot_events(usage, window, differing)
+            except Exception as exc:
+                return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
+            db.register("hot", hot)
+            db.register("cold_events", events)
+            db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
+                                               "model": [m for _, m in differing]}))  # fmt: skip
+            # Exact: ``keep`` let through every row of a differing key, and maybe a few more.
+            db.execute(
+                "CREATE TEMP TABLE cold_k AS SELECT * FROM cold_events "
+                "SEMI JOIN differing USING (customer_id, model)"
+            )
+            _name_requests(run, db, cap)
+            if repair and run.counts["missing_in_hot"]:
+                try:
+                    run.repaired = _repair(usage, db)
+                except Exception as exc:
+                    return _failed(run, f"the repair failed: {exc}")
     return run
+
+
+def _of_keys(keys: list[tuple[str, str]]) -> Callable[[pa.Table], pa.Array]:
+    """A row filter that keeps every row of ``keys`` (and the rows whose customer is one of
+    theirs and whose model is another of theirs: the SEMI JOIN after it is exact)."""
+    customers = pa.array(sorted({c for c, _ in keys}), pa.string())
+    models = pa.array(sorted({m for _, m in keys}), pa.string())
+
+    def keep(table: pa.Table) -> pa.Array:
+        return pc.and_(
+            pc.is_in(table.column("customer_id"), value_set=customers),
+            pc.is_in(table.column("model"), value_set=models),
+        )
+
+    return keep
 
 
 _LISTS = ("missing_in_hot", "missing_in_cold", "duplicated_in_hot", "gpu_mismatches")
@@ -167,38 +203,76 @@ def _cold_events(
     window: TimeRange,
     columns: list[str] | None,
     run: Reconciliation | None,
+    *,
+    pool: ThreadPoolExecutor | None = None,
+    dictionary: bool = False,
+    keep: Callable[[pa.Table], pa.Array] | None = None,
 ) -> pa.Table:
-    """Every attestation in the window, from the batches whose time window overlaps it (each
-    batch re-hashed on read; only batches across the window's edges are filtered row by row).
-    A batch that is gone or altered is named in ``run``, and its records then show up as
-    missing from the cold path."""
+    """Every attestation in the window (``columns`` of it; None: all), from the batches whose
+    time window overlaps it, each batch re-hashed on read (the bytes hashed are the bytes
+    parsed) and only those across the window's edges filtered by time. A batch that is gone or
+    altered is named in ``run``, and its records then show up as missing from the cold path.
+    ``dictionary``: the low-cardinality columns as Arrow dictionaries; ``keep``: a filter
+    applied to each batch as it is read (only its rows are kept in memory)."""
     bounds = window.parameters()
     start_us, end_us = bounds["start_us"], bounds["end_us"]
     cas = ContentStore(objects)
-    tables = []
+    wanted = list(SCHEMA.names) if columns is None else columns
+    leaves = []
     for key in objects.list(LEAVES_PREFIX):
         leaf = BatchLeaf.decode(objects.get(key))
         if leaf.window_end_us < start_us or leaf.window_start_us >= end_us:
             continue
+        leaves.append(leaf)
+
+    def read(leaf: BatchLeaf) -> pa.Table | ObjectMissing | IntegrityError:
         try:
             data = cas.get(leaf.batch_blake3)
         except (ObjectMissing, IntegrityError) as exc:
-            if run is not None:
-                run.unreadable_batches.append(
-                    f"leaf {leaf.index} (batch {leaf.batch_blake3}): {exc}"
-                )
-                run.status = "discrepancies"
-            continue
-        table = pq.read_table(io.BytesIO(data), columns=columns)
-        if leaf.window_start_us < start_us or leaf.window_end_us >= end_us:
+            return exc
+        edge = leaf.window_start_us < start_us or leaf.window_end_us >= end_us
+        names = [*wanted, "ended_at_us"] if edge and "ended_at_us" not in wanted else wanted
+        table = pq.read_table(
+            pa.BufferReader(data),
+            columns=names,
+            read_dictionary=[c for c in _DICTIONARY_COLUMNS if c in names] if dictionary else None,
+            **SERIAL_READ,
+        )
+        if edge:
             stamps = table.column("ended_at_us")
             inside = pc.and_(pc.greater_equal(stamps, start_us), pc.less(stamps, end_us))
-            table = table.filter(inside)
-        tables.append(table)
+            table = table.filter(inside).select(wanted)
+        if keep is not None:
+            table = table.filter(keep(table))
+        return table
+
+    if pool is None:
+        with ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="reconcile") as own:
+            results = list(own.map(read, leaves))
+    else:
+        results = list(pool.map(read, leaves))
+    tables = []
+    for leaf, result in zip(leaves, results, strict=True):
+        if isinstance(result, pa.Table):
+            tables.append(result)
+        elif run is not None:
+            run.unreadable_batches.append(
+                f"leaf {leaf.index} (batch {leaf.batch_blake3}): {result}"
+            )
+            run.status = "discrepancies"
     if not tables:
-        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
-        return schema.empty_table()
+        return _schema(wanted, dictionary).empty_table()
     return pa.concat_tables(tables)
+
+
+def _schema(columns: list[str], dictionary: bool) -> pa.Schema:
+    fields = []
+    for name in columns:
+        field = SCHEMA.field(name)
+        if dictionary and name in _DICTIONARY_COLUMNS:
+            field = field.with_type(pa.dictionary(pa.int32(), field.type))
+        fields.append(field)
+    return pa.schema(fields)
 
 
 _HOT_KEYS_SQL = """
@@ -209,8 +283,8 @@ GROUP BY customer_id, model_name
 """
 
 _HOT_EVENTS_SQL = """
-SELECT toString(event_id), request_id, CAST(customer_id AS String), CAST(model_name AS String),
-    gpu_seconds
+SELECT toString(event_id) AS event_id, request_id, CAST(customer_id AS String) AS customer_id,
+    CAST(model_name AS String) AS model, gpu_seconds
 FROM inference_events
 WHERE timestamp >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
   AND timestamp < fromUnixTimestamp64Micro({end_us:Int64}, 'UTC')
@@ -225,12 +299,11 @@ def _hot_keys(usage: UsageStore, window: TimeRange) -> dict[tuple[str, str], tup
 
 
 def _hot_events(usage: UsageStore, window: TimeRange, keys: list[tuple[str, str]]) -> pa.Table:
-    rows = usage.rows(_HOT_EVENTS_SQL, {**window.parameters(), "keys": keys})
+    table = usage.arrow(_HOT_EVENTS_SQL, {**window.parameters(), "keys": keys})
     names = ("event_id", "request_id", "customer_id", "model", "gpu_seconds")
     types = (pa.string(),) * 4 + (pa.float64(),)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     return pa.table(
-        {n: pa.array(list(c), t) for n, c, t in zip(names, columns, types, strict=True)}
+        {n: table.column(i).cast(t) for i, (n, t) in enumerate(zip(names, types, strict=True))}
     )
 
 
