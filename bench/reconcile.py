@@ -60,9 +60,11 @@ from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
 from render_gateway.audit.reconcile import (
     _LISTS,
+    _READ_THREADS,
     TOTALS_COLUMNS,
     Reconciliation,
     _cold_events,
+    _cold_k,
     _hot_events,
     _hot_keys,
     _name_requests,
@@ -501,23 +503,24 @@ def drill_down_breakdown(
         lap("cold key aggregate (DuckDB over Arrow)")
         del cold, hot_keys
         db.unregister("cold")
-        events = _cold_events(objects, window, COLD_COLUMNS, None, keep=_of_keys(differing))
-        lap(f"cold events of the differing keys' customers x models ({events.num_rows:,} rows)")
-        hot = _hot_events(usage, window, differing)
-        lap(f"hot events of the {len(differing)} differing keys ({hot.num_rows:,} rows, Arrow)")
-        db.register("hot", hot)
-        db.register("cold_events", events)
-        db.register(
-            "differing",
-            pa.table(
-                {"customer_id": [c for c, _ in differing], "model": [m for _, m in differing]}
-            ),
-        )
-        db.execute(
-            "CREATE TEMP TABLE cold_k AS SELECT * FROM cold_events "
-            "SEMI JOIN differing USING (customer_id, model)"
-        )
-        lap("cold_k: SEMI JOIN of those rows (DuckDB)")
+        with ThreadPoolExecutor(_READ_THREADS) as pool:
+            events = _cold_events(
+                objects, window, COLD_COLUMNS, None, pool=pool, keep=_of_keys(differing),
+                batch_column=True,
+            )  # fmt: skip
+            lap(f"cold event ids of the differing keys' customers x models ({events.num_rows:,})")
+            hot = _hot_events(usage, window, differing)
+            lap(f"hot events of the {len(differing)} differing keys ({hot.num_rows:,} rows, Arrow)")
+            db.register("hot", hot)
+            db.register("cold_events", events)
+            db.register(
+                "differing",
+                pa.table(
+                    {"customer_id": [c for c, _ in differing], "model": [m for _, m in differing]}
+                ),
+            )
+            _cold_k(db, objects, window, pool, False)
+            lap("cold_k: SEMI JOIN + request ids from the batches of the rows to name")
         _name_requests(scratch, db, 100)
         lap("name the requests (4 DuckDB joins)")
     return steps

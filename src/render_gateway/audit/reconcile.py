@@ -33,10 +33,11 @@ from render_gateway.metering.store import UsageStore
 from render_gateway.stores.objects import ObjectMissing, ObjectStore
 
 Status = Literal["reconciled", "discrepancies", "error"]
-# The totals need three columns (and ``ended_at_us`` in the batches across the window's edges);
-# the ids are read again, only when some key differs, and only for the rows of those keys.
+# The totals need three columns (and ``ended_at_us`` in the batches across the window's edges).
+# When some key differs, the event ids are read again for the rows of those keys; request ids
+# (a second string per row) only from the batches that hold a request to be named.
 TOTALS_COLUMNS = ["customer_id", "model", "gpu_seconds"]
-EVENT_COLUMNS = ["event_id", "request_id", *TOTALS_COLUMNS]
+EVENT_COLUMNS = ["event_id", *TOTALS_COLUMNS]
 # Columns of few distinct values, read for the totals as Arrow dictionaries: Parquet stores them
 # dictionary-encoded, and decoding them to one string per row was most of the read's cost.
 _DICTIONARY_COLUMNS = ("customer_id", "model")
@@ -149,7 +150,7 @@ def reconcile(
             try:
                 events = _cold_events(
                     objects, window, None if repair else EVENT_COLUMNS, None, pool=pool,
-                    keep=_of_keys(differing),
+                    keep=_of_keys(differing), batch_column=True,
                 )  # fmt: skip
             except Exception as exc:
                 return _failed(run, f"the cold path (CAS) could not be read: {exc}")
@@ -161,11 +162,10 @@ def reconcile(
             db.register("cold_events", events)
             db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
                                                "model": [m for _, m in differing]}))  # fmt: skip
-            # Exact: ``keep`` let through every row of a differing key, and maybe a few more.
-            db.execute(
-                "CREATE TEMP TABLE cold_k AS SELECT * FROM cold_events "
-                "SEMI JOIN differing USING (customer_id, model)"
-            )
+            try:
+                _cold_k(db, objects, window, pool, "request_id" in events.schema.names)
+            except Exception as exc:
+                return _failed(run, f"the cold path (CAS) could not be read: {exc}")
             _name_requests(run, db, cap)
             if repair and run.counts["missing_in_hot"]:
                 try:
@@ -173,6 +173,42 @@ def reconcile(
                 except Exception as exc:
                     return _failed(run, f"the repair failed: {exc}")
     return run
+
+
+def _cold_k(
+    db: duckdb.DuckDBPyConnection,
+    objects: ObjectStore,
+    window: TimeRange,
+    pool: ThreadPoolExecutor,
+    has_request_ids: bool,
+) -> None:
+    """Table ``cold_k``: the cold events of the differing keys (exact: ``_of_keys`` let through
+    every row of those keys and maybe a few more), with ``request_id`` for every row that
+    ``_name_requests`` names from the cold side (missing in ClickHouse, or GPU-seconds apart);
+    NULL for the others, whose request ids are never read."""
+    db.execute(
+        "CREATE TEMP TABLE cold_k0 AS SELECT * FROM cold_events "
+        "SEMI JOIN differing USING (customer_id, model)"
+    )
+    if has_request_ids:  # read with every column (a repair)
+        db.execute("CREATE TEMP TABLE cold_k AS SELECT * FROM cold_k0")
+        return
+    named = db.sql(
+        "SELECT event_id, batch FROM cold_k0 ANTI JOIN hot USING (event_id) "
+        "UNION SELECT c.event_id, c.batch FROM cold_k0 c JOIN hot h USING (event_id) "
+        "WHERE abs(h.gpu_seconds - c.gpu_seconds) > 1e-9"
+    ).to_arrow_table()
+    wanted = named.column("event_id").combine_chunks()
+    ids = _cold_events(
+        objects, window, ["event_id", "request_id"], None, pool=pool,
+        only={int(b) for b in pc.unique(named.column("batch")).to_pylist()},
+        keep=lambda table: pc.is_in(table.column("event_id"), value_set=wanted),
+    )  # fmt: skip
+    db.register("cold_ids", ids)
+    db.execute(
+        "CREATE TEMP TABLE cold_k AS SELECT k.*, i.request_id FROM cold_k0 k "
+        "LEFT JOIN (SELECT DISTINCT event_id, request_id FROM cold_ids) i USING (event_id)"
+    )
 
 
 def _of_keys(keys: list[tuple[str, str]]) -> Callable[[pa.Table], pa.Array]:
@@ -207,13 +243,17 @@ def _cold_events(
     pool: ThreadPoolExecutor | None = None,
     dictionary: bool = False,
     keep: Callable[[pa.Table], pa.Array] | None = None,
+    batch_column: bool = False,
+    only: set[int] | None = None,
 ) -> pa.Table:
     """Every attestation in the window (``columns`` of it; None: all), from the batches whose
     time window overlaps it, each batch re-hashed on read (the bytes hashed are the bytes
     parsed) and only those across the window's edges filtered by time. A batch that is gone or
     altered is named in ``run``, and its records then show up as missing from the cold path.
     ``dictionary``: the low-cardinality columns as Arrow dictionaries; ``keep``: a filter
-    applied to each batch as it is read (only its rows are kept in memory)."""
+    applied to each batch as it is read (only its rows are kept in memory); ``batch_column``:
+    a column ``batch`` with each row's leaf index; ``only``: just the batches of these leaf
+    indexes."""
     bounds = window.parameters()
     start_us, end_us = bounds["start_us"], bounds["end_us"]
     cas = ContentStore(objects)
@@ -223,7 +263,8 @@ def _cold_events(
         leaf = BatchLeaf.decode(objects.get(key))
         if leaf.window_end_us < start_us or leaf.window_start_us >= end_us:
             continue
-        leaves.append(leaf)
+        if only is None or leaf.index in only:
+            leaves.append(leaf)
 
     def read(leaf: BatchLeaf) -> pa.Table | ObjectMissing | IntegrityError:
         try:
@@ -244,6 +285,10 @@ def _cold_events(
             table = table.filter(inside).select(wanted)
         if keep is not None:
             table = table.filter(keep(table))
+        if batch_column:
+            table = table.append_column(
+                "batch", pa.repeat(pa.scalar(leaf.index, pa.int64()), table.num_rows)
+            )
         return table
 
     if pool is None:
@@ -261,7 +306,10 @@ def _cold_events(
             )
             run.status = "discrepancies"
     if not tables:
-        return _schema(wanted, dictionary).empty_table()
+        schema = _schema(wanted, dictionary)
+        if batch_column:
+            schema = schema.append(pa.field("batch", pa.int64()))
+        return schema.empty_table()
     return pa.concat_tables(tables)
 
 
@@ -339,7 +387,7 @@ def _name_requests(run: Reconciliation, db: duckdb.DuckDBPyConnection, cap: int)
         getattr(run, name).extend(ids[:cap])
     mismatches = db.execute(
         "SELECT c.request_id, any_value(h.gpu_seconds), any_value(c.gpu_seconds) "
-        "FROM cold_k c JOIN hot h USING (event_id) "
+        "FROM cold_k c JOIN hot h USING (event_id) WHERE c.request_id IS NOT NULL "
         "GROUP BY c.request_id HAVING abs(any_value(h.gpu_seconds) - any_value(c.gpu_seconds)) "
         "> 1e-9 ORDER BY 1"
     ).fetchall()
