@@ -59,16 +59,16 @@ from render_gateway.audit.attestations import SCHEMA
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
 from render_gateway.audit.reconcile import (
+    _EVENTS_SCHEMA,
     _LISTS,
     _READ_THREADS,
-    TOTALS_COLUMNS,
     Reconciliation,
-    _cold_events,
     _cold_k,
+    _cold_keys,
+    _cold_scan,
     _hot_events,
     _hot_keys,
     _name_requests,
-    _of_keys,
     reconcile,
 )
 from render_gateway.audit.reconcile import (
@@ -380,17 +380,16 @@ def cold_breakdown(
     keys = objects.list(LEAVES_PREFIX)
     leaves = [BatchLeaf.decode(objects.get(k)) for k in keys]
     lap("cold: list + get + decode leaves")
-    cold = _cold_events(objects, window, TOTALS_COLUMNS, None, dictionary=True)
-    lap(f"cold: get + BLAKE3 + parquet ({len(TOTALS_COLUMNS)} columns, dict), threads")
+    scratch = Reconciliation("bench", window.start, window.end, 0.001)
+    with (
+        ThreadPoolExecutor(_READ_THREADS) as pool,
+        tempfile.TemporaryDirectory() as tmp,
+        duckdb.connect() as db,
+    ):
+        _cold_keys(db, objects, window, scratch, pool, Path(tmp))
+    lap("cold: get + BLAKE3 + private copy (threads), DuckDB aggregate")
     floor_clickhouse(usage, window)
-    lap("hot: ClickHouse aggregate query")
-    with duckdb.connect() as db:
-        db.register("cold", cold)
-        db.execute(
-            "SELECT customer_id, model, count(*), coalesce(sum(gpu_seconds), 0) FROM cold "
-            "GROUP BY ALL"
-        ).fetchall()
-    lap("DuckDB aggregate over the Arrow table")
+    lap("hot: ClickHouse aggregate query (overlapped in reconcile)")
     del leaves
     return steps
 
@@ -492,35 +491,33 @@ def drill_down_breakdown(
 
     hot_keys = _hot_keys(usage, window)
     lap("hot key aggregate (_hot_keys; in reconcile it overlaps the cold read)")
-    cold = _cold_events(objects, window, TOTALS_COLUMNS, scratch, dictionary=True)
-    lap("cold totals read (_cold_events: get, hash, parquet, edge filter)")
-    with duckdb.connect() as db:
-        db.register("cold", cold)
-        db.execute(
-            "SELECT customer_id, model, count(*), coalesce(sum(gpu_seconds), 0) FROM cold "
-            "GROUP BY ALL"
-        ).fetchall()
-        lap("cold key aggregate (DuckDB over Arrow)")
-        del cold, hot_keys
-        db.unregister("cold")
-        with ThreadPoolExecutor(_READ_THREADS) as pool:
-            events = _cold_events(
-                objects, window, COLD_COLUMNS, None, pool=pool, keep=_of_keys(differing),
-                batch_column=True,
-            )  # fmt: skip
-            lap(f"cold event ids of the differing keys' customers x models ({events.num_rows:,})")
-            hot = _hot_events(usage, window, differing)
-            lap(f"hot events of the {len(differing)} differing keys ({hot.num_rows:,} rows, Arrow)")
-            db.register("hot", hot)
-            db.register("cold_events", events)
-            db.register(
-                "differing",
-                pa.table(
-                    {"customer_id": [c for c, _ in differing], "model": [m for _, m in differing]}
-                ),
-            )
-            _cold_k(db, objects, window, pool, False)
-            lap("cold_k: SEMI JOIN + request ids from the batches of the rows to name")
+    with (
+        ThreadPoolExecutor(_READ_THREADS) as pool,
+        tempfile.TemporaryDirectory() as tmp,
+        duckdb.connect() as db,
+    ):
+        _cold_keys(db, objects, window, scratch, pool, Path(tmp))
+        lap("cold totals (_cold_keys: get, hash, copy, DuckDB aggregate)")
+        del hot_keys
+        db.register(
+            "differing",
+            pa.table(
+                {"customer_id": [c for c, _ in differing], "model": [m for _, m in differing]}
+            ),
+        )
+        events = _cold_scan(
+            db, objects, window, None, pool, Path(tmp),
+            "SELECT event_id, customer_id, model, gpu_seconds, batch FROM {batches} "
+            "SEMI JOIN differing USING (customer_id, model) WHERE {in_window}",
+            _EVENTS_SCHEMA,
+        )  # fmt: skip
+        lap(f"cold events of the differing keys (_cold_scan, {events.num_rows:,} rows)")
+        hot = _hot_events(usage, window, differing)
+        lap(f"hot events of the {len(differing)} differing keys ({hot.num_rows:,} rows, Arrow)")
+        db.register("hot", hot)
+        db.register("cold_events", events)
+        _cold_k(db, objects, window, pool, False)
+        lap("cold_k: SEMI JOIN + request ids from the batches of the rows to name")
         _name_requests(scratch, db, 100)
         lap("name the requests (4 DuckDB joins)")
     return steps
