@@ -1,10 +1,11 @@
 """Reconciliation: the hot path (ClickHouse) against the cold path (attestation batches in CAS),
 over a closed time window, named down to the request.
 
-Both sides are aggregated per (customer, model): request count and GPU-seconds. Every key whose
-count or GPU-seconds differ at all is drilled into: its events on both sides are joined by
-event id (DuckDB, over Arrow tables of the two sides), which names the requests present on one
-side only, those counted twice in ClickHouse, and those whose GPU-seconds differ. The status is
+Both sides are aggregated per (customer, model): request count and GPU-seconds (the cold side
+by DuckDB's Parquet reader, over private copies of the batches' verified bytes). Every key
+whose count or GPU-seconds differ at all is drilled into: its events on both sides are joined
+by event id (DuckDB), which names the requests present on one side only, those counted twice
+in ClickHouse, and those whose GPU-seconds differ. The status is
 ``reconciled`` when every key's relative deltas are within ``threshold`` and ``discrepancies``
 otherwise; a side that cannot be read makes the run an ``error`` — never an empty success.
 """
