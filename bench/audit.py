@@ -2,7 +2,9 @@
 by offline verification, with the BLAKE3 throughput of the same machine as the floor.
 
 (1) Write: the usage log (a real SqliteJobStore file) is pre-filled with N usage records that
-    carry real Ed25519-signed backend claims, one per request (untimed). Then an
+    carry real backend claims signed in windows of ``--claim-window`` claims (Ed25519-window:
+    one signature per window, each claim with its inclusion proof), untimed; a second store of
+    the same N records with claims signed one by one (Ed25519) is the comparison. Then an
     ``AttestationBatcher`` batches all of them — attestation rows, Parquet (zstd), BLAKE3, the
     CAS put, the leaf, the log append and a signed checkpoint per batch — into a local CAS;
     timed from start until everything is sealed. This is the gateway's own path.
@@ -15,7 +17,7 @@ by offline verification, with the BLAKE3 throughput of the same machine as the f
 (3) Floor: BLAKE3 over the same batch files' bytes (what verification must at least read and
     hash), and Ed25519 verifications per second (what checking one claim per record costs).
 
-    python bench/audit.py [--records 100000] [--batch-records 10000]
+    python bench/audit.py [--records 100000] [--batch-records 10000] [--claim-window 256]
 """
 
 from __future__ import annotations
@@ -44,17 +46,23 @@ from render_gateway.audit.verify import verify_log
 from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
 
-from support.audit_fixtures import signed_record
+from support.audit_fixtures import signed_record, window_signed_records
 
 ORIGIN = "render-gateway/bench"
 
 
-async def prefill(data: Path, records: int) -> SqliteJobStore:
+async def prefill(data: Path, records: int, window: int) -> SqliteJobStore:
+    """``window`` > 0: claims signed in windows of that many; 0: each signed directly."""
     jobs = SqliteJobStore(data / "jobs.db", synchronous="NORMAL")
     await jobs.open()
-    chunk = 500
+    chunk = 512 if not window else max(1, 512 // window) * window  # whole windows per chunk
     for start in range(0, records, chunk):
-        batch = [signed_record(i) for i in range(start, min(records, start + chunk))]
+        indices = range(start, min(records, start + chunk))
+        batch = (
+            window_signed_records(indices, window)
+            if window
+            else [signed_record(i) for i in indices]
+        )
         await asyncio.gather(*(jobs.usage_log.append_usage(r) for r in batch))
     return jobs
 
@@ -74,14 +82,27 @@ def write(data: Path, jobs: SqliteJobStore, batch_records: int) -> float:
     return elapsed
 
 
-def verify(data: Path, check_claims: bool, workers: int) -> tuple[float, int]:
+def build(data: Path, records: int, batch_records: int, window: int) -> float:
+    """Pre-fill a usage log (untimed) and seal it; the seconds sealing took."""
+    data.mkdir()
+    jobs = asyncio.run(prefill(data, records, window))
+    seconds = write(data, jobs, batch_records)
+    jobs.usage_log.close_thread_connection()
+    asyncio.run(jobs.close())
+    return seconds
+
+
+def verify(data: Path, check_claims: bool, workers: int) -> tuple[float, float, int]:
+    """Wall seconds and this process's CPU seconds of one verification, and its records (the
+    CPU time is what the verifier itself spent: on a shared machine the wall time also counts
+    the time other processes held the cores; with worker processes it is the parent's only)."""
     objects = open_object_store((data / "cas").as_uri())
     verifier = load_signer(data, ORIGIN).verifier()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = verify_log(objects, [verifier], ORIGIN, check_claims=check_claims, workers=workers)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert report.ok, report.findings[:5]
-    return elapsed, report.records
+    return elapsed, cpu, report.records
 
 
 def batch_bytes(data: Path) -> list[bytes]:
@@ -104,74 +125,97 @@ def blake3_floor(blobs: list[bytes]) -> float:
     return best
 
 
-def ed25519_rate(count: int = 3000) -> float:
+def ed25519_rate(count: int = 3000) -> tuple[float, float]:
+    """Ed25519 verifications per wall second and per CPU second."""
     key = Ed25519PrivateKey.generate()
     public, message = key.public_key(), b"x" * 400
     signature = key.sign(message)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
         public.verify(signature, message)
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count / (time.process_time() - cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-records", type=int, default=10_000)
+    parser.add_argument("--claim-window", type=int, default=256,
+                        help="claims per signed window (Ed25519-window)")  # fmt: skip
     parser.add_argument(
         "--skip-claims-only", action="store_true",
         help="time verify --skip-claims only (the with-claims runs take ~8 ms per 100 records)",
     )  # fmt: skip
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; "
+    n, window = args.records, args.claim_window
+    cores = len(os.sched_getaffinity(0))
+    print(f"machine: {platform.machine()}, {cores} cores; "
           f"Python {platform.python_version()}")  # fmt: skip
+    nan = (float("nan"), float("nan"))
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
+        windowed, direct = Path(tmp) / "windowed", Path(tmp) / "direct"
         started = time.perf_counter()
-        jobs = asyncio.run(prefill(data, args.records))
-        print(f"usage log pre-filled with {args.records:,} records with signed claims in "
-              f"{time.perf_counter() - started:.1f} s (untimed)")  # fmt: skip
-        seconds = write(data, jobs, args.batch_records)
-        jobs.usage_log.close_thread_connection()
-        asyncio.run(jobs.close())
-        blobs = batch_bytes(data)
-        size = sum(map(len, blobs))
-        cores = len(os.sched_getaffinity(0))
-        structure_s, records = verify(data, check_claims=False, workers=1)
-        claims_s = claims_pool_s = float("nan")
+        seconds = build(windowed, n, args.batch_records, window)
         if not args.skip_claims_only:
-            claims_s, _ = verify(data, check_claims=True, workers=1)
-            claims_pool_s, _ = verify(data, check_claims=True, workers=cores)
-        structure_pool_s, _ = verify(data, check_claims=False, workers=cores)
+            build(direct, n, args.batch_records, 0)
+        print(f"usage logs of {n:,} records (claims signed in windows of {window}"
+              f"{'' if args.skip_claims_only else ', and one by one'}), pre-filled and sealed "
+              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        blobs = batch_bytes(windowed)
+        size = sum(map(len, blobs))
+        direct_size = size if args.skip_claims_only else sum(map(len, batch_bytes(direct)))
+        claims = direct_claims = claims_pool = nan
+        if not args.skip_claims_only:
+            # Alternated, best of two each: the machine is shared, and a pair taken side by
+            # side is what the ratio below compares.
+            claims = direct_claims = (float("inf"), float("inf"))
+            for _ in range(2):
+                claims = min(claims, verify(windowed, True, 1)[:2])
+                direct_claims = min(direct_claims, verify(direct, True, 1)[:2])
+            claims_pool = verify(windowed, True, cores)[:2]
+        structure_wall, structure_cpu, records = verify(windowed, False, 1)
+        structure_pool, _, _ = verify(windowed, False, cores)
         floor_s = blake3_floor(blobs)
-        verifies = ed25519_rate()
-    n = args.records
+        verifies, verifies_cpu = ed25519_rate()
     assert records == n
-    print(f"\n{len(blobs)} batches of {args.batch_records:,}, {size / 1e6:.1f} MB of Parquet "
-          f"({size / n:.0f} bytes per record)\n")  # fmt: skip
-    print(f"{'':58}{'records/s':>12}{'µs/record':>11}")
+    claims_s, direct_s = claims[0], direct_claims[0]
+    print(
+        f"\n{len(blobs)} batches of {args.batch_records:,}, {size / 1e6:.1f} MB of Parquet "
+        f"({size / n:.0f} bytes per record; {direct_size / n:.0f} with direct claims)\n"
+    )
+    print(f"{'':62}{'records/s':>12}{'µs/record':>11}{'per CPU-s':>12}")
     rows = [
-        ("write: usage log -> attestations -> CAS -> log + checkpoint", n / seconds),
-        ("verify, every backend claim checked, 1 process", n / claims_s),
-        (f"verify, every backend claim checked, {cores} processes", n / claims_pool_s),
-        ("verify --skip-claims (hashes, roots, leaves), 1 process", n / structure_s),
-        (f"verify --skip-claims, {cores} processes", n / structure_pool_s),
-        ("floor: BLAKE3 over the same batch bytes", n / floor_s),
-        ("floor: Ed25519 verifications per second (one per claim)", verifies),
-    ]
-    for label, rate in rows:
+        ("write: usage log -> attestations -> CAS -> log + checkpoint", n / seconds, None),
+        (f"verify, every claim checked, windows of {window}, 1 process", n / claims_s,
+         n / claims[1]),
+        (f"verify, every claim checked, windows of {window}, {cores} processes",
+         n / claims_pool[0], None),
+        ("verify, every claim checked, claims signed one by one", n / direct_s,
+         n / direct_claims[1]),
+        ("verify --skip-claims (hashes, roots, leaves, checkpoints), 1 process",
+         n / structure_wall, n / structure_cpu),
+        (f"verify --skip-claims, {cores} processes", n / structure_pool, None),
+        ("floor: BLAKE3 over the same batch bytes", n / floor_s, None),
+        ("floor: Ed25519 verifications per second (one per claim)", verifies, verifies_cpu),
+    ]  # fmt: skip
+    for label, rate, cpu_rate in rows:
         if rate != rate:  # not measured (--skip-claims-only)
             continue
-        print(f"{label:58}{rate:12,.0f}{1e6 / rate:11.2f}")
+        cpu_text = f"{cpu_rate:12,.0f}" if cpu_rate else ""
+        print(f"{label:62}{rate:12,.0f}{1e6 / rate:11.2f}{cpu_text}")
     print(f"\nBLAKE3: {size / floor_s / 1e9:.2f} GB/s on one thread")
-    best = n / min(structure_s, structure_pool_s)
     print(f"write >= 150,000 records/s: {n / seconds:,.0f} -> "
           f"{'meets' if n / seconds >= 150_000 else 'MISSES'}")  # fmt: skip
+    best = n / min(structure_wall, structure_pool)
     print(f"verify --skip-claims >= 1,000,000 records/s (best of 1 and {cores} processes): "
           f"{best:,.0f} -> {'meets' if best >= 1_000_000 else 'MISSES'}")  # fmt: skip
     if not args.skip_claims_only:
-        print(f"verify with claims: {n / min(claims_s, claims_pool_s):,.0f} records/s against "
-              f"{verifies * cores:,.0f} Ed25519 verifications/s on {cores} cores")  # fmt: skip
+        print(f"windowed claims / direct claims: {direct_s / claims_s:.2f}x; windowed / "
+              f"Ed25519 floor: {n / claims_s / verifies:.2f}x")  # fmt: skip
+        best = n / min(claims_s, claims_pool[0])
+        verdict = "meets" if best >= 50_000 else "MISSES"
+        print(f"verify with claims >= 50,000 records/s (windows of {window}, best of 1 and "
+              f"{cores} processes): {best:,.0f} -> {verdict}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from render_gateway.audit.merkle import inclusion_proof, leaf_hash
+from render_gateway.audit.merkle import root as merkle_root
 from render_gateway.signing_keys import (
     KeyFileError,
     key_id,
@@ -23,11 +25,19 @@ from render_gateway.signing_keys import (
     public_key_bytes,
 )
 from render_gateway.usage_claim import (
+    ClaimCheck,
+    ClaimWindow,
     InvalidClaim,
     SignedClaim,
     UsageClaim,
+    WindowStatements,
+    check_claim_text,
+    claim_fields,
     sign_claim,
+    sign_window,
     verify_claim,
+    window_statement,
+    window_tree,
 )
 
 
@@ -319,3 +329,233 @@ def test_encrypted_key_is_refused_with_key_file_error(tmp_path: Path) -> None:
     path = _write_private(tmp_path / "node.key", pem)
     with pytest.raises(KeyFileError):
         load_or_create_key(path)
+
+
+# ---------------------------------------------------------------- windows (Ed25519-window)
+
+
+def _claims(private_key: Ed25519PrivateKey, count: int, first: int = 0) -> list[UsageClaim]:
+    kid = key_id(private_key.public_key())
+    return [
+        UsageClaim(
+            request_id=f"req_w{first + i}",
+            model="demo",
+            device_uuid="GPU-0",
+            device_kind="cuda",
+            gpu_seconds=0.25 * (i + 1),
+            started_at="2025-01-01T00:00:00.000000Z",
+            ended_at="2025-01-01T00:00:01.000000Z",
+            seed=i,
+            output_blake3=("c" * 64,),
+            status="complete",
+            steps_completed=4,
+            key_id=kid,
+        )
+        for i in range(count)
+    ]
+
+
+def _settle(
+    text: str, key: Ed25519PrivateKey, request: str, seconds: float, cache: WindowStatements
+) -> ClaimCheck:
+    keys = {key_id(key.public_key()): public_key_bytes(key.public_key())}
+    return check_claim_text(text, keys, request, seconds, cache)
+
+
+def test_window_statement_is_exactly_the_documented_bytes() -> None:
+    root = bytes(range(32))
+    assert window_statement("0123456789abcdef", 17, root) == (
+        b"render usage-claim window v1\n0123456789abcdef\n17\n" + root.hex().encode() + b"\n"
+    )
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 9, 33])
+def test_window_claims_verify_each_with_its_own_payload(
+    private_key: Ed25519PrivateKey, size: int
+) -> None:
+    claims = _claims(private_key, size)
+    signed = sign_window(claims, private_key)
+    assert len({s.signature for s in signed}) == 1  # one signature for the window
+    for index, (claim, envelope) in enumerate(zip(claims, signed, strict=True)):
+        assert envelope.algorithm == "Ed25519-window" and envelope.payload == claim.encode()
+        assert envelope.window is not None and envelope.window.index == index
+        assert envelope.window.size == size
+        restored = SignedClaim.from_text(envelope.to_text())
+        assert restored == envelope
+        assert verify_claim(restored, private_key.public_key()) == claim
+        data = orjson.loads(envelope.to_text())
+        assert set(data) == {"alg", "key_id", "payload", "signature", "window"}
+        assert list(data["window"]) == ["index", "path", "root", "size"]  # canonical, sorted
+
+
+def test_settle_verifies_one_statement_per_window(private_key: Ed25519PrivateKey) -> None:
+    claims = _claims(private_key, 5)
+    cache = WindowStatements(capacity=8)
+    for claim, envelope in zip(claims, sign_window(claims, private_key), strict=True):
+        checked = _settle(envelope.to_text(), private_key, claim.request_id, claim.gpu_seconds,
+                          cache)  # fmt: skip
+        assert checked == ClaimCheck(public_key=public_key_bytes(private_key.public_key()))
+    assert len(cache) == 1
+    for claim, envelope in zip(claims, sign_window(_claims(private_key, 2, 9), private_key),
+                               strict=False):  # fmt: skip
+        _settle(envelope.to_text(), private_key, f"req_w{9 + claims.index(claim)}", 0.0, cache)
+    assert len(cache) == 2
+
+
+def test_the_settle_cache_is_bounded(private_key: Ed25519PrivateKey) -> None:
+    cache = WindowStatements(capacity=3)
+    for window in range(5):
+        [claim] = _claims(private_key, 1, first=window)
+        [envelope] = sign_window([claim], private_key)
+        check = _settle(envelope.to_text(), private_key, claim.request_id, claim.gpu_seconds,
+                        cache)  # fmt: skip
+        assert check.error is None
+    assert len(cache) == 3
+
+
+def _window_envelope(private_key: Ed25519PrivateKey) -> tuple[list[UsageClaim], list[SignedClaim]]:
+    claims = _claims(private_key, 6)
+    return claims, sign_window(claims, private_key)
+
+
+def _tampered_window(envelope: SignedClaim, **changes: object) -> SignedClaim:
+    assert envelope.window is not None
+    return dataclasses.replace(envelope, window=dataclasses.replace(envelope.window, **changes))
+
+
+def test_settle_refuses_forged_window_claims(private_key: Ed25519PrivateKey) -> None:
+    claims, signed = _window_envelope(private_key)
+    other_claims = _claims(private_key, 6, first=100)
+    other = sign_window(other_claims, private_key)
+    attacker = Ed25519PrivateKey.generate()
+    assert signed[2].window is not None and other[2].window is not None
+    statement = window_statement(signed[2].key_id, 6, signed[2].window.root)
+    forged = {
+        # claim 2 given the place of claim 2 in another window (its root, path and signature)
+        "moved": dataclasses.replace(other[2], payload=signed[2].payload),
+        "wrong path": _tampered_window(signed[2], path=(b"\x00" * 32, *signed[2].window.path[1:])),
+        "wrong index": _tampered_window(signed[2], index=3),
+        "other key's statement signature": dataclasses.replace(
+            signed[2], signature=attacker.sign(statement)
+        ),
+        "edited payload": dataclasses.replace(
+            signed[2], payload=dataclasses.replace(claims[2], seed=99).encode()
+        ),
+    }
+    for name, envelope in forged.items():
+        check = _settle(envelope.to_text(), private_key, claims[2].request_id,
+                        claims[2].gpu_seconds, WindowStatements())  # fmt: skip
+        assert check.public_key is None and check.error is not None, name
+        assert "does not verify" in check.error, (name, check.error)
+    genuine = _settle(signed[2].to_text(), private_key, claims[2].request_id,
+                      claims[2].gpu_seconds, WindowStatements())  # fmt: skip
+    assert genuine.error is None
+
+
+def test_settle_refuses_a_window_signed_by_an_unknown_node_key(
+    private_key: Ed25519PrivateKey,
+) -> None:
+    stranger = Ed25519PrivateKey.generate()
+    [claim] = _claims(stranger, 1)
+    [envelope] = sign_window([claim], stranger)
+    check = _settle(envelope.to_text(), private_key, claim.request_id, claim.gpu_seconds,
+                    WindowStatements())  # fmt: skip
+    assert check.error == f"node key {key_id(stranger.public_key())} is not one the gateway knows"
+
+
+def test_settle_still_checks_request_id_and_gpu_seconds_of_window_claims(
+    private_key: Ed25519PrivateKey,
+) -> None:
+    claims, signed = _window_envelope(private_key)
+    cache = WindowStatements()
+    text = signed[1].to_text()
+    assert _settle(text, private_key, "req_other", claims[1].gpu_seconds, cache).error == (
+        f"the claim is for request {claims[1].request_id}"
+    )
+    wrong = _settle(text, private_key, claims[1].request_id, 9.0, cache).error
+    assert wrong is not None and "GPU-seconds, not 9.0" in wrong
+
+
+def test_a_direct_claim_relabelled_as_a_window_fails(
+    signed: SignedClaim, private_key: Ed25519PrivateKey
+) -> None:
+    # A window of one over the payload has the payload's leaf hash as root; the direct
+    # signature is over the payload itself, never over the domain-separated statement.
+    window = ClaimWindow(0, 1, leaf_hash(signed.payload), ())
+    relabelled = dataclasses.replace(signed, algorithm="Ed25519-window", window=window)
+    with pytest.raises(InvalidClaim, match="window signature does not verify"):
+        verify_claim(SignedClaim.from_text(relabelled.to_text()), private_key.public_key())
+
+
+def test_a_window_claim_relabelled_as_direct_fails(private_key: Ed25519PrivateKey) -> None:
+    _, signed = _window_envelope(private_key)
+    direct = dataclasses.replace(signed[0], algorithm="Ed25519", window=None)
+    with pytest.raises(InvalidClaim, match="claim signature does not verify"):
+        verify_claim(direct, private_key.public_key())
+    # And the envelope must say what it is: an algorithm without its window, or the reverse.
+    data = orjson.loads(signed[0].to_text())
+    for alg, window in (("Ed25519", data["window"]), ("Ed25519-window", None)):
+        text = orjson.dumps({**data, "alg": alg, "window": window}).decode()
+        if window is None:
+            text = orjson.dumps({k: v for k, v in data.items() if k != "window"} | {"alg": alg})
+            text = text.decode()
+        with pytest.raises(InvalidClaim, match="malformed"):
+            SignedClaim.from_text(text)
+    with pytest.raises(InvalidClaim, match="carries a window"):
+        verify_claim(dataclasses.replace(direct, window=signed[0].window), private_key.public_key())
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"index": 0, "path": [], "root": "00" * 32},  # no size
+        {"index": 0, "path": [], "root": "00" * 32, "size": 1, "extra": 1},
+        {"index": -1, "path": [], "root": "00" * 32, "size": 1},
+        {"index": 0, "path": [], "root": "00" * 32, "size": 0},
+        {"index": True, "path": [], "root": "00" * 32, "size": 1},
+        {"index": 0, "path": [], "root": "AB" * 32, "size": 1},  # one spelling: lower case
+        {"index": 0, "path": [], "root": "0" * 63, "size": 1},
+        {"index": 0, "path": ["zz" * 32], "root": "00" * 32, "size": 2},
+        {"index": 0, "path": "00", "root": "00" * 32, "size": 2},
+    ],
+)
+def test_malformed_windows_are_refused(window: dict[str, object]) -> None:
+    with pytest.raises(InvalidClaim):
+        ClaimWindow.from_json(window)
+
+
+def test_window_tree_matches_the_merkle_module() -> None:
+    for size in range(1, 40):
+        leaves = [leaf_hash(bytes([size, i])) for i in range(size)]
+        root, paths = window_tree(leaves)
+        assert root == merkle_root(leaves)
+        assert [list(p) for p in paths] == [inclusion_proof(leaves, i) for i in range(size)]
+
+
+def test_sign_window_refuses_claims_of_another_key(private_key: Ed25519PrivateKey) -> None:
+    with pytest.raises(ValueError, match="claim names key"):
+        sign_window(_claims(Ed25519PrivateKey.generate(), 2), private_key)
+    with pytest.raises(ValueError, match="a window holds"):
+        sign_window([], private_key)
+
+
+def test_claim_fields_is_decode_without_the_object(claim: UsageClaim) -> None:
+    fields = claim_fields(claim.encode())
+    assert fields == {**dataclasses.asdict(claim), "output_blake3": list(claim.output_blake3)}
+    missing_version = {k: v for k, v in orjson.loads(claim.encode()).items() if k != "version"}
+    with pytest.raises(InvalidClaim, match="missing \\['version'\\]"):
+        UsageClaim.decode(orjson.dumps(missing_version, option=orjson.OPT_SORT_KEYS))
+    wrong: list[tuple[str, object]] = [
+        ("seed", True), ("gpu_seconds", -1), ("gpu_seconds", "1"), ("request_id", 5),
+        ("output_blake3", ["a", 1]), ("status", "done"),
+    ]  # fmt: skip
+    for field, value in wrong:
+        bad = orjson.dumps({**fields, field: value}, option=orjson.OPT_SORT_KEYS)
+        with pytest.raises(InvalidClaim):
+            claim_fields(bad)
+
+
+def test_encode_is_the_asdict_encoding(claim: UsageClaim) -> None:
+    fields = dataclasses.asdict(claim)
+    fields["output_blake3"] = list(claim.output_blake3)
+    assert claim.encode() == orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)

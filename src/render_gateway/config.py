@@ -66,6 +66,11 @@ class WorkerConfig(_Section):
     # One intra-op thread per run makes a run's CPU time exactly the calling thread's time.
     cpu_threads: int = Field(default=1, ge=1, le=256)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Usage claims that finish within this many ms of each other are signed as one window
+    # (Ed25519-window: one signature, checked once per window); claim_window_max = 1 signs
+    # each claim directly (Ed25519).
+    claim_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    claim_window_max: int = Field(default=1024, ge=1, le=65536)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     remote_images: RemoteImagesConfig = Field(default_factory=RemoteImagesConfig)
 

@@ -41,7 +41,7 @@ from render_gateway.audit.proofs import BundleError, bundle_from_store, verify_b
 from render_gateway.audit.verify import verify_log
 from render_gateway.stores.objects import open_object_store
 
-from support.audit_fixtures import append_v1, signed_record
+from support.audit_fixtures import append_v1, signed_record, window_signed_records
 
 ORIGIN = "render-gateway/test"
 PROOF_JS = Path(__file__).resolve().parents[2] / "src/render_gateway/console/static/proof.js"
@@ -293,3 +293,20 @@ def test_proofs_of_version_1_and_2_rows_verify_and_refuse_an_edit(
                 verify_bundle(forged, [signer.verifier()])
             # The row's leaf hash is the hash of its version-2 bytes, which the JSON re-encodes to.
             assert leaf_hash(encode_json_row(shown)) in table_leaf_hashes(rows_table([shown]))
+
+
+def test_the_column_wise_write_path_keeps_each_window_claims_place() -> None:
+    """Claims signed in windows: the column-wise rows equal attestation()'s, place included
+    (canonical JSON), and a window field of the wrong shape is kept whole as attestation()
+    keeps it."""
+    dicts = [record.to_dict() for record in window_signed_records(range(12), window=5)]
+    dicts[7]["usage_claim"] = orjson.dumps({**orjson.loads(dicts[7]["usage_claim"]),
+                                            "window": "not an object"}).decode()  # fmt: skip
+    claims = [d.pop("usage_claim") for d in dicts]
+    seqs, records = list(range(12)), [orjson.dumps(d) for d in dicts]
+    expected = [_fallback(*item) for item in zip(seqs, records, claims, strict=True)]
+    assert attestations_table(seqs, records, claims).to_pylist() == expected
+    places = [orjson.loads(row["claim_window"]) for row in expected]
+    assert places[7] == "not an object"  # kept as sent: the claims pass refuses it
+    assert [place["index"] for place in places[:5]] == [0, 1, 2, 3, 4]
+    assert {place["size"] for i, place in enumerate(places) if i != 7} == {5, 2}

@@ -12,31 +12,27 @@ import base64
 import dataclasses
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.audit.attestations import (
-    from_parquet,
-    rows_table,
-    table_records_root,
-    to_parquet,
-)
-from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
-from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
-from render_gateway.audit.merkle import MerkleLog
 from render_gateway.audit.node_keys import NodeKey, note_key, sign_node_key_note
-from render_gateway.audit.signed_note import Checkpoint, sign_note
 from render_gateway.core.usage_records import UsageRecord, build_record
 from render_gateway.signing_keys import key_id
 from render_gateway.stores.objects import open_object_store
 from render_gateway.usage_claim import SignedClaim, UsageClaim, sign_claim
 
 from support.audit_fixtures import NODE_KEY, NODE_KEYS, signed_record
-from support.audit_store import ORIGIN, build_log_of, verify
+from support.audit_store import (
+    ORIGIN,
+    batch_rows,
+    build_log_of,
+    resign_checkpoints,
+    restore_batch,
+    verify,
+)
 from support.processes import CLI
 
 ATTACKER = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
@@ -44,36 +40,6 @@ ATTACKER = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
-
-
-def batch_rows(data: Path, index: int) -> tuple[BatchLeaf, list[dict[str, Any]]]:
-    objects = open_object_store((data / "cas").as_uri())
-    leaf = BatchLeaf.decode(objects.get(leaf_key(index)))
-    return leaf, from_parquet(ContentStore(objects).get(leaf.batch_blake3), leaf.version)
-
-
-def restore_batch(data: Path, leaf: BatchLeaf, rows: list[dict[str, Any]]) -> BatchLeaf:
-    """Store edited rows under their new hash and point the leaf at them (what someone with
-    write access to the bucket, but not the log key, can do)."""
-    objects = open_object_store((data / "cas").as_uri())
-    digest = ContentStore(objects).put(to_parquet(rows))
-    edited = dataclasses.replace(
-        leaf, batch_blake3=digest, records_root=table_records_root(rows_table(rows)).hex(),
-        gpu_seconds=sum(float(row["gpu_seconds"]) for row in rows),
-    )  # fmt: skip
-    (data / "cas" / leaf_key(leaf.index)).write_bytes(edited.encode())
-    return edited
-
-
-def resign_checkpoints(data: Path) -> None:
-    """Sign every checkpoint again over the stored leaves, with the log key (an insider)."""
-    objects = open_object_store((data / "cas").as_uri())
-    signer = load_signer(data, ORIGIN)
-    leaves = [BatchLeaf.decode(objects.get(leaf_key(i))) for i in range(4)]
-    tree = MerkleLog(leaf.hash for leaf in leaves)
-    for size in range(1, 5):
-        text = Checkpoint(ORIGIN, size, tree.root_at(size)).to_text()
-        (data / "cas" / checkpoint_key(size)).write_bytes(sign_note(text, [signer]))
 
 
 def resign_with_attacker(data: Path, leaf_index: int, row_index: int) -> str:

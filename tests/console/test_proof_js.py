@@ -32,6 +32,8 @@ from render_gateway.audit.signed_note import (
     sign_note,
     verifier_key,
 )
+from render_gateway.signing_keys import key_id
+from render_gateway.usage_claim import ClaimWindow, UsageClaim, sign_window, window_statement
 
 from support.browser import js_errors, open_page, static_server
 from support.gateway import ONE_WORKER_CONFIG, GatewayProcess, bearer, start_gateway, stop_gateway
@@ -336,9 +338,73 @@ def test_a_validly_logged_forged_claim_fails_at_the_claim_step(
         "gpu_seconds": {"gpu_seconds": row["gpu_seconds"] * 2},
         "request_id": {"request_id": "req_someone_else"},
         "node_key_id": {"node_key_id": "0123456789abcdef"},
+        # The worker signs claims in windows (a lone request's: a window of one, no path).
+        **window_forgeries(row),
     }
     for what, changes in forged.items():
         bundle, key = signed_by_a_test_log(real, **changes)
+        result = verify_js(bundle, logKey=key)
+        assert failed_step(result) == "claim", (what, result)
+        assert verify_py(bundle, key) == detail(result), what
+        assert detail(result).startswith("the attested record's backend claim: ")
+
+
+def window_forgeries(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Changes to a window claim's row that only the claim check catches."""
+    window = orjson.loads(row["claim_window"])
+
+    def placed(**changes: Any) -> dict[str, Any]:
+        return {"claim_window": orjson.dumps({**window, **changes}, option=orjson.OPT_SORT_KEYS)
+                .decode()}  # fmt: skip
+
+    return {
+        "window root": placed(root="ab" * 32),
+        "window path": placed(path=[*window["path"], "cd" * 32]),
+        "window size": placed(size=window["size"] + 1),
+        "window relabelled as direct": {"claim_window": None},
+    }
+
+
+def test_a_window_of_several_claims_verifies_and_its_forgeries_fail(
+    proved: Proved, verify_js: Callable[..., dict[str, Any]]
+) -> None:
+    """Claim 5 of a window of 7 (a path of three hashes, one level lifted on the right border)
+    signed by a node key of the test's, in a log of the test's: it verifies in the browser as in
+    Python, and each change to its window fails at the claim step with Python's words."""
+    real = richest(proved)
+    row = orjson.loads(real["row"])
+    node = Ed25519PrivateKey.generate()
+    node_id = key_id(node.public_key())
+    claims = [
+        dataclasses.replace(UsageClaim.decode(row["claim_payload"].encode()), key_id=node_id,
+                            request_id=f"req_window{i}", gpu_seconds=0.5 + i)
+        for i in range(7)
+    ]  # fmt: skip
+    signed = sign_window(claims, node)[5]
+    assert signed.window is not None and len(signed.window.path) == 3
+    windowed = {
+        "request_id": "req_window5", "gpu_seconds": 5.5, "claim_payload": signed.payload.decode(),
+        "claim_signature": base64.b64encode(signed.signature).decode(), "node_key_id": node_id,
+        "node_public_key": base64.b64encode(node.public_key().public_bytes_raw()).decode(),
+        "claim_window": signed.window.to_text(),
+    }  # fmt: skip
+    bundle, key = signed_by_a_test_log(real, **windowed)
+    result = verify_js(bundle, logKey=key)
+    assert result["ok"] is True and result["claim"] == "verified", result
+    assert verify_py(bundle, key) is None
+    path = signed.window.to_json()["path"]
+    forgeries = {
+        **window_forgeries(windowed),
+        "path element": {"claim_window": ClaimWindow(5, 7, signed.window.root, (
+            signed.window.path[0], bytes(32), signed.window.path[2])).to_text()},
+        "moved": {"claim_window": orjson.dumps(
+            {**signed.window.to_json(), "index": 4, "path": path}).decode()},
+        "statement by another key": {"claim_signature": base64.b64encode(
+            Ed25519PrivateKey.generate().sign(window_statement(node_id, 7, signed.window.root))
+        ).decode()},
+    }  # fmt: skip
+    for what, changes in forgeries.items():
+        bundle, key = signed_by_a_test_log(real, **{**windowed, **changes})
         result = verify_js(bundle, logKey=key)
         assert failed_step(result) == "claim", (what, result)
         assert verify_py(bundle, key) == detail(result), what

@@ -4,14 +4,26 @@ log in a local directory, and the real `audit verify` CLI run against it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from render_gateway.audit.attestations import (
+    from_parquet,
+    rows_table,
+    table_records_root,
+    to_parquet,
+)
 from render_gateway.audit.batcher import AttestationBatcher
+from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer, public_key_line
+from render_gateway.audit.leaves import BatchLeaf, checkpoint_key, leaf_key
 from render_gateway.audit.log import open_audit_log
+from render_gateway.audit.merkle import MerkleLog
+from render_gateway.audit.signed_note import Checkpoint, sign_note
 from render_gateway.core.usage_records import UsageRecord
 from render_gateway.stores.objects import open_object_store
 from render_gateway.stores.sqlite_jobs import SqliteJobStore
@@ -55,3 +67,33 @@ def verify(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
          str(data / "pubkey.txt"), "--origin", ORIGIN, "--data-dir", str(data), *extra],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def batch_rows(data: Path, index: int) -> tuple[BatchLeaf, list[dict[str, Any]]]:
+    objects = open_object_store((data / "cas").as_uri())
+    leaf = BatchLeaf.decode(objects.get(leaf_key(index)))
+    return leaf, from_parquet(ContentStore(objects).get(leaf.batch_blake3), leaf.version)
+
+
+def restore_batch(data: Path, leaf: BatchLeaf, rows: list[dict[str, Any]]) -> BatchLeaf:
+    """Store edited rows under their new hash and point the leaf at them (what someone with
+    write access to the bucket, but not the log key, can do)."""
+    objects = open_object_store((data / "cas").as_uri())
+    digest = ContentStore(objects).put(to_parquet(rows))
+    edited = dataclasses.replace(
+        leaf, batch_blake3=digest, records_root=table_records_root(rows_table(rows)).hex(),
+        gpu_seconds=sum(float(row["gpu_seconds"]) for row in rows),
+    )  # fmt: skip
+    (data / "cas" / leaf_key(leaf.index)).write_bytes(edited.encode())
+    return edited
+
+
+def resign_checkpoints(data: Path) -> None:
+    """Sign every checkpoint again over the stored leaves, with the log key (an insider)."""
+    objects = open_object_store((data / "cas").as_uri())
+    signer = load_signer(data, ORIGIN)
+    leaves = [BatchLeaf.decode(objects.get(leaf_key(i))) for i in range(4)]
+    tree = MerkleLog(leaf.hash for leaf in leaves)
+    for size in range(1, 5):
+        text = Checkpoint(ORIGIN, size, tree.root_at(size)).to_text()
+        (data / "cas" / checkpoint_key(size)).write_bytes(sign_note(text, [signer]))

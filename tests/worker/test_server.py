@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import stat
 import threading
@@ -400,6 +401,14 @@ def test_claim_verifies_with_node_key_and_fails_after_one_byte(worker: WorkerPro
     bad_signature[0] ^= 0x80
     with pytest.raises(InvalidClaim):
         verify_claim(SignedClaim(signed.payload, bytes(bad_signature), signed.key_id), public)
+    # Signed in a window (claim_window_ms): a lone request's is a window of one, whose
+    # statement, not the payload, the node key signed.
+    assert signed.algorithm == "Ed25519-window" and signed.window is not None
+    assert signed.window.size == 1 and signed.window.path == ()
+    with pytest.raises(InvalidClaim, match="not in its window"):
+        verify_claim(dataclasses.replace(signed, payload=bytes(tampered)), public)
+    with pytest.raises(InvalidClaim, match="window signature does not verify"):
+        verify_claim(dataclasses.replace(signed, signature=bytes(bad_signature)), public)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -69,7 +69,9 @@ SCHEMA = pa.schema(
 # Version-1 batches have exactly these columns; version 2 adds the ones after them.
 SCHEMA_V1 = SCHEMA
 COLUMNS_V1 = tuple(SCHEMA_V1.names)
-SCHEMA = SCHEMA_V1.append(pa.field("claim_window", pa.string()))  # null until batch-signed claims
+# An Ed25519-window claim's place in its window: canonical JSON {index, path, root, size}
+# (claim_signature is then the window statement's); null for a direct claim.
+SCHEMA = SCHEMA_V1.append(pa.field("claim_window", pa.string()))
 COLUMNS = tuple(SCHEMA.names)
 SCHEMAS = {ROW_V1: SCHEMA_V1, ROW_V2: SCHEMA}
 
@@ -77,7 +79,7 @@ SCHEMAS = {ROW_V1: SCHEMA_V1, ROW_V2: SCHEMA}
 def attestation(usage_seq: int, record: Mapping[str, Any]) -> dict[str, Any]:
     """The row for one usage record, with the node key its claim was verified with when the
     request settled (never looked up now: a key learned later, or never, cannot change it)."""
-    payload = signature = key_id = None
+    payload = signature = key_id = window = None
     public_key, claim_error = record.get("node_public_key"), record.get("claim_error")
     if text := record.get("usage_claim"):
         # Split as the backend sent it (a malformed one is kept whole, with its claim_error).
@@ -85,8 +87,10 @@ def attestation(usage_seq: int, record: Mapping[str, Any]) -> dict[str, Any]:
             envelope = orjson.loads(text)
             payload, signature = str(envelope["payload"]), str(envelope["signature"])
             key_id = str(envelope["key_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            payload, signature, key_id = str(text), None, None
+            if (place := envelope.get("window")) is not None:
+                window = orjson.dumps(place, option=orjson.OPT_SORT_KEYS).decode()
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            payload, signature, key_id, window = str(text), None, None, None
         if public_key is None and claim_error is None:  # a record from before settle checks
             claim_error = "the claim was not checked when the request settled"
     else:
@@ -119,7 +123,7 @@ def attestation(usage_seq: int, record: Mapping[str, Any]) -> dict[str, Any]:
         "node_key_id": key_id,
         "node_public_key": public_key,
         "claim_error": claim_error,
-        "claim_window": None,
+        "claim_window": window,
     }
 
 
@@ -413,6 +417,7 @@ def attestations_table(
     payloads: list[str | None] = [None] * n
     signatures: list[str | None] = [None] * n
     key_ids: list[str | None] = [None] * n
+    windows: list[str | None] = [None] * n
     has_claim = np.zeros(n, dtype=bool)
     for position, text in enumerate(claims):
         if not text:
@@ -423,8 +428,11 @@ def attestations_table(
             payloads[position] = str(envelope["payload"])
             signatures[position] = str(envelope["signature"])
             key_ids[position] = str(envelope["key_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            if (place := envelope.get("window")) is not None:
+                windows[position] = orjson.dumps(place, option=orjson.OPT_SORT_KEYS).decode()
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             payloads[position], signatures[position], key_ids[position] = str(text), None, None
+            windows[position] = None
     claimed = pa.array(has_claim)
     public_key = parsed.column("node_public_key")
     settle_error = parsed.column("claim_error")
@@ -448,7 +456,7 @@ def attestations_table(
         "claim_error": pc.if_else(
             claimed, pc.if_else(unchecked, pa.scalar(_UNCHECKED), settle_error), nothing
         ),
-        "claim_window": nothing,
+        "claim_window": pa.array(windows, pa.string()),
     }
     arrays = [columns[name] if name in columns else parsed.column(name) for name in COLUMNS]
     return pa.Table.from_arrays(

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from render_gateway.audit.attestations import read_batch, table_records_root
 from render_gateway.audit.cas import ContentStore, IntegrityError
+from render_gateway.audit.claim_windows import WindowClaims
 from render_gateway.audit.leaves import (
     CHECKPOINTS_PREFIX,
     LEAVES_PREFIX,
@@ -31,7 +32,7 @@ from render_gateway.audit.node_keys import NodeKey, recorded_node_keys
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
 from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.stores.objects import ObjectMissing, ObjectStore, open_object_store
-from render_gateway.usage_claim import InvalidClaim, SignedClaim, verify_claim
+from render_gateway.usage_claim import InvalidClaim, SignedClaim, claim_fields, verify_claim
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,11 @@ def _check_batches(
         workers = len(os.sched_getaffinity(0)) if local and big else 1
     workers = max(1, min(workers, len(leaves)))
     if workers == 1:
-        cas, node_keys = ContentStore(objects), dict[str, Ed25519PublicKey]()
+        cas, node_keys = ContentStore(objects), NodeKeyCache()
+        windows = WindowClaims()  # each window's statement verified once per run
         results = (
-            _check_batch(cas, leaf, report.claims_checked, anchors, node_keys) for leaf in leaves
+            _check_batch(cas, leaf, report.claims_checked, anchors, node_keys, windows)
+            for leaf in leaves
         )
         for done, result in enumerate(results):
             _merge(report, result)
@@ -224,9 +227,10 @@ def _check_run(
     """A worker process's share: these leaves' batches, from the store at ``url``."""
     cas = ContentStore(open_object_store(url, create=False))
     anchors = AnchorKeys(set(public_keys), source)
-    node_keys: dict[str, Ed25519PublicKey] = {}
+    node_keys: NodeKeyCache = {}
+    windows = WindowClaims()  # each window's statement verified once per process
     leaves = [BatchLeaf.decode(data) for data in encoded]
-    return [_check_batch(cas, leaf, check_claims, anchors, node_keys) for leaf in leaves]
+    return [_check_batch(cas, leaf, check_claims, anchors, node_keys, windows) for leaf in leaves]
 
 
 def _merge(report: Report, result: BatchCheck) -> None:
@@ -243,7 +247,8 @@ def _check_batch(
     leaf: BatchLeaf,
     check_claims: bool,
     anchors: AnchorKeys,
-    node_keys: dict[str, Ed25519PublicKey],
+    node_keys: NodeKeyCache,
+    windows: WindowClaims,
 ) -> BatchCheck:
     """Re-hash one batch and check it against its leaf, from its Arrow columns: rows become
     Python mappings only for the claims pass, and only the rows with a claim to check."""
@@ -290,8 +295,10 @@ def _check_batch(
     if check_claims:
         checked = np.flatnonzero(pc.and_(signed, pc.is_null(settle_error)).to_numpy(False))
         rows = table.take(pa.array(checked, pa.int64())).to_pylist() if len(checked) else []
+        # The batch's whole windows at once (each claim is still checked below).
+        windows.prove_batch(rows, lambda public: _node_key(public, node_keys))
         for position, row in zip(checked.tolist(), rows, strict=True):
-            problem = claim_problem(row, node_keys)
+            problem = claim_problem(row, node_keys, windows)
             if problem is None and row["node_public_key"] not in anchors.public_keys:
                 problem = (
                     f"the claim is signed by node key {row['node_key_id']}, which is not "
@@ -303,8 +310,27 @@ def _check_batch(
     return result
 
 
-def claim_problem(row: Mapping[str, Any], node_keys: dict[str, Ed25519PublicKey]) -> str | None:
-    """Why the row's backend claim does not hold (None when it holds or there is none)."""
+# A node key as rows spell it (base64) → the key, its raw bytes and its key id: parsed once.
+NodeKeyCache = dict[str, tuple[Ed25519PublicKey, bytes, str]]
+
+
+def _node_key(public: str, node_keys: NodeKeyCache) -> tuple[Ed25519PublicKey, bytes, str]:
+    """ValueError for a key that is not base64 of an Ed25519 public key."""
+    parsed = node_keys.get(public)
+    if parsed is None:
+        raw = base64.b64decode(public, validate=True)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        parsed = node_keys[public] = (key, raw, node_key_id(key))
+    return parsed
+
+
+def claim_problem(
+    row: Mapping[str, Any], node_keys: NodeKeyCache, windows: WindowClaims | None = None
+) -> str | None:
+    """Why the row's backend claim does not hold (None when it holds or there is none).
+    ``node_keys`` and ``windows`` carry what one verification run has already checked: the
+    node keys it parsed, and the window statements whose signature verified (a window claim
+    then costs its inclusion proof, not an Ed25519 verification)."""
     if row["claim_payload"] is None:
         return None  # a backend that signs nothing (a plain Triton model): counted, not failed
     if row.get("claim_error") is not None:
@@ -314,23 +340,30 @@ def claim_problem(row: Mapping[str, Any], node_keys: dict[str, Ed25519PublicKey]
     if row["claim_signature"] is None or row["node_public_key"] is None:
         return "the backend's claim has no signature or no node key to check it with"
     try:
-        raw = base64.b64decode(row["node_public_key"], validate=True)
-        key = node_keys.get(raw.hex()) or Ed25519PublicKey.from_public_bytes(raw)
-        node_keys[raw.hex()] = key
-        if node_key_id(key) != row["node_key_id"]:
+        key, raw, key_id = _node_key(row["node_public_key"], node_keys)
+        if key_id != row["node_key_id"]:
             return "the node key does not match the claim's key id"
-        signed = SignedClaim(
-            row["claim_payload"].encode(),
-            base64.b64decode(row["claim_signature"], validate=True),
-            row["node_key_id"],
-        )
-        claim = verify_claim(signed, key)
+        payload = row["claim_payload"].encode()
+        window = row.get("claim_window")
+        if window is None:  # signed directly (Ed25519 over the payload)
+            signed = SignedClaim(payload, base64.b64decode(row["claim_signature"], validate=True),
+                                 key_id)  # fmt: skip
+            claim = vars(verify_claim(signed, key))
+        else:  # Ed25519-window: in its window, whose statement the key signed
+            signature = row["claim_signature"]
+            if windows is None or not windows.proven(window, row["claim_payload"], signature,
+                                                     row["node_public_key"]):  # fmt: skip
+                (windows or WindowClaims()).check(key, raw, key_id, payload, window, signature)
+            claim = claim_fields(payload)
+            if claim["key_id"] != key_id:
+                raise InvalidClaim("claim payload names a different key than its envelope")
     except (InvalidClaim, ValueError) as exc:
         return f"the backend's claim does not verify: {exc}"
-    if claim.request_id != row["request_id"]:
-        return f"the claim is for request {claim.request_id}, not this one"
-    if not math.isclose(claim.gpu_seconds, row["gpu_seconds"], rel_tol=1e-9, abs_tol=1e-9):
-        return f"records {row['gpu_seconds']} GPU-seconds, the backend claimed {claim.gpu_seconds}"
+    if claim["request_id"] != row["request_id"]:
+        return f"the claim is for request {claim['request_id']}, not this one"
+    claimed = claim["gpu_seconds"]
+    if not math.isclose(claimed, row["gpu_seconds"], rel_tol=1e-9, abs_tol=1e-9):
+        return f"records {row['gpu_seconds']} GPU-seconds, the backend claimed {claimed}"
     return None
 
 

@@ -109,7 +109,9 @@ async def _load(state: WorkerState, signing_key: Any) -> None:
     config, device = state.config, state.device
     assert device is not None
     policy = RemoteImagePolicy(**config.remote_images.model_dump())
-    service = RunService(device, signing_key, policy)
+    service = RunService(
+        device, signing_key, policy, config.claim_window_ms / 1000, config.claim_window_max
+    )
     await asyncio.to_thread(load_models_into, service, state, config, device)
     state.service = service
     state.loaded.set()

@@ -27,7 +27,8 @@ from PIL import Image
 
 from render_gateway.generation import MAX_SEED, GenerationRequest
 from render_gateway.signing_keys import key_id
-from render_gateway.usage_claim import SignedClaim, UsageClaim, sign_claim
+from render_gateway.usage_claim import SignedClaim, UsageClaim
+from render_gateway.worker.claim_signer import ClaimSigner
 from render_gateway.worker.devices import DeviceIdentity, Measurement, metered
 from render_gateway.worker.media import RemoteImagePolicy, load_image
 from render_gateway.worker.pipelines import Encoded, LoadedModel, RunCancelled, RunPlan
@@ -182,9 +183,11 @@ class RunService:
         device: DeviceIdentity,
         signing_key: Ed25519PrivateKey,
         remote_images: RemoteImagePolicy,
+        claim_window_seconds: float = 0.002,
+        claim_window_max: int = 1024,
     ) -> None:
         self.device = device
-        self._key = signing_key
+        self.claims = ClaimSigner(signing_key, claim_window_seconds, claim_window_max)
         self._key_id = key_id(signing_key.public_key())
         self._remote_images = remote_images
         self.models: dict[str, ModelSlots] = {}
@@ -368,7 +371,8 @@ class RunService:
             measurement=measurement,
             steps_completed=steps_completed,
             output_blake3=digests,
-            claim=sign_claim(claim, self._key),
+            # Signed with the claims that finish within the same window (claim_signer.py).
+            claim=self.claims.sign(claim),
             encode_seconds=encoded.seconds,
         )
 

@@ -76,6 +76,9 @@ const ROW_V2_COLUMNS = [
 ];
 const INT64_MIN = -(1n << 63n);
 const INT64_MAX = (1n << 63n) - 1n;
+const WINDOW_STATEMENT_PREFIX = "render usage-claim window v1\n"; // usage_claim.window_statement
+const MAX_WINDOW_SIZE = 1 << 20;
+const LOWER_HEX_HASH = /^[0-9a-f]{64}$/;
 const utf8 = new TextEncoder();
 
 /**
@@ -375,8 +378,14 @@ async function claimProblem(row) {
     }
     const signature = b64decode(requireString(row.claim_signature, "claim_signature"), "claim_signature");
     const payload = requireString(row.claim_payload, "claim_payload");
-    if (!(await ed25519Verify(key, signature, utf8.encode(payload)))) {
-      throw new Error("claim signature does not verify");
+    if (row.claim_window === null || row.claim_window === undefined) {
+      // Ed25519: the node key signed the payload itself.
+      if (!(await ed25519Verify(key, signature, utf8.encode(payload)))) {
+        throw new Error("claim signature does not verify");
+      }
+    } else {
+      // Ed25519-window: the payload is in the window, whose statement the node key signed.
+      await verifyClaimWindow(key, row.node_key_id, utf8.encode(payload), row.claim_window, signature);
     }
     claim = decodeClaim(payload);
     if (claim.key_id !== row.node_key_id) {
@@ -392,6 +401,49 @@ async function claimProblem(row) {
     return `records ${row.gpu_seconds} GPU-seconds, the backend claimed ${claim.gpu_seconds}`;
   }
   return null;
+}
+
+// An Ed25519-window claim (usage_claim.verify_window_claim): the inclusion proof of the
+// payload's leaf hash in the window's RFC 6962 root, then the node key's signature over the
+// statement "render usage-claim window v1\n<key id>\n<size>\n<root hex>\n".
+async function verifyClaimWindow(key, keyId, payload, windowText, signature) {
+  const place = parseClaimWindow(requireString(windowText, "claim_window"));
+  try {
+    await verifyInclusion(await leafHash(payload), BigInt(place.index), BigInt(place.size),
+      place.path.map((node) => hexDecode(node, "claim window path")), hexDecode(place.root, "claim window root"));
+  } catch (error) {
+    throw new Error(`the claim is not in its window: ${error.message}`);
+  }
+  const statement = `${WINDOW_STATEMENT_PREFIX}${keyId}\n${place.size}\n${place.root}\n`;
+  if (!(await ed25519Verify(key, signature, utf8.encode(statement)))) {
+    throw new Error("claim window signature does not verify");
+  }
+}
+
+// ClaimWindow.from_json: exactly {index, path, root, size}, hashes in lower-case hex.
+function parseClaimWindow(text) {
+  let window;
+  try {
+    window = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`claim window is not JSON: ${error.message}`);
+  }
+  const keys = isObject(window) ? Object.keys(window).sort() : [];
+  if (keys.join() !== "index,path,root,size") {
+    throw new Error("claim window must hold exactly index, path, root and size");
+  }
+  requireIndex(window.index, "claim window index");
+  requireIndex(window.size, "claim window size");
+  if (window.size < 1 || window.size > MAX_WINDOW_SIZE) {
+    throw new Error(`claim window size ${window.size} is outside 1..${MAX_WINDOW_SIZE}`);
+  }
+  if (!Array.isArray(window.path)) throw new Error("claim window path must be a list of hashes");
+  for (const node of [window.root, ...window.path]) {
+    if (typeof node !== "string" || !LOWER_HEX_HASH.test(node)) {
+      throw new Error("claim window hashes must be 64 lower-case hex digits");
+    }
+  }
+  return window;
 }
 
 // The node key id (src/render_gateway/signing_keys.py): SHA-256(raw key)[:8], in hex.
