@@ -91,6 +91,7 @@ bench: install system-deps
 	$(PY) bench/gateway_overhead.py --requests 1500 --async-jobs 1500 --fill-seconds 10 --lookups 1000
 	$(PY) bench/usage_writer.py --records 100000 --seconds 5
 	$(PY) bench/audit.py --records 50000
+	$(PY) bench/claim_windows.py
 	$(PY) bench/audit_proofs.py --batches 2000
 	$(PY) bench/reconcile.py --records 1000000 --repeat 1
 	$(PY) bench/replicas.py
