@@ -66,9 +66,12 @@ from render_gateway.audit.reconcile import (
     _cold_k,
     _cold_keys,
     _cold_scan,
+    _differing_cells,
+    _Grid,
     _hot_events,
     _hot_keys,
     _name_requests,
+    _window_leaves,
     reconcile,
 )
 from render_gateway.audit.reconcile import (
@@ -264,6 +267,7 @@ class Events:
             "node_key_id": const(NODE_KEY_ID, pa.string()),
             "node_public_key": const(NODE_PUBLIC_KEY, pa.string()),
             "claim_error": pa.nulls(n, pa.string()),  # every claim verified at settle
+            "claim_window": pa.nulls(n, pa.string()),  # no batch-signed claims
         }
         cold = pa.Table.from_arrays([cold_columns[f.name] for f in SCHEMA], schema=SCHEMA)
         return hot, cold
@@ -386,7 +390,9 @@ def cold_breakdown(
         tempfile.TemporaryDirectory() as tmp,
         duckdb.connect() as db,
     ):
-        _cold_keys(db, objects, window, scratch, pool, Path(tmp))
+        window_leaves = _window_leaves(objects, window)
+        grid = _Grid.of(window, window_leaves)
+        _cold_keys(db, objects, window_leaves, grid, window, scratch, pool, Path(tmp))
     lap("cold: get + BLAKE3 + private copy (threads), DuckDB aggregate")
     floor_clickhouse(usage, window)
     lap("hot: ClickHouse aggregate query (overlapped in reconcile)")
@@ -496,8 +502,10 @@ def drill_down_breakdown(
         tempfile.TemporaryDirectory() as tmp,
         duckdb.connect() as db,
     ):
-        _cold_keys(db, objects, window, scratch, pool, Path(tmp))
-        lap("cold totals (_cold_keys: get, hash, copy, DuckDB aggregate)")
+        leaves = _window_leaves(objects, window)
+        grid = _Grid.of(window, leaves)
+        _, cells = _cold_keys(db, objects, leaves, grid, window, scratch, pool, Path(tmp))
+        lap(f"cold totals per cell (_cold_keys: get, hash, copy, DuckDB; {cells.num_rows:,} cells)")
         del hot_keys
         db.register(
             "differing",
@@ -505,18 +513,19 @@ def drill_down_breakdown(
                 {"customer_id": [c for c, _ in differing], "model": [m for _, m in differing]}
             ),
         )
-        events = _cold_scan(
-            db, objects, window, None, pool, Path(tmp),
-            "SELECT event_id, customer_id, model, gpu_seconds, batch FROM {batches} "
-            "SEMI JOIN differing USING (customer_id, model) WHERE {in_window}",
-            _EVENTS_SCHEMA,
-        )  # fmt: skip
-        lap(f"cold events of the differing keys (_cold_scan, {events.num_rows:,} rows)")
         hot = _hot_events(usage, window, differing)
         lap(f"hot events of the {len(differing)} differing keys ({hot.num_rows:,} rows, Arrow)")
-        db.register("hot", hot)
+        drilled = _differing_cells(db, cells, hot, grid, leaves, set())
+        lap(f"differing cells (DuckDB): {len(drilled)} of {len(leaves)} batches to read again")
+        events = _cold_scan(
+            db, objects, drilled, window, None, pool, Path(tmp),
+            "SELECT event_id, customer_id, model, gpu_seconds, ended_at_us, batch "
+            "FROM {batches} SEMI JOIN differing USING (customer_id, model) WHERE {in_window}",
+            _EVENTS_SCHEMA,
+        )  # fmt: skip
+        lap(f"cold events of those batches' differing keys (_cold_scan, {events.num_rows:,} rows)")
         db.register("cold_events", events)
-        _cold_k(db, objects, window, pool, False)
+        _cold_k(db, objects, leaves, grid, window, pool, False)
         lap("cold_k: SEMI JOIN + request ids from the batches of the rows to name")
         _name_requests(scratch, db, 100)
         lap("name the requests (4 DuckDB joins)")

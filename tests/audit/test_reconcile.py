@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from render_gateway.application.webhooks import WebhookSecret, WebhookSender
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
-from render_gateway.audit.leaves import BatchLeaf, leaf_key
+from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.reconcile import reconcile
 from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
@@ -37,6 +38,7 @@ from support.processes import free_port
 
 ORIGIN = "render-gateway/test"
 N = 40
+MANY = 300
 
 
 @dataclass
@@ -54,6 +56,23 @@ class Paths:
 @pytest.fixture
 async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
     """N requests (two customers) through both real writers into both real stores."""
+    filled = await fill(tmp_path, N)
+    yield filled
+    filled.usage.close()
+
+
+@pytest.fixture
+async def many(tmp_path: Path) -> AsyncIterator[Paths]:
+    """MANY requests, so 30 batches of 10, ended 10 ms apart (evenly: the batches' time windows
+    are then as wide as reconcile's cells, whatever the machine's pace)."""
+    filled = await fill(tmp_path, MANY, spacing=0.01)
+    yield filled
+    filled.usage.close()
+
+
+async def fill(tmp_path: Path, n: int, spacing: float | None = None) -> Paths:
+    """n requests (two customers) through both real writers into both real stores; ``spacing``:
+    their end times that many seconds apart (else: as they are made)."""
     jobs = SqliteJobStore(tmp_path / "jobs.db")
     await jobs.open()
     objects = open_object_store((tmp_path / "cas").as_uri())
@@ -66,10 +85,13 @@ async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
     batcher = AttestationBatcher(jobs.usage_log, open_log, 10, 3600)
     writer.start()
     batcher.start()
-    records = [signed_record(i, 0.25 + i / 100, customer=f"c{i % 2}") for i in range(N)]
+    records = [signed_record(i, 0.25 + i / 100, customer=f"c{i % 2}") for i in range(n)]
+    if spacing is not None:
+        start = time.time() - n * spacing
+        records = [replace(r, timestamp=start + i * spacing) for i, r in enumerate(records)]
     for record in records:
         await jobs.usage_log.append_usage(record)
-    writer.notify(N)
+    writer.notify(n)
     assert await asyncio.to_thread(writer.wait_caught_up, 20.0)
     assert await asyncio.to_thread(batcher.seal, 20.0)
     await asyncio.to_thread(batcher.stop, 0)
@@ -79,8 +101,7 @@ async def paths(tmp_path: Path) -> AsyncIterator[Paths]:
     await asyncio.to_thread(writer.stop, 0)
     jobs.usage_log.close_thread_connection()
     await jobs.close()
-    yield Paths(usage, objects, tmp_path, [r.request_id for r in records])
-    usage.close()
+    return Paths(usage, objects, tmp_path, [r.request_id for r in records])
 
 
 def mutate(usage: ClickHouseUsageStore, sql: str) -> None:
@@ -103,6 +124,47 @@ def test_an_event_deleted_from_clickhouse_is_named(paths: Paths) -> None:
     assert run.missing_in_hot == [victim] and run.counts["missing_in_hot"] == 1
     assert [(k.customer_id, k.delta_requests) for k in run.keys] == [("c1", -1)]
     assert run.missing_in_cold == [] and run.gpu_mismatches == []
+
+
+class CountedGets:
+    """The real store, with the keys of the batches read (not the leaves) written down."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store, self.url, self.batches = store, store.url, list[str]()
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        return self.store.put_new(key, data)
+
+    def get(self, key: str) -> bytes:
+        if not key.startswith(LEAVES_PREFIX):
+            self.batches.append(key)
+        return self.store.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.store.list(prefix)
+
+
+def test_the_drill_down_reads_again_only_the_batches_near_the_faulty_request(
+    many: Paths,
+) -> None:
+    victim = many.request_ids[155]  # in batch 15 of 30
+    mutate(many.usage, f"ALTER TABLE inference_events DELETE WHERE request_id = '{victim}'")
+    spy = CountedGets(many.objects)
+    run = reconcile(many.usage, spy, many.window())
+    assert run.status == "discrepancies" and run.missing_in_hot == [victim]
+    assert run.missing_in_cold == [] and run.gpu_mismatches == [] and run.duplicated_in_hot == []
+    cas = ContentStore(many.objects)
+    leaves = [BatchLeaf.decode(many.objects.get(leaf_key(i))) for i in range(MANY // 10)]
+    batch_of = {cas.key_of(leaf.batch_blake3): leaf.index for leaf in leaves}
+    totals, again = spy.batches[: len(leaves)], spy.batches[len(leaves) :]
+    assert sorted(batch_of[k] for k in totals) == list(range(len(leaves)))  # each once
+    # The drill-down: the events of the victim's cell (its batch, maybe a neighbour whose time
+    # meets that cell), then the request id from the batch that holds it.
+    assert 15 in {batch_of[k] for k in again} and len(again) <= 3
+    assert {batch_of[k] for k in again} <= {14, 15, 16}
 
 
 def test_an_event_duplicated_in_clickhouse_is_named(paths: Paths) -> None:

@@ -3,15 +3,23 @@ over a closed time window, named down to the request.
 
 Both sides are aggregated per (customer, model): request count and GPU-seconds (the cold side
 by DuckDB's Parquet reader, over private copies of the batches' verified bytes). Every key
-whose count or GPU-seconds differ at all is drilled into: its events on both sides are joined
-by event id (DuckDB), which names the requests present on one side only, those counted twice
-in ClickHouse, and those whose GPU-seconds differ. The status is
+whose count or GPU-seconds differ at all is drilled into. The cold side's totals are also kept
+per cell — (customer, model, slice of time about one batch long, by each row's end time) — and
+the hot side's events of the differing keys are put in the same cells: only the cells that
+differ are drilled into, so only the batches whose time window meets one of them are read
+again. There, the events of both sides are joined by event id (DuckDB), which names the
+requests present on one side only, those counted twice in ClickHouse, and those whose
+GPU-seconds differ. (A differing request is left unnamed only if its cell balances anyway:
+another request of the same cell missing the other way with the same GPU-seconds, to 1e-9.
+The key's totals balance in that case too unless something else differs in the key.) The
+status is
 ``reconciled`` when every key's relative deltas are within ``threshold`` and ``discrepancies``
 otherwise; a side that cannot be read makes the run an ``error`` — never an empty success.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import tempfile
 import uuid
@@ -130,8 +138,13 @@ def reconcile(
     ):
         # The hot side's aggregate runs in ClickHouse while the cold side is read here.
         hot_query = pool.submit(_hot_keys, usage, window)
+        unreadable: set[int] = set()
         try:
-            cold_keys = _cold_keys(db, objects, window, run, pool, Path(scratch))
+            leaves = _window_leaves(objects, window)
+            grid = _Grid.of(window, leaves)
+            cold_keys, cells = _cold_keys(
+                db, objects, leaves, grid, window, run, pool, Path(scratch), unreadable
+            )
         except Exception as exc:  # any failure to read the authoritative side is an error
             hot_query.exception()  # waited for, whatever it did
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
@@ -146,26 +159,27 @@ def reconcile(
         db.register("differing", pa.table({"customer_id": [c for c, _ in differing],
                                            "model": [m for _, m in differing]}))  # fmt: skip
         try:
+            hot = _hot_events(usage, window, differing)
+        except Exception as exc:
+            return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
+        drilled = _differing_cells(db, cells, hot, grid, leaves, unreadable)
+        try:
             if repair:  # every column, for the records to re-insert
-                events = _cold_events(objects, window, None, None, pool=pool,
+                events = _cold_events(objects, window, None, None, pool=pool, leaves=drilled,
                                       keep=_of_keys(differing), batch_column=True)  # fmt: skip
             else:
                 events = _cold_scan(
-                    db, objects, window, None, pool, Path(scratch),
-                    "SELECT event_id, customer_id, model, gpu_seconds, batch FROM {batches} "
-                    "SEMI JOIN differing USING (customer_id, model) WHERE {in_window}",
+                    db, objects, drilled, window, None, pool, Path(scratch),
+                    "SELECT event_id, customer_id, model, gpu_seconds, ended_at_us, batch "
+                    "FROM {batches} SEMI JOIN differing USING (customer_id, model) "
+                    "WHERE {in_window}",
                     _EVENTS_SCHEMA,
                 )  # fmt: skip
         except Exception as exc:
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
-        try:
-            hot = _hot_events(usage, window, differing)
-        except Exception as exc:
-            return _failed(run, f"the hot path (ClickHouse) could not be read: {exc}")
-        db.register("hot", hot)
         db.register("cold_events", events)
         try:
-            _cold_k(db, objects, window, pool, "request_id" in events.schema.names)
+            _cold_k(db, objects, leaves, grid, window, pool, "request_id" in events.schema.names)
         except Exception as exc:
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
         _name_requests(run, db, cap)
@@ -180,40 +194,79 @@ def reconcile(
 # Batches are checked and copied in groups of this many, then scanned by one DuckDB query: the
 # copies on disk at any time stay bounded (about 1.3 MB a batch of 10,000 records).
 _SCAN_BATCHES = 64
-_TOTALS_SCHEMA = pa.schema(
-    [("customer_id", pa.string()), ("model", pa.string()), ("n", pa.int64()), ("g", pa.float64())]
-)
+_CELLS_SCHEMA = pa.schema(
+    [("customer_id", pa.string()), ("model", pa.string()), ("cell", pa.int64()),
+     ("n", pa.int64()), ("g", pa.float64())]
+)  # fmt: skip
 _EVENTS_SCHEMA = pa.schema(
     [("event_id", pa.string()), ("customer_id", pa.string()), ("model", pa.string()),
-     ("gpu_seconds", pa.float64()), ("batch", pa.int64())]
+     ("gpu_seconds", pa.float64()), ("ended_at_us", pa.int64()), ("batch", pa.int64())]
 )  # fmt: skip
+
+
+def _window_leaves(objects: ObjectStore, window: TimeRange) -> list[BatchLeaf]:
+    """The leaves of the batches whose time window overlaps ``window``."""
+    bounds = window.parameters()
+    return [
+        leaf
+        for leaf in (BatchLeaf.decode(objects.get(key)) for key in objects.list(LEAVES_PREFIX))
+        if not (leaf.window_end_us < bounds["start_us"] or leaf.window_start_us >= bounds["end_us"])
+    ]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Slices of time of ``width`` microseconds from ``origin``: a row's cell is
+    ``(end time - origin) // width`` on both sides. About one batch's span wide (the span the
+    batches cover, over their number), so that a cell meets a batch or two when the batches
+    follow time, as the usage log's do; the cells are correct whatever the batches hold, only
+    the number of batches a differing cell makes the drill-down read depends on it."""
+
+    origin: int
+    width: int
+    end: int  # the window's end (exclusive)
+
+    @classmethod
+    def of(cls, window: TimeRange, leaves: list[BatchLeaf]) -> _Grid:
+        bounds = window.parameters()
+        start, end = bounds["start_us"], bounds["end_us"]
+        if not leaves:
+            return cls(start, max(1, end - start), end)
+        low = max(start, min(leaf.window_start_us for leaf in leaves))
+        high = min(end, max(leaf.window_end_us for leaf in leaves) + 1)
+        return cls(start, max(1, -(-(high - low) // len(leaves))), end)
+
+    def cells_of(self, leaf: BatchLeaf) -> range:
+        """The cells that rows of ``leaf`` inside the window can fall in."""
+        first = max(leaf.window_start_us, self.origin)
+        last = min(leaf.window_end_us, self.end - 1)
+        return range((first - self.origin) // self.width, (last - self.origin) // self.width + 1)
 
 
 def _cold_scan(
     db: duckdb.DuckDBPyConnection,
     objects: ObjectStore,
+    leaves: list[BatchLeaf],
     window: TimeRange,
     run: Reconciliation | None,
     pool: ThreadPoolExecutor,
     scratch: Path,
     sql: str,
     schema: pa.Schema,
+    params: dict[str, Any] | None = None,
+    unreadable: set[int] | None = None,
 ) -> pa.Table:
-    """``sql`` over every batch in the window, run by DuckDB's own Parquet reader (the floor's:
+    """``sql`` over the batches of ``leaves``, run by DuckDB's own Parquet reader (the floor's:
     threads of its own, reading only the columns and rows it needs). Each batch is fetched and
     re-hashed here, and the verified bytes are written to a private file in ``scratch`` that
     DuckDB reads: it parses exactly the bytes that were hashed, never the store's file again
     (which could have changed in between). ``{batches}`` in ``sql`` is the group's
     ``read_parquet`` with a ``batch`` column (the leaf's index), ``{in_window}`` the window's
-    filter on ``ended_at_us``; ``schema``: the result's when no batch is read. A batch gone or
-    altered is named in ``run``."""
+    filter on ``ended_at_us``; ``schema``: the result's when no batch is read; ``params``: more
+    named parameters of ``sql``. A batch gone or altered is named in ``run`` and its leaf index
+    added to ``unreadable``."""
     bounds = window.parameters()
     cas = ContentStore(objects)
-    leaves = [
-        leaf
-        for leaf in (BatchLeaf.decode(objects.get(key)) for key in objects.list(LEAVES_PREFIX))
-        if not (leaf.window_end_us < bounds["start_us"] or leaf.window_start_us >= bounds["end_us"])
-    ]
 
     def copy(leaf: BatchLeaf) -> Path | ObjectMissing | IntegrityError:
         try:
@@ -236,7 +289,10 @@ def _cold_scan(
         for leaf, result in zip(group, pool.map(copy, group), strict=True):
             if isinstance(result, Path):
                 paths.append(str(result))
-            elif run is not None:
+                continue
+            if unreadable is not None:
+                unreadable.add(leaf.index)
+            if run is not None:
                 run.unreadable_batches.append(
                     f"leaf {leaf.index} (batch {leaf.batch_blake3}): {result}"
                 )
@@ -244,7 +300,8 @@ def _cold_scan(
         if not paths:
             continue
         try:
-            bound = {"paths": paths, "start_us": bounds["start_us"], "end_us": bounds["end_us"]}
+            bound = {"paths": paths, "start_us": bounds["start_us"], "end_us": bounds["end_us"],
+                     **(params or {})}  # fmt: skip
             parts.append(db.sql(query, params=bound).to_arrow_table())
         finally:
             for path in paths:
@@ -257,39 +314,109 @@ def _cold_scan(
 def _cold_keys(
     db: duckdb.DuckDBPyConnection,
     objects: ObjectStore,
+    leaves: list[BatchLeaf],
+    grid: _Grid,
     window: TimeRange,
     run: Reconciliation,
     pool: ThreadPoolExecutor,
     scratch: Path,
-) -> dict[tuple[str, str], tuple[int, float]]:
-    """Requests and GPU-seconds per (customer, model) of the cold side, over the window."""
-    partial = _cold_scan(
-        db, objects, window, run, pool, scratch,
-        "SELECT customer_id, model, count(*) AS n, coalesce(sum(gpu_seconds), 0) AS g "
-        "FROM {batches} WHERE {in_window} GROUP BY ALL",
-        _TOTALS_SCHEMA,
+    unreadable: set[int] | None = None,
+) -> tuple[dict[tuple[str, str], tuple[int, float]], pa.Table]:
+    """Requests and GPU-seconds per (customer, model) of the cold side, over the window, and
+    per cell of ``grid`` (a table of ``_CELLS_SCHEMA``; a cell across two scans' groups of
+    batches has a row from each)."""
+    cells = _cold_scan(
+        db, objects, leaves, window, run, pool, scratch,
+        "SELECT customer_id, model, (ended_at_us - $origin) // $width AS cell, count(*) AS n, "
+        "coalesce(sum(gpu_seconds), 0) AS g FROM {batches} WHERE {in_window} GROUP BY ALL",
+        _CELLS_SCHEMA, {"origin": grid.origin, "width": grid.width}, unreadable,
     )  # fmt: skip
-    totals: dict[tuple[str, str], tuple[int, float]] = {}
-    for c, m, n, g in zip(*(partial.column(i).to_pylist() for i in range(4)), strict=True):
-        count, gpu = totals.get((c, m), (0, 0.0))
-        totals[(c, m)] = (count + int(n), gpu + float(g))
-    return totals
+    per_key = cells.group_by(["customer_id", "model"]).aggregate([("n", "sum"), ("g", "sum")])
+    columns = (
+        per_key.column(name).to_pylist() for name in ("customer_id", "model", "n_sum", "g_sum")
+    )
+    totals = {(c, m): (int(n), float(g)) for c, m, n, g in zip(*columns, strict=True)}
+    return totals, cells
+
+
+def _differing_cells(
+    db: duckdb.DuckDBPyConnection,
+    cells: pa.Table,
+    hot: pa.Table,
+    grid: _Grid,
+    leaves: list[BatchLeaf],
+    unreadable: set[int],
+) -> list[BatchLeaf]:
+    """Table ``differing_cells``: the cells of the differing keys whose count or GPU-seconds
+    differ between ``cells`` (the cold side's) and ``hot`` (the events of those keys); table
+    ``hot`` becomes those events in these cells only, the ones the drill-down compares. Returns
+    the leaves of the readable batches that may hold a row of such a cell: the only ones read
+    again (a batch unreadable in the totals' pass is not retried; its records show up as
+    missing from the cold side)."""
+    db.register("cold_cells", cells)
+    db.register("hot_events", hot)
+    grid_params = {"origin": grid.origin, "width": grid.width}
+    db.execute(
+        "CREATE TEMP TABLE hot_all AS SELECT *, (ended_at_us - $origin) // $width AS cell "
+        "FROM hot_events",
+        grid_params,
+    )
+    db.execute(
+        "CREATE TEMP TABLE differing_cells AS "
+        "WITH c AS (SELECT customer_id, model, cell, sum(n) AS n, sum(g) AS g FROM cold_cells "
+        "  SEMI JOIN differing USING (customer_id, model) GROUP BY ALL), "
+        "h AS (SELECT customer_id, model, cell, count(*) AS n, coalesce(sum(gpu_seconds), 0) AS g "
+        "  FROM hot_all GROUP BY ALL) "
+        "SELECT customer_id, model, cell FROM c FULL JOIN h USING (customer_id, model, cell) "
+        "WHERE coalesce(c.n, 0) <> coalesce(h.n, 0) OR abs(coalesce(h.g, 0) - coalesce(c.g, 0)) "
+        "  > 1e-9 * greatest(1, abs(coalesce(c.g, 0)))"
+    )
+    # Every hot copy of an event of those cells is compared, wherever its time put it (a copy
+    # counted twice with another time, in a cell that balances): its cell is drilled too, and
+    # so on until no cell is added (once or twice; the cells of a key are few).
+    while db.execute(
+        "INSERT INTO differing_cells SELECT DISTINCT customer_id, model, cell FROM hot_all "
+        "WHERE event_id IN (SELECT event_id FROM hot_all "
+        "  SEMI JOIN differing_cells USING (customer_id, model, cell)) "
+        "EXCEPT SELECT customer_id, model, cell FROM differing_cells"
+    ).fetchone() not in (None, (0,)):
+        pass
+    db.execute(
+        "CREATE TEMP TABLE hot AS SELECT * FROM hot_all "
+        "SEMI JOIN differing_cells USING (customer_id, model, cell)"
+    )
+    wanted = sorted(int(c) for (c,) in db.execute(
+        "SELECT DISTINCT cell FROM differing_cells").fetchall())  # fmt: skip
+    drilled = []
+    for leaf in leaves:
+        if leaf.index in unreadable:
+            continue
+        span = grid.cells_of(leaf)
+        at = bisect.bisect_left(wanted, span.start)
+        if at < len(wanted) and wanted[at] < span.stop:
+            drilled.append(leaf)
+    return drilled
 
 
 def _cold_k(
     db: duckdb.DuckDBPyConnection,
     objects: ObjectStore,
+    leaves: list[BatchLeaf],
+    grid: _Grid,
     window: TimeRange,
     pool: ThreadPoolExecutor,
     has_request_ids: bool,
 ) -> None:
-    """Table ``cold_k``: the cold events of the differing keys (exact: ``_of_keys`` let through
-    every row of those keys and maybe a few more), with ``request_id`` for every row that
-    ``_name_requests`` names from the cold side (missing in ClickHouse, or GPU-seconds apart);
-    NULL for the others, whose request ids are never read."""
+    """Table ``cold_k``: the cold events of the differing cells (exact: the batches read held
+    every row of those cells, and ``_of_keys`` or the scan's join let through every row of their
+    keys), with ``request_id`` for every row that ``_name_requests`` names from the cold side
+    (missing in ClickHouse, or GPU-seconds apart); NULL for the others, whose request ids are
+    never read."""
     db.execute(
-        "CREATE TEMP TABLE cold_k0 AS SELECT * FROM cold_events "
-        "SEMI JOIN differing USING (customer_id, model)"
+        "CREATE TEMP TABLE cold_k0 AS SELECT e.* FROM cold_events e SEMI JOIN differing_cells d "
+        "ON e.customer_id = d.customer_id AND e.model = d.model "
+        "AND (e.ended_at_us - $origin) // $width = d.cell",
+        {"origin": grid.origin, "width": grid.width},
     )
     if has_request_ids:  # read with every column (a repair)
         db.execute("CREATE TEMP TABLE cold_k AS SELECT * FROM cold_k0")
@@ -300,9 +427,10 @@ def _cold_k(
         "WHERE abs(h.gpu_seconds - c.gpu_seconds) > 1e-9"
     ).to_arrow_table()
     wanted = named.column("event_id").combine_chunks()
+    holding = {int(b) for b in pc.unique(named.column("batch")).to_pylist()}
     ids = _cold_events(
         objects, window, ["event_id", "request_id"], None, pool=pool,
-        only={int(b) for b in pc.unique(named.column("batch")).to_pylist()},
+        leaves=[leaf for leaf in leaves if leaf.index in holding],
         keep=lambda table: pc.is_in(table.column("event_id"), value_set=wanted),
     )  # fmt: skip
     db.register("cold_ids", ids)
@@ -345,27 +473,22 @@ def _cold_events(
     dictionary: bool = False,
     keep: Callable[[pa.Table], pa.Array] | None = None,
     batch_column: bool = False,
-    only: set[int] | None = None,
+    leaves: list[BatchLeaf] | None = None,
 ) -> pa.Table:
-    """Every attestation in the window (``columns`` of it; None: all), from the batches whose
-    time window overlaps it, each batch re-hashed on read (the bytes hashed are the bytes
-    parsed) and only those across the window's edges filtered by time. A batch that is gone or
+    """Every attestation in the window (``columns`` of it; None: all) from the batches of
+    ``leaves`` (None: every batch whose time window overlaps it), each batch re-hashed on read
+    (the bytes hashed are the bytes parsed) and only those across the window's edges filtered by
+    time. A batch that is gone or
     altered is named in ``run``, and its records then show up as missing from the cold path.
     ``dictionary``: the low-cardinality columns as Arrow dictionaries; ``keep``: a filter
     applied to each batch as it is read (only its rows are kept in memory); ``batch_column``:
-    a column ``batch`` with each row's leaf index; ``only``: just the batches of these leaf
-    indexes."""
+    a column ``batch`` with each row's leaf index."""
     bounds = window.parameters()
     start_us, end_us = bounds["start_us"], bounds["end_us"]
     cas = ContentStore(objects)
     wanted = list(SCHEMA.names) if columns is None else columns
-    leaves = []
-    for key in objects.list(LEAVES_PREFIX):
-        leaf = BatchLeaf.decode(objects.get(key))
-        if leaf.window_end_us < start_us or leaf.window_start_us >= end_us:
-            continue
-        if only is None or leaf.index in only:
-            leaves.append(leaf)
+    if leaves is None:
+        leaves = _window_leaves(objects, window)
 
     def read(leaf: BatchLeaf) -> pa.Table | ObjectMissing | IntegrityError:
         try:
@@ -433,7 +556,7 @@ GROUP BY customer_id, model_name
 
 _HOT_EVENTS_SQL = """
 SELECT toString(event_id) AS event_id, request_id, CAST(customer_id AS String) AS customer_id,
-    CAST(model_name AS String) AS model, gpu_seconds
+    CAST(model_name AS String) AS model, gpu_seconds, toUnixTimestamp64Micro(timestamp)
 FROM inference_events
 WHERE timestamp >= fromUnixTimestamp64Micro({start_us:Int64}, 'UTC')
   AND timestamp < fromUnixTimestamp64Micro({end_us:Int64}, 'UTC')
@@ -449,8 +572,8 @@ def _hot_keys(usage: UsageStore, window: TimeRange) -> dict[tuple[str, str], tup
 
 def _hot_events(usage: UsageStore, window: TimeRange, keys: list[tuple[str, str]]) -> pa.Table:
     table = usage.arrow(_HOT_EVENTS_SQL, {**window.parameters(), "keys": keys})
-    names = ("event_id", "request_id", "customer_id", "model", "gpu_seconds")
-    types = (pa.string(),) * 4 + (pa.float64(),)
+    names = ("event_id", "request_id", "customer_id", "model", "gpu_seconds", "ended_at_us")
+    types = (pa.string(),) * 4 + (pa.float64(), pa.int64())
     return pa.table(
         {n: table.column(i).cast(t) for i, (n, t) in enumerate(zip(names, types, strict=True))}
     )
