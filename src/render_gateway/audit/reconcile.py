@@ -214,13 +214,22 @@ def _window_leaves(objects: ObjectStore, window: TimeRange) -> list[BatchLeaf]:
     ]
 
 
+# Cells per batch: one per batch up to _FINE_CELLS batches, then one per _CELL_BATCHES. Finer
+# cells cost the totals' pass (1 M records, 100 batches, DuckDB's part alone: 0.10 s per key;
+# 0.18 s per key and batch-wide cell, 0.125 s per key and 8 batches' cell) while the drill-down
+# re-reads about one cell's batches (and a neighbour) per differing cell.
+_FINE_CELLS = 64
+_CELL_BATCHES = 8
+
+
 @dataclass(frozen=True)
 class _Grid:
     """Slices of time of ``width`` microseconds from ``origin``: a row's cell is
-    ``(end time - origin) // width`` on both sides. About one batch's span wide (the span the
-    batches cover, over their number), so that a cell meets a batch or two when the batches
-    follow time, as the usage log's do; the cells are correct whatever the batches hold, only
-    the number of batches a differing cell makes the drill-down read depends on it."""
+    ``(end time - origin) // width`` on both sides. As wide as one batch's span or a few (the
+    span the batches cover over the number of cells, see _CELL_BATCHES), so that a cell meets
+    few batches when the batches follow time, as the usage log's do; the cells are correct
+    whatever the batches hold, only the number of batches a differing cell makes the
+    drill-down read depends on it."""
 
     origin: int
     width: int
@@ -234,7 +243,8 @@ class _Grid:
             return cls(start, max(1, end - start), end)
         low = max(start, min(leaf.window_start_us for leaf in leaves))
         high = min(end, max(leaf.window_end_us for leaf in leaves) + 1)
-        return cls(start, max(1, -(-(high - low) // len(leaves))), end)
+        cells = max(min(len(leaves), _FINE_CELLS), len(leaves) // _CELL_BATCHES)
+        return cls(start, max(1, -(-(high - low) // cells)), end)
 
     def cells_of(self, leaf: BatchLeaf) -> range:
         """The cells that rows of ``leaf`` inside the window can fall in."""
@@ -331,11 +341,13 @@ def _cold_keys(
         "coalesce(sum(gpu_seconds), 0) AS g FROM {batches} WHERE {in_window} GROUP BY ALL",
         _CELLS_SCHEMA, {"origin": grid.origin, "width": grid.width}, unreadable,
     )  # fmt: skip
-    per_key = cells.group_by(["customer_id", "model"]).aggregate([("n", "sum"), ("g", "sum")])
-    columns = (
-        per_key.column(name).to_pylist() for name in ("customer_id", "model", "n_sum", "g_sum")
-    )
-    totals = {(c, m): (int(n), float(g)) for c, m, n, g in zip(*columns, strict=True)}
+    # Summed by DuckDB, not Arrow's group_by: that would start Arrow's pool (see _READ_THREADS).
+    db.register("cells_read", cells)
+    rows = db.execute(
+        "SELECT customer_id, model, sum(n), sum(g) FROM cells_read GROUP BY ALL"
+    ).fetchall()
+    db.unregister("cells_read")
+    totals = {(str(c), str(m)): (int(n), float(g)) for c, m, n, g in rows}
     return totals, cells
 
 
