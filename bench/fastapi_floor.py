@@ -17,6 +17,7 @@ billing can skip. ``python bench/fastapi_floor.py --port 9200 --backend http://1
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import socket
 from collections.abc import AsyncIterator
@@ -62,10 +63,9 @@ def make_app(backend: str) -> FastAPI:
         yield
         await session[0].close()
 
-    app = FastAPI(
-        lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-    )
+    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    has_telemetry = "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    app = FastAPI(lifespan=lifespan, **({"telemetry": off} if has_telemetry else {}))
 
     @app.post("/image/{family}/{model}/t2i")
     async def run_now(

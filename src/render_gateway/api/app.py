@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +50,15 @@ from render_gateway.application.socket_jobs import SocketStats
 from render_gateway.config import GatewayConfig
 from render_gateway.stores.unavailable import StoreUnavailable
 
+# FastAPI's native OpenTelemetry (FastAPI releases that have it), off: the gateway exports
+# Prometheus metrics and sets no OTel provider, yet asking whether one is set (environment
+# reads) took ~10% of the event loop's time on every request (docs/BENCHMARKS.md, issue 16).
+NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
 
 def create_app(config: GatewayConfig, started: GatewayServices | None = None) -> FastAPI:
     """The app; ``started``: services ``serve`` already started (so a refusal at start is one
@@ -72,10 +83,7 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
         # FastAPI's own viewers load their scripts from CDNs: docs_routes serves /docs offline.
         docs_url=None,
         redoc_url=None,
-        # FastAPI's native OpenTelemetry, off: the gateway exports Prometheus metrics and sets
-        # no OTel provider, yet asking whether one is set (environment reads) took ~10% of the
-        # event loop's time on every request (docs/BENCHMARKS.md, issue 16).
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        **NO_NATIVE_TELEMETRY,
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
