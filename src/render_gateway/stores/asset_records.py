@@ -77,7 +77,7 @@ class ObjectAssetRecords:
             raw = self._objects.get(record_key(asset_id))
         except ObjectMissing:
             return None
-        return _decoded(raw)
+        return decoded_record(raw)
 
     async def close(self) -> None:
         return None
@@ -150,7 +150,7 @@ class SqliteAssetRecords:
                 if "no such table" not in str(exc):  # the writer has not made it yet
                     raise
         if row is not None:
-            return _decoded(bytes(row[0]))
+            return decoded_record(bytes(row[0]))
         return self._legacy.find(asset_id)
 
     def _reader(self) -> sqlite3.Connection | None:
@@ -189,7 +189,7 @@ def export_json_records(directory: Path) -> tuple[int, int]:
     written = kept = 0
     with contextlib.closing(sqlite3.connect(path)) as conn:
         for asset_id, record in conn.execute("SELECT id, record FROM asset_records ORDER BY id"):
-            _decoded(bytes(record))  # refuse to copy a record no store could read
+            decoded_record(bytes(record))  # refuse to copy a record no store could read
             try:
                 created = objects.put_new(record_key(asset_id), bytes(record))
             except ObjectExists:
@@ -198,7 +198,8 @@ def export_json_records(directory: Path) -> tuple[int, int]:
     return written, kept
 
 
-def _decoded(raw: bytes) -> dict[str, Any]:
+def decoded_record(raw: bytes) -> dict[str, Any]:
+    """A stored record's fields; :class:`UnreadableRecord` unless it is a JSON object."""
     try:
         meta = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import blake3
-import orjson
 
 from render_gateway.core.ids import new_asset_id
 from render_gateway.stores.asset_records import (
@@ -29,6 +29,7 @@ from render_gateway.stores.asset_records import (
     ObjectAssetRecords,
     SqliteAssetRecords,
     UnreadableRecord,
+    decoded_record,
 )
 from render_gateway.stores.assets import (
     ASSET_ID,
@@ -124,31 +125,31 @@ class ObjectAssetStore:
     def _describe(self, asset_id: str) -> Asset:
         # Only well-formed ids become keys: nothing a caller sends can name another object.
         if ASSET_ID.fullmatch(asset_id):
-            try:
-                meta = self.records.find(asset_id)
-            except UnreadableRecord:
-                raise CorruptAsset(f"asset {asset_id} has an unreadable record") from None
-            if meta is None:
-                raise AssetNotFound(asset_id)
-            return _asset(asset_id, meta)
+            return _asset(asset_id, self._found(asset_id, self.records.find))
         if LEGACY_ASSET_ID.fullmatch(asset_id):
             digest = asset_id[2:]
-            meta = self._record(asset_id, legacy_record_key(digest))
+            meta = self._found(asset_id, lambda _id: self._legacy_record(digest))
             return _asset(asset_id, {**meta, "owner": None, "blake3": digest})
         raise AssetNotFound(asset_id)
 
-    def _record(self, asset_id: str, key: str) -> dict[str, Any]:
+    @staticmethod
+    def _found(asset_id: str, find: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
+        """The record ``find`` reads, with a missing or unreadable one said as the store says
+        it (one translation for both layouts)."""
         try:
-            raw = self.objects.get(key)
-        except ObjectMissing:
-            raise AssetNotFound(asset_id) from None
-        try:
-            meta = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            meta = find(asset_id)
+        except UnreadableRecord:
             raise CorruptAsset(f"asset {asset_id} has an unreadable record") from None
-        if not isinstance(meta, dict):
-            raise CorruptAsset(f"asset {asset_id} has an unreadable record")
+        if meta is None:
+            raise AssetNotFound(asset_id)
         return meta
+
+    def _legacy_record(self, digest: str) -> dict[str, Any] | None:
+        try:
+            raw = self.objects.get(legacy_record_key(digest))
+        except ObjectMissing:
+            return None
+        return decoded_record(raw)
 
     def _get(self, asset_id: str) -> tuple[Asset, bytes]:
         asset = self._describe(asset_id)
