@@ -386,23 +386,10 @@ def _json_problem_exact(body: bytes) -> str | None:
         return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
     except ValueError:
         return None
-    if nesting(value) > MAX_JSON_DEPTH:
+    if _shape(value)[0] > MAX_JSON_DEPTH:
         return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
     return None
 
 
 class _Unkeepable(ValueError):
     pass
-
-
-def nesting(value: Any) -> int:
-    """How deeply arrays and objects nest in a parsed JSON value (iterative: no recursion)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
