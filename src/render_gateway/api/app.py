@@ -7,8 +7,9 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException
 
 from render_gateway import __version__
@@ -101,8 +102,8 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     for routes in routers:
         # Health, readiness and metrics on every process; the rest with the api role.
         if serves_customers or routes is info_routes:
-            app.include_router(routes.router)
-    app.include_router(docs_routes.router)  # beside /openapi.json, on every process as it is
+            add_routes(app, routes.router)
+    add_routes(app, docs_routes.router)  # beside /openapi.json, on every process as it is
     app.mount(docs_routes.STATIC_PATH, docs_routes.static_files, name="docs-static")
     exact_pass_through_bounds(app)
     app.add_exception_handler(ApiError, api_error_handler)
@@ -120,3 +121,16 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     app.add_middleware(LatencyMiddleware, histogram=latency)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """The router's routes, put in the app's own list rather than included. FastAPI 0.165
+    keeps an included router as a branch that every request walks, matching its routes
+    through "effective route contexts" three times over: ~55 µs of a ~150 µs job lookup
+    (docs/BENCHMARKS.md, issue 16). A router here adds nothing at inclusion (its prefix, tags
+    and schema flag are already in its routes, it has no dependencies), so each route is the
+    same route either way; the OpenAPI document is unchanged (tests/test_docs.py)."""
+    plain = all(isinstance(route, APIRoute | APIWebSocketRoute) for route in router.routes)
+    if router.dependencies or not plain:
+        raise TypeError("add_routes takes a router of plain routes without dependencies")
+    app.router.routes.extend(router.routes)

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from render_gateway.api.http import ApiError
+from render_gateway.api.lean_route import lean_dependency
 from render_gateway.application.services import GatewayServices
 from render_gateway.auth.principal import AuthError, Principal
 
@@ -33,6 +34,12 @@ async def caller(
     _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
 ) -> Principal:
     """The authenticated caller; every failure is a 401 naming what was wrong."""
+    return await authenticated(request)
+
+
+@lean_dependency(caller)
+async def authenticated(request: Request) -> Principal:
+    """``caller``'s work (``_declared`` only documents the scheme); how lean routes solve it."""
     try:
         return await services(request).authenticator.authenticate(
             request.headers.get("authorization")

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from render_gateway.api.lean_route import PARSED_JSON
 from render_gateway.api.openai_shapes import is_openai_path, openai_error
 from render_gateway.application.refusals import RateInfo, RefusalKind, Refused
 from render_gateway.core.ids import new_request_id
@@ -243,9 +244,13 @@ class RequestBodyGuard:
             return
         except ClientGone:
             return  # nobody to answer
-        if is_json(headers.get(b"content-type")) and (problem := json_problem(body)) is not None:
-            await self._refuse(scope, send, ApiError(400, "invalid_request", problem))
-            return
+        if is_json(headers.get(b"content-type")):
+            problem, parsed = checked_json(body)
+            if problem is not None:
+                await self._refuse(scope, send, ApiError(400, "invalid_request", problem))
+                return
+            if parsed is not NOT_PARSED:  # a lean route reuses it (api/lean_route.py)
+                scope[PARSED_JSON] = parsed
         delivered = False
 
         async def replay() -> Message:
@@ -329,23 +334,32 @@ def is_json(content_type: bytes | None) -> bool:
 
 def json_problem(body: bytes) -> str | None:
     """Why this JSON cannot be accepted, or None (malformed JSON is left to FastAPI's 400)."""
+    return checked_json(body)[0]
+
+
+NOT_PARSED: Any = object()
+
+
+def checked_json(body: bytes) -> tuple[str | None, Any]:
+    """``json_problem``, and the body's value where the fast parse read it, which is then
+    exactly what ``json.loads`` gives (else ``NOT_PARSED``)."""
     # orjson first (every request with a body passes here: the stdlib parser with its hooks
     # cost ~5x more); it refuses NaN and lone surrogates, and whatever it refuses is judged by
     # the exact parser below, which names the reason. It reads an integer past 64 bits as a
     # float, so a body with 19 digits in a row (every integer outside int64 has them) goes to
     # the exact parser too.
     if _LONG_DIGITS.search(body) is not None:
-        return _json_problem_exact(body)
+        return _json_problem_exact(body), NOT_PARSED
     try:
         value = orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError):
-        return _json_problem_exact(body)
+        return _json_problem_exact(body), NOT_PARSED
     depth, too_big = _shape(value)
     if depth > MAX_JSON_DEPTH:
-        return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+        return f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels", NOT_PARSED
     if too_big:
-        return "integers must fit in 64 bits (-2^63 to 2^63-1)"
-    return None
+        return "integers must fit in 64 bits (-2^63 to 2^63-1)", NOT_PARSED
+    return None, value
 
 
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")

@@ -31,13 +31,14 @@ from render_gateway.api.event_stream import (
     until_refused,
 )
 from render_gateway.api.http import json_response, rate_headers, request_id_of
+from render_gateway.api.lean_route import LeanRoute, lean
 from render_gateway.api.preferences import CANCEL_AFTER_PATTERN, parse_duration, parse_prefer
 from render_gateway.application.job_cases import CancelOutcome, SubmitRequest, Submitted
 from render_gateway.application.job_watch import watch
 from render_gateway.application.refusals import RefusalKind, Refused
 from render_gateway.auth.principal import AuthError, Principal
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 ROUTING_FIELDS = frozenset(
     {"modality", "family", "model", "task", "format", "backend", "priority", "webhook", "ttl",
      "idempotency_key", "start_deadline", "webhook_events_filter"}
@@ -134,6 +135,7 @@ async def submit_queue_body(
     },
     summary="Queue a generation (async tier)",
 )
+@lean
 async def submit(
     body: QueueRequest,
     request: Request,
@@ -169,6 +171,7 @@ def _headers_of(response: Response) -> dict[str, str]:
 @router.get(
     "/jobs/{job_id}", response_model=JobResponse, responses=ERROR_RESPONSES, summary="A job's state"
 )
+@lean
 async def get_job(
     job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
 ) -> Response:
@@ -191,6 +194,7 @@ async def get_job(
     },
     summary="Cancel a job",
 )
+@lean
 async def cancel_job(
     job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]
 ) -> Response:

@@ -17,13 +17,14 @@ from render_gateway.api.asset_routes import admit_asset_inputs
 from render_gateway.api.deps import caller, services
 from render_gateway.api.http import json_response, rate_headers, request_id_of
 from render_gateway.api.job_routes import queued_body
+from render_gateway.api.lean_route import LeanRoute, lean
 from render_gateway.api.preferences import parse_prefer
 from render_gateway.application.job_cases import SubmitRequest
 from render_gateway.application.sync_run import SyncRequest
 from render_gateway.auth.principal import Principal
 from render_gateway.generation import TASK_FIELDS, TASK_MODALITY, GenerationFields, Task
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 
 BYTES_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -132,6 +133,7 @@ def _add_sync_route(modality: str, task: Task, fields: type[GenerationFields]) -
             respond_async=parse_prefer(prefer or []).respond_async,
         )  # fmt: skip
 
+    lean(run_now)  # the sync tier's hot path (api/lean_route.py)
     run_now.__name__ = f"{modality}_{task}_now"
     # The task's own body model and its modality's formats (set per route).
     run_now.__annotations__["body"] = fields
