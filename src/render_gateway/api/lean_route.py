@@ -22,18 +22,30 @@ own handler: tests/api/test_lean_route.py holds the two equal, answer for answer
 
 from __future__ import annotations
 
+import copy
 import email.message
 import functools
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from fastapi import HTTPException, Request, Response
-from fastapi._compat import Undefined
+from fastapi import HTTPException, Request, Response, params
+from fastapi._compat import (
+    ModelField,
+    Undefined,
+    field_annotation_is_sequence,
+    get_missing_field_error,
+)
 from fastapi.dependencies.models import Dependant
-from fastapi.dependencies.utils import request_body_to_args, request_params_to_args
+from fastapi.dependencies.utils import (  # FastAPI's own readers, so no rule of its is redone
+    _get_param_aliases,
+    _get_param_model,
+    _is_json_field,
+    _should_embed_body_fields,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers, ImmutableMultiDict
 
 from render_gateway.auth.principal import Principal
 
@@ -94,30 +106,32 @@ def lean_handler(dependant: Dependant, path: str, embed_body_fields: bool) -> Ha
         solvers.append((sub.name, solve))
     if dependant.cookie_params or len(dependant.body_params) > 1:
         raise TypeError(f"{path}: cookies or a body of several parts")
-    body_fields = list(dependant.body_params)
-    path_params, query_params = dependant.path_params, dependant.query_params
-    header_params = dependant.header_params
+    groups = [
+        (source, [ParamReader(field, path) for field in fields])
+        for source, fields in (
+            ("path", dependant.path_params),
+            ("query", dependant.query_params),
+            ("headers", dependant.header_params),
+        )
+        if fields
+    ]
+    body_reader = BodyReader(dependant.body_params[0], embed_body_fields, path) if (
+        dependant.body_params
+    ) else None  # fmt: skip
     request_name, response_name = dependant.request_param_name, dependant.response_param_name
 
     async def handle(request: Request) -> Response:
-        body = await read_body(request) if body_fields else Undefined
+        body = await read_body(request) if body_reader is not None else Undefined
         values: dict[str, Any] = {}
         for name, solve in solvers:  # FastAPI solves dependencies before the parameters
             values[name] = await solve(request)
-        found, errors = request_params_to_args(path_params, request.path_params)
-        values.update(found)
-        if query_params:
-            found, more = request_params_to_args(query_params, request.query_params)
-            values.update(found)
-            errors += more
-        if header_params:
-            found, more = request_params_to_args(header_params, request.headers)
-            values.update(found)
-            errors += more
-        if body_fields:
-            found, more = await request_body_to_args(body_fields, body, embed_body_fields)
-            values.update(found)
-            errors += more
+        errors: list[Any] = []
+        for source, readers in groups:
+            received = getattr(request, PARAM_SOURCES[source])
+            for reader in readers:
+                reader.read(received, values, errors)
+        if body_reader is not None:
+            body_reader.read(body, values, errors)
         if errors:
             raise RequestValidationError(errors, body=None if body is Undefined else body)
         if request_name:
@@ -132,6 +146,70 @@ def lean_handler(dependant: Dependant, path: str, embed_body_fields: bool) -> Ha
         return answer
 
     return handle
+
+
+PARAM_SOURCES = {"path": "path_params", "query": "query_params", "headers": "headers"}
+
+
+class ParamReader:
+    """FastAPI's reading of one path, query or header parameter (``request_params_to_args``
+    for one field), with what depends only on the field worked out once instead of on every
+    request: its request keys, whether it takes every value of a repeated key."""
+
+    def __init__(self, field: ModelField, path: str) -> None:
+        if _get_param_model(field) is not None:
+            raise TypeError(f"{path}: a parameter model ({field.name})")
+        info = field.field_info
+        if not isinstance(info, params.Param):
+            raise TypeError(f"{path}: {field.name} is not a parameter")
+        self.field, self.name, self.where = field, field.name, info.in_.value
+        self.keys = [key for _, key in _get_param_aliases(field)]
+        self.sequence = field_annotation_is_sequence(info.annotation)
+        self.every_value = self.sequence and not _is_json_field(field)
+
+    def read(self, received: Any, values: dict[str, Any], errors: list[Any]) -> None:
+        key = next((key for key in self.keys if key in received), self.keys[0])
+        value: Any
+        if self.every_value and isinstance(received, ImmutableMultiDict | Headers):
+            value = received.getlist(key)
+        else:
+            value = received.get(key, None)
+        if value is None or (self.sequence and len(value) == 0):
+            value = Undefined  # defaults are applied by validation, as FastAPI does
+        found, problems = validated(self.field, value, values, (self.where, key))
+        if problems:
+            errors.extend(problems)
+        else:
+            values[self.name] = found
+
+
+class BodyReader:
+    """FastAPI's validation of a body that is one model, not embedded (else its own)."""
+
+    def __init__(self, field: ModelField, embed_body_fields: bool, path: str) -> None:
+        form = isinstance(field.field_info, params.Form | params.File)
+        if form or embed_body_fields or _should_embed_body_fields([field]):
+            raise TypeError(f"{path}: a form, or an embedded body")
+        self.field, self.name = field, field.name
+
+    def read(self, body: Any, values: dict[str, Any], errors: list[Any]) -> None:
+        found, problems = validated(self.field, body, values, ("body",))
+        values[self.name] = found
+        errors.extend(problems)
+
+
+def validated(
+    field: ModelField, value: Any, values: dict[str, Any], loc: tuple[str, ...]
+) -> tuple[Any, list[Any]]:
+    """FastAPI's ``_validate_value_with_model_field``."""
+    if value is Undefined:
+        if field.field_info.is_required():
+            return None, [get_missing_field_error(loc=loc)]
+        value = copy.deepcopy(field.default)
+        if not field.field_info.validate_default:
+            return value, []
+    found, problems = field.validate(value, values, loc=loc)
+    return found, list(problems)
 
 
 async def read_body(request: Request) -> Any:
