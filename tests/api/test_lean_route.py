@@ -33,7 +33,12 @@ from render_gateway.generation import TASK_MODALITY
 
 from support.processes import free_port
 
-LEAN_PATHS = {("POST", "/queue"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}")} | {
+LEAN_PATHS = {
+    ("POST", "/queue"),
+    ("GET", "/jobs/{job_id}"),
+    ("DELETE", "/jobs/{job_id}"),
+    ("POST", "/v1/images/generations"),
+} | {
     ("POST", f"/{modality}/{{family}}/{{model}}/{task}") for task, modality in TASK_MODALITY.items()
 }
 
@@ -206,6 +211,7 @@ VALID_QUEUE = {
     "modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox"
 }  # fmt: skip
 VALID_SYNC = {"prompt": "a lighthouse", "steps": 2}
+VALID_OPENAI = {"model": "sd/tiny", "prompt": "a lighthouse", "size": "64x64"}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
@@ -216,7 +222,8 @@ json_values = st.recursive(
 )
 FIELD_NAMES = ["prompt", "steps", "seed", "width", "height", "format", "priority", "ttl", "task",
                "model", "family", "modality", "webhook", "idempotency_key", "negative_prompt",
-               "start_deadline", "backend", "image", "guidance_scale", "extra"]  # fmt: skip
+               "start_deadline", "backend", "image", "guidance_scale", "extra", "n", "size",
+               "response_format", "quality", "stream", "background"]  # fmt: skip
 
 
 @st.composite
@@ -262,7 +269,7 @@ def auths(draw: st.DrawFn, gateway: Gateway) -> dict[str, str]:
 @st.composite
 def hot_requests(draw: st.DrawFn, gateway: Gateway) -> dict[str, Any]:
     headers = draw(auths(gateway))
-    route = draw(st.sampled_from(["queue", "sync", "get", "delete"]))
+    route = draw(st.sampled_from(["queue", "sync", "get", "delete", "openai"]))
     if route in ("get", "delete"):
         job_id = draw(st.sampled_from(["j_0000000000000000000", "x", "j_" + "a" * 40, "%00"]))
         method = "GET" if route == "get" else "DELETE"
@@ -283,6 +290,10 @@ def hot_requests(draw: st.DrawFn, gateway: Gateway) -> dict[str, Any]:
         body = draw(bodies(VALID_QUEUE))
         return {"method": "POST", "url": "/queue", "headers": headers, "content": body,
                 "params": params}  # fmt: skip
+    if route == "openai":
+        body = draw(bodies(VALID_OPENAI))
+        return {"method": "POST", "url": "/v1/images/generations", "headers": headers,
+                "content": body, "params": params}  # fmt: skip
     task = draw(st.sampled_from(["t2i", "i2i"]))
     model = draw(st.sampled_from(["tiny", "unknown"]))
     body = draw(bodies(VALID_SYNC))
@@ -319,10 +330,12 @@ def test_valid_hot_requests_get_the_same_answer_from_both_handlers(gateway: Gate
              "params": {"format": "png"}},  # not one this model offers
             {"method": "POST", "url": "/image/sd/tiny/t2i", "json": VALID_SYNC,
              "headers": {**alice, "Prefer": "respond-async"}},
+            {"method": "POST", "url": "/v1/images/generations", "json": VALID_OPENAI,
+             "headers": alice},
         )
     ]  # fmt: skip
     # 403: a priority not in the plan; 404: a backend a customer may not pin
-    assert answers == [202, 202, 403, 503, 404, 400, 202]
+    assert answers == [202, 202, 403, 503, 404, 400, 202, 503]
 
 
 def test_a_job_read_and_cancelled_answers_the_same_both_ways(gateway: Gateway) -> None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from render_gateway.api.deps import caller, services
 from render_gateway.api.http import ApiError, json_response, rate_headers, request_id_of
+from render_gateway.api.lean_route import LeanRoute, lean
 from render_gateway.api.openai_shapes import (
     EditForm,
     FormUnreadable,
@@ -47,7 +48,7 @@ from render_gateway.catalog import RUNNABLE
 from render_gateway.inference.backend import Progress
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=LeanRoute)
 
 # OpenAI's ``created`` of a model: when this gateway began offering it (its start).
 LISTED_SINCE = int(time.time())
@@ -106,6 +107,7 @@ IMAGES_ANSWER: dict[int | str, dict[str, Any]] = {
     responses=IMAGES_ANSWER,
     summary="Create images (OpenAI), run now on the sync tier",
 )
+@lean
 async def create_images(
     body: ImageGenerationBody,
     request: Request,
