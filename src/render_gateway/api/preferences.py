@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 MAX_WAIT_S = 60
 MIN_DEADLINE_S, MAX_DEADLINE_S = 1.0, 86400.0
-CANCEL_AFTER_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h))+)\s*$"
+# No surrounding whitespace: the HTTP server strips it before the app sees the value (RFC 9110
+# OWS), so a pattern and a length that counted it would promise what nothing can check.
+CANCEL_AFTER_PATTERN = r"^(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h))+)$"
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h))")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
