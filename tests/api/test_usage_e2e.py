@@ -163,8 +163,8 @@ def test_concurrent_requests_never_overspend_a_small_budget(gateway: GatewayProc
             *(client.post("/queue", json={**body, "seed": i}, headers=tight) for i in range(size))
         )
 
-    async def spend() -> tuple[int, list[httpx.Response]]:
-        admitted, refusals = 0, []
+    async def spend() -> tuple[int, int, list[httpx.Response]]:
+        admitted, in_flight, refusals = 0, 0, []
         async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
             for _ in range(12):  # waves until the budget admits nothing more
                 responses = await wave(client, 8)
@@ -174,23 +174,45 @@ def test_concurrent_requests_never_overspend_a_small_budget(gateway: GatewayProc
                 for response in accepted:
                     await asyncio.to_thread(wait_done, gateway, tight, response.json()["id"])
                 admitted += len(accepted)
+                in_flight = max(in_flight, len(accepted))
                 if not accepted:
                     break
-        return admitted, refusals
+        return admitted, in_flight, refusals
 
-    admitted, refusals = asyncio.run(spend())
+    # The model is seen first (another customer's run), so that every admission below is sized
+    # from its cost model rather than the floor for a model never seen (OPERATIONS.md).
+    sync_run(gateway, bearer(gateway.new_key("warm")), 99)
+    admitted, in_flight, refusals = asyncio.run(spend())
     assert admitted >= 3 and refusals
     refusal = refusals[0].json()
     assert refusal["error"] == "budget_exceeded" and "budget of 0.6" in refusal["message"]
     assert refusal["details"]["limit"] == 0.6
     usage = usage_when(gateway, tight, admitted)
     assert usage["totals"]["requests"] == admitted
-    assert usage["totals"]["gpu_seconds"] <= 0.6
+    # The promise (DESIGN.md): a month never ends above its budget by more than one denoising
+    # step per run in flight. Admission is exact (check and reserve with no await between), but
+    # a 2-step run measured on a loaded machine can cost more than its reservation, and its one
+    # progress event arrives while its last step already runs (CI once: 0.96 of 0.6 from 3 runs
+    # of 0.32 when a never-seen model reserved the 0.2 floor).
+    records = tight_records(gateway)
+    assert len(records) == admitted
+    step = max(r["gpu_seconds"] / r["num_steps"] for r in records if r["num_steps"])
+    assert usage["totals"]["gpu_seconds"] <= 0.6 + in_flight * step + 1e-9, (records, in_flight)
     assert usage["budget"]["spent_gpu_seconds"] == pytest.approx(
         usage["totals"]["gpu_seconds"], abs=1e-5
     )
     assert usage["budget"]["limit_gpu_seconds"] == 0.6
     assert usage["budget"]["reserved_gpu_seconds"] == 0
+
+
+def tight_records(gateway: GatewayProcess) -> list[dict[str, Any]]:
+    """The ``tight`` customer's billable records in the gateway's durable usage log."""
+    import sqlite3
+
+    with sqlite3.connect(gateway.data_dir / "jobs.db") as conn:
+        rows = conn.execute("SELECT record FROM usage_log").fetchall()
+    records = [orjson.loads(row[0]) for row in rows]
+    return [r for r in records if r["billable"] and r["customer_id"] == "tight"]
 
 
 def test_metrics_show_the_writer(gateway: GatewayProcess) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from render_gateway.core.budgets import BudgetExceeded, BudgetLimit, Reservation
 from render_gateway.core.pricing import PlanPrices, PriceTable
 from render_gateway.metering.estimates import CostEstimator
-from render_gateway.metering.meter import Meter
+from render_gateway.metering.meter import STOP_LOOKAHEAD, Meter, lookahead
 from render_gateway.metering.work import Work
 from render_gateway.stores.budgets import BudgetStore, open_budget_store
 
@@ -139,17 +139,17 @@ async def test_a_run_admitted_by_another_replica_is_charged_and_stopped_here() -
     """Replica A admits, replica B claims and runs: B's meter never saw the admission, and
     must still charge the run from the reservation stored with the job, and stop it."""
     budgets = open_budget_store("memory://")
-    admitting, running = shared_meter(budgets, 1.0), shared_meter(budgets, 1.0)
+    admitting, running = shared_meter(budgets, 2.5), shared_meter(budgets, 2.5)
     work = Work("sd", "tiny", "t2i", 40, 1.0)
     held = await admitting.admit("j1", "c", "default", work, MONTH_START)
     running.adopt("j1", "c", "default", reservation_of(held, work))
-    verdicts = [await running.progress("j1", step, 40, 0.1 * step, 0.1 * step)
+    verdicts = [await running.progress("j1", step, 40, 0.25 * step, 0.25 * step)
                 for step in range(1, 41)]  # fmt: skip
-    # 0.1 GPU-s a step against 1.0: stopped at the first step k whose k + 2 crosses it
-    # (0.1 x 11 = 1.1), not let run its 40 steps (4 GPU-s) as it was before adopt.
+    # 0.25 GPU-s a step against 2.5: stopped at the first step k whose k + 2 crosses it
+    # (0.25 x 11 = 2.75), not let run its 40 steps (10 GPU-s) as it was before adopt.
     assert verdicts.index(False) + 1 == 9, verdicts
-    unaware = shared_meter(budgets, 1.0)  # what a meter that did not adopt the run does
-    assert await unaware.progress("j1", 20, 40, 2.0, 2.0)
+    unaware = shared_meter(budgets, 2.5)  # what a meter that did not adopt the run does
+    assert await unaware.progress("j1", 20, 40, 5.0, 5.0)
 
 
 async def test_while_the_budget_store_is_down_a_run_goes_only_as_far_as_its_hold(
@@ -164,17 +164,36 @@ async def test_while_the_budget_store_is_down_a_run_goes_only_as_far_as_its_hold
         limited = shared_meter(budgets, 100.0)
         work = Work("sd", "tiny", "t2i", 40, 1.0)
         await limited.admit("j1", "c", "default", work, MONTH_START)  # holds 0.2 (the floor)
-        assert await limited.progress("j1", 1, 40, 0.1, 0.1)  # charged: holds 0.3
+        assert await limited.progress("j1", 1, 40, 0.25, 0.25)  # charged: holds 0.75
         stop_process(server.process)
-        assert await limited.progress("j1", 1, 40, 0.1, 0.1)  # still 0.3: covered
-        assert not await limited.progress("j1", 2, 40, 0.2, 0.2)  # needs 0.4: stop
+        assert await limited.progress("j1", 1, 40, 0.25, 0.25)  # still 0.75: covered
+        assert not await limited.progress("j1", 2, 40, 0.5, 0.5)  # needs 1.0: stop
         unlimited = Meter(
             PriceTable({"default": PlanPrices(0.001, {})}), budgets,
             lambda customer, plan: BudgetLimit(), CostEstimator(0.2),
         )  # fmt: skip
         stored = {"gpu_seconds": 0.2, "cost_nanos": 0, "month": "2026-12", "work": work.to_dict()}
         unlimited.adopt("j2", "c", "default", stored)
-        assert await unlimited.progress("j2", 30, 40, 3.0, 3.0)
+        assert await unlimited.progress("j2", 30, 40, 7.5, 7.5)
     finally:
         await budgets.close()
         stop_process(server.process)
+
+
+async def test_a_run_of_short_steps_is_charged_for_what_it_makes_while_a_cancel_is_late() -> None:
+    """50 ms steps: a cancel up to CANCEL_LATENESS_SECONDS late finds the run five steps on,
+    so a progress event holds that far ahead and the run is stopped before the budget."""
+    assert lookahead(4, 0.2, 0.2) == 1 + 5  # 0.25 s / 0.05 s a step, and the step it is in
+    assert lookahead(4, 4.0, 4.0) == STOP_LOOKAHEAD  # 1 s steps: two, as before
+    assert lookahead(4, 0.4, None) == 1 + 3  # no device time measured: the wall's pace
+    assert lookahead(4, 0.0, None) == STOP_LOOKAHEAD  # no pace known yet
+    budgets = open_budget_store("memory://")
+    meter = shared_meter(budgets, 1.0)
+    work = Work("sd", "tiny", "t2i", 40, 1.0)
+    await meter.admit("j1", "c", "default", work, MONTH_START)
+    verdicts = [await meter.progress("j1", step, 40, 0.05 * step, 0.05 * step)
+                for step in range(1, 41)]  # fmt: skip
+    stopped_at = verdicts.index(False) + 1
+    # A cancel landing CANCEL_LATENESS_SECONDS late: the run ends 5 steps after the refusal.
+    assert 0.05 * (stopped_at + 5) <= 1.0 + 0.05, verdicts
+    await budgets.close()

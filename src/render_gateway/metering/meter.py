@@ -10,6 +10,7 @@ touches it is awaited, and each is idempotent by request id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -28,6 +29,12 @@ BUDGET_EXHAUSTED = "budget_exhausted"
 # How many steps ahead a run is charged: the step the backend is in when a cancel arrives, and
 # one more for a cancel that lands a step late (progress and cancel each cross the network).
 STOP_LOOKAHEAD = 2
+# ...or, for a run whose steps are short, as many as it makes in this long: how late a cancel
+# can land when the gateway's event loop is stalled (a loaded host, a collection, a burst of
+# writer work) on top of the network. With 50 ms steps a loop 0.2 s behind let each run go 4
+# steps past its budget (tests/api/test_budget_e2e.py, on a loaded machine); charging the
+# stall's worth of steps ahead stops such a run before the budget instead.
+CANCEL_LATENESS_SECONDS = 0.25
 
 
 class Meter:
@@ -108,7 +115,7 @@ class Meter:
         gpu_seconds: float | None = None,
     ) -> bool:  # fmt: skip
         """A run reported ``step`` of ``steps`` done (and, where the backend measures it, its
-        device time so far): hold what it will have used ``STOP_LOOKAHEAD`` steps from now.
+        device time so far): hold what it will have used ``lookahead`` steps from now.
         False when that crosses the budget: the caller stops the run now. The backend is
         already in the next step when the cancel reaches it, and may be in the one after if
         the cancel is late, so the run ends at most one step past the budget (the backend's
@@ -121,7 +128,7 @@ class Meter:
         if known is None or step <= 0:
             return True
         work, customer_id, plan = known
-        next_step = min(step + STOP_LOOKAHEAD, max(steps, step))
+        next_step = min(step + lookahead(step, elapsed_seconds, gpu_seconds), max(steps, step))
         model = self.estimator.cost_after(work, next_step)
         if gpu_seconds:  # measured: never charge less than this run is on course to use
             estimate = max(gpu_seconds * next_step / step, model or 0.0)
@@ -221,3 +228,13 @@ def _covers(held: Amount, needed: Amount, limit: BudgetLimit) -> bool:
     gpu = limit.gpu_seconds is None or needed.gpu_seconds <= held.gpu_seconds
     cost = limit.cost_nanos is None or needed.cost_nanos <= held.cost_nanos
     return gpu and cost
+
+
+def lookahead(step: int, elapsed_seconds: float, gpu_seconds: float | None) -> int:
+    """How many steps past ``step`` a run is charged: ``STOP_LOOKAHEAD``, or one more than
+    it makes in ``CANCEL_LATENESS_SECONDS`` at its pace so far (device time where measured,
+    else wall time), whichever is more."""
+    pace = (gpu_seconds or elapsed_seconds) / step
+    if pace <= 0:
+        return STOP_LOOKAHEAD
+    return max(STOP_LOOKAHEAD, 1 + math.ceil(CANCEL_LATENESS_SECONDS / pace))
