@@ -109,7 +109,9 @@ class SqliteAssetRecords:
 
     async def add(self, asset_id: str, record: dict[str, Any]) -> bool:
         writer = self._running_writer()
-        await asyncio.wrap_future(writer.ready)
+        if not writer.ready.done():
+            await asyncio.wrap_future(writer.ready)
+        writer.ready.result()  # raises what opening the file raised
         data = orjson.dumps(record)
 
         def insert(conn: sqlite3.Connection) -> bool:
@@ -121,7 +123,7 @@ class SqliteAssetRecords:
             )
             return cursor.rowcount == 1
 
-        added: bool = await asyncio.wrap_future(writer.submit(insert))
+        added: bool = await writer.execute(insert)
         return added
 
     @property

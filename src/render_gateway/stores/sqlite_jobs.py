@@ -235,7 +235,7 @@ class SqliteJobStore:
         self._writer = GroupCommitWriter(
             path, synchronous, max_batch, "sqlite-jobs-writer", migrate
         )
-        self.usage_log = SqliteUsageStream(path, self._writer.submit)
+        self.usage_log = SqliteUsageStream(path, self._writer)
         # Reads use their own connection on their own thread: in WAL mode they see every
         # committed change and never wait behind the writer's commits.
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs-reader")
@@ -255,8 +255,7 @@ class SqliteJobStore:
         operation: Callable[[sqlite3.Connection], T],
         after_commit: Callable[[T], None] | None = None,
     ) -> T:
-        loop = asyncio.get_running_loop()
-        result: T = await asyncio.wrap_future(self._writer.submit(operation, after_commit, loop))
+        result: T = await self._writer.execute(operation, after_commit)
         return result
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:

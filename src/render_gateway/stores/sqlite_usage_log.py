@@ -4,11 +4,9 @@ commit order, so a reader that sees record n has seen every record before it."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import orjson
 
 from render_gateway.core.months import month_of
 from render_gateway.core.usage_records import UsageRecord
+from render_gateway.stores.sqlite_group_commit import GroupCommitWriter
 from render_gateway.stores.usage_log import (
     USAGE_GROUPS,
     LoggedUsage,
@@ -88,11 +87,9 @@ class SqliteUsageStream:
     group's position). Acks go through the job store's writer thread; reads use a connection
     per consumer thread."""
 
-    def __init__(
-        self, path: Path, submit: Callable[[Callable[[sqlite3.Connection], Any]], Future[Any]]
-    ):
+    def __init__(self, path: Path, writer: GroupCommitWriter):
         self._path = path
-        self._submit = submit  # runs an operation on the job store's writer thread
+        self._writer = writer  # the job store's writer thread runs every write
         self._local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
@@ -113,9 +110,7 @@ class SqliteUsageStream:
 
     async def append_usage(self, record: UsageRecord) -> int:
         try:
-            seq: int = await asyncio.wrap_future(
-                self._submit(lambda conn: append_usage_row(conn, record))
-            )
+            seq: int = await self._writer.execute(lambda conn: append_usage_row(conn, record))
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
@@ -146,7 +141,7 @@ class SqliteUsageStream:
                 (group, seq),
             )
 
-        self._submit(advance).result()
+        self._writer.submit(advance).result()
 
     def acked(self, group: str) -> int:
         (seq,) = self._conn().execute(_POSITION_SQL, (group,)).fetchone()
@@ -178,7 +173,7 @@ class SqliteUsageStream:
             )
             return [MonthUsage(c, float(g), int(n)) for c, g, n in rows]
 
-        result: list[MonthUsage] = await asyncio.wrap_future(self._submit(totals))
+        result: list[MonthUsage] = await self._writer.execute(totals)
         return result
 
     def trim_acked(self, groups: Sequence[str] = USAGE_GROUPS) -> int:
