@@ -199,6 +199,10 @@ class LatencyMiddleware:
 
     def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
         self.app, self.histogram = app, histogram
+        # (method, route template, status) -> its child: ``labels`` takes a lock and checks
+        # its labels on every call (~1.5 µs of the ~2.7 µs an observation cost). Bounded as the
+        # labels are: the HTTP parser knows a fixed set of methods, routes are templates.
+        self._children: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,8 +220,8 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.histogram.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )
+            key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.histogram.labels(key[0], key[1], str(status))
+            child.observe(time.perf_counter() - started)
