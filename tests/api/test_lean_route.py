@@ -27,10 +27,10 @@ from render_gateway.config import (
     GatewayConfig,
     PlanConfig,
     ReconcileConfig,
-    StoresConfig,
 )
 from render_gateway.generation import TASK_MODALITY
 
+from support.memory_stores import memory_stores
 from support.processes import free_port
 
 LEAN_PATHS = {
@@ -79,15 +79,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         ],
         plans={"default": PlanConfig(rate_capacity=1e9, rate_refill_per_second=1e9)},
         reconcile=ReconcileConfig(enabled=False),
-        stores=StoresConfig(
-            jobs="memory://",
-            limits="memory://",
-            budgets="memory://",
-            events="memory://",
-            keys="memory://",
-            webhooks="memory://",
-            leases="memory://",
-        ),
+        stores=memory_stores(),
     )
     with asyncio.Runner() as runner:
         services = runner.run(GatewayServices.start(config))

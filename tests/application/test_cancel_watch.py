@@ -21,11 +21,11 @@ from render_gateway.config import (
     CatalogEntryConfig,
     GatewayConfig,
     ReconcileConfig,
-    StoresConfig,
 )
 from render_gateway.core.jobs import JobStatus
 from render_gateway.stores.jobs import CancelResult
 
+from support.memory_stores import memory_stores
 from support.processes import WorkerProcess
 
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
@@ -44,15 +44,7 @@ async def gateway(
         backends=[BackendConfig(id="w", endpoint=worker.url, family="sd", models={"tiny": "demo"})],
         models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
         reconcile=ReconcileConfig(enabled=False),
-        stores=StoresConfig(
-            jobs="memory://",
-            limits="memory://",
-            budgets="memory://",
-            events="memory://",
-            keys="memory://",
-            webhooks="memory://",
-            leases="memory://",
-        ),
+        stores=memory_stores(),
     )
     services = await GatewayServices.start(config)
     app = create_app(services.config, started=services)

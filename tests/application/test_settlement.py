@@ -26,7 +26,6 @@ from render_gateway.config import (
     CatalogEntryConfig,
     GatewayConfig,
     ReconcileConfig,
-    StoresConfig,
     WebhooksConfig,
 )
 from render_gateway.core.ids import new_job_id
@@ -34,6 +33,7 @@ from render_gateway.core.jobs import Job, JobStatus, route_key
 from render_gateway.core.months import month_of
 from render_gateway.stores.unavailable import StoreUnavailable
 
+from support.memory_stores import memory_stores
 from support.processes import free_port, stop_process
 from support.redis_server import start_redis
 
@@ -58,15 +58,7 @@ def config_for(tmp_path: Path, **overrides: Any) -> GatewayConfig:
         models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
         reconcile=ReconcileConfig(enabled=False),
         webhooks=WebhooksConfig(allow_http=True, allow_private_addresses=True),
-        stores=StoresConfig(
-            jobs="memory://",
-            limits="memory://",
-            budgets="memory://",
-            events="memory://",
-            keys="memory://",
-            webhooks="memory://",
-            leases="memory://",
-        ),
+        stores=memory_stores(),
         **settings,
     )
 

@@ -31,10 +31,10 @@ from render_gateway.config import (
     CatalogEntryConfig,
     GatewayConfig,
     ReconcileConfig,
-    StoresConfig,
 )
 from render_gateway.core.jobs import Job, JobError, JobStatus, route_key
 
+from support.memory_stores import memory_stores
 from support.processes import free_port
 
 
@@ -127,9 +127,7 @@ def config_for(tmp_path: Path) -> GatewayConfig:
                                 family="sd", models={"tiny": "demo"})],
         models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
         reconcile=ReconcileConfig(enabled=False),
-        stores=StoresConfig(jobs="memory://", limits="memory://", budgets="memory://",
-                            events="memory://", keys="memory://", webhooks="memory://",
-                            leases="memory://"),
+        stores=memory_stores(),
     )  # fmt: skip
 
 

@@ -58,6 +58,7 @@ from render_gateway.inference.kserve_grpc_client import GRPC_SCHEME, KServeGrpcC
 from render_gateway.metering.estimates import CostEstimator
 from render_gateway.metering.estimates_file import EstimatesFile
 from render_gateway.metering.from_config import budget_limits, price_table
+from render_gateway.metering.loop_lag import LoopLag
 from render_gateway.metering.meter import Meter
 from render_gateway.metering.read_side import UsageQueries
 from render_gateway.metering.store import (
@@ -440,6 +441,9 @@ class GatewayServices:
         # Replicas on one Redis must share their logs, usage store and keys: refused otherwise.
         agreement = await enforce_agreement(config, data, audit.signer, webhook_secret, asset_urls)
         services._role_tasks.extend([agreement] if agreement else [])  # cancelled by stop()
+        loop_lag = LoopLag()  # how late progress events and cancels run: charged for ahead
+        meter.loop_lag = loop_lag.worst
+        services._role_tasks.append(asyncio.create_task(loop_lag.run(), name="loop-lag"))
         meter.on_record = services._on_record
         await services._probe_once()  # know who is up before the first dispatch
         await webhooks.start()

@@ -29,12 +29,9 @@ BUDGET_EXHAUSTED = "budget_exhausted"
 # How many steps ahead a run is charged: the step the backend is in when a cancel arrives, and
 # one more for a cancel that lands a step late (progress and cancel each cross the network).
 STOP_LOOKAHEAD = 2
-# ...or, for a run whose steps are short, as many as it makes in this long: how late a cancel
-# can land when the gateway's event loop is stalled (a loaded host, a collection, a burst of
-# writer work) on top of the network. With 50 ms steps a loop 0.2 s behind let each run go 4
-# steps past its budget (tests/api/test_budget_e2e.py, on a loaded machine); charging the
-# stall's worth of steps ahead stops such a run before the budget instead.
-CANCEL_LATENESS_SECONDS = 0.25
+# ...plus the steps a run makes in the time this process's event loop has lately been behind
+# (metering/loop_lag.py), above this much, which is what a loop keeping up shows.
+LOOP_LAG_NOISE_SECONDS = 0.01
 
 
 class Meter:
@@ -59,6 +56,9 @@ class Meter:
         # key → what the budget store last confirmed it holds for the request (its reservation,
         # then each charge): how far a run may go while the store cannot be reached
         self._held: dict[str, Amount] = {}
+        # How far behind the event loop has run lately (LoopLag.worst): progress events and
+        # cancels are that much later, so runs are charged that many more steps ahead.
+        self.loop_lag: Callable[[], float] = lambda: 0.0
         self.budget_stops = 0  # runs stopped at a step because their budget ran out
         self.unverified_claims = 0  # records whose backend claim did not verify at settle
 
@@ -128,7 +128,8 @@ class Meter:
         if known is None or step <= 0:
             return True
         work, customer_id, plan = known
-        next_step = min(step + lookahead(step, elapsed_seconds, gpu_seconds), max(steps, step))
+        ahead = lookahead(step, elapsed_seconds, gpu_seconds, self.loop_lag())
+        next_step = min(step + ahead, max(steps, step))
         model = self.estimator.cost_after(work, next_step)
         if gpu_seconds:  # measured: never charge less than this run is on course to use
             estimate = max(gpu_seconds * next_step / step, model or 0.0)
@@ -230,11 +231,14 @@ def _covers(held: Amount, needed: Amount, limit: BudgetLimit) -> bool:
     return gpu and cost
 
 
-def lookahead(step: int, elapsed_seconds: float, gpu_seconds: float | None) -> int:
-    """How many steps past ``step`` a run is charged: ``STOP_LOOKAHEAD``, or one more than
-    it makes in ``CANCEL_LATENESS_SECONDS`` at its pace so far (device time where measured,
-    else wall time), whichever is more."""
+def lookahead(
+    step: int, elapsed_seconds: float, gpu_seconds: float | None, loop_lag: float = 0.0
+) -> int:
+    """How many steps past ``step`` a run is charged: ``STOP_LOOKAHEAD``, plus as many as it
+    makes at its pace so far (device time where measured, else wall time) in ``loop_lag``
+    seconds beyond ``LOOP_LAG_NOISE_SECONDS``."""
+    late = loop_lag - LOOP_LAG_NOISE_SECONDS
     pace = (gpu_seconds or elapsed_seconds) / step
-    if pace <= 0:
+    if late <= 0 or pace <= 0:
         return STOP_LOOKAHEAD
-    return max(STOP_LOOKAHEAD, 1 + math.ceil(CANCEL_LATENESS_SECONDS / pace))
+    return STOP_LOOKAHEAD + math.ceil(late / pace)
