@@ -85,18 +85,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench
 
 bench: install system-deps
-	$(PY) bench/worker_overhead.py
-	$(PY) bench/job_store.py
-	$(PY) bench/queue_positions.py
-	$(PY) bench/gateway_overhead.py --requests 1500 --async-jobs 1500 --fill-seconds 10 --lookups 1000
-	$(PY) bench/usage_writer.py --records 100000 --seconds 5
-	$(PY) bench/audit.py --records 50000
-	$(PY) bench/claim_windows.py
-	$(PY) bench/audit_proofs.py --batches 2000
-	$(PY) bench/reconcile.py --records 1000000 --repeat 1
-	$(PY) bench/replicas.py
-	$(PY) bench/chaos.py
-	$(PY) bench/grpc_vs_http.py
+	$(PY) bench/run_all.py
 	@echo "bench/gpu_smoke.py is a check for a CUDA machine (python bench/gpu_smoke.py MODEL_DIR)"
 
 # The console's pictures in docs/console/ (README links them), taken by its browser test
