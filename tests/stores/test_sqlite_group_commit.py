@@ -79,9 +79,10 @@ async def test_a_failing_operation_rolls_back_alone(writer: GroupCommitWriter) -
 
 async def test_a_failed_commit_fails_every_caller_of_its_batch(writer: GroupCommitWriter) -> None:
     """A deferred foreign key fails at COMMIT: nothing of the batch is durable, no step runs."""
-    hold = threading.Event()
+    running, hold = threading.Event(), threading.Event()
 
     def wait(conn: sqlite3.Connection) -> None:
+        running.set()
         hold.wait(10)
 
     def orphan(conn: sqlite3.Connection) -> None:
@@ -89,7 +90,7 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(writer: GroupComm
 
     steps: list[object] = []
     blocker = asyncio.ensure_future(writer.execute(wait))
-    await asyncio.sleep(0.05)  # the writer is inside the blocker's batch: the rest queue up
+    assert await asyncio.to_thread(running.wait, 10)  # inside the blocker's batch: the rest queue
     batch = [writer.execute(insert(7), steps.append), writer.execute(orphan, steps.append)]
     futures = [asyncio.ensure_future(call) for call in batch]
     await asyncio.sleep(0.05)
@@ -103,9 +104,14 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(writer: GroupComm
 
 
 async def test_a_caller_cancelled_while_queued_does_not_run(writer: GroupCommitWriter) -> None:
-    hold = threading.Event()
-    blocker = asyncio.ensure_future(writer.execute(lambda conn: hold.wait(10)))
-    await asyncio.sleep(0.05)
+    running, hold = threading.Event(), threading.Event()
+
+    def wait(conn: sqlite3.Connection) -> None:
+        running.set()
+        hold.wait(10)
+
+    blocker = asyncio.ensure_future(writer.execute(wait))
+    assert await asyncio.to_thread(running.wait, 10)
     queued = asyncio.ensure_future(writer.execute(insert(3)))
     await asyncio.sleep(0.01)
     queued.cancel()
