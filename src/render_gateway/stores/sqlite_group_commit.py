@@ -85,17 +85,11 @@ class GroupCommitWriter(threading.Thread):
         self.ready: Future[None] = Future()
         self.commits = 0
 
-    def submit(
-        self,
-        operation: Operation,
-        after_commit: Callable[[Any], None] | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> Future[Any]:
-        """Queue ``operation``; its future resolves once its batch is committed. If given,
-        ``after_commit(result)`` runs on ``loop`` after the commit and before the future's
-        awaiter resumes (both go through the loop's FIFO of callbacks, in that order)."""
+    def submit(self, operation: Operation) -> Future[Any]:
+        """Queue ``operation`` from a thread; its future resolves once its batch is committed.
+        (An event loop's callers use :meth:`execute`, which also takes an after-commit step.)"""
         future: Future[Any] = Future()
-        self._inbox.put(_Pending(operation, future, None, after_commit, loop))
+        self._inbox.put(_Pending(operation, future, None, None, None))
         return future
 
     async def execute(
@@ -172,18 +166,13 @@ class GroupCommitWriter(threading.Thread):
         in one call on their loop (a failed commit has no after-commit steps to run)."""
         for_loops: dict[asyncio.AbstractEventLoop, _Outcomes] = {}
         for pending, result, error in outcomes:
-            if pending.waiter is not None and pending.loop is not None:
+            if pending.loop is not None:
                 for_loops.setdefault(pending.loop, []).append((pending, result, error))
-                continue
-            future = pending.future
-            assert future is not None
-            if error is None:
-                if pending.after_commit is not None and pending.loop is not None:
-                    with contextlib.suppress(RuntimeError):  # the loop has closed: no mirror
-                        pending.loop.call_soon_threadsafe(pending.after_commit, result)
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+            elif pending.future is not None:
+                if error is None:
+                    pending.future.set_result(result)
+                else:
+                    pending.future.set_exception(error)
         for loop, delivered in for_loops.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody awaits
                 loop.call_soon_threadsafe(_deliver, delivered)
