@@ -194,7 +194,7 @@ def test_concurrent_requests_never_overspend_a_small_budget(gateway: GatewayProc
     # a 2-step run measured on a loaded machine can cost more than its reservation, and its one
     # progress event arrives while its last step already runs (CI once: 0.96 of 0.6 from 3 runs
     # of 0.32 when a never-seen model reserved the 0.2 floor).
-    records = tight_records(gateway)
+    records = [r for r in gateway.usage_records() if r["billable"] and r["customer_id"] == "tight"]
     assert len(records) == admitted
     step = max(r["gpu_seconds"] / r["num_steps"] for r in records if r["num_steps"])
     assert usage["totals"]["gpu_seconds"] <= 0.6 + in_flight * step + 1e-9, (records, in_flight)
@@ -203,16 +203,6 @@ def test_concurrent_requests_never_overspend_a_small_budget(gateway: GatewayProc
     )
     assert usage["budget"]["limit_gpu_seconds"] == 0.6
     assert usage["budget"]["reserved_gpu_seconds"] == 0
-
-
-def tight_records(gateway: GatewayProcess) -> list[dict[str, Any]]:
-    """The ``tight`` customer's billable records in the gateway's durable usage log."""
-    import sqlite3
-
-    with sqlite3.connect(gateway.data_dir / "jobs.db") as conn:
-        rows = conn.execute("SELECT record FROM usage_log").fetchall()
-    records = [orjson.loads(row[0]) for row in rows]
-    return [r for r in records if r["billable"] and r["customer_id"] == "tight"]
 
 
 def test_metrics_show_the_writer(gateway: GatewayProcess) -> None:
