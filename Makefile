@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 WORKER_PORT ?= 8001
 # Re-install whenever the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py src/render_gateway/audit/_batch_sha256.c | sha256sum | cut -c1-16)
 
 # Real Triton for the tests (issue 13): PyTriton 0.7.0 bundles tritonserver 2.51 and wants
 # numpy<2, so it lives in its own venv; tests/support/triton_server.py starts it.
@@ -19,8 +19,12 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-pytriton-0.7.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/render_gateway/audit/_batch_sha256.c
 	@test -x $(PY) || python3 -m venv $(VENV)
+	@# OpenSSL's headers for the one C extension (setup.py); Python's hashlib links the library.
+	@test -f /usr/include/openssl/evp.h || { \
+		echo "installing Debian's libssl-dev (headers for render_gateway.audit._batch_sha256)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev; }
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip takes the CPU build from this machine's disk; a looser
 	# requirement would let pip pull a multi-GB CUDA build.

@@ -1,0 +1,216 @@
+/* SHA-256 over many short messages in one call, for the attestation rows' records root.
+ *
+ * Why native: a records root over n rows is 2n - 1 SHA-256 calls (a leaf per row, then the
+ * interior nodes of RFC 6962's tree). From Python each is one hashlib call, ~0.35 us of call
+ * overhead around ~0.2-0.5 us of hashing (docs/BENCHMARKS.md, issue 16), which alone bounded
+ * `audit verify --skip-claims` near 1 M records/s on both cores with nothing else done. Here
+ * the loop runs in C over the Arrow buffers, with the GIL released, so the batcher does not hold
+ * the lock the event loop needs while it hashes.
+ *
+ * The hashing is OpenSSL's (the libcrypto Python's hashlib uses), not an implementation of our
+ * own; render_gateway.audit.batch_sha256 holds the pure-Python reference it is tested against.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HASH_SIZE 32
+
+static EVP_MD *sha256_md = NULL;
+
+/* One digest with a context the caller owns (reset by Init each time). */
+static int
+digest(EVP_MD_CTX *ctx, const unsigned char *prefix, size_t prefix_len,
+       const unsigned char *data, size_t len, unsigned char *out)
+{
+    unsigned int written = 0;
+    if (EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1) return 0;
+    if (prefix_len && EVP_DigestUpdate(ctx, prefix, prefix_len) != 1) return 0;
+    if (len && EVP_DigestUpdate(ctx, data, len) != 1) return 0;
+    if (EVP_DigestFinal_ex(ctx, out, &written) != 1 || written != HASH_SIZE) return 0;
+    return 1;
+}
+
+static int
+offset_at(const Py_buffer *offsets, Py_ssize_t index, int64_t *value)
+{
+    const char *at = (const char *)offsets->buf + index * offsets->itemsize;
+    if (offsets->itemsize == 4) {
+        int32_t v;
+        memcpy(&v, at, 4);
+        *value = v;
+    } else {
+        int64_t v;
+        memcpy(&v, at, 8);
+        *value = v;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(hash_slices_doc,
+"hash_slices(data, offsets, /) -> bytes\n--\n\n"
+"SHA-256 of data[offsets[i]:offsets[i + 1]] for every i, the 32-byte digests concatenated.\n"
+"offsets is a buffer of little-endian int32 or int64 (Arrow's binary or large_binary offsets),\n"
+"non-decreasing and within data; anything else raises ValueError.");
+
+static PyObject *
+hash_slices(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data, offsets;
+    PyObject *result = NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "hash_slices takes data and offsets");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &offsets, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    /* Signed integers of 4 or 8 bytes only (numpy's int32 is "i", its int64 "l" or "q"). */
+    const char *format = offsets.format ? offsets.format : "B";
+    char kind = format[strlen(format) - 1];
+    if (offsets.ndim != 1 || (offsets.itemsize != 4 && offsets.itemsize != 8)
+        || (kind != 'i' && kind != 'l' && kind != 'q')
+        || (kind == 'i' && offsets.itemsize != 4) || (kind != 'i' && offsets.itemsize != 8)) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be a one-dimensional int32 or int64 array");
+        goto done;
+    }
+    Py_ssize_t count = offsets.len / offsets.itemsize;
+    if (count < 1) {
+        PyErr_SetString(PyExc_ValueError, "offsets must hold at least one value");
+        goto done;
+    }
+    /* Check every offset before hashing anything: a bad Arrow array must not read outside data. */
+    int64_t previous = 0, value = 0;
+    offset_at(&offsets, 0, &previous);
+    if (previous < 0 || previous > data.len) {
+        PyErr_SetString(PyExc_ValueError, "offsets fall outside data");
+        goto done;
+    }
+    for (Py_ssize_t i = 1; i < count; i++) {
+        offset_at(&offsets, i, &value);
+        if (value < previous || value > data.len) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
+            goto done;
+        }
+        previous = value;
+    }
+    Py_ssize_t n = count - 1;
+    result = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE);
+    if (result == NULL) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    const unsigned char *base = (const unsigned char *)data.buf;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) ok = 0;
+    int64_t start = 0, end = 0;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        offset_at(&offsets, i, &start);
+        offset_at(&offsets, i + 1, &end);
+        ok = digest(ctx, NULL, 0, base + start, (size_t)(end - start), out + i * HASH_SIZE);
+    }
+    EVP_MD_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
+    }
+done:
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+PyDoc_STRVAR(tree_root_doc,
+"tree_root(leaf_hashes, /) -> bytes\n--\n\n"
+"RFC 6962's MTH over the leaf hashes laid end to end (32 bytes each): pairs hashed as\n"
+"SHA-256(0x01 || left || right), level by level, an odd last node carried up unchanged.\n"
+"The empty tree is SHA-256 of nothing.");
+
+static PyObject *
+tree_root(PyObject *Py_UNUSED(module), PyObject *leaves_arg)
+{
+    Py_buffer leaves;
+    if (PyObject_GetBuffer(leaves_arg, &leaves, PyBUF_SIMPLE) < 0) return NULL;
+    if (leaves.len % HASH_SIZE != 0) {
+        PyBuffer_Release(&leaves);
+        PyErr_SetString(PyExc_ValueError, "leaf hashes are 32 bytes each");
+        return NULL;
+    }
+    Py_ssize_t n = leaves.len / HASH_SIZE;
+    unsigned char root[HASH_SIZE];
+    static const unsigned char node_prefix[1] = {0x01};
+    int ok = 1;
+    unsigned char *level = NULL;
+    if (n > 1) {
+        level = PyMem_RawMalloc((size_t)n * HASH_SIZE);
+        if (level == NULL) {
+            PyBuffer_Release(&leaves);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) {
+        ok = 0;
+    } else if (n == 0) {
+        ok = digest(ctx, NULL, 0, NULL, 0, root);
+    } else if (n == 1) {
+        memcpy(root, leaves.buf, HASH_SIZE);
+    } else {
+        memcpy(level, leaves.buf, (size_t)n * HASH_SIZE);
+        Py_ssize_t width = n;
+        while (ok && width > 1) {
+            Py_ssize_t pairs = width / 2;
+            /* Parents overwrite the front of the level in place: parent i is written after
+             * children 2i and 2i + 1 have been read, and never past them. */
+            for (Py_ssize_t i = 0; ok && i < pairs; i++) {
+                ok = digest(ctx, node_prefix, 1, level + 2 * i * HASH_SIZE, 2 * HASH_SIZE,
+                            level + i * HASH_SIZE);
+            }
+            if (width % 2) {
+                memmove(level + pairs * HASH_SIZE, level + (width - 1) * HASH_SIZE, HASH_SIZE);
+            }
+            width = pairs + width % 2;
+        }
+        memcpy(root, level, HASH_SIZE);
+    }
+    EVP_MD_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(level);
+    PyBuffer_Release(&leaves);
+    if (!ok) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)root, HASH_SIZE);
+}
+
+static PyMethodDef methods[] = {
+    {"hash_slices", (PyCFunction)(void (*)(void))hash_slices, METH_FASTCALL, hash_slices_doc},
+    {"tree_root", (PyCFunction)tree_root, METH_O, tree_root_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_batch_sha256",
+    "SHA-256 over many messages per call (see render_gateway.audit.batch_sha256).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__batch_sha256(void)
+{
+    if (sha256_md == NULL) {
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        if (sha256_md == NULL) {
+            PyErr_SetString(PyExc_ImportError, "OpenSSL has no SHA256");
+            return NULL;
+        }
+    }
+    return PyModule_Create(&module_def);
+}

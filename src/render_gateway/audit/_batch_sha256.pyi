@@ -1,0 +1,10 @@
+# The native module built from _batch_sha256.c (see render_gateway.audit.batch_sha256).
+from typing import Any
+
+import numpy as np
+from _typeshed import ReadableBuffer
+
+def hash_slices(
+    data: ReadableBuffer, offsets: ReadableBuffer | np.ndarray[Any, Any], /
+) -> bytes: ...
+def tree_root(leaf_hashes: ReadableBuffer, /) -> bytes: ...

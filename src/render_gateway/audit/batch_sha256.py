@@ -1,0 +1,65 @@
+"""SHA-256 over many messages per call: the leaf hashes of a batch's rows and their RFC 6962 root.
+
+A records root over n rows is 2n − 1 SHA-256 calls. Made one ``hashlib`` call at a time they
+cost ~1.9 µs per row here, most of it call overhead (docs/BENCHMARKS.md, issue 16); the native
+module ``_batch_sha256`` (C over OpenSSL's libcrypto, built by setup.py) loops over the Arrow
+buffers with the GIL released, ~0.5 µs per row. Where it was not built, the pure-Python
+reference below is used; both hash exactly the same bytes, and the tests hold them to each
+other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+
+from render_gateway.audit import merkle
+
+try:
+    from render_gateway.audit import _batch_sha256
+except ImportError:  # built optionally (setup.py): no C compiler or no OpenSSL headers
+    NATIVE = False
+else:
+    NATIVE = True
+
+
+def reference_hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> bytes:
+    """SHA-256 of ``data[offsets[i]:offsets[i + 1]]`` for each i, the digests concatenated."""
+    bounds = _checked_offsets(data, offsets).tolist()
+    view = memoryview(data)
+    sha256 = hashlib.sha256
+    return b"".join(sha256(view[a:b]).digest() for a, b in itertools.pairwise(bounds))
+
+
+def reference_tree_root(leaf_hashes: bytes) -> bytes:
+    """RFC 6962's MTH over 32-byte leaf hashes laid end to end."""
+    if len(leaf_hashes) % merkle.HASH_SIZE:
+        raise ValueError("leaf hashes are 32 bytes each")
+    size = merkle.HASH_SIZE
+    return merkle.root([leaf_hashes[at : at + size] for at in range(0, len(leaf_hashes), size)])
+
+
+def _checked_offsets(data: bytes | memoryview, offsets: np.ndarray) -> np.ndarray:
+    if offsets.ndim != 1 or offsets.dtype not in (np.int32, np.int64) or len(offsets) < 1:
+        raise ValueError("offsets must be a non-empty int32 or int64 array")
+    if offsets[0] < 0 or offsets[-1] > len(data) or np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must be non-decreasing and within data")
+    return offsets
+
+
+def hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> bytes:
+    """SHA-256 of ``data[offsets[i]:offsets[i + 1]]`` for each i (offsets: int32 or int64, as
+    Arrow lays out a binary column), the 32-byte digests concatenated; ValueError for offsets
+    that are not non-decreasing or fall outside ``data``."""
+    if NATIVE:
+        return _batch_sha256.hash_slices(data, offsets)
+    return reference_hash_slices(data, offsets)
+
+
+def tree_root(leaf_hashes: bytes) -> bytes:
+    """RFC 6962's MTH over 32-byte leaf hashes laid end to end (merkle.root's tree)."""
+    if NATIVE:
+        return _batch_sha256.tree_root(leaf_hashes)
+    return reference_tree_root(leaf_hashes)
