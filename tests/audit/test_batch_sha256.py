@@ -48,6 +48,58 @@ def test_hash_slices_reads_an_arrow_arrays_own_buffers_at_an_offset() -> None:
     assert got == b"".join(hashlib.sha256(m).digest() for m in (b"bc", b"", b"def"))
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 12).flatmap(
+        lambda rows: st.tuples(
+            st.just(rows),
+            st.lists(
+                st.one_of(
+                    st.integers(0, 9).map(lambda width: ("fixed", width)),
+                    st.lists(st.binary(max_size=40), min_size=rows, max_size=rows).map(
+                        lambda values: ("variable", values)
+                    ),
+                ),
+                max_size=6,
+            ),
+        )
+    ),
+    st.sampled_from([np.int32, np.int64]),
+)
+def test_hash_rows_is_sha256_of_each_row_joined(case: tuple[int, list], dtype: type) -> None:
+    rows, shapes = case
+    rng = np.random.default_rng(rows)
+    pieces: list[tuple[memoryview, int | np.ndarray]] = []
+    joined = [b""] * rows
+    for kind, shape in shapes:
+        if kind == "fixed":
+            block = rng.integers(0, 256, (rows, shape), dtype=np.uint8)
+            pieces.append((block.reshape(-1).data, shape))
+            joined = [row + block[i].tobytes() for i, row in enumerate(joined)]
+        else:
+            pieces.append((memoryview(b"".join(shape)), _offsets(shape, dtype)))
+            joined = [row + value for row, value in zip(joined, shape, strict=True)]
+    expected = b"".join(hashlib.sha256(row).digest() for row in joined)
+    assert _batch_sha256.hash_rows(rows, pieces) == expected
+    assert batch_sha256.reference_hash_rows(rows, pieces) == expected
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [(memoryview(b"abcdef"), 4)],  # 2 rows x 4 is not 6 bytes
+        [(memoryview(b"abcdef"), np.array([0, 3], np.int32))],  # 2 offsets for 2 rows
+        [(memoryview(b"abcdef"), np.array([0, 3, 9], np.int32))],  # past the end
+        [(memoryview(b"abcdef"), np.array([0, 4, 3], np.int64))],  # decreasing
+        [(memoryview(b"abcdef"), -3)],
+    ],
+)
+def test_hash_rows_refuses_pieces_that_do_not_fit_the_rows(pieces: list) -> None:
+    for implementation in (_batch_sha256.hash_rows, batch_sha256.reference_hash_rows):
+        with pytest.raises(ValueError):
+            implementation(2, pieces)
+
+
 @pytest.mark.parametrize("size", [*range(0, 70), 127, 128, 129, 255, 256, 257, 10_000])
 def test_tree_root_is_rfc6962s_tree(size: int) -> None:
     leaves = [

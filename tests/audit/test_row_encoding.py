@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from render_gateway.audit import batch_sha256, merkle
 from render_gateway.audit.attestations import (
     ROW_V2_MAGIC,
     SCHEMA,
@@ -78,6 +79,20 @@ def test_column_wise_bytes_are_the_reference_encoding_and_decode_back(
     assert hashes == [hashlib.sha256(b"\x00" + encoded).digest() for encoded in built]
     # Read back from Parquet (chunked columns, decoded pages): the same bytes.
     assert table_leaf_hashes(read_batch(to_parquet(table))) == hashes
+    # And without the native hasher (a machine that could not build it): the same hashes.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch_sha256, "NATIVE", False)
+        assert table_leaf_hashes(table) == hashes
+        assert table_records_root(table) == merkle.root(hashes)
+    assert table_records_root(table) == merkle.root(hashes)
+
+
+def test_an_empty_batch_hashes_to_the_empty_tree() -> None:
+    # No batcher seals one, but a store may hold one: verify must answer, not raise.
+    empty = SCHEMA.empty_table()
+    assert table_leaf_hashes(empty) == []
+    assert table_records_root(empty) == merkle.EMPTY_ROOT
+    assert len(row_leaf_bytes(empty)) == 0
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -293,27 +293,18 @@ def decode_row(data: bytes, schema: pa.Schema = SCHEMA) -> dict[str, Any]:
     return row
 
 
-def _fixed_array(chunk: np.ndarray) -> pa.Array:
-    """An (n, width) uint8 array as a binary array of its rows."""
-    n, width = chunk.shape
-    buffer = pa.py_buffer(np.ascontiguousarray(chunk))
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buffer]).cast(
-        pa.binary()
-    )
-
-
-def row_leaf_bytes(table: pa.Table) -> pa.Array:
-    """Every row's 0x00 ‖ version-2 bytes (what its leaf hash hashes), as one binary array,
-    built column-wise: numpy fills the fixed-width parts of each run of columns, and Arrow
-    joins them with the strings' bytes, row by row, in C++."""
+def _row_pieces(table: pa.Table) -> list[np.ndarray | pa.Array]:
+    """Every row's 0x00 ‖ version-2 bytes as pieces laid end to end, built column-wise: an
+    (n, width) uint8 array for each run of fixed-width parts (numpy fills them), and each
+    string column's own binary array between them."""
     _check_encodable(table.schema)
     n = table.num_rows
-    pieces: list[pa.Array] = []
+    pieces: list[np.ndarray | pa.Array] = []
     fixed: list[np.ndarray] = [np.tile(np.frombuffer(b"\x00" + ROW_V2_MAGIC, np.uint8), (n, 1))]
 
     def flush() -> None:
         if fixed:
-            pieces.append(_fixed_array(np.concatenate(fixed, axis=1)))
+            pieces.append(np.ascontiguousarray(np.concatenate(fixed, axis=1)))
             fixed.clear()
 
     for item, column in zip(table.schema, table.columns, strict=True):
@@ -321,28 +312,59 @@ def row_leaf_bytes(table: pa.Table) -> pa.Array:
         tag = array.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8).reshape(n, 1)
         if item.type == pa.string():
             data = pc.fill_null(array, "").cast(pa.binary())
-            offsets = np.frombuffer(data.buffers()[1], np.int32, n + 1, data.offset * 4)
-            lengths = np.diff(offsets).astype("<u4").view(np.uint8).reshape(n, 4)
+            lengths = np.diff(_offsets(data)).astype("<u4").view(np.uint8).reshape(n, 4)
             fixed += [tag, lengths]
             flush()
             pieces.append(data)
         else:
             zero = pa.scalar(False if item.type == pa.bool_() else 0, item.type)
             values = pc.fill_null(array, zero).to_numpy(zero_copy_only=False)
-            raw = values.astype(_NUMPY[item.type]).view(np.uint8).reshape(n, -1)
+            dtype = np.dtype(_NUMPY[item.type])  # its width given: an empty batch has rows too
+            raw = values.astype(dtype).view(np.uint8).reshape(n, dtype.itemsize)
             fixed += [tag, raw]
     flush()
-    joined: pa.Array = pc.binary_join_element_wise(*pieces, b"")
+    return pieces
+
+
+def _offsets(array: pa.Array) -> np.ndarray:
+    """A binary array's n + 1 offsets into its data buffer (absolute: a slice's start past 0)."""
+    return np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4)
+
+
+def _data(array: pa.Array) -> memoryview:
+    data = array.buffers()[2]
+    return memoryview(data if data is not None else b"")
+
+
+def row_leaf_bytes(table: pa.Table) -> pa.Array:
+    """Every row's 0x00 ‖ version-2 bytes (what its leaf hash hashes), as one binary array:
+    the row pieces joined row by row by Arrow, in C++."""
+    arrays = [
+        pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(piece.shape[1]), len(piece), [None, pa.py_buffer(piece)]
+        ).cast(pa.binary())
+        if isinstance(piece, np.ndarray)
+        else piece
+        for piece in _row_pieces(table)
+    ]
+    joined: pa.Array = pc.binary_join_element_wise(*arrays, b"")
     return joined
 
 
 def _leaf_hash_bytes(table: pa.Table) -> bytes:
-    """Every row's leaf hash of a version-2 batch, 32 bytes each, end to end: one call over the
-    joined rows' Arrow buffers (batch_sha256), not one hashlib call per row."""
-    rows = row_leaf_bytes(table)
-    offsets = np.frombuffer(rows.buffers()[1], np.int32, len(rows) + 1, rows.offset * 4)
-    data = rows.buffers()[2]
-    return batch_sha256.hash_slices(memoryview(data if data is not None else b""), offsets)
+    """Every row's leaf hash of a version-2 batch, 32 bytes each, end to end. Natively, one
+    call hashes each row straight from its pieces (batch_sha256.hash_rows: no joined copy of
+    the rows is built); otherwise the joined rows are hashed one by one."""
+    if not batch_sha256.NATIVE:
+        rows = row_leaf_bytes(table)
+        return batch_sha256.hash_slices(_data(rows), _offsets(rows))
+    pieces: list[tuple[memoryview, int | np.ndarray]] = [
+        (piece.reshape(-1).data, piece.shape[1])
+        if isinstance(piece, np.ndarray)
+        else (_data(piece), _offsets(piece))
+        for piece in _row_pieces(table)
+    ]
+    return batch_sha256.hash_rows(table.num_rows, pieces)
 
 
 def table_leaf_hashes(table: pa.Table, version: int = ATTESTATION_VERSION) -> list[bytes]:

@@ -33,6 +33,27 @@ def reference_hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> byte
     return b"".join(sha256(view[a:b]).digest() for a, b in itertools.pairwise(bounds))
 
 
+def reference_hash_rows(rows: int, pieces: list[tuple[memoryview, int | np.ndarray]]) -> bytes:
+    """The digests :func:`hash_rows` returns: each row joined from its pieces, then hashed."""
+    bounds: list[list[int]] = []
+    for data, shape in pieces:
+        if isinstance(shape, int):
+            if shape < 0 or len(data) != rows * shape:
+                raise ValueError("a fixed-width piece must be rows x width")
+            bounds.append([row * shape for row in range(rows + 1)])
+        else:
+            if len(shape) != rows + 1:
+                raise ValueError("a variable piece needs rows + 1 offsets")
+            bounds.append(_checked_offsets(data, shape).tolist())
+    views = [memoryview(data) for data, _ in pieces]
+    sha256 = hashlib.sha256
+    pairs = list(zip(views, bounds, strict=True))
+    return b"".join(
+        sha256(b"".join(view[at[row] : at[row + 1]] for view, at in pairs)).digest()
+        for row in range(rows)
+    )
+
+
 def reference_tree_root(leaf_hashes: bytes) -> bytes:
     """RFC 6962's MTH over 32-byte leaf hashes laid end to end."""
     if len(leaf_hashes) % merkle.HASH_SIZE:
@@ -56,6 +77,16 @@ def hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> bytes:
     if NATIVE:
         return _batch_sha256.hash_slices(data, offsets)
     return reference_hash_slices(data, offsets)
+
+
+def hash_rows(rows: int, pieces: list[tuple[memoryview, int | np.ndarray]]) -> bytes:
+    """SHA-256 of each of ``rows`` rows made of pieces laid end to end, the digests
+    concatenated: a piece is ``(data, width)``, row i being ``data[i*width:(i+1)*width]``, or
+    ``(data, offsets)``, row i being ``data[offsets[i]:offsets[i + 1]]``. The native module
+    copies each row into one scratch buffer and hashes it; the reference joins the rows."""
+    if NATIVE:
+        return _batch_sha256.hash_rows(rows, pieces)
+    return reference_hash_rows(rows, pieces)
 
 
 def tree_root(leaf_hashes: bytes) -> bytes:
