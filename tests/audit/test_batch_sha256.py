@@ -5,6 +5,7 @@ of offsets that would read outside the data."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -176,3 +177,25 @@ def test_hashing_releases_the_gil() -> None:
         done.set()
         counter.join()
     assert hashing > 0.2 * sleeping, (hashing, sleeping)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=70))
+def test_leaf_hashes_and_tree_levels_are_merkles(messages: list[bytes]) -> None:
+    leaves = batch_sha256.leaf_hashes(messages)
+    assert leaves == b"".join(merkle.leaf_hash(m) for m in messages)
+    levels = batch_sha256.tree_levels(leaves)
+    assert levels[0] == leaves and len(levels[-1]) == merkle.HASH_SIZE
+    as_list = [leaves[at : at + 32] for at in range(0, len(leaves), 32)]
+    assert levels[-1] == merkle.root(as_list)
+    # Each level is the one below paired, an odd last node carried up.
+    for below, above in itertools.pairwise(levels):
+        nodes = [below[at : at + 32] for at in range(0, len(below), 32)]
+        expected = [merkle.node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes) - 1, 2)]
+        expected += [nodes[-1]] if len(nodes) % 2 else []
+        assert above == b"".join(expected)
+
+
+def test_tree_levels_needs_a_leaf() -> None:
+    with pytest.raises(ValueError):
+        batch_sha256.tree_levels(b"")

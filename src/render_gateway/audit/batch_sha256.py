@@ -94,3 +94,30 @@ def tree_root(leaf_hashes: bytes) -> bytes:
     if NATIVE:
         return _batch_sha256.tree_root(leaf_hashes)
     return reference_tree_root(leaf_hashes)
+
+
+def leaf_hashes(messages: list[bytes]) -> bytes:
+    """RFC 6962 leaf hashes SHA-256(0x00 ‖ message) of ``messages``, 32 bytes each, end to end."""
+    offsets = np.zeros(len(messages) + 1, np.int64)
+    np.cumsum([len(message) for message in messages], out=offsets[1:])
+    prefix = memoryview(b"\x00" * len(messages))
+    return hash_rows(len(messages), [(prefix, 1), (memoryview(b"".join(messages)), offsets)])
+
+
+def tree_levels(leaf_hashes: bytes) -> list[bytes]:
+    """Every level of RFC 6962's tree over the leaf hashes, leaves first and the root (one hash)
+    last, each level's hashes end to end: a level's pairs hashed as SHA-256(0x01 ‖ left ‖ right)
+    in one call, an odd last node carried up unchanged (merkle.root's tree)."""
+    size = merkle.HASH_SIZE
+    if not leaf_hashes or len(leaf_hashes) % size:
+        raise ValueError("leaf hashes are 32 bytes each, at least one")
+    levels = [leaf_hashes]
+    while len(levels[-1]) > size:
+        below = levels[-1]
+        pairs = len(below) // (2 * size)
+        prefix = memoryview(b"\x01" * pairs)
+        above = hash_rows(pairs, [(prefix, 1), (memoryview(below)[: pairs * 2 * size], 2 * size)])
+        if len(below) // size % 2:
+            above += below[-size:]
+        levels.append(above)
+    return levels
