@@ -129,6 +129,7 @@ BAD_OFFSETS = {
     "decreasing": np.array([0, 4, 3], np.int32),
     "floats": np.array([0.0, 3.0]),
     "unsigned": np.array([0, 3], np.uint32),
+    "big-endian": np.array([0, 3], ">i4"),
     "two-dimensional": np.array([[0, 1], [1, 2]], np.int32),
     "empty": np.array([], np.int32),
 }

@@ -72,7 +72,8 @@ hash_slices(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     /* Signed integers of 4 or 8 bytes only (numpy's int32 is "i", its int64 "l" or "q"). */
     const char *format = offsets.format ? offsets.format : "B";
     char kind = format[strlen(format) - 1];
-    if (offsets.ndim != 1 || (offsets.itemsize != 4 && offsets.itemsize != 8)
+    if (offsets.ndim != 1 || format[0] == '>' || format[0] == '!'
+        || (offsets.itemsize != 4 && offsets.itemsize != 8)
         || (kind != 'i' && kind != 'l' && kind != 'q')
         || (kind == 'i' && offsets.itemsize != 4) || (kind != 'i' && offsets.itemsize != 8)) {
         PyErr_SetString(PyExc_ValueError, "offsets must be a one-dimensional int32 or int64 array");
@@ -148,7 +149,9 @@ check_offsets_format(const Py_buffer *offsets)
 {
     const char *format = offsets->format ? offsets->format : "B";
     char kind = format[strlen(format) - 1];
-    return offsets->ndim == 1
+    /* Big-endian offsets (">", "!") would be read as native ones: the wrong rows, not an
+     * overread (every offset is bounds-checked), but refused all the same. */
+    return offsets->ndim == 1 && format[0] != '>' && format[0] != '!'
         && ((kind == 'i' && offsets->itemsize == 4)
             || ((kind == 'l' || kind == 'q') && offsets->itemsize == 8));
 }
