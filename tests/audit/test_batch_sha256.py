@@ -33,19 +33,20 @@ def _offsets(messages: list[bytes], dtype: type[np.signedinteger[object]]) -> np
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=40), st.sampled_from([np.int32, np.int64]))
-def test_hash_slices_is_sha256_of_each_slice(messages: list[bytes], dtype: type) -> None:
+def test_one_variable_piece_is_sha256_of_each_slice(messages: list[bytes], dtype: type) -> None:
+    # The native hash_rows over a batch's joined rows, and the fallback that hashes them.
     data = b"".join(messages)
     offsets = _offsets(messages, dtype)
     expected = b"".join(hashlib.sha256(m).digest() for m in messages)
-    assert _batch_sha256.hash_slices(data, offsets) == expected
+    assert _batch_sha256.hash_rows(len(messages), [(memoryview(data), offsets)]) == expected
     assert batch_sha256.reference_hash_slices(data, offsets) == expected
 
 
-def test_hash_slices_reads_an_arrow_arrays_own_buffers_at_an_offset() -> None:
+def test_a_piece_reads_an_arrow_arrays_own_buffers_at_an_offset() -> None:
     # A sliced Arrow array's offsets start past zero: what table_leaf_hashes hands over.
     array = pa.array([b"a", b"bc", b"", b"def", b"ghij"]).slice(1, 3)
     offsets = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4)
-    got = batch_sha256.hash_slices(memoryview(array.buffers()[2]), offsets)
+    got = batch_sha256.hash_rows(len(array), [(memoryview(array.buffers()[2]), offsets)])
     assert got == b"".join(hashlib.sha256(m).digest() for m in (b"bc", b"", b"def"))
 
 
@@ -137,10 +138,13 @@ BAD_OFFSETS = {
 
 @pytest.mark.parametrize("name", BAD_OFFSETS)
 def test_offsets_that_would_read_outside_the_data_are_refused(name: str) -> None:
-    data = b"abcdef"
-    for implementation in (_batch_sha256.hash_slices, batch_sha256.reference_hash_slices):
+    data, offsets = b"abcdef", BAD_OFFSETS[name]
+    rows = max(0, len(offsets) - 1)
+    with pytest.raises(ValueError):
+        batch_sha256.reference_hash_slices(data, offsets)
+    for implementation in (_batch_sha256.hash_rows, batch_sha256.reference_hash_rows):
         with pytest.raises(ValueError):
-            implementation(data, BAD_OFFSETS[name])
+            implementation(rows, [(memoryview(data), offsets)])
 
 
 def test_tree_root_refuses_a_ragged_level() -> None:
@@ -172,7 +176,8 @@ def test_hashing_releases_the_gil() -> None:
     counter = threading.Thread(target=count)
     counter.start()
     try:
-        hashing = rate_while(lambda: batch_sha256.hash_slices(data, offsets))
+        pieces: list[tuple[memoryview, int | np.ndarray]] = [(memoryview(data), offsets)]
+        hashing = rate_while(lambda: _batch_sha256.hash_rows(len(offsets) - 1, pieces))
         sleeping = rate_while(lambda: time.sleep(0.3))
     finally:
         done.set()

@@ -33,7 +33,7 @@ digest(EVP_MD_CTX *ctx, const unsigned char *prefix, size_t prefix_len,
     return 1;
 }
 
-static int
+static void
 offset_at(const Py_buffer *offsets, Py_ssize_t index, int64_t *value)
 {
     const char *at = (const char *)offsets->buf + index * offsets->itemsize;
@@ -46,84 +46,6 @@ offset_at(const Py_buffer *offsets, Py_ssize_t index, int64_t *value)
         memcpy(&v, at, 8);
         *value = v;
     }
-    return 1;
-}
-
-PyDoc_STRVAR(hash_slices_doc,
-"hash_slices(data, offsets, /) -> bytes\n--\n\n"
-"SHA-256 of data[offsets[i]:offsets[i + 1]] for every i, the 32-byte digests concatenated.\n"
-"offsets is a buffer of little-endian int32 or int64 (Arrow's binary or large_binary offsets),\n"
-"non-decreasing and within data; anything else raises ValueError.");
-
-static PyObject *
-hash_slices(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer data, offsets;
-    PyObject *result = NULL;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "hash_slices takes data and offsets");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &offsets, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    /* Signed integers of 4 or 8 bytes only (numpy's int32 is "i", its int64 "l" or "q"). */
-    const char *format = offsets.format ? offsets.format : "B";
-    char kind = format[strlen(format) - 1];
-    if (offsets.ndim != 1 || format[0] == '>' || format[0] == '!'
-        || (offsets.itemsize != 4 && offsets.itemsize != 8)
-        || (kind != 'i' && kind != 'l' && kind != 'q')
-        || (kind == 'i' && offsets.itemsize != 4) || (kind != 'i' && offsets.itemsize != 8)) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be a one-dimensional int32 or int64 array");
-        goto done;
-    }
-    Py_ssize_t count = offsets.len / offsets.itemsize;
-    if (count < 1) {
-        PyErr_SetString(PyExc_ValueError, "offsets must hold at least one value");
-        goto done;
-    }
-    /* Check every offset before hashing anything: a bad Arrow array must not read outside data. */
-    int64_t previous = 0, value = 0;
-    offset_at(&offsets, 0, &previous);
-    if (previous < 0 || previous > data.len) {
-        PyErr_SetString(PyExc_ValueError, "offsets fall outside data");
-        goto done;
-    }
-    for (Py_ssize_t i = 1; i < count; i++) {
-        offset_at(&offsets, i, &value);
-        if (value < previous || value > data.len) {
-            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
-            goto done;
-        }
-        previous = value;
-    }
-    Py_ssize_t n = count - 1;
-    result = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE);
-    if (result == NULL) goto done;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-    const unsigned char *base = (const unsigned char *)data.buf;
-    int ok = 1;
-    Py_BEGIN_ALLOW_THREADS
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL) ok = 0;
-    int64_t start = 0, end = 0;
-    for (Py_ssize_t i = 0; ok && i < n; i++) {
-        offset_at(&offsets, i, &start);
-        offset_at(&offsets, i + 1, &end);
-        ok = digest(ctx, NULL, 0, base + start, (size_t)(end - start), out + i * HASH_SIZE);
-    }
-    EVP_MD_CTX_free(ctx);
-    Py_END_ALLOW_THREADS
-    if (!ok) {
-        Py_CLEAR(result);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
-    }
-done:
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&data);
-    return result;
 }
 
 /* One piece of every row: a fixed-width run (row i is data[i*width : (i+1)*width]) or a
@@ -177,8 +99,9 @@ PyDoc_STRVAR(hash_rows_doc,
 "SHA-256 of every row's pieces laid end to end, the 32-byte digests concatenated. Each piece\n"
 "is (data, width) for a fixed-width run, row i being data[i*width:(i+1)*width], or\n"
 "(data, offsets) for a variable-width column as Arrow lays it out, row i being\n"
-"data[offsets[i]:offsets[i+1]] (int32 or int64 offsets, rows + 1 of them). The same digests as\n"
-"hash_slices over the rows joined, without building the joined rows.");
+"data[offsets[i]:offsets[i+1]] (native-endian int32 or int64 offsets, rows + 1 of them, checked\n"
+"before anything is read). The joined rows are never built: each is copied into one scratch\n"
+"buffer and hashed.");
 
 static PyObject *
 hash_rows(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -350,7 +273,6 @@ tree_root(PyObject *Py_UNUSED(module), PyObject *leaves_arg)
 }
 
 static PyMethodDef methods[] = {
-    {"hash_slices", (PyCFunction)(void (*)(void))hash_slices, METH_FASTCALL, hash_slices_doc},
     {"hash_rows", (PyCFunction)(void (*)(void))hash_rows, METH_FASTCALL, hash_rows_doc},
     {"tree_root", (PyCFunction)tree_root, METH_O, tree_root_doc},
     {NULL, NULL, 0, NULL},

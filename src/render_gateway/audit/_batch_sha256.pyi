@@ -4,9 +4,6 @@ from typing import Any
 import numpy as np
 from _typeshed import ReadableBuffer
 
-def hash_slices(
-    data: ReadableBuffer, offsets: ReadableBuffer | np.ndarray[Any, Any], /
-) -> bytes: ...
 def hash_rows(
     rows: int, pieces: list[tuple[memoryview, int | np.ndarray[Any, Any]]], /
 ) -> bytes: ...

@@ -357,7 +357,7 @@ def _leaf_hash_bytes(table: pa.Table) -> bytes:
     the rows is built); otherwise the joined rows are hashed one by one."""
     if not batch_sha256.NATIVE:
         rows = row_leaf_bytes(table)
-        return batch_sha256.hash_slices(_data(rows), _offsets(rows))
+        return batch_sha256.reference_hash_slices(_data(rows), _offsets(rows))
     pieces: list[tuple[memoryview, int | np.ndarray]] = [
         (piece.reshape(-1).data, piece.shape[1])
         if isinstance(piece, np.ndarray)

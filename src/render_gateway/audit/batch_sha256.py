@@ -26,7 +26,9 @@ else:
 
 
 def reference_hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> bytes:
-    """SHA-256 of ``data[offsets[i]:offsets[i + 1]]`` for each i, the digests concatenated."""
+    """SHA-256 of ``data[offsets[i]:offsets[i + 1]]`` for each i, the digests concatenated:
+    a batch's joined rows hashed one ``hashlib`` call at a time (the path where the native
+    module was not built; :func:`hash_rows` with one variable piece hashes the same)."""
     bounds = _checked_offsets(data, offsets).tolist()
     view = memoryview(data)
     sha256 = hashlib.sha256
@@ -68,15 +70,6 @@ def _checked_offsets(data: bytes | memoryview, offsets: np.ndarray) -> np.ndarra
     if offsets[0] < 0 or offsets[-1] > len(data) or np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be non-decreasing and within data")
     return offsets
-
-
-def hash_slices(data: bytes | memoryview, offsets: np.ndarray) -> bytes:
-    """SHA-256 of ``data[offsets[i]:offsets[i + 1]]`` for each i (offsets: int32 or int64, as
-    Arrow lays out a binary column), the 32-byte digests concatenated; ValueError for offsets
-    that are not non-decreasing or fall outside ``data``."""
-    if NATIVE:
-        return _batch_sha256.hash_slices(data, offsets)
-    return reference_hash_slices(data, offsets)
 
 
 def hash_rows(rows: int, pieces: list[tuple[memoryview, int | np.ndarray]]) -> bytes:
