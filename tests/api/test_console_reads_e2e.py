@@ -157,8 +157,9 @@ def test_backends_show_health_node_key_device_and_latest_failures(
         assert "usage_unavailable" not in body
         return {b["id"]: b for b in body["backends"]}
 
+    # Both failures reach the hot path through the usage stream's batcher, in their own time.
     backends = eventually(
-        listed, lambda b: b["w1"]["device_uuid"] and b["broken"]["recent_failures"]
+        listed, lambda b: b["w1"]["device_uuid"] and len(b["broken"]["recent_failures"]) == 2
     )
     w1, broken = backends["w1"], backends["broken"]
     assert w1["healthy"] and w1["family"] == "sd" and w1["models"] == ["tiny"]

@@ -15,6 +15,7 @@ to this module's log as ``detail``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -26,7 +27,7 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
-from render_gateway.inference.attribution import Attribution, Bracket
+from render_gateway.inference.attribution import Attribution, Bracket, QueueReading
 from render_gateway.inference.backend import (
     MODEL_ERROR,
     MODEL_ERROR_MESSAGE,
@@ -135,7 +136,7 @@ class KServeClient:
         self._max_answer_bytes = max_answer_bytes
         self._base = base_url.rstrip("/")
         self._plans = OutputPlans(output, self.model_metadata)
-        self._attribution = Attribution(self._queue_nanos)
+        self._attribution = Attribution(self._queue_reading)
 
     async def ready(self, probe_seconds: float = 2.0) -> bool:
         try:
@@ -186,9 +187,10 @@ class KServeClient:
             self._plans.learned(model, metadata)
         return metadata
 
-    async def _queue_nanos(self, model: str) -> int | None:
-        """The model's cumulative queue time from Triton's statistics extension."""
-        return queue_nanos(await self._get_json(f"/v2/models/{model}/stats", 2.0))
+    async def _queue_reading(self, model: str) -> QueueReading | None:
+        """The model's cumulative queue time and success count (Triton's statistics
+        extension)."""
+        return queue_reading(await self._get_json(f"/v2/models/{model}/stats", 2.0))
 
     async def infer(
         self, model: str, generation: bytes, request_id: str, run_seconds: float = 600.0
@@ -212,9 +214,14 @@ class KServeClient:
                 allow_redirects=False,
             ) as response:
                 await _raise_for_status(response)
+                bracket.ran()  # answered: the backend counts it among its successes
                 payload = await _read_bounded(response, self._max_answer_bytes)
                 length_header = response.headers.get(codec.HEADER_LENGTH)
+        except asyncio.CancelledError:
+            bracket.ran()  # HTTP cannot stop a Triton run: it runs on without us
+            raise
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
+            _ran_unless_never_sent(bracket, exc)
             raise _unreachable(self._base, exc) from exc
         try:
             length = codec.parse_header_length(length_header)
@@ -242,6 +249,7 @@ class KServeClient:
                 allow_redirects=False,
             ) as response:
                 await _raise_for_status(response)
+                bracket.ran()  # accepted: it runs to its end even if we stop reading
                 async for event, data in _sse(response, self._max_answer_bytes):
                     parsed = _stream_event(event, data, request_id, plan)
                     if parsed is None:
@@ -257,7 +265,11 @@ class KServeClient:
                             parsed.request_id, parsed.parameters, bracket.since_first_response()
                         )
                     return
+        except asyncio.CancelledError:
+            bracket.ran()
+            raise
         except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
+            _ran_unless_never_sent(bracket, exc)
             raise _unreachable(self._base, exc) from exc
         raise BackendError("the backend's stream ended without a result", retriable=True)
 
@@ -272,6 +284,13 @@ class KServeClient:
                 return response.status == 204
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+def _ran_unless_never_sent(bracket: Bracket, exc: BaseException) -> None:
+    """A transport failure after the request went out leaves a run the backend goes on with
+    (its count of runs will show it); one that never connected left none."""
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        bracket.ran()
 
 
 def _unreachable(base: str, exc: BaseException) -> BackendError:
@@ -291,15 +310,32 @@ def broke_protocol(base: str, exc: Exception) -> BackendError:
     )
 
 
-def queue_nanos(stats: Mapping[str, Any] | None) -> int | None:
-    """``model_stats[0].inference_stats.queue.ns`` of a statistics answer (JSON, or gRPC's
-    message as a dict); None when absent."""
+def queue_reading(stats: Mapping[str, Any] | None) -> QueueReading | None:
+    """``model_stats[0].inference_stats``' ``queue.ns`` and ``success.count`` of a statistics
+    answer; None without a queue time, ``succeeded`` None without a readable count."""
     try:
-        entry = stats["model_stats"][0]["inference_stats"]["queue"]  # type: ignore[index]
-        value = int(entry["ns"])
-    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+        inference = stats["model_stats"][0]["inference_stats"]  # type: ignore[index]
+        queue = _count(inference["queue"]["ns"])
+    except (KeyError, IndexError, TypeError):
         return None
-    return value if value >= 0 else None
+    if queue is None:
+        return None
+    try:
+        succeeded = _count(inference["success"]["count"])
+    except (KeyError, TypeError):
+        succeeded = None
+    return QueueReading(queue, succeeded)
+
+
+def _count(value: Any) -> int | None:
+    """A JSON counter: a non-negative integer (Triton writes them as numbers), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number >= 0 else None
 
 
 async def attributed(
@@ -309,6 +345,7 @@ async def attributed(
     reported = result.gpu_seconds is not None
     attribution.learned(model, reported)
     if reported:
+        bracket.ran()
         return result
     return replace(result, attributed_seconds=await bracket.seconds())
 

@@ -31,7 +31,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from render_gateway.inference.attribution import Attribution
+from render_gateway.inference.attribution import Attribution, QueueReading
 from render_gateway.inference.backend import (
     MODEL_ERROR,
     MODEL_ERROR_MESSAGE,
@@ -165,7 +165,7 @@ class KServeGrpcClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._plans = OutputPlans(output, self.model_metadata)
-        self._attribution = Attribution(self._queue_nanos)
+        self._attribution = Attribution(self._queue_reading)
 
     def _service(self) -> Any:
         if self._stub is None:
@@ -214,17 +214,20 @@ class KServeGrpcClient:
         self._plans.learned(model, metadata)
         return metadata
 
-    async def _queue_nanos(self, model: str) -> int | None:
+    async def _queue_reading(self, model: str) -> QueueReading | None:
         try:
             answer = await self._service().ModelStatistics(
                 pb.ModelStatisticsRequest(name=model), timeout=2.0
             )
         except grpc.aio.AioRpcError:
             return None
-        if answer is None:
+        if answer is None or not answer.model_stats:
             return None
-        stats = answer.model_stats
-        return int(stats[0].inference_stats.queue.ns) if stats else None
+        inference = answer.model_stats[0].inference_stats
+        # proto3 has no absent counter, only an absent message: a server that leaves
+        # ``success`` out says nothing of its count (attribution.py then does not wait on it).
+        succeeded = int(inference.success.count) if inference.HasField("success") else None
+        return QueueReading(int(inference.queue.ns), succeeded)
 
     def _request(self, model: str, generation: bytes, request_id: str, plan: OutputPlan) -> Any:
         return grpc_codec.request_to_proto(
@@ -244,8 +247,14 @@ class KServeGrpcClient:
         bracket = await self._attribution.open(model)
         try:
             answer = await self._service().ModelInfer(request, timeout=run_seconds)
+        except asyncio.CancelledError:
+            bracket.ran()  # Triton counts a cancelled request among its successes (measured)
+            raise
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                bracket.ran()  # as a cancel
             raise _backend_error(exc, self._target) from exc
+        bracket.ran()  # answered
         try:
             result = read_result(
                 grpc_codec.response_from_proto(_readable(answer)), plan, request_id
@@ -279,9 +288,15 @@ class KServeGrpcClient:
                     read_result(response, plan, request_id), bracket, self._attribution, model
                 )
                 return
+        except (GeneratorExit, asyncio.CancelledError):
+            bracket.ran()  # closed early: Triton counts the cancelled request a success
+            raise
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                bracket.ran()
             raise _backend_error(exc, self._target) from exc
         except codec.ProtocolError as exc:
+            bracket.ran()  # it answered, unreadably
             raise self._broke_protocol(exc) from exc
         finally:
             call.cancel()  # no-op once the RPC ended; otherwise the server hears of it
