@@ -12,7 +12,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from render_gateway.audit.claim_windows import WindowClaims
+from render_gateway.audit.claim_windows import ClaimColumns, WindowClaims
 from render_gateway.audit.merkle import ProofError, leaf_hash, verify_inclusion
 from render_gateway.signing_keys import key_id
 from render_gateway.usage_claim import InvalidClaim, SignedClaim, sign_window
@@ -181,9 +181,10 @@ def _rows(signed: list[SignedClaim]) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-def _proven(checker: WindowClaims, row: dict[str, object]) -> bool:
-    return checker.proven(str(row["claim_window"]), str(row["claim_payload"]),
-                          str(row["claim_signature"]), str(row["node_public_key"]))  # fmt: skip
+def _proven(checker: WindowClaims, rows: list[dict[str, object]]) -> list[bool]:
+    """Each row: whether prove_batch proved it, with the rows as one batch."""
+    proven = checker.prove_batch(ClaimColumns.of_rows(rows), _node_key)  # type: ignore[arg-type]
+    return [at in proven for at in range(len(rows))]
 
 
 def _node_key(public: str) -> tuple[object, bytes, str]:
@@ -195,16 +196,14 @@ def _node_key(public: str) -> tuple[object, bytes, str]:
 def test_a_batch_holding_whole_windows_proves_them_with_one_verify_each(size: int) -> None:
     rows = _rows(_window(size)) + _rows(_window(size, first=50))
     checker = WindowClaims()
-    checker.prove_batch(rows, _node_key)  # type: ignore[arg-type]
-    assert all(_proven(checker, row) for row in rows)
+    assert all(_proven(checker, rows))
     assert checker.statements_verified == 2
 
 
 def test_a_window_split_across_batches_or_tampered_is_left_to_the_per_claim_check() -> None:
     rows = _rows(_window(6))
     checker = WindowClaims()
-    checker.prove_batch(rows[:4], _node_key)  # type: ignore[arg-type]
-    assert not any(_proven(checker, row) for row in rows)  # not whole: nothing proven here
+    assert not any(_proven(checker, rows[:4]))  # not whole: nothing proven here
     tampered = []
     for column, value in (("claim_signature", base64.b64encode(bytes(64)).decode()),
                           ("claim_payload", rows[0]["claim_payload"])):  # fmt: skip
@@ -220,14 +219,16 @@ def test_a_window_split_across_batches_or_tampered_is_left_to_the_per_claim_chec
     spaced[1]["claim_window"] = str(spaced[1]["claim_window"]).replace(",", ", ")
     tampered.append(spaced)
     for forged in tampered:
-        checker.prove_batch(forged, _node_key)  # type: ignore[arg-type]
-        for row in forged:
-            if _proven(checker, row):  # never a row the full check would refuse
+        proven = _proven(checker, forged)
+        for row, was_proven in zip(forged, proven, strict=True):
+            if was_proven:  # never a row the full check would refuse
                 payload = str(row["claim_payload"]).encode()
                 text, signature = str(row["claim_window"]), str(row["claim_signature"])
                 assert _check(WindowClaims(), payload, text, signature)
-        assert not all(_proven(checker, row) for row in forged)
-    # A copy of a proven row with another signature is not proven by its twin.
-    checker.prove_batch(rows, _node_key)  # type: ignore[arg-type]
+        assert not all(proven)
+    # A copy of a proven row with another signature, in the same batch, is not proven by its
+    # twin (another signature is another group), and does not spoil its twin's window.
     twin = {**rows[0], "claim_signature": base64.b64encode(bytes(64)).decode()}
-    assert _proven(checker, rows[0]) and not _proven(checker, twin)
+    assert _proven(checker, [*rows, twin]) == [True] * len(rows) + [False]
+    # The same row twice in one batch spoils its window: an index given twice proves nothing.
+    assert not any(_proven(checker, [*rows, dict(rows[0])]))

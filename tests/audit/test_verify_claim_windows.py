@@ -105,6 +105,29 @@ def test_a_log_of_window_claims_verifies_with_one_ed25519_verify_per_window(
     assert [orjson.loads(row["claim_window"])["index"] for row in rows] == [0, 1, 2, 3, 0]
 
 
+def test_windows_a_batch_holds_whole_are_proven_at_once_and_only_the_split_ones_one_by_one(
+    windows: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch pass (WindowClaims.prove_batch) is what spares the per-claim check: with it
+    broken, verification would still hold, only slower, so this counts the per-claim checks."""
+    checks: list[int] = []
+    real_check = claim_windows.WindowClaims.check
+
+    def counted(self: claim_windows.WindowClaims, *args: Any) -> None:
+        checks.append(1)
+        real_check(self, *args)
+
+    monkeypatch.setattr(claim_windows.WindowClaims, "check", counted)
+    whole = tmp_path / "whole"
+    asyncio.run(build_log_of(whole, window_signed_records(range(16), WINDOW), batch_records=8))
+    report = run_verify(whole)
+    assert report.ok and report.records == 16, report.findings
+    assert checks == []  # two whole windows in each batch: no claim checked on its own
+    report = run_verify(windows)  # windows of 4 across batches of 5: most are split
+    assert report.ok and report.records == 19, report.findings
+    assert 0 < len(checks) < 19
+
+
 def test_the_cli_verifies_a_log_of_window_claims(windows: Path) -> None:
     result = verify(windows)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -53,6 +53,37 @@ class _Window:
     known: dict[_Position, tuple[bytes, list[str]]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimColumns:
+    """What a claim check reads of a batch's rows, a Python list per column in row order
+    (``window`` all None for version-1 batches, which have no ``claim_window``): built from the
+    Arrow columns at once, with no mapping per row."""
+
+    request_id: list[Any]
+    gpu_seconds: list[Any]
+    payload: list[Any]
+    signature: list[Any]
+    public_key: list[Any]
+    key_id: list[Any]
+    error: list[Any]
+    window: list[Any]
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """Each row's fields, in CLAIM_COLUMN_NAMES' order."""
+        return zip(self.request_id, self.gpu_seconds, self.payload, self.signature,
+                   self.public_key, self.key_id, self.error, self.window, strict=True)  # fmt: skip
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Mapping[str, Any]]) -> ClaimColumns:
+        """From rows as mappings (attestation rows' column names)."""
+        return cls(*([row.get(name) for row in rows] for name in CLAIM_COLUMN_NAMES))
+
+
+# ClaimColumns' fields as the attestation rows name them, in the same order.
+CLAIM_COLUMN_NAMES = ("request_id", "gpu_seconds", "claim_payload", "claim_signature",
+                      "node_public_key", "node_key_id", "claim_error", "claim_window")  # fmt: skip
+
+
 class WindowClaims:
     """The windows met so far in one verification run (the most recent ``capacity`` of them:
     a window's claims sit close together in the log, and one met again after that many others
@@ -62,44 +93,35 @@ class WindowClaims:
         self._capacity = capacity
         self._windows: OrderedDict[tuple[bytes, int, str, str], _Window] = OrderedDict()
         self.statements_verified = 0  # Ed25519 verifications done (one per distinct window)
-        # (claim_window, claim_payload, claim_signature, node_public_key) of the current
-        # batch's rows that prove_batch proved: the whole of what the check depends on.
-        self._proven: set[tuple[str, str, str, str]] = set()
 
-    def prove_batch(self, rows: Sequence[Mapping[str, Any]], node_key: NodeKeyOf) -> None:
-        """Prove at once the claims of every window that a batch holds whole: its payloads'
-        root, rebuilt in index order, is the signed root, and each row's ``claim_window`` is
-        exactly the canonical text of its place (so its path is the true path). What this
-        accepts, :meth:`proven` answers for; every other row (a window split across batches,
-        or anything that does not match) is left to :meth:`check`, which decides alone —
-        this pass only ever spares work, never rejects. ``node_key``: base64 key → (key, raw
-        bytes, key id), raising ValueError for a bad key."""
-        self._proven = set()
-        groups: dict[tuple[str, str, str, str], dict[int, str]] = {}
-        for row in rows:
-            text, payload = row.get("claim_window"), row["claim_payload"]
-            if text is None or payload is None or row["claim_error"] is not None:
+    def prove_batch(self, columns: ClaimColumns, node_key: NodeKeyOf) -> set[int]:
+        """The positions of the rows whose claims are proven at once, as members of a window
+        the batch holds whole: its payloads' root, rebuilt in index order, is the signed root,
+        and each row's ``claim_window`` is exactly the canonical text of its place (so its path
+        is the true path). Every other row (a window split across batches, or anything that
+        does not match) is left to :meth:`check`, which decides alone — this pass only ever
+        spares work, never rejects. ``node_key``: base64 key → (key, raw bytes, key id),
+        raising ValueError for a bad key."""
+        proven: set[int] = set()
+        # (node key, key id, signature, the window text's tail) → index → (payload, row, text)
+        groups: dict[tuple[str, str, str, str], dict[int, tuple[str, int, str] | None]] = {}
+        rows = zip(columns.window, columns.payload, columns.error, columns.public_key,
+                   columns.key_id, columns.signature, strict=True)  # fmt: skip
+        for position, (text, payload, error, public, key_id, signature) in enumerate(rows):
+            if text is None or payload is None or error is not None:
                 continue
             tail = text.rfind(_ROOT_MARK)
             comma = text.find(",", _INDEX_MARK_LENGTH)
             if tail < 0 or comma < 0 or not text.startswith(_INDEX_MARK):
                 continue
-            group = (
-                row["node_public_key"],
-                row["node_key_id"],
-                row["claim_signature"],
-                text[tail:],
-            )
-            members = groups.setdefault(group, {})
+            members = groups.setdefault((public, key_id, signature, text[tail:]), {})
             index = text[_INDEX_MARK_LENGTH:comma]
             if index.isdigit() and len(index) < 8:  # a duplicate index spoils the window
-                members[int(index)] = payload if int(index) not in members else ""
+                at = int(index)
+                members[at] = (payload, position, text) if at not in members else None
         for (public, key_id, signature, tail), members in groups.items():
-            self._prove_window(public, key_id, signature, tail, members, node_key)
-
-    def proven(self, window_text: str, payload: str, signature: str, public_key: str) -> bool:
-        """Whether prove_batch proved this claim (its row's columns, as stored)."""
-        return (window_text, payload, signature, public_key) in self._proven
+            self._prove_window(public, key_id, signature, tail, members, node_key, proven)
+        return proven
 
     def _prove_window(
         self,
@@ -107,22 +129,26 @@ class WindowClaims:
         key_id: str,
         signature: str | None,
         tail: str,
-        members: dict[int, str],
+        members: dict[int, tuple[str, int, str] | None],
         node_key: NodeKeyOf,
+        proven: set[int],
     ) -> None:
         try:
             place = orjson.loads("{" + tail[1:])
             size, root_hex = place["size"], place["root"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        if type(size) is not int or len(members) != size or "" in members.values():
+        if type(size) is not int or type(root_hex) is not str or len(members) != size:
             return
-        if public is None or signature is None or any(i not in members for i in range(size)):
+        if public is None or signature is None:
             return
-        payloads = [members[index] for index in range(size)]
+        rows = [members.get(index) for index in range(size)]
+        if None in rows:  # an index missing (or out of range), or one given twice
+            return
+        whole = cast(list[tuple[str, int, str]], rows)
         # Each level in one batch_sha256 call rather than a hashlib call per node.
         levels = batch_sha256.tree_levels(
-            batch_sha256.leaf_hashes([payload.encode() for payload in payloads])
+            batch_sha256.leaf_hashes([payload.encode() for payload, _, _ in whole])
         )
         window_root = levels[-1]
         if window_root.hex() != root_hex:
@@ -144,21 +170,21 @@ class WindowClaims:
             self._windows[cache_key] = _Window(window_root)
             if len(self._windows) > self._capacity:
                 self._windows.popitem(last=False)
-        hex_levels = [
-            [level[at : at + HASH_SIZE].hex() for at in range(0, len(level), HASH_SIZE)]
+        # Each node as it stands in a canonical path: quoted hex (ClaimWindow.to_text's form,
+        # built by hand: one format per row, not a dict and a sorted dump).
+        quoted = [
+            [f'"{level[at : at + HASH_SIZE].hex()}"' for at in range(0, len(level), HASH_SIZE)]
             for level in levels[:-1]
         ]
-        for index, payload in enumerate(payloads):
-            path, position = [], index
-            for level in hex_levels:
-                if position ^ 1 < len(level):
-                    path.append(level[position ^ 1])
-                position >>= 1
-            text = orjson.dumps(
-                {"index": index, "path": path, "root": root_hex, "size": size},
-                option=orjson.OPT_SORT_KEYS,
-            ).decode()
-            self._proven.add((text, payload, signature, public))
+        ending = f'],"root":"{root_hex}","size":{size}}}'
+        for index, (_, position, text) in enumerate(whole):
+            path, at = [], index
+            for level in quoted:
+                if at ^ 1 < len(level):
+                    path.append(level[at ^ 1])
+                at >>= 1
+            if text == f'{{"index":{index},"path":[{",".join(path)}{ending}':
+                proven.add(position)
 
     def check(
         self,

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from render_gateway.audit.attestations import read_batch, table_records_root
 from render_gateway.audit.cas import ContentStore, IntegrityError
-from render_gateway.audit.claim_windows import WindowClaims
+from render_gateway.audit.claim_windows import CLAIM_COLUMN_NAMES, ClaimColumns, WindowClaims
 from render_gateway.audit.leaves import (
     CHECKPOINTS_PREFIX,
     LEAVES_PREFIX,
@@ -242,11 +242,6 @@ def _merge(report: Report, result: BatchCheck) -> None:
     report.gpu_seconds += result.gpu_seconds
 
 
-# What claim_problem and WindowClaims read of a row (version-1 batches have no claim_window).
-_CLAIM_COLUMNS = ("request_id", "gpu_seconds", "claim_payload", "claim_signature", "node_key_id",
-                  "node_public_key", "claim_error", "claim_window")  # fmt: skip
-
-
 def _check_batch(
     cas: ContentStore,
     leaf: BatchLeaf,
@@ -299,23 +294,8 @@ def _check_batch(
             )
     if check_claims:
         checked = np.flatnonzero(pc.and_(signed, pc.is_null(settle_error)).to_numpy(False))
-        # Only the columns a claim check reads (a third of the row): to_pylist makes a dict
-        # per row, and its cost is per column.
-        claims = table.select([name for name in _CLAIM_COLUMNS if name in table.schema.names])
-        if len(checked) < count:
-            claims = claims.take(pa.array(checked, pa.int64()))
-        rows = claims.to_pylist() if len(checked) else []
-        # The batch's whole windows at once (each claim is still checked below).
-        windows.prove_batch(rows, lambda public: _node_key(public, node_keys))
-        for position, row in zip(checked.tolist(), rows, strict=True):
-            problem = claim_problem(row, node_keys, windows)
-            if problem is None and row["node_public_key"] not in anchors.public_keys:
-                problem = (
-                    f"the claim is signed by node key {row['node_key_id']}, which is not "
-                    f"{anchors.source}"
-                )
-            if problem:
-                fail((f"{where} record {position} ({row['request_id']})", problem))
+        if len(checked):
+            _check_claims(table, checked, count, where, anchors, node_keys, windows, fail)
     result.records, result.gpu_seconds = count, gpu_seconds
     return result
 
@@ -334,46 +314,94 @@ def _node_key(public: str, node_keys: NodeKeyCache) -> tuple[Ed25519PublicKey, b
     return parsed
 
 
-def claim_problem(
-    row: Mapping[str, Any], node_keys: NodeKeyCache, windows: WindowClaims | None = None
-) -> str | None:
+def _check_claims(
+    table: pa.Table,
+    checked: np.ndarray[Any, np.dtype[np.intp]],
+    count: int,
+    where: str,
+    anchors: AnchorKeys,
+    node_keys: NodeKeyCache,
+    windows: WindowClaims,
+    fail: Callable[[tuple[str, str]], None],
+) -> None:
+    """Every claim of ``checked`` (row positions) checked, from the columns a check reads,
+    each made a Python list at once (a third of the row; no mapping per row)."""
+    if len(checked) < count:
+        table = table.take(pa.array(checked, pa.int64()))
+    names = table.schema.names
+    nothing = [None] * table.num_rows  # version 1 has no claim_window
+    columns = ClaimColumns(*(
+        table.column(name).to_pylist() if name in names else nothing
+        for name in CLAIM_COLUMN_NAMES
+    ))  # fmt: skip
+    # The batch's whole windows at once (each claim's own fields are still checked below).
+    proven = windows.prove_batch(columns, lambda public: _node_key(public, node_keys))
+    rows = enumerate(columns.rows())
+    for at, (request_id, seconds, payload, signature, public, key_id, error, window) in rows:
+        problem = _claim_problem(request_id, seconds, payload, signature, public, key_id, error,
+                                 window, node_keys, windows, at in proven)  # fmt: skip
+        if problem is None and public not in anchors.public_keys:
+            problem = f"the claim is signed by node key {key_id}, which is not {anchors.source}"
+        if problem:
+            fail((f"{where} record {int(checked[at])} ({request_id})", problem))
+
+
+def claim_problem(row: Mapping[str, Any], node_keys: NodeKeyCache) -> str | None:
     """Why the row's backend claim does not hold (None when it holds or there is none).
-    ``node_keys`` and ``windows`` carry what one verification run has already checked: the
-    node keys it parsed, and the window statements whose signature verified (a window claim
-    then costs its inclusion proof, not an Ed25519 verification)."""
-    if row["claim_payload"] is None:
+    ``node_keys`` carries the node keys already parsed."""
+    return _claim_problem(
+        row["request_id"], row["gpu_seconds"], row["claim_payload"], row["claim_signature"],
+        row["node_public_key"], row["node_key_id"], row["claim_error"], row.get("claim_window"),
+        node_keys,
+    )  # fmt: skip
+
+
+def _claim_problem(
+    request_id: str,
+    gpu_seconds: float,
+    claim_payload: str | None,
+    claim_signature: str | None,
+    public_key: str | None,
+    claimed_key_id: str | None,
+    claim_error: str | None,
+    window: str | None,
+    node_keys: NodeKeyCache,
+    windows: WindowClaims | None = None,
+    proven: bool = False,
+) -> str | None:
+    """claim_problem over a row's fields. ``windows`` carries the window statements whose
+    signature verified in this run (a window claim then costs its inclusion proof, not an
+    Ed25519 verification); ``proven``: WindowClaims.prove_batch proved this row's claim a
+    member of its window."""
+    if claim_payload is None:
         return None  # a backend that signs nothing (a plain Triton model): counted, not failed
-    if row.get("claim_error") is not None:
-        return (
-            f"the gateway could not verify the claim when the request settled: {row['claim_error']}"
-        )
-    if row["claim_signature"] is None or row["node_public_key"] is None:
+    if claim_error is not None:
+        return f"the gateway could not verify the claim when the request settled: {claim_error}"
+    if claim_signature is None or public_key is None:
         return "the backend's claim has no signature or no node key to check it with"
     try:
-        key, raw, key_id = _node_key(row["node_public_key"], node_keys)
-        if key_id != row["node_key_id"]:
+        key, raw, key_id = _node_key(public_key, node_keys)
+        if key_id != claimed_key_id:
             return "the node key does not match the claim's key id"
-        payload = row["claim_payload"].encode()
-        window = row.get("claim_window")
+        payload = claim_payload.encode()
         if window is None:  # signed directly (Ed25519 over the payload)
-            signed = SignedClaim(payload, base64.b64decode(row["claim_signature"], validate=True),
+            signed = SignedClaim(payload, base64.b64decode(claim_signature, validate=True),
                                  key_id)  # fmt: skip
             claim = vars(verify_claim(signed, key))
         else:  # Ed25519-window: in its window, whose statement the key signed
-            signature = row["claim_signature"]
-            if windows is None or not windows.proven(window, row["claim_payload"], signature,
-                                                     row["node_public_key"]):  # fmt: skip
-                (windows or WindowClaims()).check(key, raw, key_id, payload, window, signature)
+            if not proven:
+                (windows or WindowClaims()).check(key, raw, key_id, payload, window,
+                                                  claim_signature)  # fmt: skip
             claim = claim_fields(payload)
             if claim["key_id"] != key_id:
                 raise InvalidClaim("claim payload names a different key than its envelope")
     except (InvalidClaim, ValueError) as exc:
         return f"the backend's claim does not verify: {exc}"
-    if claim["request_id"] != row["request_id"]:
+    if claim["request_id"] != request_id:
         return f"the claim is for request {claim['request_id']}, not this one"
     claimed = claim["gpu_seconds"]
-    if not math.isclose(claimed, row["gpu_seconds"], rel_tol=1e-9, abs_tol=1e-9):
-        return f"records {row['gpu_seconds']} GPU-seconds, the backend claimed {claimed}"
+    if not math.isclose(claimed, gpu_seconds, rel_tol=1e-9, abs_tol=1e-9):
+        return f"records {gpu_seconds} GPU-seconds, the backend claimed {claimed}"
     return None
 
 
