@@ -22,7 +22,8 @@ from render_gateway.audit.keys import load_signer
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf, leaf_key
 from render_gateway.audit.log import open_audit_log
 from render_gateway.audit.reconcile import reconcile
-from render_gateway.audit.reconcile_runs import RUNS_PREFIX, recent_runs, record_run, verify_runs
+from render_gateway.audit.reconcile_runs import recent_runs, record_run
+from render_gateway.audit.run_chain import RUNS_PREFIX, verify_runs
 from render_gateway.audit.verify import verify_log
 from render_gateway.config import ReconcileConfig
 from render_gateway.metering.columns import records_to_table

@@ -1,11 +1,10 @@
 """Every reconciliation run is recorded twice: a row in ClickHouse (``reconciliation_runs``,
 for dashboards) and a signed entry in the audit store, each naming the hash of the one before,
-so the history of checks is itself tamper-evident and verifiable offline."""
+so the history of checks is itself tamper-evident and verifiable offline (the chain itself:
+audit/run_chain.py)."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,19 +12,10 @@ import orjson
 import pyarrow as pa
 
 from render_gateway.audit.reconcile import Reconciliation
-from render_gateway.audit.signed_note import (
-    NoteError,
-    NoteSigner,
-    NoteVerifier,
-    open_note,
-    sign_note,
-)
+from render_gateway.audit.run_chain import append_entry
+from render_gateway.audit.signed_note import NoteSigner
 from render_gateway.metering.store import UsageStore
 from render_gateway.stores.objects import ObjectStore
-
-RUNS_PREFIX = "log/reconciliations/"
-HEADER = "render-gateway reconciliation"
-GENESIS = "0" * 64
 
 _RUNS_SCHEMA = pa.schema(
     [
@@ -74,11 +64,7 @@ def record_run(
     signer: NoteSigner,
 ) -> None:
     """Sign and store the entry (always), and the ClickHouse row (when the store answers)."""
-    keys = objects.list(RUNS_PREFIX)
-    previous = hashlib.sha256(objects.get(keys[-1])).hexdigest() if keys else GENESIS
-    body = orjson.dumps(summary(run, started_at), option=orjson.OPT_SORT_KEYS).decode()
-    note = sign_note(f"{HEADER}\n{body}\nprevious {previous}\n", [signer])
-    objects.put_new(f"{RUNS_PREFIX}{len(keys):020d}", note)
+    append_entry(objects, signer, summary(run, started_at))
     if usage is not None:
         counts = run.counts
         row = {
@@ -91,41 +77,6 @@ def record_run(
             "report": orjson.dumps(run.to_json()).decode(),
         }  # fmt: skip
         usage.append("reconciliation_runs", pa.Table.from_pylist([row], schema=_RUNS_SCHEMA))
-
-
-@dataclass(frozen=True)
-class RunEntry:
-    index: int
-    summary: dict[str, Any]
-
-
-def verify_runs(
-    objects: ObjectStore, verifiers: list[NoteVerifier]
-) -> tuple[list[RunEntry], list[str]]:
-    """The signed run entries in order, and what is wrong with the chain (empty when intact)."""
-    entries: list[RunEntry] = []
-    problems: list[str] = []
-    previous = GENESIS
-    for position, key in enumerate(objects.list(RUNS_PREFIX)):
-        where = f"reconciliation entry {position}"
-        note = objects.get(key)
-        try:
-            text, _ = open_note(note, verifiers)
-        except NoteError as exc:
-            problems.append(f"{where}: does not verify: {exc}")
-            previous = hashlib.sha256(note).hexdigest()
-            continue
-        lines = text.rstrip("\n").split("\n")
-        if key != f"{RUNS_PREFIX}{position:020d}":
-            problems.append(f"{where}: stored as {key}: an entry is missing before it")
-        if len(lines) != 3 or lines[0] != HEADER or not lines[2].startswith("previous "):
-            problems.append(f"{where}: not a reconciliation entry")
-        elif lines[2].removeprefix("previous ") != previous:
-            problems.append(f"{where}: does not follow the entry before it (removed or reordered)")
-        else:
-            entries.append(RunEntry(position, orjson.loads(lines[1])))
-        previous = hashlib.sha256(note).hexdigest()
-    return entries, problems
 
 
 def recent_runs(usage: UsageStore, limit: int) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from render_gateway.audit.leaves import (
 )
 from render_gateway.audit.merkle import MerkleLog
 from render_gateway.audit.node_keys import NodeKey, recorded_node_keys
+from render_gateway.audit.run_chain import verify_runs
 from render_gateway.audit.signed_note import Checkpoint, NoteError, NoteVerifier, open_note
 from render_gateway.signing_keys import key_id as node_key_id
 from render_gateway.stores.objects import ObjectMissing, ObjectStore, open_object_store
@@ -104,10 +105,6 @@ def verify_log(
         report.fail("log", f"nothing to verify: no leaves and no checkpoints in {objects.url}")
     if trusted is not None:
         _check_trusted(trusted, tree, report)
-    # Imported here: it pulls in the metering stack (pandas, ClickHouse), which the worker
-    # processes that import this module for _check_run never need.
-    from render_gateway.audit.reconcile_runs import verify_runs
-
     entries, problems = verify_runs(objects, list(verifiers))
     report.reconciliations = len(entries)
     for problem in problems:
