@@ -155,10 +155,11 @@ class AnchorKeys:
 
 
 # A log this large (records), in a local store, is checked on every core by default: below it,
-# starting and stopping the processes (about 1.5 s here: each imports pyarrow) costs more than it
-# saves. With every claim checked a record costs ~100-170 µs (Ed25519); the structure, ~3-5 µs.
-# (On the shared 2-core development machine the pool did not pay at 50,000-300,000 records:
-# docs/BENCHMARKS.md.)
+# starting and stopping the processes (each imports the CLI and pyarrow) costs more than it
+# saves. A record costs ~20-25 µs with its claim in a window, ~150-210 µs signed alone (Ed25519),
+# ~5-6 µs with --skip-claims. On the 2-core development machine the pool breaks even at 200,000
+# windowed records (the CLI: 7.1-7.9 s with one process, 7.1-7.7 s with two) and pays beyond:
+# docs/BENCHMARKS.md.
 POOL_MIN_RECORDS = {True: 200_000, False: 2_000_000}  # by check_claims
 
 
