@@ -158,8 +158,8 @@ class AnchorKeys:
 # starting and stopping the processes (each imports the CLI and pyarrow) costs more than it
 # saves. A record costs ~20-25 µs with its claim in a window, ~150-210 µs signed alone (Ed25519),
 # ~5-6 µs with --skip-claims. On the 2-core development machine the pool breaks even at 200,000
-# windowed records (the CLI: 7.1-7.9 s with one process, 7.1-7.7 s with two) and pays beyond:
-# docs/BENCHMARKS.md.
+# windowed records (the CLI: 7.1-7.9 s with one process, 7.1-7.7 s with two; larger logs were
+# not measured): docs/BENCHMARKS.md.
 POOL_MIN_RECORDS = {True: 200_000, False: 2_000_000}  # by check_claims
 
 
