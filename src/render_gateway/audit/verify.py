@@ -324,9 +324,10 @@ def _check_claims(
 ) -> None:
     """Every claim of ``checked`` (row positions) checked, from the columns a check reads,
     each made a Python list at once (a third of the row; no mapping per row)."""
-    if len(checked) < count:
-        table = table.take(pa.array(checked, pa.int64()))
     names = table.schema.names
+    table = table.select([name for name in CLAIM_COLUMN_NAMES if name in names])
+    if len(checked) < count:
+        table = table.take(pa.array(checked, pa.int64()))  # the 8 columns only, not all 28
     nothing = [None] * table.num_rows  # version 1 has no claim_window
     columns = ClaimColumns(*(
         table.column(name).to_pylist() if name in names else nothing
