@@ -350,7 +350,8 @@ def claim_problem(row: Mapping[str, Any], node_keys: NodeKeyCache) -> str | None
     ``node_keys`` carries the node keys already parsed."""
     return _claim_problem(
         row["request_id"], row["gpu_seconds"], row["claim_payload"], row["claim_signature"],
-        row["node_public_key"], row["node_key_id"], row["claim_error"], row.get("claim_window"),
+        row["node_public_key"], row["node_key_id"], row.get("claim_error"),
+        row.get("claim_window"),
         node_keys,
     )  # fmt: skip
 
