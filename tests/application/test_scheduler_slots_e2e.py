@@ -20,7 +20,8 @@ from support.processes import WorkerProcess
 from support.worker_api import wait_idle
 
 JOB = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i",
-       "prompt": "a fox", "width": 64, "height": 64, "steps": 6}  # fmt: skip
+       "prompt": "a fox", "width": 64, "height": 64, "steps": 20}  # fmt: skip
+# A run (about 0.2 s here) outlasts the storing of the run before it (about 5–10 ms).
 BURST = 8
 
 
@@ -58,7 +59,11 @@ def test_a_burst_on_one_slot_runs_one_job_at_a_time_in_admission_order(
     gateway: GatewayProcess,
 ) -> None:
     ids, running = asyncio.run(burst_and_watch(gateway))
-    assert max(running) == 1, running  # capacity = 1: never two claimed at once
+    # Capacity 1: one job runs on the worker; the one before it may still be storing its
+    # outcome (the next is claimed as the slot frees, scheduler._dispatch_when_possible). A
+    # claim that counted a slot not yet taken claimed the burst at once (4 here, 14 in the
+    # capacity example).
+    assert max(running) <= 2, running
     admin = bearer(gateway.admin_key)
     jobs = [httpx.get(f"{gateway.url}/jobs/{job_id}", headers=admin).json() for job_id in ids]
     assert {job["status"] for job in jobs} == {"complete"}

@@ -378,7 +378,23 @@ class JobRunner:
         first_try: asyncio.Event,
     ) -> DispatchOutcome:
         """Dispatch; if every slot went elsewhere meanwhile (the sync tier, a breaker probe),
-        wait for one instead of failing the job."""
+        wait for one instead of failing the job. However it ends, its slot is free once this
+        returns: the next job is claimed then, and runs while this one stores its outcome
+        (its outputs, its usage record), so a backend does not idle for the gateway's writes —
+        a job counts as running until it is stored, so ``running`` may exceed the slots by
+        the jobs being stored."""
+        try:
+            return await self._dispatch_until_run(job, request_id, progress, first_try)
+        finally:
+            self.wake()
+
+    async def _dispatch_until_run(
+        self,
+        job: Job,
+        request_id: str,
+        progress: Callable[[Progress], Any],
+        first_try: asyncio.Event,
+    ) -> DispatchOutcome:
         request = job.request
         cancel = self._cancels[job.id]
         # Asset inputs become data: URIs here, once: a backend never fetches the gateway.
