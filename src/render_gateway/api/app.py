@@ -88,6 +88,9 @@ def create_app(config: GatewayConfig, started: GatewayServices | None = None) ->
     )
     registry, latency = make_registry(lambda: holder.get("services"))
     app.state.metrics_registry = registry
+    # Set, not left to getattr's default: a missing State attribute raises and catches an
+    # AttributeError on every lean request (1.0 µs against 0.37).
+    app.state.lean_routes = True
     app.state.socket_stats = SocketStats()  # GET /ws's connections, for /metrics
     registry.register(SocketCollector(app.state.socket_stats))
     if started is not None:  # usable at once (an in-process client runs no lifespan)

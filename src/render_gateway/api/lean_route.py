@@ -86,7 +86,7 @@ class LeanRoute(APIRoute):
         fast = lean_handler(self.dependant, self.path, self._embed_body_fields)
 
         async def handler(request: Request) -> Response:
-            if getattr(request.app.state, "lean_routes", True):
+            if request.app.state.lean_routes:  # create_app sets it
                 return await fast(request)
             return await standard(request)
 
