@@ -273,8 +273,10 @@ def main() -> None:
     print(f"{'the rest (CAS put, node keys, leaf, checkpoint, acks)':62}"
           f"{(seconds - kept - pieces['table']) / n * 1e6:11.2f}"
           f"{(seconds - kept - pieces['table']) / seconds:14.1%}")  # fmt: skip
-    print(f"floor of the pieces any stream format keeps (read, Parquet, row hashes): "
-          f"{n / kept:,.0f} records/s; with this format's two JSON parses: {n / parsed:,.0f}/s")
+    print(
+        f"floor of the pieces any stream format keeps (read, Parquet, row hashes): "
+        f"{n / kept:,.0f} records/s; with this format's two JSON parses: {n / parsed:,.0f}/s"
+    )
     print(f"write >= 150,000 records/s: {n / seconds:,.0f} -> "
           f"{'meets' if n / seconds >= 150_000 else 'MISSES'}")  # fmt: skip
     best = n / min(structure_wall, structure_pool)
