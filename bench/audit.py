@@ -270,7 +270,7 @@ def main() -> None:
         print(f"{label:62}{pieces[key] / n * 1e6:11.2f}{pieces[key] / seconds:14.1%}")
     kept = pieces["read"] + pieces["parquet"] + pieces["root"]
     parsed = kept + pieces["records_json"] + pieces["claims_json"]
-    print(f"{'the rest (CAS put, node keys, leaf, checkpoint, acks)':62}"
+    print(f"{'the rest: CAS put, leaf, checkpoint (each fsynced), node keys':62}"
           f"{(seconds - kept - pieces['table']) / n * 1e6:11.2f}"
           f"{(seconds - kept - pieces['table']) / seconds:14.1%}")  # fmt: skip
     print(
