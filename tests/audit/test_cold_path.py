@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from render_gateway.audit import batcher as batcher_module
 from render_gateway.audit.attestations import from_parquet
 from render_gateway.audit.batcher import CONSUMER, AttestationBatcher
 from render_gateway.audit.cas import ContentStore
@@ -99,6 +101,66 @@ async def test_batches_seal_by_count_then_on_demand_and_verify(
     assert report.gpu_seconds == pytest.approx(12.5)
     assert report.unclaimed == 0
     assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 26))
+
+
+def spy_on_builds(monkeypatch: pytest.MonkeyPatch, fail_on_call: int | None = None) -> list[str]:
+    """The batcher's real table builder, recording the thread each build ran on; the
+    ``fail_on_call``-th build raises instead (once)."""
+    real = batcher_module.attestations_table
+    threads: list[str] = []
+
+    def build(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        if len(threads) == fail_on_call:
+            raise RuntimeError("a build failed")
+        return real(*args)
+
+    monkeypatch.setattr(batcher_module, "attestations_table", build)
+    return threads
+
+
+async def test_a_backlog_is_sealed_in_order_the_next_batch_built_while_the_last_is_appended(
+    jobs: SqliteJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = spy_on_builds(monkeypatch)
+    await append(jobs, range(55))  # 5.5 batches waiting before the batcher starts
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 10, 3600)
+    batcher.start()
+    try:
+        assert await asyncio.to_thread(batcher.seal, 10.0)
+    finally:
+        await asyncio.to_thread(batcher.stop, 0)
+    assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 56))
+    report = verify_log(objects, [signer.verifier()], ORIGIN)
+    assert report.ok, report.findings
+    assert (report.leaves, report.records) == (6, 55)
+    # Read two at a time while two batches wait: those are built on the builder thread; the
+    # last full batch (15 waiting) and the sealed rest of 5 one at a time on the batcher's.
+    assert len(threads) == 6, threads
+    assert all(name.startswith("audit-build") for name in threads[:4]), threads
+    assert threads[4:] == ["audit-batcher", "audit-batcher"], threads
+
+
+async def test_a_build_failing_in_a_read_ahead_loses_and_repeats_nothing(
+    jobs: SqliteJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = spy_on_builds(monkeypatch, fail_on_call=2)  # the second batch of the first pair
+    await append(jobs, range(40))
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    signer = load_signer(tmp_path, ORIGIN)
+    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 10, 3600)
+    batcher.start()
+    try:
+        assert await asyncio.to_thread(batcher.seal, 20.0)
+    finally:
+        await asyncio.to_thread(batcher.stop, 0)
+    assert batcher.stats.errors == 1 and batcher.stats.last_error == "a build failed"
+    # The first batch was in the log and acked before the failure; the second was read again.
+    assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 41))
+    assert verify_log(objects, [signer.verifier()], ORIGIN).ok
+    assert len(threads) == 5, threads  # 4 batches, one built twice
 
 
 async def test_a_batch_is_sealed_when_its_oldest_record_is_old_enough(

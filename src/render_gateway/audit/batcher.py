@@ -11,10 +11,12 @@ are durable before any request is answered, so none is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -39,6 +41,32 @@ class BatcherStats:
     backlog: int = 0
     errors: int = 0
     last_error: str | None = None
+
+
+# With a backlog of this many batches or more (a restart's catch-up, a burst), they are read
+# at once and the next batch's table is built on a second thread while the last one is
+# appended: the build is mostly Python, the append mostly Arrow, hashing and fsyncs without
+# the GIL (docs/BENCHMARKS.md, issue 16). Two keep a read at twice a batch (a Redis read is one
+# script: one call of 2 × 10,000 records by default).
+READ_AHEAD_BATCHES = 2
+
+Run = tuple[list[int], list[bytes], list[str | None]]
+
+
+def _tables(runs: list[Run]) -> Generator[pa.Table, None, None]:
+    """Each run's attestation table, in order: column-wise, from the stored JSON (no Python
+    dict per record). With several runs, each is built on a thread of its own while the
+    caller appends the one before."""
+    if len(runs) == 1:
+        yield attestations_table(*runs[0])
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="audit-build") as builder:
+        upcoming = builder.submit(attestations_table, *runs[0])
+        for later in runs[1:]:
+            current = upcoming.result()
+            upcoming = builder.submit(attestations_table, *later)
+            yield current
+        yield upcoming.result()
 
 
 class AttestationBatcher:
@@ -170,22 +198,28 @@ class AttestationBatcher:
             if not (waiting >= self._batch_records or seal_now or age >= self._batch_seconds):
                 self._wake_after = self._batch_records - waiting
                 return self._batch_seconds - age
-            seqs, records, claims = self._stream.read_group_raw(GROUP, self._batch_records)
+            size = self._batch_records
+            ahead = READ_AHEAD_BATCHES if waiting >= READ_AHEAD_BATCHES * size else 1
+            seqs, records, claims = self._stream.read_group_raw(GROUP, ahead * size)
             if not seqs:  # counted but not readable yet (another writer's append): soon
                 return min(1.0, self._batch_seconds)
-            full = len(seqs) == self._batch_records
-            # Column-wise, from the stored JSON: no Python dict per record.
-            batch = attestations_table(seqs, records, claims)
-            leaf = audit_log.append(batch)
-            try:
-                self._on_append(audit_log, leaf, batch)
-            except Exception:
-                log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
-            self._stream.ack(GROUP, leaf.last_usage_seq)
-            self.stats.batches += 1
-            self.stats.attested += leaf.count
-            self.stats.log_size = audit_log.size
-            self._observe()
+            runs = [
+                (seqs[at : at + size], records[at : at + size], claims[at : at + size])
+                for at in range(0, len(seqs), size)
+            ]
+            full = len(runs[-1][0]) == size
+            with contextlib.closing(_tables(runs)) as tables:
+                for batch in tables:  # in the stream's order, each acked once in the log
+                    leaf = audit_log.append(batch)
+                    try:
+                        self._on_append(audit_log, leaf, batch)
+                    except Exception:
+                        log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
+                    self._stream.ack(GROUP, leaf.last_usage_seq)
+                    self.stats.batches += 1
+                    self.stats.attested += leaf.count
+                    self.stats.log_size = audit_log.size
+                    self._observe()
             if not full:
                 return self._batch_seconds if not self._seal_now else 0.0
 
