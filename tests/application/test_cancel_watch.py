@@ -13,19 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from render_gateway.api.app import create_app
 from render_gateway.application.scheduler import CANCEL_WATCH_SECONDS
 from render_gateway.application.services import GatewayServices
-from render_gateway.config import (
-    BackendConfig,
-    CatalogEntryConfig,
-    GatewayConfig,
-    ReconcileConfig,
-)
 from render_gateway.core.jobs import JobStatus
 from render_gateway.stores.jobs import CancelResult
 
-from support.memory_stores import memory_stores
+from support.in_process import in_process_gateway, one_backend_config
 from support.processes import WorkerProcess
 
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
@@ -36,22 +29,8 @@ BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "pr
 async def gateway(
     tmp_path: Path, worker: WorkerProcess
 ) -> AsyncIterator[tuple[GatewayServices, httpx.AsyncClient]]:
-    config = GatewayConfig(
-        data_dir=tmp_path,
-        local_demo_worker=False,
-        anonymous_plan="default",
-        roles=["api", "scheduler"],
-        backends=[BackendConfig(id="w", endpoint=worker.url, family="sd", models={"tiny": "demo"})],
-        models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
-        reconcile=ReconcileConfig(enabled=False),
-        stores=memory_stores(),
-    )
-    services = await GatewayServices.start(config)
-    app = create_app(services.config, started=services)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield services, client
-    await services.stop()
+    async with in_process_gateway(one_backend_config(tmp_path, worker.url)) as running:
+        yield running
 
 
 async def test_a_cancel_recorded_on_the_job_stops_a_run_its_signal_missed(

@@ -15,12 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from render_gateway.api.app import create_app
 from render_gateway.application.services import GatewayServices
-from render_gateway.config import BackendConfig, CatalogEntryConfig, GatewayConfig, ReconcileConfig
 from render_gateway.core.jobs import JobStatus
 
-from support.memory_stores import memory_stores
+from support.in_process import in_process_gateway, one_backend_config
 from support.processes import WorkerProcess
 
 BODY = {"modality": "image", "family": "sd", "model": "tiny", "task": "t2i", "prompt": "a fox",
@@ -32,26 +30,8 @@ STORE_SECONDS = 0.6  # how long storing one output takes
 async def gateway(
     tmp_path: Path, worker: WorkerProcess
 ) -> AsyncIterator[tuple[GatewayServices, httpx.AsyncClient]]:
-    config = GatewayConfig(
-        data_dir=tmp_path,
-        local_demo_worker=False,
-        anonymous_plan="default",
-        roles=["api", "scheduler"],
-        backends=[
-            BackendConfig(
-                id="w", endpoint=worker.url, family="sd", models={"tiny": "demo"}, capacity=1
-            )
-        ],
-        models=[CatalogEntryConfig(modality="image", family="sd", model="tiny", tasks=["t2i"])],
-        reconcile=ReconcileConfig(enabled=False),
-        stores=memory_stores(),
-    )
-    services = await GatewayServices.start(config)
-    app = create_app(services.config, started=services)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        yield services, client
-    await services.stop()
+    async with in_process_gateway(one_backend_config(tmp_path, worker.url, capacity=1)) as running:
+        yield running
 
 
 async def test_the_next_job_runs_while_the_last_one_stores_its_outputs(

@@ -119,19 +119,27 @@ def spy_on_builds(monkeypatch: pytest.MonkeyPatch, fail_on_call: int | None = No
     return threads
 
 
-async def test_a_backlog_is_sealed_in_order_the_next_batch_built_while_the_last_is_appended(
-    jobs: SqliteJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    threads = spy_on_builds(monkeypatch)
-    await append(jobs, range(55))  # 5.5 batches waiting before the batcher starts
+async def seal_what_waits(
+    jobs: SqliteJobStore, tmp_path: Path
+) -> tuple[ObjectStore, NoteSigner, AttestationBatcher]:
+    """Start a batcher of 10-record batches on what the usage log holds, seal it all, stop."""
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
     batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 10, 3600)
     batcher.start()
     try:
-        assert await asyncio.to_thread(batcher.seal, 10.0)
+        assert await asyncio.to_thread(batcher.seal, 20.0)
     finally:
         await asyncio.to_thread(batcher.stop, 0)
+    return objects, signer, batcher
+
+
+async def test_a_backlog_is_sealed_in_order_the_next_batch_built_while_the_last_is_appended(
+    jobs: SqliteJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = spy_on_builds(monkeypatch)
+    await append(jobs, range(55))  # 5.5 batches waiting before the batcher starts
+    objects, signer, _ = await seal_what_waits(jobs, tmp_path)
     assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 56))
     report = verify_log(objects, [signer.verifier()], ORIGIN)
     assert report.ok, report.findings
@@ -148,14 +156,7 @@ async def test_a_build_failing_in_a_read_ahead_loses_and_repeats_nothing(
 ) -> None:
     threads = spy_on_builds(monkeypatch, fail_on_call=2)  # the second batch of the first pair
     await append(jobs, range(40))
-    objects = open_object_store((tmp_path / "cas").as_uri())
-    signer = load_signer(tmp_path, ORIGIN)
-    batcher = AttestationBatcher(jobs.usage_log, log_opener(objects, signer), 10, 3600)
-    batcher.start()
-    try:
-        assert await asyncio.to_thread(batcher.seal, 20.0)
-    finally:
-        await asyncio.to_thread(batcher.stop, 0)
+    objects, signer, batcher = await seal_what_waits(jobs, tmp_path)
     assert batcher.stats.errors == 1 and batcher.stats.last_error == "a build failed"
     # The first batch was in the log and acked before the failure; the second was read again.
     assert [row["usage_seq"] for row in all_rows(objects)] == list(range(1, 41))

@@ -383,37 +383,28 @@ class JobRunner:
         (its outputs, its usage record), so a backend does not idle for the gateway's writes —
         a job counts as running until it is stored, so ``running`` may exceed the slots by
         the jobs being stored."""
-        try:
-            return await self._dispatch_until_run(job, request_id, progress, first_try)
-        finally:
-            self.wake()
-
-    async def _dispatch_until_run(
-        self,
-        job: Job,
-        request_id: str,
-        progress: Callable[[Progress], Any],
-        first_try: asyncio.Event,
-    ) -> DispatchOutcome:
         request = job.request
         cancel = self._cancels[job.id]
-        # Asset inputs become data: URIs here, once: a backend never fetches the gateway.
-        payload = generation_payload(await inline_asset_inputs(self._assets, request))
-        while True:
-            try:
-                return await self._dispatcher.run(
-                    request["family"],
-                    request["model"],
-                    payload,
-                    request_id,
-                    progress,
-                    cancel,
-                    request.get("backend"),
-                    first_try,
-                )
-            except NoCapacity:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cancel.wait(), 0.2)
+        try:
+            # Asset inputs become data: URIs here, once: a backend never fetches the gateway.
+            payload = generation_payload(await inline_asset_inputs(self._assets, request))
+            while True:
+                try:
+                    return await self._dispatcher.run(
+                        request["family"],
+                        request["model"],
+                        payload,
+                        request_id,
+                        progress,
+                        cancel,
+                        request.get("backend"),
+                        first_try,
+                    )
+                except NoCapacity:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(cancel.wait(), 0.2)
+        finally:
+            self.wake()
 
     async def _put_back(self, job: Job, outcome: DispatchOutcome) -> None:
         """A run the drain stopped: the job goes back in the queue, unbilled and with its
