@@ -280,6 +280,35 @@ async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
     assert report.ok, report.findings
 
 
+async def test_a_kill_9_while_a_backlog_is_read_ahead_then_a_restart_attests_everything_once(
+    tmp_path: Path,
+) -> None:
+    paths = [str(DRIVER.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    rng = random.Random(11)
+    # 300 records waiting, batches of 7: every read is two batches, built side by side.
+    for count in (300, 0, 0, 0):
+        process = subprocess.Popen(
+            [sys.executable, str(DRIVER), str(tmp_path), "0", str(count), "backlog"],
+            stdout=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        STARTED.append(process)
+        assert process.stdout is not None and process.stdout.readline() == b"running\n"
+        time.sleep(rng.uniform(0.1, 0.5))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    final = subprocess.run(
+        [sys.executable, str(DRIVER), str(tmp_path), "300", "3"],
+        capture_output=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert final.stdout.endswith(b"done\n"), final.stderr.decode()
+    objects = open_object_store((tmp_path / "cas").as_uri())
+    seqs = [row["usage_seq"] for row in all_rows(objects)]
+    assert seqs == list(range(1, 304))  # each record exactly once, in the log's order
+    report = verify_log(objects, [load_signer(tmp_path, ORIGIN).verifier()], ORIGIN)
+    assert report.ok, report.findings
+
+
 async def test_inclusion_proof_bundles_verify_offline(jobs: SqliteJobStore, tmp_path: Path) -> None:
     objects = open_object_store((tmp_path / "cas").as_uri())
     signer = load_signer(tmp_path, ORIGIN)
