@@ -246,67 +246,55 @@ async def test_a_lost_cursor_never_batches_a_record_twice(
     assert verify_log(objects, [signer.verifier()], ORIGIN).ok
 
 
-async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
-    tmp_path: Path,
-) -> None:
+def run_driver(tmp_path: Path, *args: str, kill_after: float | None = None) -> None:
+    """Run the audit driver on ``tmp_path`` with ``args``: killed with SIGKILL ``kill_after``
+    seconds after it says it is running, or (None) to its clean end."""
     # The driver runs the code under test (a PYTHONPATH of the test run's own comes first).
     paths = [str(DRIVER.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    rng = random.Random(7)
-    start = 0
-    for _ in range(4):
-        process = subprocess.Popen(
-            [sys.executable, str(DRIVER), str(tmp_path), str(start), "400"],
-            stdout=subprocess.PIPE, env=env,
-        )  # fmt: skip
-        STARTED.append(process)
-        assert process.stdout is not None and process.stdout.readline() == b"running\n"
-        time.sleep(rng.uniform(0.05, 0.6))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-        start += 400
-    final = subprocess.run(
-        [sys.executable, str(DRIVER), str(tmp_path), str(start), "3"],
-        capture_output=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert final.stdout.endswith(b"done\n"), final.stderr.decode()
-    with sqlite3.connect(tmp_path / "jobs.db") as conn:
-        (written,) = conn.execute("SELECT COUNT(*) FROM usage_log").fetchone()
+    command = [sys.executable, str(DRIVER), str(tmp_path), *args]
+    if kill_after is None:
+        final = subprocess.run(command, capture_output=True, env=env, timeout=120)
+        assert final.stdout.endswith(b"done\n"), final.stderr.decode()
+        return
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+    STARTED.append(process)
+    assert process.stdout is not None and process.stdout.readline() == b"running\n"
+    time.sleep(kill_after)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def assert_attested_once(tmp_path: Path, written: int) -> None:
+    """Every record of the usage log in the audit log exactly once, in order, and it verifies."""
     objects = open_object_store((tmp_path / "cas").as_uri())
     seqs = [row["usage_seq"] for row in all_rows(objects)]
-    assert seqs == list(range(1, written + 1))  # every record the log holds, exactly once
-    signer = load_signer(tmp_path, ORIGIN)
-    report = verify_log(objects, [signer.verifier()], ORIGIN)
+    assert seqs == list(range(1, written + 1))
+    report = verify_log(objects, [load_signer(tmp_path, ORIGIN).verifier()], ORIGIN)
     assert report.ok, report.findings
+
+
+async def test_a_kill_9_during_batching_then_a_restart_attests_everything_once(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(7)
+    for start in range(0, 1600, 400):
+        run_driver(tmp_path, str(start), "400", kill_after=rng.uniform(0.05, 0.6))
+    run_driver(tmp_path, "1600", "3")
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        (written,) = conn.execute("SELECT COUNT(*) FROM usage_log").fetchone()
+    assert_attested_once(tmp_path, written)  # every record the log holds, exactly once
 
 
 async def test_a_kill_9_while_a_backlog_is_read_ahead_then_a_restart_attests_everything_once(
     tmp_path: Path,
 ) -> None:
-    paths = [str(DRIVER.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     rng = random.Random(11)
     # 300 records waiting, batches of 7: every read is two batches, built side by side.
     for count in (300, 0, 0, 0):
-        process = subprocess.Popen(
-            [sys.executable, str(DRIVER), str(tmp_path), "0", str(count), "backlog"],
-            stdout=subprocess.PIPE, env=env,
-        )  # fmt: skip
-        STARTED.append(process)
-        assert process.stdout is not None and process.stdout.readline() == b"running\n"
-        time.sleep(rng.uniform(0.1, 0.5))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-    final = subprocess.run(
-        [sys.executable, str(DRIVER), str(tmp_path), "300", "3"],
-        capture_output=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert final.stdout.endswith(b"done\n"), final.stderr.decode()
-    objects = open_object_store((tmp_path / "cas").as_uri())
-    seqs = [row["usage_seq"] for row in all_rows(objects)]
-    assert seqs == list(range(1, 304))  # each record exactly once, in the log's order
-    report = verify_log(objects, [load_signer(tmp_path, ORIGIN).verifier()], ORIGIN)
-    assert report.ok, report.findings
+        run_driver(tmp_path, "0", str(count), "backlog", kill_after=rng.uniform(0.1, 0.5))
+    run_driver(tmp_path, "300", "3")
+    assert_attested_once(tmp_path, 303)
 
 
 async def test_inclusion_proof_bundles_verify_offline(jobs: SqliteJobStore, tmp_path: Path) -> None:

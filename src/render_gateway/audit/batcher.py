@@ -210,18 +210,22 @@ class AttestationBatcher:
             full = len(runs[-1][0]) == size
             with contextlib.closing(_tables(runs)) as tables:
                 for batch in tables:  # in the stream's order, each acked once in the log
-                    leaf = audit_log.append(batch)
-                    try:
-                        self._on_append(audit_log, leaf, batch)
-                    except Exception:
-                        log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
-                    self._stream.ack(GROUP, leaf.last_usage_seq)
-                    self.stats.batches += 1
-                    self.stats.attested += leaf.count
-                    self.stats.log_size = audit_log.size
-                    self._observe()
+                    self._seal(audit_log, batch)
             if not full:
                 return self._batch_seconds if not self._seal_now else 0.0
+
+    def _seal(self, audit_log: AuditLog, batch: pa.Table) -> None:
+        """Append one batch to the log, then ack its records (the leaf first: see above)."""
+        leaf = audit_log.append(batch)
+        try:
+            self._on_append(audit_log, leaf, batch)
+        except Exception:
+            log.exception("after sealing leaf %d (the batch is in the log)", leaf.index)
+        self._stream.ack(GROUP, leaf.last_usage_seq)
+        self.stats.batches += 1
+        self.stats.attested += leaf.count
+        self.stats.log_size = audit_log.size
+        self._observe()
 
     def _observe(self, backlog: int | None = None) -> None:
         """Publish the group's position and backlog (``backlog``: just read by the caller)."""
