@@ -16,6 +16,7 @@ from aiohttp import web
 
 from render_gateway.application.reconciler import Reconciler
 from render_gateway.application.webhooks import WebhookSecret, WebhookSender
+from render_gateway.audit import reconcile as reconcile_module
 from render_gateway.audit.batcher import AttestationBatcher
 from render_gateway.audit.cas import ContentStore
 from render_gateway.audit.keys import load_signer
@@ -166,6 +167,63 @@ def test_the_drill_down_reads_again_only_the_batches_near_the_faulty_request(
     # meets that cell), then the request id from the batch that holds it.
     assert 15 in {batch_of[k] for k in again} and len(again) <= 3
     assert {batch_of[k] for k in again} <= {14, 15, 16}
+
+
+def test_groups_of_batches_reuse_the_private_copies_without_mixing_them(
+    many: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 batches scanned 4 at a time: each group's copies overwrite those of two groups back
+    (the same slots, the same paths), and a stale byte or a batch number from the wrong slot
+    would change a total or name the wrong request."""
+    monkeypatch.setattr(reconcile_module, "_SCAN_BATCHES", 4)
+    clean = reconcile(many.usage, many.objects, many.window())
+    assert clean.status == "reconciled" and clean.cold_requests == MANY
+    victims = [many.request_ids[i] for i in (3, 155, 297)]  # batches 0, 15 and 29
+    names = ", ".join(f"'{v}'" for v in victims)
+    mutate(many.usage, f"ALTER TABLE inference_events DELETE WHERE request_id IN ({names})")
+    run = reconcile(many.usage, many.objects, many.window())
+    assert run.status == "discrepancies" and run.missing_in_hot == sorted(victims)
+    assert run.missing_in_cold == [] and run.gpu_mismatches == [] and run.duplicated_in_hot == []
+
+
+class SwappedAfterRead:
+    """The real store; each batch, once read, is replaced at rest by another batch's bytes (a
+    valid Parquet file with other rows), as if swapped between the hash and the parse."""
+
+    def __init__(self, store: ObjectStore, root: Path) -> None:
+        self.store, self.url, self.root = store, store.url, root
+        files = sorted(p for p in (root / "blobs").rglob("*") if p.is_file())
+        # each batch's replacement: the next one's original bytes (cyclically)
+        self.replacement = {
+            f.relative_to(root).as_posix(): files[(i + 1) % len(files)].read_bytes()
+            for i, f in enumerate(files)
+        }
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        return self.store.put_new(key, data)
+
+    def get(self, key: str) -> bytes:
+        data = self.store.get(key)
+        if key in self.replacement:
+            (self.root / key).write_bytes(self.replacement[key])
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.store.list(prefix)
+
+
+def test_duckdb_parses_the_bytes_that_were_hashed_not_the_file_after(paths: Paths) -> None:
+    """Every batch file is swapped for another right after it is read: reconcile reads its
+    private copy of the verified bytes, so the totals are still those of the attested rows."""
+    run = reconcile(paths.usage, SwappedAfterRead(paths.objects, paths.data / "cas"),
+                    paths.window())  # fmt: skip
+    assert run.status == "reconciled" and run.cold_requests == N
+    # and the files at rest were in fact altered: read again, every batch is refused
+    again = reconcile(paths.usage, paths.objects, paths.window())
+    assert again.status == "discrepancies" and len(again.unreadable_batches) == N // 10
 
 
 def test_an_event_duplicated_in_clickhouse_is_named(paths: Paths) -> None:

@@ -114,6 +114,24 @@ def test_get_of_a_missing_key_raises_object_missing(store: ObjectStore) -> None:
         store.get("nothing/here")
 
 
+def test_a_prefix_of_keys_is_not_an_object(store: ObjectStore) -> None:
+    """A key's leading segments (a directory on disk, a prefix in a bucket) are missing."""
+    store.put_new("dir/inner/leaf", b"x")
+    for key in ("dir", "dir/inner"):
+        with pytest.raises(ObjectMissing):
+            store.get(key)
+
+
+def test_keys_beyond_the_plain_characters_round_trip(store: ObjectStore) -> None:
+    # The local file:// store reads plain keys ([A-Za-z0-9_.-] segments) with one POSIX read
+    # and hands every other key to obstore: both kinds, written through it, read back.
+    keys = ["plain/k.bin", "with space/a+b=c", "dots/.hidden", "unicode/é"]
+    for key in keys:
+        assert store.put_new(key, key.encode()) is True
+    assert [store.get(key) for key in keys] == [key.encode() for key in keys]
+    assert store.list("") == sorted(keys)
+
+
 def test_list_is_sorted_and_only_under_the_prefix(store: ObjectStore) -> None:
     keys = ["a/b/2", "a/b/1", "a/bc/3", "a/c", "ab/x", "z"]
     for key in keys:

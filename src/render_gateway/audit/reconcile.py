@@ -24,7 +24,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from render_gateway.audit.attestations import SCHEMA, SERIAL_READ
 from render_gateway.audit.cas import ContentStore, IntegrityError
 from render_gateway.audit.leaves import LEAVES_PREFIX, BatchLeaf
+from render_gateway.audit.private_copies import PrivateCopies
 from render_gateway.metering.columns import records_to_table
 from render_gateway.metering.queries import TimeRange
 from render_gateway.metering.store import UsageStore
@@ -192,7 +193,8 @@ def reconcile(
 
 
 # Batches are checked and copied in groups of this many, then scanned by one DuckDB query: the
-# copies on disk at any time stay bounded (about 1.3 MB a batch of 10,000 records).
+# private copies held at any time stay bounded (two groups: about 170 MB for batches of 10,000
+# records, 1.3 MB each).
 _SCAN_BATCHES = 64
 _CELLS_SCHEMA = pa.schema(
     [("customer_id", pa.string()), ("model", pa.string()), ("cell", pa.int64()),
@@ -268,54 +270,60 @@ def _cold_scan(
 ) -> pa.Table:
     """``sql`` over the batches of ``leaves``, run by DuckDB's own Parquet reader (the floor's:
     threads of its own, reading only the columns and rows it needs). Each batch is fetched and
-    re-hashed here, and the verified bytes are written to a private file in ``scratch`` that
+    re-hashed here, and the verified bytes are written to a private copy (PrivateCopies) that
     DuckDB reads: it parses exactly the bytes that were hashed, never the store's file again
-    (which could have changed in between). ``{batches}`` in ``sql`` is the group's
-    ``read_parquet`` with a ``batch`` column (the leaf's index), ``{in_window}`` the window's
-    filter on ``ended_at_us``; ``schema``: the result's when no batch is read; ``params``: more
-    named parameters of ``sql``. A batch gone or altered is named in ``run`` and its leaf index
-    added to ``unreadable``."""
+    (which could have changed in between). Groups of _SCAN_BATCHES batches: the next group is
+    fetched and copied on ``pool`` while DuckDB scans this one, into the other half of the
+    slots. ``{batches}`` in ``sql`` is the group's ``read_parquet`` with a ``batch`` column
+    (the leaf's index), ``{in_window}`` the window's filter on ``ended_at_us``; ``schema``:
+    the result's when no batch is read; ``params``: more named parameters of ``sql``. A batch
+    gone or altered is named in ``run`` and its leaf index added to ``unreadable``."""
     bounds = window.parameters()
     cas = ContentStore(objects)
-
-    def copy(leaf: BatchLeaf) -> Path | ObjectMissing | IntegrityError:
-        try:
-            data = cas.get(leaf.batch_blake3)
-        except (ObjectMissing, IntegrityError) as exc:
-            return exc
-        path = scratch / f"{leaf.index}.parquet"
-        path.write_bytes(data)
-        return path
-
     query = sql.format(
-        batches="(SELECT *, CAST(regexp_extract(filename, '(\\d+)\\.parquet$', 1) AS BIGINT)"
-        " AS batch FROM read_parquet($paths, filename = true))",
+        batches="(SELECT *, $batch_of[list_position($paths, filename)] AS batch "
+        "FROM read_parquet($paths, filename = true))",
         in_window="ended_at_us >= $start_us AND ended_at_us < $end_us",
     )
+    groups = [leaves[at : at + _SCAN_BATCHES] for at in range(0, len(leaves), _SCAN_BATCHES)]
     parts: list[pa.Table] = []
-    for first in range(0, len(leaves), _SCAN_BATCHES):
-        group = leaves[first : first + _SCAN_BATCHES]
-        paths = []
-        for leaf, result in zip(group, pool.map(copy, group), strict=True):
-            if isinstance(result, Path):
-                paths.append(str(result))
-                continue
-            if unreadable is not None:
-                unreadable.add(leaf.index)
-            if run is not None:
-                run.unreadable_batches.append(
-                    f"leaf {leaf.index} (batch {leaf.batch_blake3}): {result}"
-                )
-                run.status = "discrepancies"
-        if not paths:
-            continue
+    with PrivateCopies(2 * _SCAN_BATCHES, scratch) as copies:
+
+        def copy(leaf: BatchLeaf, slot: int) -> str | ObjectMissing | IntegrityError:
+            try:
+                return copies.write(slot, cas.get(leaf.batch_blake3))
+            except (ObjectMissing, IntegrityError) as exc:
+                return exc
+
+        def start(number: int) -> list[Future[str | ObjectMissing | IntegrityError]]:
+            half = (number % 2) * _SCAN_BATCHES
+            return [pool.submit(copy, leaf, half + i) for i, leaf in enumerate(groups[number])]
+
+        pending = start(0) if groups else []
         try:
-            bound = {"paths": paths, "start_us": bounds["start_us"], "end_us": bounds["end_us"],
-                     **(params or {})}  # fmt: skip
-            parts.append(db.sql(query, params=bound).to_arrow_table())
+            for number, group in enumerate(groups):
+                results = [future.result() for future in pending]
+                # The other half's last reader (the previous query) has finished: refill it.
+                pending = start(number + 1) if number + 1 < len(groups) else []
+                paths, batch_of = [], []
+                for leaf, result in zip(group, results, strict=True):
+                    if isinstance(result, str):
+                        paths.append(result)
+                        batch_of.append(leaf.index)
+                        continue
+                    if unreadable is not None:
+                        unreadable.add(leaf.index)
+                    if run is not None:
+                        run.unreadable_batches.append(
+                            f"leaf {leaf.index} (batch {leaf.batch_blake3}): {result}"
+                        )
+                        run.status = "discrepancies"
+                if paths:
+                    bound = {"paths": paths, "batch_of": batch_of, "start_us": bounds["start_us"],
+                             "end_us": bounds["end_us"], **(params or {})}  # fmt: skip
+                    parts.append(db.sql(query, params=bound).to_arrow_table())
         finally:
-            for path in paths:
-                os.unlink(path)
+            wait(pending)  # no copy may still be writing when the slots are closed
     if not parts:
         return schema.empty_table()
     return pa.concat_tables([part.cast(schema) for part in parts])

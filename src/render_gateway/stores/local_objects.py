@@ -102,7 +102,7 @@ class LocalDirectoryObjects:
     def _read(self, key: str, path: Path) -> bytes:
         try:
             return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # a prefix: none
             raise ObjectMissing(f"no object at {key!r} in {self.url}") from None
         except OSError as error:
             raise ObjectStoreError(f"get {key!r} in {self.url} failed: {error}") from error
