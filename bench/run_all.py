@@ -39,7 +39,7 @@ BENCHMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit", ("--records", "50000")),
     ("claim_windows", ()),
     ("audit_proofs", ("--batches", "2000")),
-    ("reconcile", ("--records", "1000000", "--repeat", "1")),
+    ("reconcile", ("--records", "1000000", "--repeat", "3")),
     ("replicas", ()),
     ("chaos", ()),
     ("grpc_vs_http", ()),
