@@ -20,6 +20,7 @@ otherwise; a side that cannot be read makes the run an ``error`` — never an em
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import tempfile
 import uuid
@@ -137,6 +138,7 @@ def reconcile(
         tempfile.TemporaryDirectory(prefix="reconcile-") as scratch,
         duckdb.connect() as db,
     ):
+        _without_file_cache(db)
         # The hot side's aggregate runs in ClickHouse while the cold side is read here.
         hot_query = pool.submit(_hot_keys, usage, window)
         unreadable: set[int] = set()
@@ -190,6 +192,15 @@ def reconcile(
             except Exception as exc:
                 return _failed(run, f"the repair failed: {exc}")
     return run
+
+
+def _without_file_cache(db: duckdb.DuckDBPyConnection) -> None:
+    """The private copies' paths are reused for other bytes (PrivateCopies), so DuckDB must
+    never answer a read from a cache keyed on the path. Its external file cache skips local
+    files by default (``cache_local_files``); it is turned off outright where this DuckDB has
+    it (1.3 and later)."""
+    with contextlib.suppress(duckdb.CatalogException):
+        db.execute("SET enable_external_file_cache = false")
 
 
 # Batches are checked and copied in groups of this many, then scanned by one DuckDB query: the
