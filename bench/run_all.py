@@ -146,9 +146,11 @@ def main() -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {', '.join(known)}")
+    # The commit the runs measure: read before them (a commit or an edit made while they run
+    # must not be what their blocks name).
+    where, at = machine(), commit()
     runs = [run_one(name, known[name]) for name in names]
     if not args.no_write:
-        where, at = machine(), commit()
         fresh = {run.name: render(run, where, at) for run in runs}
         BENCHMARKS_MD.write_text(rewrite(BENCHMARKS_MD.read_text(), fresh))
         print(f"\nwrote {len(runs)} runs into {BENCHMARKS_MD.relative_to(ROOT)}")

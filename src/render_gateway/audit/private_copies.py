@@ -40,7 +40,10 @@ class PrivateCopies:
         view = memoryview(data)
         done = 0
         while done < len(view):
-            done += os.pwrite(fd, view[done:], done)
+            written = os.pwrite(fd, view[done:], done)
+            if written == 0:  # never for a regular or memory file; not a reason to spin
+                raise OSError(f"no progress writing private copy {slot}")
+            done += written
         return self._paths[slot]
 
     def _open(self, slot: int) -> int:
