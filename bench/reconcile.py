@@ -528,7 +528,7 @@ def drill_down_breakdown(
         )  # fmt: skip
         lap(f"cold events of those batches' differing keys (_cold_scan, {events.num_rows:,} rows)")
         db.register("cold_events", events)
-        _cold_k(db, objects, leaves, grid, window, pool, False)
+        _cold_k(db, objects, leaves, grid, window, pool, False, scratch)
         lap("cold_k: SEMI JOIN + request ids from the batches of the rows to name")
         _name_requests(scratch, db, 100)
         lap("name the requests (4 DuckDB joins)")

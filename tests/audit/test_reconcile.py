@@ -215,6 +215,19 @@ class SwappedAfterRead:
         return self.store.list(prefix)
 
 
+def test_a_batch_altered_between_the_totals_and_the_drill_down_is_named(paths: Paths) -> None:
+    """The totals' pass reads every batch as attested (each then swapped at rest); the
+    drill-down into a differing key reads the victim's batch again, now altered: it is named,
+    and the run says discrepancies (its records show up as missing from the cold side)."""
+    victim = paths.request_ids[25]  # batch 2
+    mutate(paths.usage, f"ALTER TABLE inference_events DELETE WHERE request_id = '{victim}'")
+    run = reconcile(paths.usage, SwappedAfterRead(paths.objects, paths.data / "cas"),
+                    paths.window())  # fmt: skip
+    assert run.status == "discrepancies"
+    assert any(name.startswith("leaf 2 ") for name in run.unreadable_batches), run
+    assert all("does not hash to its key" in name for name in run.unreadable_batches)
+
+
 def test_duckdb_parses_the_bytes_that_were_hashed_not_the_file_after(paths: Paths) -> None:
     """Every batch file is swapped for another right after it is read: reconcile reads its
     private copy of the verified bytes, so the totals are still those of the attested rows."""
@@ -224,6 +237,21 @@ def test_duckdb_parses_the_bytes_that_were_hashed_not_the_file_after(paths: Path
     # and the files at rest were in fact altered: read again, every batch is refused
     again = reconcile(paths.usage, paths.objects, paths.window())
     assert again.status == "discrepancies" and len(again.unreadable_batches) == N // 10
+
+
+def test_scan_groups_are_bounded_by_batches_and_by_records() -> None:
+    """Whatever the batches' size, a group of copies holds at most _SCAN_RECORDS records
+    (but for a batch larger than that, alone) and _SCAN_BATCHES batches, in log order."""
+
+    def leaf(index: int, count: int) -> BatchLeaf:
+        return BatchLeaf(index, "0" * 64, "0" * 64, count, 0.0, 0, 0, 0, 0, index)
+
+    small = [leaf(i, 10_000) for i in range(130)]
+    assert [len(g) for g in reconcile_module._groups(small)] == [64, 64, 2]
+    big = [leaf(0, 300_000), leaf(1, 300_000), leaf(2, 300_000), leaf(3, 5_000_000), leaf(4, 1)]
+    groups = reconcile_module._groups(big)
+    assert [[x.index for x in g] for g in groups] == [[0, 1], [2], [3], [4]]
+    assert reconcile_module._groups([]) == []
 
 
 def test_an_event_duplicated_in_clickhouse_is_named(paths: Paths) -> None:

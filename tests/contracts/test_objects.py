@@ -122,6 +122,13 @@ def test_a_prefix_of_keys_is_not_an_object(store: ObjectStore) -> None:
             store.get(key)
 
 
+def test_a_key_under_an_object_is_missing(store: ObjectStore) -> None:
+    """``k/child`` where ``k`` is an object (a file on disk, not a directory): none."""
+    store.put_new("k", b"x")
+    with pytest.raises(ObjectMissing):
+        store.get("k/child")
+
+
 def test_keys_beyond_the_plain_characters_round_trip(store: ObjectStore) -> None:
     # The local file:// store reads plain keys ([A-Za-z0-9_.-] segments) with one POSIX read
     # and hands every other key to obstore: both kinds, written through it, read back.
@@ -157,6 +164,38 @@ def test_a_local_staging_file_is_not_an_object(tmp_path: Path) -> None:
     (tmp_path / "objects" / "k#1").write_bytes(b"partial")
     assert store.list("") == []
     assert not store.exists("k")
+
+
+def test_a_local_key_that_is_no_regular_file_reads_as_obstore_reads_it(tmp_path: Path) -> None:
+    """A device linked in under a blob's key (tampering at rest) reads as obstore reads it —
+    the size it has, 0 bytes — so the CAS reports the blob altered; it is never read for
+    ever (a /dev/zero read to its end would exhaust memory)."""
+    root = tmp_path / "objects"
+    store = open_object_store(root.as_uri())
+    cas = ContentStore(store)
+    digest = cas.put(b"hello")
+    key = root / cas.key_of(digest)
+    key.unlink()
+    key.symlink_to("/dev/zero")
+    with pytest.raises(IntegrityError):
+        cas.get(digest)
+
+
+def test_a_local_store_reads_the_root_it_was_opened_on(tmp_path: Path) -> None:
+    """The root is resolved when the store opens, as obstore's LocalStore does: a link to it
+    repointed afterwards cannot make gets read another tree than the one puts write."""
+    first, second, link = tmp_path / "first", tmp_path / "second", tmp_path / "cas"
+    first.mkdir()
+    second.mkdir()
+    (second / "k").write_bytes(b"elsewhere")
+    link.symlink_to(first)
+    store = open_object_store(link.as_uri())
+    store.put_new("k", b"here")
+    link.unlink()
+    link.symlink_to(second)
+    assert store.get("k") == b"here"
+    store.put_new("fresh", b"new")
+    assert store.get("fresh") == b"new" and (first / "fresh").read_bytes() == b"new"
 
 
 # The CAS on top of it.

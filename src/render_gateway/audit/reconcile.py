@@ -168,11 +168,12 @@ def reconcile(
         drilled = _differing_cells(db, cells, hot, grid, leaves, unreadable)
         try:
             if repair:  # every column, for the records to re-insert
-                events = _cold_events(objects, window, None, None, pool=pool, leaves=drilled,
+                events = _cold_events(objects, window, None, run, pool=pool, leaves=drilled,
                                       keep=_of_keys(differing), batch_column=True)  # fmt: skip
             else:
+                # ``run``: a batch altered or gone since the totals' pass is named too
                 events = _cold_scan(
-                    db, objects, drilled, window, None, pool, Path(scratch),
+                    db, objects, drilled, window, run, pool, Path(scratch),
                     "SELECT event_id, customer_id, model, gpu_seconds, ended_at_us, batch "
                     "FROM {batches} SEMI JOIN differing USING (customer_id, model) "
                     "WHERE {in_window}",
@@ -182,7 +183,8 @@ def reconcile(
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
         db.register("cold_events", events)
         try:
-            _cold_k(db, objects, leaves, grid, window, pool, "request_id" in events.schema.names)
+            _cold_k(db, objects, leaves, grid, window, pool, "request_id" in events.schema.names,
+                    run)  # fmt: skip
         except Exception as exc:
             return _failed(run, f"the cold path (CAS) could not be read: {exc}")
         _name_requests(run, db, cap)
@@ -203,10 +205,12 @@ def _without_file_cache(db: duckdb.DuckDBPyConnection) -> None:
         db.execute("SET enable_external_file_cache = false")
 
 
-# Batches are checked and copied in groups of this many, then scanned by one DuckDB query: the
-# private copies held at any time stay bounded (two groups: about 170 MB for batches of 10,000
-# records, 1.3 MB each).
+# Batches are checked and copied in groups of at most this many batches and (but for a group of
+# one) this many records, then scanned by one DuckDB query: the private copies held at any time
+# (two groups) stay bounded, about 170 MB whatever the batches' size (1.3 MB a batch of 10,000
+# records), and so do the descriptors (two per batch of a group: its copy, DuckDB's read).
 _SCAN_BATCHES = 64
+_SCAN_RECORDS = 640_000
 _CELLS_SCHEMA = pa.schema(
     [("customer_id", pa.string()), ("model", pa.string()), ("cell", pa.int64()),
      ("n", pa.int64()), ("g", pa.float64())]
@@ -296,7 +300,7 @@ def _cold_scan(
         "FROM read_parquet($paths, filename = true))",
         in_window="ended_at_us >= $start_us AND ended_at_us < $end_us",
     )
-    groups = [leaves[at : at + _SCAN_BATCHES] for at in range(0, len(leaves), _SCAN_BATCHES)]
+    groups = _groups(leaves)
     parts: list[pa.Table] = []
     with PrivateCopies(2 * _SCAN_BATCHES, scratch) as copies:
 
@@ -338,6 +342,21 @@ def _cold_scan(
     if not parts:
         return schema.empty_table()
     return pa.concat_tables([part.cast(schema) for part in parts])
+
+
+def _groups(leaves: list[BatchLeaf]) -> list[list[BatchLeaf]]:
+    """``leaves`` in order, cut into groups of at most _SCAN_BATCHES batches and _SCAN_RECORDS
+    records (a batch larger than that is a group of its own)."""
+    groups: list[list[BatchLeaf]] = []
+    records = 0
+    for leaf in leaves:
+        if groups and len(groups[-1]) < _SCAN_BATCHES and records + leaf.count <= _SCAN_RECORDS:
+            groups[-1].append(leaf)
+            records += leaf.count
+        else:
+            groups.append([leaf])
+            records = leaf.count
+    return groups
 
 
 def _cold_keys(
@@ -437,6 +456,7 @@ def _cold_k(
     window: TimeRange,
     pool: ThreadPoolExecutor,
     has_request_ids: bool,
+    run: Reconciliation | None = None,
 ) -> None:
     """Table ``cold_k``: the cold events of the differing cells (exact: the batches read held
     every row of those cells, and ``_of_keys`` or the scan's join let through every row of their
@@ -460,7 +480,7 @@ def _cold_k(
     wanted = named.column("event_id").combine_chunks()
     holding = {int(b) for b in pc.unique(named.column("batch")).to_pylist()}
     ids = _cold_events(
-        objects, window, ["event_id", "request_id"], None, pool=pool,
+        objects, window, ["event_id", "request_id"], run, pool=pool,
         leaves=[leaf for leaf in leaves if leaf.index in holding],
         keep=lambda table: pc.is_in(table.column("event_id"), value_set=wanted),
     )  # fmt: skip
