@@ -128,18 +128,16 @@ def test_an_event_deleted_from_clickhouse_is_named(paths: Paths) -> None:
     assert run.missing_in_cold == [] and run.gpu_mismatches == []
 
 
-class CountedGets:
-    """The real store, with the keys of the batches read (not the leaves) written down."""
+class StoreInFront:
+    """The real store, every call passed through; a subclass changes ``get``."""
 
     def __init__(self, store: ObjectStore) -> None:
-        self.store, self.url, self.batches = store, store.url, list[str]()
+        self.store, self.url = store, store.url
 
     def put_new(self, key: str, data: bytes) -> bool:
         return self.store.put_new(key, data)
 
     def get(self, key: str) -> bytes:
-        if not key.startswith(LEAVES_PREFIX):
-            self.batches.append(key)
         return self.store.get(key)
 
     def exists(self, key: str) -> bool:
@@ -147,6 +145,19 @@ class CountedGets:
 
     def list(self, prefix: str) -> list[str]:
         return self.store.list(prefix)
+
+
+class CountedGets(StoreInFront):
+    """The real store, with the keys of the batches read (not the leaves) written down."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__(store)
+        self.batches = list[str]()
+
+    def get(self, key: str) -> bytes:
+        if not key.startswith(LEAVES_PREFIX):
+            self.batches.append(key)
+        return self.store.get(key)
 
 
 def test_the_drill_down_reads_again_only_the_batches_near_the_faulty_request(
@@ -186,12 +197,13 @@ def test_groups_of_batches_reuse_the_private_copies_without_mixing_them(
     assert run.missing_in_cold == [] and run.gpu_mismatches == [] and run.duplicated_in_hot == []
 
 
-class SwappedAfterRead:
+class SwappedAfterRead(StoreInFront):
     """The real store; each batch, once read, is replaced at rest by another batch's bytes (a
     valid Parquet file with other rows), as if swapped between the hash and the parse."""
 
     def __init__(self, store: ObjectStore, root: Path) -> None:
-        self.store, self.url, self.root = store, store.url, root
+        super().__init__(store)
+        self.root = root
         files = sorted(p for p in (root / "blobs").rglob("*") if p.is_file())
         # each batch's replacement: the next one's original bytes (cyclically)
         self.replacement = {
@@ -199,20 +211,11 @@ class SwappedAfterRead:
             for i, f in enumerate(files)
         }
 
-    def put_new(self, key: str, data: bytes) -> bool:
-        return self.store.put_new(key, data)
-
     def get(self, key: str) -> bytes:
         data = self.store.get(key)
         if key in self.replacement:
             (self.root / key).write_bytes(self.replacement[key])
         return data
-
-    def exists(self, key: str) -> bool:
-        return self.store.exists(key)
-
-    def list(self, prefix: str) -> list[str]:
-        return self.store.list(prefix)
 
 
 def test_a_batch_altered_between_the_totals_and_the_drill_down_is_named(paths: Paths) -> None:

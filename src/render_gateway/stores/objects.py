@@ -230,8 +230,7 @@ def open_object_store(
     if scheme == "file":
         if options:
             raise ValueError(f"{setting_name}: file:// URLs take no options, got {sorted(options)}")
-        local = _local_store(url, setting_name, create)
-        return _LocalObstoreObjects(url, local, _local_path(url))
+        return _open_local(url, setting_name, create)
     opener = _REMOTE_OPENERS.get(scheme)
     if opener is None:
         raise ValueError(
@@ -247,7 +246,7 @@ def open_object_store(
     return ObstoreObjectStore(url, store)
 
 
-def _local_store(url: str, setting_name: str, create: bool = True) -> LocalStore:
+def _open_local(url: str, setting_name: str, create: bool = True) -> _LocalObstoreObjects:
     parts = urlsplit(url)
     # file://data/cas parses "data" as a host: almost always a relative path written wrongly.
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
@@ -255,17 +254,14 @@ def _local_store(url: str, setting_name: str, create: bool = True) -> LocalStore
             f"{setting_name}: {url!r} is not an absolute file URL; "
             "write file:///absolute/path (three slashes), relative paths are not accepted"
         )
-    path = _local_path(url)
+    path = Path(unquote(parts.path))
     if not create and not path.is_dir():
         raise ValueError(f"{setting_name}: {url!r}: no such directory (nothing was created)")
     try:
-        return LocalStore(path, mkdir=create)
+        store = LocalStore(path, mkdir=create)
     except (BaseError, OSError) as error:
         raise ValueError(f"{setting_name}: cannot open {url!r}: {error}") from error
-
-
-def _local_path(url: str) -> Path:
-    return Path(unquote(urlsplit(url).path))
+    return _LocalObstoreObjects(url, store, path)
 
 
 # Options arrive as strings (from settings) or bools (from code); obstore's config parsing
